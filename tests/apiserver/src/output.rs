@@ -1,0 +1,191 @@
+//! Response shapes chosen by the `Accept` header: plain objects, `PartialObjectMetadata[List]`
+//! (metadata-only, used by kube-runtime's `owns()` and `metadata_watcher`) and `Table` (kubectl).
+
+use serde_json::{Value, json};
+
+use crate::resources::ResourceInfo;
+
+/// What the client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The objects themselves.
+    Full,
+    /// `meta.k8s.io/v1` `PartialObjectMetadata`.
+    Metadata,
+    /// `meta.k8s.io/v1` `Table`.
+    Table,
+}
+
+/// Picks the first representation in `Accept` that the server supports.
+pub fn negotiate(accept: &str) -> Shape {
+    for part in accept.split(',') {
+        let p = part.replace(' ', "");
+        if p.contains("as=PartialObjectMetadata")
+            && (p.contains("g=meta.k8s.io") || !p.contains("g="))
+        {
+            return Shape::Metadata;
+        }
+        if p.contains("as=Table")
+            && p.contains("g=meta.k8s.io")
+            && p.contains("v=v1;") | p.ends_with("v=v1")
+        {
+            return Shape::Table;
+        }
+        if p.contains("as=") {
+            continue;
+        }
+        if p.starts_with("application/json")
+            || p.starts_with("*/*")
+            || p.starts_with("application/*")
+        {
+            return Shape::Full;
+        }
+    }
+    Shape::Full
+}
+
+/// `PartialObjectMetadata` of an object.
+pub fn partial(obj: &Value) -> Value {
+    json!({
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "PartialObjectMetadata",
+        "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
+    })
+}
+
+fn age(ts: Option<&str>) -> String {
+    let Some(ts) = ts else {
+        return "<unknown>".into();
+    };
+    let Ok(t) = ts.parse::<jiff::Timestamp>() else {
+        return "<unknown>".into();
+    };
+    let secs = (jiff::Timestamp::now().as_second() - t.as_second()).max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 3600 * 3 => format!("{}m", s / 60),
+        s if s < 86400 * 2 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn jsonpath(obj: &Value, path: &str) -> Value {
+    let p = path.trim_start_matches('.');
+    let mut cur = obj;
+    for seg in p.split('.') {
+        let (field, idx) = match seg.split_once('[') {
+            Some((f, rest)) => (f, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        cur = match cur.get(field) {
+            Some(v) => v,
+            None => return Value::Null,
+        };
+        if let Some(i) = idx {
+            cur = match cur.get(i) {
+                Some(v) => v,
+                None => return Value::Null,
+            };
+        }
+    }
+    cur.clone()
+}
+
+fn columns(info: &ResourceInfo) -> Vec<Value> {
+    let mut cols = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+    ];
+    let mut has_age = false;
+    for (name, ty, _) in &info.printer_columns {
+        if name == "Age" {
+            has_age = true;
+        }
+        cols.push(json!({"name": name, "type": if ty == "date" { "string" } else { ty.as_str() }, "format": "", "description": "", "priority": 0}));
+    }
+    if !has_age {
+        cols.push(json!({"name": "Age", "type": "string", "format": "", "description": "CreationTimestamp is a timestamp representing the server time when this object was created.", "priority": 0}));
+    }
+    cols
+}
+
+fn row(info: &ResourceInfo, obj: &Value) -> Value {
+    let created = obj
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str);
+    let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
+    let mut has_age = false;
+    for (name, ty, path) in &info.printer_columns {
+        if name == "Age" {
+            has_age = true;
+        }
+        let v = jsonpath(obj, path);
+        cells.push(if ty == "date" {
+            json!(age(v.as_str()))
+        } else if v.is_null() {
+            json!("<none>")
+        } else {
+            v
+        });
+    }
+    if !has_age {
+        cells.push(json!(age(created)));
+    }
+    json!({"cells": cells, "object": partial(obj)})
+}
+
+/// A `Table` of objects.
+pub fn table(
+    info: &ResourceInfo,
+    objs: &[Value],
+    rv: &str,
+    cont: Option<&str>,
+    headers: bool,
+) -> Value {
+    let mut md = json!({"resourceVersion": rv});
+    if let Some(c) = cont {
+        md["continue"] = json!(c);
+    }
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": md,
+        "columnDefinitions": if headers { Value::Array(columns(info)) } else { Value::Array(vec![]) },
+        "rows": objs.iter().map(|o| row(info, o)).collect::<Vec<_>>(),
+    })
+}
+
+/// Renders one object in the negotiated shape.
+pub fn shape_object(info: &ResourceInfo, shape: Shape, obj: &Value, headers: bool) -> Value {
+    match shape {
+        Shape::Full => obj.clone(),
+        Shape::Metadata => partial(obj),
+        Shape::Table => {
+            let rv = obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            table(info, std::slice::from_ref(obj), rv, None, headers)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_negotiation() {
+        assert_eq!(
+            negotiate("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"),
+            Shape::Metadata
+        );
+        assert_eq!(
+            negotiate(
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+            ),
+            Shape::Table
+        );
+        assert_eq!(negotiate("application/json"), Shape::Full);
+        assert_eq!(negotiate(""), Shape::Full);
+    }
+}

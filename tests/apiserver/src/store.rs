@@ -1,0 +1,1475 @@
+//! The object store: JSON objects keyed by resource and name, one global resourceVersion
+//! counter, the retained event history, and every write operation.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::apply::{self, ApplyRequest};
+use crate::error::{ApiResult, Cause, StatusError};
+use crate::meta;
+use crate::patch;
+use crate::resources::{self, ListType, Registry, ResKey, ResourceInfo};
+use crate::schema;
+use crate::selector::{FieldSelector, LabelSelector};
+
+/// Storage key of an object: (namespace, name); namespace is "" for cluster-scoped objects.
+pub type ObjKey = (String, String);
+
+/// Watch event type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Object created.
+    Added,
+    /// Object changed.
+    Modified,
+    /// Object removed.
+    Deleted,
+}
+
+impl EventType {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change, as retained in history and sent to watchers.
+#[derive(Debug)]
+pub struct Event {
+    /// resourceVersion of the change.
+    pub rv: u64,
+    /// Type of change.
+    pub kind: EventType,
+    /// Resource the object belongs to.
+    pub res: ResKey,
+    /// The object after the change (for DELETED: the last state with the new resourceVersion).
+    pub object: Arc<Value>,
+    /// The object before the change, if any.
+    pub old: Option<Arc<Value>>,
+}
+
+/// Options common to writes.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOpts {
+    /// Field manager name.
+    pub manager: String,
+    /// `dryRun=All`: validate and compute, but persist nothing.
+    pub dry_run: bool,
+    /// `fieldValidation=Strict`: unknown fields are an error instead of being pruned.
+    pub strict: bool,
+    /// Subresource ("" or "status").
+    pub subresource: String,
+}
+
+/// Patch flavours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchType {
+    /// `application/merge-patch+json`.
+    Merge,
+    /// `application/json-patch+json`.
+    Json,
+    /// `application/strategic-merge-patch+json`.
+    Strategic,
+    /// `application/apply-patch+yaml`.
+    Apply,
+}
+
+/// Options of a delete.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOpts {
+    /// `Background` (default), `Foreground` or `Orphan`.
+    pub propagation: Option<String>,
+    /// Precondition on uid.
+    pub uid: Option<String>,
+    /// Precondition on resourceVersion.
+    pub resource_version: Option<String>,
+    /// `dryRun=All`.
+    pub dry_run: bool,
+}
+
+/// Result of a delete.
+#[derive(Debug)]
+pub enum Deleted {
+    /// The object is gone; its last state.
+    Gone(Value),
+    /// The object is being deleted (finalizers pending); its current state.
+    Pending(Value),
+}
+
+/// A page of a list.
+#[derive(Debug)]
+pub struct ListPage {
+    /// Items, converted to the requested version.
+    pub items: Vec<Value>,
+    /// List resourceVersion.
+    pub rv: u64,
+    /// Continue token, when more items remain.
+    pub cont: Option<String>,
+    /// Items left after this page (only without selectors).
+    pub remaining: Option<u64>,
+}
+
+/// The whole state of the server.
+pub struct State {
+    /// Last resourceVersion handed out.
+    pub rv: u64,
+    objects: HashMap<ResKey, BTreeMap<ObjKey, Arc<Value>>>,
+    uids: HashMap<String, (ResKey, ObjKey)>,
+    /// Retained events, oldest first.
+    pub history: VecDeque<Arc<Event>>,
+    /// Maximum retained events.
+    pub history_limit: usize,
+    /// Watches from a resourceVersion older than this get 410 Expired.
+    pub compacted: u64,
+    /// Open watch streams.
+    pub watchers: Vec<mpsc::UnboundedSender<Arc<Event>>>,
+    /// Served resources.
+    pub registry: Registry,
+    /// Notified of Deployment writes (status simulator).
+    pub deployment_hook: Option<mpsc::UnboundedSender<ObjKey>>,
+    gc_pending: bool,
+    in_gc: bool,
+}
+
+fn ns_key() -> ResKey {
+    (String::new(), "namespaces".into())
+}
+
+fn crd_key() -> ResKey {
+    (
+        "apiextensions.k8s.io".into(),
+        "customresourcedefinitions".into(),
+    )
+}
+
+/// Removes metadata (and status, when it is a subresource) to compare the "spec" part.
+fn spec_part(v: &Value, drop_status: bool) -> Value {
+    let mut c = v.clone();
+    if let Value::Object(m) = &mut c {
+        m.remove("metadata");
+        if drop_status {
+            m.remove("status");
+        }
+    }
+    c
+}
+
+fn without_times(v: &Value) -> Value {
+    let mut c = v.clone();
+    if let Some(Value::Array(mf)) = c
+        .get_mut("metadata")
+        .and_then(|m| m.get_mut("managedFields"))
+    {
+        for e in mf {
+            if let Value::Object(m) = e {
+                m.remove("time");
+            }
+        }
+    }
+    c
+}
+
+fn rv_of(obj: &Value) -> &str {
+    meta::meta_str(obj, "resourceVersion").unwrap_or("")
+}
+
+impl State {
+    /// A fresh state with the built-in kinds and the default namespaces.
+    pub fn new(history_limit: usize) -> Self {
+        let mut s = State {
+            rv: 0,
+            objects: HashMap::new(),
+            uids: HashMap::new(),
+            history: VecDeque::new(),
+            history_limit: history_limit.max(1),
+            compacted: 0,
+            watchers: Vec::new(),
+            registry: Registry::builtin(),
+            deployment_hook: None,
+            gc_pending: false,
+            in_gc: false,
+        };
+        if let Some(info) = s.registry.get("", "v1", "namespaces") {
+            for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+                let body =
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+                let opts = WriteOpts {
+                    manager: "kube-apiserver".into(),
+                    ..Default::default()
+                };
+                // Creating the defaults cannot fail: fixed, valid names.
+                let _ = s.create(&info, "", body, &opts);
+            }
+        }
+        s
+    }
+
+    /// Number of objects stored for a resource.
+    pub fn count(&self, key: &ResKey) -> usize {
+        self.objects.get(key).map_or(0, BTreeMap::len)
+    }
+
+    fn lookup(&self, key: &ResKey, ok: &ObjKey) -> Option<Arc<Value>> {
+        self.objects.get(key)?.get(ok).cloned()
+    }
+
+    /// Converts a stored object to the version `info` serves.
+    pub fn present(info: &ResourceInfo, obj: &Value) -> Value {
+        let mut o = obj.clone();
+        if info.version != info.storage_version {
+            o["apiVersion"] = json!(info.api_version());
+        }
+        o
+    }
+
+    fn list_type_fn(info: &ResourceInfo) -> impl Fn(&[String]) -> ListType + '_ {
+        move |p: &[String]| resources::list_type(info, p)
+    }
+
+    /// Reads one object.
+    pub fn get(&self, info: &ResourceInfo, ns: &str, name: &str) -> ApiResult<Value> {
+        let ok = (
+            if info.namespaced {
+                ns.to_string()
+            } else {
+                String::new()
+            },
+            name.to_string(),
+        );
+        self.lookup(&info.key(), &ok)
+            .map(|o| Self::present(info, &o))
+            .ok_or_else(|| StatusError::not_found(&info.group, &info.plural, name))
+    }
+
+    /// Lists objects, optionally in one namespace, filtered and paginated.
+    pub fn list(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+        limit: Option<usize>,
+        cont: Option<&str>,
+    ) -> ApiResult<ListPage> {
+        use base64::Engine;
+        let (list_rv, start) = match cont {
+            Some(token) if !token.is_empty() => {
+                let bad =
+                    || StatusError::bad_request("continue key is not valid: illegal base64 data");
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(token)
+                    .map_err(|_| bad())?;
+                let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+                let rv = v.get("rv").and_then(Value::as_u64).ok_or_else(bad)?;
+                if rv < self.compacted {
+                    return Err(StatusError::expired(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+                    ));
+                }
+                let ns = v
+                    .get("ns")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let name = v
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                (rv, Some((ns, name)))
+            }
+            _ => (self.rv, None),
+        };
+        let empty = BTreeMap::new();
+        let objs = self.objects.get(&info.key()).unwrap_or(&empty);
+        let range: Box<dyn Iterator<Item = (&ObjKey, &Arc<Value>)>> = match &start {
+            Some(k) => Box::new(objs.range::<ObjKey, _>((
+                std::ops::Bound::Excluded(k.clone()),
+                std::ops::Bound::Unbounded,
+            ))),
+            None => Box::new(objs.iter()),
+        };
+        let selecting = !labels.is_empty() || !fields.is_empty();
+        let mut items = Vec::new();
+        let mut last: Option<ObjKey> = None;
+        let mut cont_token = None;
+        let mut remaining = None;
+        let limit = limit.filter(|l| *l > 0);
+        let mut iter = range
+            .filter(|(k, o)| ns.is_none_or(|n| k.0 == n) && labels.matches(o) && fields.matches(o));
+        for (k, o) in iter.by_ref() {
+            items.push(Self::present(info, o));
+            last = Some(k.clone());
+            if limit.is_some_and(|l| items.len() >= l) {
+                break;
+            }
+        }
+        if limit.is_some_and(|l| items.len() >= l) {
+            let rest = iter.count() as u64;
+            if rest > 0 {
+                if let Some((lns, lname)) = &last {
+                    let tok = json!({"rv": list_rv, "ns": lns, "name": lname}).to_string();
+                    cont_token = Some(base64::engine::general_purpose::STANDARD.encode(tok));
+                }
+                if !selecting {
+                    remaining = Some(rest);
+                }
+            }
+        }
+        Ok(ListPage {
+            items,
+            rv: list_rv,
+            cont: cont_token,
+            remaining,
+        })
+    }
+
+    fn check_namespace(&self, info: &ResourceInfo, ns: &str) -> ApiResult<()> {
+        if !info.namespaced {
+            return Ok(());
+        }
+        match self.lookup(&ns_key(), &(String::new(), ns.to_string())) {
+            None => Err(StatusError::not_found("", "namespaces", ns)),
+            Some(n) if meta::is_deleting(&n) => Err(StatusError::forbidden(format!(
+                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                info.plural, "",
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Fills identity fields of a body for `info` in `ns`; checks apiVersion/kind/namespace.
+    fn normalize_body(info: &ResourceInfo, ns: &str, body: &mut Value) -> ApiResult<()> {
+        if !body.is_object() {
+            return Err(StatusError::bad_request(
+                "the body of the request must be a JSON object",
+            ));
+        }
+        let api_version = info.api_version();
+        match body.get("apiVersion").and_then(Value::as_str) {
+            Some(v) if !v.is_empty() && v != api_version => {
+                return Err(StatusError::bad_request(format!(
+                    "the API version in the data ({v}) does not match the expected API version ({api_version})"
+                )));
+            }
+            _ => body["apiVersion"] = json!(api_version),
+        }
+        match body.get("kind").and_then(Value::as_str) {
+            Some(k) if !k.is_empty() && k != info.kind => {
+                return Err(StatusError::bad_request(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({})",
+                    info.kind
+                )));
+            }
+            _ => body["kind"] = json!(info.kind),
+        }
+        let m = meta::meta_mut(body);
+        if info.namespaced {
+            match m.get("namespace").and_then(Value::as_str) {
+                Some(n) if !n.is_empty() && n != ns => {
+                    return Err(StatusError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+                _ => {
+                    m.insert("namespace".into(), json!(ns));
+                }
+            }
+        } else {
+            m.remove("namespace");
+        }
+        Ok(())
+    }
+
+    /// Creates an object.
+    pub fn create(
+        &mut self,
+        info: &ResourceInfo,
+        ns: &str,
+        mut body: Value,
+        opts: &WriteOpts,
+    ) -> ApiResult<Value> {
+        Self::normalize_body(info, ns, &mut body)?;
+        let m = meta::meta_mut(&mut body);
+        let mut name = m
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if name.is_empty() {
+            let prefix = m.get("generateName").and_then(Value::as_str).unwrap_or("");
+            if prefix.is_empty() {
+                return Err(StatusError::invalid(
+                    &info.group,
+                    &info.kind,
+                    "",
+                    vec![Cause::new(
+                        "FieldValueRequired",
+                        "metadata.name",
+                        "Required value: name or generateName is required",
+                    )],
+                ));
+            }
+            name = format!("{prefix}{}", meta::name_suffix());
+            m.insert("name".into(), json!(name));
+        }
+        if let Some(msg) = meta::validate_name(&name) {
+            return Err(StatusError::invalid(
+                &info.group,
+                &info.kind,
+                &name,
+                vec![Cause::new("FieldValueInvalid", "metadata.name", msg)],
+            ));
+        }
+        self.check_namespace(info, ns)?;
+        let ok = (
+            if info.namespaced {
+                ns.to_string()
+            } else {
+                String::new()
+            },
+            name.clone(),
+        );
+        if self.lookup(&info.key(), &ok).is_some() {
+            return Err(StatusError::already_exists(
+                &info.group,
+                &info.plural,
+                &name,
+            ));
+        }
+        let new = self.finish_write(info, None, body, opts, false)?;
+        Ok(self.commit(info, ok, new, None, opts.dry_run))
+    }
+
+    /// Replaces an object (PUT), honouring the resourceVersion precondition.
+    pub fn update(
+        &mut self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        mut body: Value,
+        opts: &WriteOpts,
+    ) -> ApiResult<Value> {
+        Self::normalize_body(info, ns, &mut body)?;
+        let body_name = meta::name(&body).to_string();
+        if !body_name.is_empty() && body_name != name {
+            return Err(StatusError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        meta::meta_mut(&mut body).insert("name".into(), json!(name));
+        let ok = (
+            if info.namespaced {
+                ns.to_string()
+            } else {
+                String::new()
+            },
+            name.to_string(),
+        );
+        let old = self
+            .lookup(&info.key(), &ok)
+            .ok_or_else(|| StatusError::not_found(&info.group, &info.plural, name))?;
+        let want = rv_of(&body).to_string();
+        if want.is_empty() && info.custom {
+            return Err(StatusError::invalid(
+                &info.group,
+                &info.kind,
+                name,
+                vec![Cause::new(
+                    "FieldValueInvalid",
+                    "metadata.resourceVersion",
+                    "Invalid value: 0: must be specified for an update",
+                )],
+            ));
+        }
+        if !want.is_empty() && want != rv_of(&old) {
+            return Err(StatusError::conflict(
+                &info.group,
+                &info.plural,
+                name,
+                StatusError::MODIFIED,
+            ));
+        }
+        let new = self.finish_write(info, Some(&old), body, opts, false)?;
+        Ok(self.commit(info, ok, new, Some(old), opts.dry_run))
+    }
+
+    /// Patches an object; server-side apply creates it when missing.
+    pub fn patch(
+        &mut self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        kind: PatchType,
+        body: &Value,
+        force: bool,
+        opts: &WriteOpts,
+    ) -> ApiResult<Value> {
+        let ok = (
+            if info.namespaced {
+                ns.to_string()
+            } else {
+                String::new()
+            },
+            name.to_string(),
+        );
+        let old = self.lookup(&info.key(), &ok);
+        let lt = Self::list_type_fn(info);
+        if kind == PatchType::Apply {
+            return self.server_side_apply(info, ns, name, old, body, force, opts);
+        }
+        let old = old.ok_or_else(|| StatusError::not_found(&info.group, &info.plural, name))?;
+        let mut doc = Self::present(info, &old);
+        match kind {
+            PatchType::Merge => patch::merge_patch(&mut doc, body),
+            PatchType::Json => patch::json_patch(&mut doc, body)?,
+            PatchType::Strategic => {
+                if info.custom {
+                    return Err(StatusError::unsupported_media_type(
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                    ));
+                }
+                patch::strategic_merge(&mut doc, body, &mut Vec::new(), &lt);
+            }
+            PatchType::Apply => {}
+        }
+        Self::normalize_body(info, ns, &mut doc)?;
+        if meta::name(&doc) != name {
+            return Err(StatusError::bad_request(
+                "metadata.name cannot be changed by a patch",
+            ));
+        }
+        // A resourceVersion in the patch is a precondition.
+        let want = body
+            .get("metadata")
+            .and_then(|m| m.get("resourceVersion"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if kind != PatchType::Json && !want.is_empty() && want != rv_of(&old) {
+            return Err(StatusError::conflict(
+                &info.group,
+                &info.plural,
+                name,
+                StatusError::MODIFIED,
+            ));
+        }
+        if kind == PatchType::Json && rv_of(&doc) != rv_of(&old) && !rv_of(&doc).is_empty() {
+            return Err(StatusError::conflict(
+                &info.group,
+                &info.plural,
+                name,
+                StatusError::MODIFIED,
+            ));
+        }
+        let new = self.finish_write(info, Some(&old), doc, opts, false)?;
+        Ok(self.commit(info, ok, new, Some(old), opts.dry_run))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn server_side_apply(
+        &mut self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        old: Option<Arc<Value>>,
+        body: &Value,
+        force: bool,
+        opts: &WriteOpts,
+    ) -> ApiResult<Value> {
+        let bad = |msg: &str| StatusError::bad_request(msg.to_string());
+        if !body.is_object() {
+            return Err(bad("invalid object type: expected an object"));
+        }
+        if body
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty()
+        {
+            return Err(bad("invalid object type: /, Kind="));
+        }
+        if body
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty()
+        {
+            return Err(bad(&format!(
+                "invalid object type: {}, Kind=",
+                body["apiVersion"].as_str().unwrap_or("")
+            )));
+        }
+        if body
+            .get("metadata")
+            .and_then(|m| m.get("managedFields"))
+            .is_some()
+        {
+            return Err(bad("metadata.managedFields must be nil"));
+        }
+        if opts.manager.is_empty() {
+            return Err(bad(
+                "PATCH, application/apply-patch+yaml: fieldManager is required for apply requests",
+            ));
+        }
+        let mut applied = body.clone();
+        Self::normalize_body(info, ns, &mut applied)?;
+        let body_name = meta::name(&applied);
+        if !body_name.is_empty() && body_name != name {
+            return Err(bad(&format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let want_rv = rv_of(&applied).to_string();
+        let lt = Self::list_type_fn(info);
+        let mut tracked = apply::trackable(&applied, info.status, &opts.subresource);
+        if info.custom
+            && let Some(s) = &info.schema
+        {
+            // Unknown fields are pruned before ownership is computed.
+            let mut probe = tracked.clone();
+            let mut pruned = Vec::new();
+            schema::prune(&mut probe, &strip_meta_props(s), "", &mut pruned);
+            if opts.strict && !pruned.is_empty() {
+                return Err(strict_error(info, &pruned));
+            }
+            tracked = probe;
+        }
+        let ok = (
+            if info.namespaced {
+                ns.to_string()
+            } else {
+                String::new()
+            },
+            name.to_string(),
+        );
+        let base = match &old {
+            Some(o) => {
+                if !want_rv.is_empty() && want_rv != rv_of(o) {
+                    return Err(StatusError::conflict(
+                        &info.group,
+                        &info.plural,
+                        name,
+                        StatusError::MODIFIED,
+                    ));
+                }
+                Self::present(info, o)
+            }
+            None => {
+                if !opts.subresource.is_empty() {
+                    return Err(StatusError::not_found(&info.group, &info.plural, name));
+                }
+                json!({
+                    "apiVersion": info.api_version(),
+                    "kind": info.kind,
+                    "metadata": {"name": name, "namespace": ns},
+                })
+            }
+        };
+        let req = ApplyRequest {
+            applied: &tracked,
+            manager: &opts.manager,
+            force,
+            subresource: &opts.subresource,
+            api_version: &info.api_version(),
+            ident: (&info.group, &info.plural, name),
+        };
+        let mut merged = apply::apply(&base, &req, &lt)?;
+        match old {
+            Some(old) => {
+                let new = self.finish_write(info, Some(&old), merged, opts, true)?;
+                Ok(self.commit(info, ok, new, Some(old), opts.dry_run))
+            }
+            None => {
+                if let Some(m) = merged.get_mut("metadata").and_then(Value::as_object_mut)
+                    && !info.namespaced
+                {
+                    m.remove("namespace");
+                }
+                self.check_namespace(info, ns)?;
+                if let Some(msg) = meta::validate_name(name) {
+                    return Err(StatusError::invalid(
+                        &info.group,
+                        &info.kind,
+                        name,
+                        vec![Cause::new("FieldValueInvalid", "metadata.name", msg)],
+                    ));
+                }
+                let new = self.finish_write(info, None, merged, opts, true)?;
+                Ok(self.commit(info, ok, new, None, opts.dry_run))
+            }
+        }
+    }
+
+    /// Server-owned metadata, subresource separation, schema processing, generation and managedFields.
+    fn finish_write(
+        &mut self,
+        info: &ResourceInfo,
+        old: Option<&Value>,
+        mut new: Value,
+        opts: &WriteOpts,
+        managed_done: bool,
+    ) -> ApiResult<Value> {
+        let sub = opts.subresource.as_str();
+        let name = meta::name(&new).to_string();
+        // Clients may not set managedFields through ordinary writes in this server.
+        let managed_in = new
+            .get("metadata")
+            .and_then(|m| m.get("managedFields"))
+            .cloned();
+        match old {
+            Some(old) => {
+                if sub == "status" {
+                    let status = new.get("status").cloned();
+                    let mut base = Self::present(info, old);
+                    match status {
+                        Some(s) => base["status"] = s,
+                        None => {
+                            if let Some(m) = base.as_object_mut() {
+                                m.remove("status");
+                            }
+                        }
+                    }
+                    if managed_done && let Some(mf) = &managed_in {
+                        meta::meta_mut(&mut base).insert("managedFields".into(), mf.clone());
+                    }
+                    new = base;
+                } else if info.status {
+                    match old.get("status") {
+                        Some(s) => new["status"] = s.clone(),
+                        None => {
+                            if let Some(m) = new.as_object_mut() {
+                                m.remove("status");
+                            }
+                        }
+                    }
+                }
+                let old_meta = old
+                    .get("metadata")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                let m = meta::meta_mut(&mut new);
+                for f in [
+                    "uid",
+                    "creationTimestamp",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                    "generation",
+                    "name",
+                    "namespace",
+                ] {
+                    match old_meta.get(f) {
+                        Some(v) => {
+                            m.insert(f.into(), v.clone());
+                        }
+                        None => {
+                            m.remove(f);
+                        }
+                    }
+                }
+                m.remove("resourceVersion");
+                if meta::is_deleting(old) {
+                    let before = meta::finalizers(old);
+                    let added: Vec<String> = meta::finalizers(&new)
+                        .into_iter()
+                        .filter(|f| !before.contains(f))
+                        .collect();
+                    if !added.is_empty() {
+                        return Err(StatusError::invalid(
+                            &info.group,
+                            &info.kind,
+                            &name,
+                            vec![Cause::new(
+                                "FieldValueForbidden",
+                                "metadata.finalizers",
+                                format!(
+                                    "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+                                ),
+                            )],
+                        ));
+                    }
+                }
+            }
+            None => {
+                let m = meta::meta_mut(&mut new);
+                m.insert("uid".into(), json!(meta::uid()));
+                m.insert("creationTimestamp".into(), json!(meta::now()));
+                m.remove("deletionTimestamp");
+                m.remove("deletionGracePeriodSeconds");
+                m.remove("resourceVersion");
+                if info.generation || info.custom {
+                    m.insert("generation".into(), json!(1));
+                } else {
+                    m.remove("generation");
+                }
+                if info.status
+                    && let Some(o) = new.as_object_mut()
+                {
+                    o.remove("status");
+                }
+            }
+        }
+        if !managed_done && let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("managedFields");
+        }
+        builtin_defaults(info, &mut new, old.is_none());
+        if info.custom
+            && let Some(s) = &info.schema
+        {
+            let (pruned, causes) = schema::process(&mut new, &strip_meta_props(s));
+            if opts.strict && !pruned.is_empty() && !managed_done {
+                return Err(strict_error(info, &pruned));
+            }
+            if !causes.is_empty() {
+                return Err(StatusError::invalid(&info.group, &info.kind, &name, causes));
+            }
+        }
+        if info.key() == crd_key() {
+            crd_prepare(&mut new, &name)?;
+        }
+        if let Some(old) = old
+            && (info.generation || info.custom)
+        {
+            let drop_status = info.status;
+            if spec_part(old, drop_status) != spec_part(&new, drop_status) {
+                let g = meta::generation(old) + 1;
+                meta::meta_mut(&mut new).insert("generation".into(), json!(g));
+            }
+        }
+        if !managed_done {
+            let lt = Self::list_type_fn(info);
+            let tracked_new = apply::trackable(&new, info.status, sub);
+            let tracked_old = old.map(|o| apply::trackable(o, info.status, sub));
+            let manager = if opts.manager.is_empty() {
+                "unknown"
+            } else {
+                &opts.manager
+            };
+            apply::record_update(
+                old,
+                &mut new,
+                &tracked_new,
+                tracked_old.as_ref(),
+                manager,
+                sub,
+                &info.api_version(),
+                &lt,
+            );
+        }
+        // Store with the storage apiVersion.
+        if info.version != info.storage_version {
+            new["apiVersion"] = json!(format!("{}/{}", info.group, info.storage_version));
+        }
+        Ok(new)
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
+    }
+
+    fn emit(&mut self, kind: EventType, res: ResKey, object: Arc<Value>, old: Option<Arc<Value>>) {
+        let ev = Arc::new(Event {
+            rv: self.rv,
+            kind,
+            res,
+            object,
+            old,
+        });
+        self.history.push_back(ev.clone());
+        while self.history.len() > self.history_limit {
+            if let Some(e) = self.history.pop_front() {
+                self.compacted = e.rv;
+            }
+        }
+        self.watchers.retain(|w| w.send(ev.clone()).is_ok());
+    }
+
+    /// Stores `new` (unless it is a no-op or a dry run), emits the event, and completes a
+    /// deletion whose finalizers are gone. Returns the object as the client sees it.
+    fn commit(
+        &mut self,
+        info: &ResourceInfo,
+        ok: ObjKey,
+        mut new: Value,
+        old: Option<Arc<Value>>,
+        dry_run: bool,
+    ) -> Value {
+        if let Some(o) = &old
+            && without_times(o)
+                == without_times(&{
+                    let mut c = new.clone();
+                    meta::meta_mut(&mut c).insert("resourceVersion".into(), json!(rv_of(o)));
+                    c
+                })
+        {
+            return Self::present(info, o);
+        }
+        if dry_run {
+            if let Some(o) = &old {
+                meta::meta_mut(&mut new).insert("resourceVersion".into(), json!(rv_of(o)));
+            }
+            return Self::present(info, &new);
+        }
+        let key = info.key();
+        if meta::is_deleting(&new)
+            && meta::finalizers(&new).is_empty()
+            && !self.blocks_removal(&key, &new)
+        {
+            let gone = self.remove(&key, &ok, new);
+            self.run_gc();
+            return Self::present(info, &gone);
+        }
+        let rv = self.bump();
+        meta::meta_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
+        let arc = Arc::new(new);
+        let kind = if old.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
+        self.uids
+            .insert(meta::uid_of(&arc).to_string(), (key.clone(), ok.clone()));
+        self.objects
+            .entry(key.clone())
+            .or_default()
+            .insert(ok.clone(), arc.clone());
+        if key == crd_key() {
+            self.register_crd(&arc);
+        }
+        if key == ("apps".to_string(), "deployments".to_string())
+            && old
+                .as_ref()
+                .is_none_or(|o| meta::generation(o) != meta::generation(&arc))
+            && let Some(hook) = &self.deployment_hook
+        {
+            let _ = hook.send(ok);
+        }
+        self.emit(kind, key, arc.clone(), old);
+        if meta::is_deleting(&arc) || self.gc_pending {
+            self.run_gc();
+        }
+        Self::present(info, &arc)
+    }
+
+    /// Removes an object for good: bumps the resourceVersion and emits DELETED carrying it.
+    fn remove(&mut self, key: &ResKey, ok: &ObjKey, mut last: Value) -> Value {
+        let old = self.objects.get_mut(key).and_then(|m| m.remove(ok));
+        let rv = self.bump();
+        meta::meta_mut(&mut last).insert("resourceVersion".into(), json!(rv.to_string()));
+        self.uids.remove(meta::uid_of(&last));
+        if *key == crd_key() {
+            self.unregister_crd(&last);
+        }
+        let arc = Arc::new(last.clone());
+        self.emit(EventType::Deleted, key.clone(), arc, old);
+        self.gc_pending = true;
+        last
+    }
+
+    /// Whether something other than finalizers keeps a deleting object alive
+    /// (a namespace with content, a CRD with custom resources).
+    fn blocks_removal(&self, key: &ResKey, obj: &Value) -> bool {
+        if *key == ns_key() {
+            let ns = meta::name(obj);
+            return self
+                .objects
+                .iter()
+                .any(|(_, m)| m.keys().any(|(n, _)| n == ns));
+        }
+        if *key == crd_key() {
+            let group = obj
+                .pointer("/spec/group")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let plural = obj
+                .pointer("/spec/names/plural")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            return self.count(&(group.to_string(), plural.to_string())) > 0;
+        }
+        false
+    }
+
+    /// Deletes an object: immediately when nothing holds it, otherwise by setting deletionTimestamp.
+    pub fn delete(
+        &mut self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOpts,
+    ) -> ApiResult<Deleted> {
+        let ok = (
+            if info.namespaced {
+                ns.to_string()
+            } else {
+                String::new()
+            },
+            name.to_string(),
+        );
+        let key = info.key();
+        let obj = self
+            .lookup(&key, &ok)
+            .ok_or_else(|| StatusError::not_found(&info.group, &info.plural, name))?;
+        if let Some(uid) = &opts.uid
+            && uid != meta::uid_of(&obj)
+        {
+            return Err(StatusError::conflict(
+                &info.group,
+                &info.plural,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta::uid_of(&obj)
+                ),
+            ));
+        }
+        if let Some(rv) = &opts.resource_version
+            && rv != rv_of(&obj)
+        {
+            return Err(StatusError::conflict(
+                &info.group,
+                &info.plural,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    rv_of(&obj)
+                ),
+            ));
+        }
+        if meta::is_deleting(&obj) {
+            return Ok(Deleted::Pending(Self::present(info, &obj)));
+        }
+        let mut fins = meta::finalizers(&obj);
+        match opts.propagation.as_deref() {
+            Some("Foreground") => fins.push("foregroundDeletion".into()),
+            Some("Orphan") => fins.push("orphan".into()),
+            Some("Background") | None => {}
+            Some(other) => {
+                return Err(StatusError::invalid(
+                    "meta.k8s.io",
+                    "DeleteOptions",
+                    "",
+                    vec![Cause::new(
+                        "FieldValueNotSupported",
+                        "propagationPolicy",
+                        format!(
+                            "Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+                        ),
+                    )],
+                ));
+            }
+        }
+        if opts.dry_run {
+            return Ok(Deleted::Gone(Self::present(info, &obj)));
+        }
+        if fins.is_empty() && !self.blocks_removal(&key, &obj) {
+            let gone = self.remove(&key, &ok, (*obj).clone());
+            self.run_gc();
+            return Ok(Deleted::Gone(Self::present(info, &gone)));
+        }
+        let mut new = (*obj).clone();
+        {
+            let m = meta::meta_mut(&mut new);
+            m.insert("deletionTimestamp".into(), json!(meta::now()));
+            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+        }
+        meta::set_finalizers(&mut new, fins);
+        if meta::generation(&obj) > 0 {
+            let g = meta::generation(&obj) + 1;
+            meta::meta_mut(&mut new).insert("generation".into(), json!(g));
+        }
+        if key == ns_key() {
+            new["status"] = json!({"phase": "Terminating"});
+        }
+        let rv = self.bump();
+        meta::meta_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
+        let arc = Arc::new(new);
+        self.objects
+            .entry(key.clone())
+            .or_default()
+            .insert(ok.clone(), arc.clone());
+        self.emit(EventType::Modified, key.clone(), arc.clone(), Some(obj));
+        self.run_gc();
+        Ok(match self.lookup(&key, &ok) {
+            Some(cur) if meta::uid_of(&cur) == meta::uid_of(&arc) => {
+                Deleted::Pending(Self::present(info, &cur))
+            }
+            _ => Deleted::Pending(Self::present(info, &arc)),
+        })
+    }
+
+    /// Internal status write used by controllers living inside the server (simulator, GC).
+    pub fn write_internal(
+        &mut self,
+        key: &ResKey,
+        ok: &ObjKey,
+        manager: &str,
+        subresource: &str,
+        f: impl FnOnce(&mut Value),
+    ) -> Option<Value> {
+        let info = self.registry.storage(key)?;
+        let old = self.lookup(key, ok)?;
+        let mut new = (*old).clone();
+        f(&mut new);
+        let opts = WriteOpts {
+            manager: manager.to_string(),
+            subresource: subresource.to_string(),
+            ..Default::default()
+        };
+        let new = self
+            .finish_write(&info, Some(&old), new, &opts, false)
+            .ok()?;
+        Some(self.commit(&info, ok.clone(), new, Some(old), false))
+    }
+
+    /// Every stored object of every resource (for the garbage collector).
+    pub fn all_objects(&self) -> Vec<(ResKey, ObjKey, Arc<Value>)> {
+        self.objects
+            .iter()
+            .flat_map(|(k, m)| {
+                m.iter()
+                    .map(move |(ok, v)| (k.clone(), ok.clone(), v.clone()))
+            })
+            .collect()
+    }
+
+    /// Whether an object with this uid exists.
+    pub fn uid_exists(&self, uid: &str) -> bool {
+        self.uids.contains_key(uid)
+    }
+
+    /// Looks up an object by uid.
+    pub fn by_uid(&self, uid: &str) -> Option<(ResKey, ObjKey, Arc<Value>)> {
+        let (k, ok) = self.uids.get(uid)?;
+        Some((k.clone(), ok.clone(), self.lookup(k, ok)?))
+    }
+
+    /// Completes pending removals for the garbage collector: removes a deleting object whose
+    /// finalizers are empty and nothing blocks.
+    pub fn finish_if_done(&mut self, key: &ResKey, ok: &ObjKey) -> bool {
+        let Some(obj) = self.lookup(key, ok) else {
+            return false;
+        };
+        if meta::is_deleting(&obj)
+            && meta::finalizers(&obj).is_empty()
+            && !self.blocks_removal(key, &obj)
+        {
+            self.remove(key, ok, (*obj).clone());
+            return true;
+        }
+        false
+    }
+
+    /// Runs the garbage collector until nothing changes.
+    pub fn run_gc(&mut self) {
+        if self.in_gc {
+            return;
+        }
+        self.in_gc = true;
+        self.gc_pending = false;
+        crate::gc::collect(self);
+        self.gc_pending = false;
+        self.in_gc = false;
+    }
+
+    fn register_crd(&mut self, crd: &Value) {
+        for info in crd_resources(crd) {
+            self.registry.insert(info);
+        }
+    }
+
+    fn unregister_crd(&mut self, crd: &Value) {
+        let group = crd
+            .pointer("/spec/group")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let plural = crd
+            .pointer("/spec/names/plural")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        self.registry.remove(group, plural);
+        self.objects
+            .remove(&(group.to_string(), plural.to_string()));
+    }
+
+    /// Drops the retained history: every watch from an older resourceVersion gets 410 Expired.
+    pub fn compact(&mut self) {
+        self.history.clear();
+        self.compacted = self.rv;
+    }
+}
+
+fn strip_meta_props(schema: &Value) -> Value {
+    let mut s = schema.clone();
+    if let Some(p) = s.get_mut("properties").and_then(Value::as_object_mut) {
+        p.remove("metadata");
+        p.remove("apiVersion");
+        p.remove("kind");
+    }
+    if let Some(p) = s.get_mut("properties").and_then(Value::as_object_mut) {
+        p.insert(
+            "metadata".into(),
+            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+        );
+        p.insert("apiVersion".into(), json!({"type": "string"}));
+        p.insert("kind".into(), json!({"type": "string"}));
+    }
+    s
+}
+
+fn strict_error(info: &ResourceInfo, pruned: &[String]) -> StatusError {
+    let list: Vec<String> = pruned
+        .iter()
+        .map(|p| format!("unknown field \"{p}\""))
+        .collect();
+    StatusError::bad_request(format!(
+        "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+        info.kind,
+        info.version,
+        info.kind,
+        list.join(", ")
+    ))
+}
+
+/// Server-side defaults of built-in kinds.
+fn builtin_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
+    if info.custom {
+        return;
+    }
+    match (info.group.as_str(), info.kind.as_str()) {
+        ("", "Namespace") => {
+            if obj.pointer("/spec/finalizers").is_none() {
+                obj["spec"] = json!({"finalizers": ["kubernetes"]});
+            }
+            if creating {
+                obj["status"] = json!({"phase": "Active"});
+            }
+        }
+        ("", "Secret") => {
+            if obj.get("type").is_none() {
+                obj["type"] = json!("Opaque");
+            }
+        }
+        ("", "Service") => {
+            if obj.get("spec").is_none() {
+                obj["spec"] = json!({});
+            }
+            if obj.pointer("/spec/type").is_none() {
+                obj["spec"]["type"] = json!("ClusterIP");
+            }
+        }
+        ("apps", "Deployment" | "StatefulSet" | "ReplicaSet") => {
+            if obj.get("spec").is_some_and(Value::is_object)
+                && obj.pointer("/spec/replicas").is_none()
+            {
+                obj["spec"]["replicas"] = json!(1);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Validates a CRD and fills its status (names accepted, established).
+fn crd_prepare(crd: &mut Value, name: &str) -> ApiResult<()> {
+    let group = crd
+        .pointer("/spec/group")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let plural = crd
+        .pointer("/spec/names/plural")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let kind = crd
+        .pointer("/spec/names/kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let mut causes = Vec::new();
+    if group.is_empty() {
+        causes.push(Cause::new(
+            "FieldValueRequired",
+            "spec.group",
+            "Required value",
+        ));
+    }
+    if plural.is_empty() {
+        causes.push(Cause::new(
+            "FieldValueRequired",
+            "spec.names.plural",
+            "Required value",
+        ));
+    }
+    if kind.is_empty() {
+        causes.push(Cause::new(
+            "FieldValueRequired",
+            "spec.names.kind",
+            "Required value",
+        ));
+    }
+    if !matches!(
+        crd.pointer("/spec/scope").and_then(Value::as_str),
+        Some("Namespaced" | "Cluster")
+    ) {
+        causes.push(Cause::new(
+            "FieldValueNotSupported",
+            "spec.scope",
+            "Unsupported value: supported values: \"Cluster\", \"Namespaced\"",
+        ));
+    }
+    let versions = crd
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if versions.is_empty() {
+        causes.push(Cause::new(
+            "FieldValueRequired",
+            "spec.versions",
+            "Required value: must have exactly one version marked as storage version",
+        ));
+    }
+    let storage: Vec<&Value> = versions
+        .iter()
+        .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+        .collect();
+    if !versions.is_empty() && storage.len() != 1 {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            "spec.versions",
+            "Invalid value: must have exactly one version marked as storage version",
+        ));
+    }
+    if !group.is_empty() && !plural.is_empty() && name != format!("{plural}.{group}") {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            "metadata.name",
+            format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
+        ));
+    }
+    if !causes.is_empty() {
+        return Err(StatusError::invalid(
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            name,
+            causes,
+        ));
+    }
+    let names = crd.pointer("/spec/names").cloned().unwrap_or(json!({}));
+    let mut accepted = names.clone();
+    if accepted.get("singular").is_none() {
+        accepted["singular"] = json!(kind.to_lowercase());
+        crd["spec"]["names"]["singular"] = json!(kind.to_lowercase());
+    }
+    if accepted.get("listKind").is_none() {
+        accepted["listKind"] = json!(format!("{kind}List"));
+        crd["spec"]["names"]["listKind"] = json!(format!("{kind}List"));
+    }
+    let storage_version = storage
+        .first()
+        .and_then(|v| v.get("name"))
+        .cloned()
+        .unwrap_or(json!(""));
+    let now = meta::now();
+    let prev_stored: Vec<Value> = crd
+        .pointer("/status/storedVersions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut stored = prev_stored;
+    if !stored.contains(&storage_version) {
+        stored.push(storage_version);
+    }
+    let conditions = json!([
+        {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": crd.pointer("/status/conditions/0/lastTransitionTime").cloned().unwrap_or(json!(now))},
+        {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": crd.pointer("/status/conditions/1/lastTransitionTime").cloned().unwrap_or(json!(now))},
+    ]);
+    crd["status"] =
+        json!({"conditions": conditions, "acceptedNames": accepted, "storedVersions": stored});
+    Ok(())
+}
+
+/// The resources a CRD serves, one per served version.
+pub fn crd_resources(crd: &Value) -> Vec<ResourceInfo> {
+    let spec = crd.get("spec").cloned().unwrap_or(json!({}));
+    let s = |p: &str| {
+        spec.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let group = s("/group");
+    let plural = s("/names/plural");
+    let kind = s("/names/kind");
+    let singular = {
+        let v = s("/names/singular");
+        if v.is_empty() { kind.to_lowercase() } else { v }
+    };
+    let strs = |p: &str| -> Vec<String> {
+        spec.pointer(p)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let versions = spec
+        .get("versions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let storage_version = versions
+        .iter()
+        .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+        .and_then(|v| v.get("name").and_then(Value::as_str))
+        .unwrap_or("")
+        .to_string();
+    versions
+        .iter()
+        .filter(|v| v.get("served").and_then(Value::as_bool).unwrap_or(true))
+        .map(|v| ResourceInfo {
+            group: group.clone(),
+            version: v
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            kind: kind.clone(),
+            plural: plural.clone(),
+            singular: singular.clone(),
+            namespaced: spec.get("scope").and_then(Value::as_str) != Some("Cluster"),
+            status: v.pointer("/subresources/status").is_some(),
+            generation: true,
+            short_names: strs("/names/shortNames"),
+            categories: strs("/names/categories"),
+            schema: v.pointer("/schema/openAPIV3Schema").cloned(),
+            custom: true,
+            storage_version: storage_version.clone(),
+            printer_columns: v
+                .get("additionalPrinterColumns")
+                .and_then(Value::as_array)
+                .map(|cols| {
+                    cols.iter()
+                        .map(|c| {
+                            let f = |k: &str| {
+                                c.get(k).and_then(Value::as_str).unwrap_or("").to_string()
+                            };
+                            (f("name"), f("type"), f("jsonPath"))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect()
+}

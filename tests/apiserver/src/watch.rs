@@ -1,0 +1,183 @@
+//! Watch streams: filtering and shaping events per watcher, bookmarks, timeouts, and the
+//! newline-delimited JSON framing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use crate::output::{self, Shape};
+use crate::resources::ResourceInfo;
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::{Event, EventType, State};
+
+/// What one watch asked for.
+#[derive(Debug, Clone)]
+pub struct WatchSpec {
+    /// Resource watched (in the requested version).
+    pub info: Arc<ResourceInfo>,
+    /// Namespace, or all namespaces.
+    pub namespace: Option<String>,
+    /// Label selector.
+    pub labels: LabelSelector,
+    /// Field selector.
+    pub fields: FieldSelector,
+    /// `allowWatchBookmarks=true`.
+    pub bookmarks: bool,
+    /// Response shape.
+    pub shape: Shape,
+    /// When the server closes the stream.
+    pub timeout: Duration,
+    /// Interval between bookmarks.
+    pub bookmark_interval: Duration,
+}
+
+impl WatchSpec {
+    fn matches(&self, obj: &Value) -> bool {
+        self.namespace
+            .as_deref()
+            .is_none_or(|n| crate::meta::namespace(obj) == n)
+            && self.labels.matches(obj)
+            && self.fields.matches(obj)
+    }
+
+    /// The event this watcher sees for a store event, if any (selector transitions turn
+    /// MODIFIED into ADDED or DELETED, as the real watch cache does).
+    pub fn translate(&self, ev: &Event) -> Option<(EventType, Arc<Value>)> {
+        if ev.res != self.info.key() {
+            return None;
+        }
+        let now = self.matches(&ev.object);
+        let before = ev.old.as_ref().is_some_and(|o| self.matches(o));
+        let kind = match ev.kind {
+            EventType::Added if now => EventType::Added,
+            EventType::Modified if now && before => EventType::Modified,
+            EventType::Modified if now => EventType::Added,
+            EventType::Modified if before => EventType::Deleted,
+            EventType::Deleted if now || before => EventType::Deleted,
+            _ => return None,
+        };
+        Some((kind, ev.object.clone()))
+    }
+
+    /// One wire line for an object event.
+    pub fn line(&self, kind: EventType, obj: &Value, first: bool) -> Bytes {
+        let presented = State::present(&self.info, obj);
+        let object = output::shape_object(&self.info, self.shape, &presented, first);
+        frame(&json!({"type": kind.as_str(), "object": object}))
+    }
+
+    /// A BOOKMARK line at `rv`.
+    pub fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {
+        let (api_version, kind) = match self.shape {
+            Shape::Full => (self.info.api_version(), self.info.kind.clone()),
+            Shape::Metadata => (
+                "meta.k8s.io/v1".to_string(),
+                "PartialObjectMetadata".to_string(),
+            ),
+            Shape::Table => ("meta.k8s.io/v1".to_string(), "Table".to_string()),
+        };
+        let mut md = json!({"resourceVersion": rv.to_string(), "creationTimestamp": null});
+        if initial_end {
+            md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        frame(
+            &json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": md}}),
+        )
+    }
+}
+
+/// Serializes one event followed by a newline.
+pub fn frame(v: &Value) -> Bytes {
+    let mut s = v.to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+/// The in-stream ERROR event carrying a Status.
+pub fn error_line(status: &Value) -> Bytes {
+    frame(&json!({"type": "ERROR", "object": status}))
+}
+
+/// Signals that end open watches.
+pub struct Signals {
+    /// Bumped by `Faults::drop_watches`.
+    pub drop: watch::Receiver<u64>,
+    /// Set on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Drives one watch: sends `initial` lines, then translated events from `rx` after `from`,
+/// with bookmarks, until timeout, a drop, shutdown, or the client going away.
+pub async fn run(
+    spec: WatchSpec,
+    initial: Vec<Bytes>,
+    backlog: Vec<Arc<Event>>,
+    mut rx: mpsc::UnboundedReceiver<Arc<Event>>,
+    from: u64,
+    out: mpsc::Sender<Bytes>,
+    mut signals: Signals,
+) {
+    let mut first = true;
+    let mut last_rv = from;
+    for line in initial {
+        if out.send(line).await.is_err() {
+            return;
+        }
+        first = false;
+    }
+    for ev in backlog {
+        last_rv = last_rv.max(ev.rv);
+        if let Some((k, o)) = spec.translate(&ev) {
+            if out.send(spec.line(k, &o, first)).await.is_err() {
+                return;
+            }
+            first = false;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + spec.bookmark_interval,
+        spec.bookmark_interval,
+    );
+    let _ = signals.drop.borrow_and_update();
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { return };
+                if ev.rv <= from {
+                    continue;
+                }
+                last_rv = last_rv.max(ev.rv);
+                if let Some((k, o)) = spec.translate(&ev) {
+                    if out.send(spec.line(k, &o, first)).await.is_err() {
+                        return;
+                    }
+                    first = false;
+                }
+            }
+            _ = tick.tick(), if spec.bookmarks => {
+                // Drain what is already queued so the bookmark never runs ahead of events.
+                while let Ok(ev) = rx.try_recv() {
+                    if ev.rv <= from { continue; }
+                    last_rv = last_rv.max(ev.rv);
+                    if let Some((k, o)) = spec.translate(&ev) {
+                        if out.send(spec.line(k, &o, first)).await.is_err() {
+                            return;
+                        }
+                        first = false;
+                    }
+                }
+                if out.send(spec.bookmark(last_rv, false)).await.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = signals.drop.changed() => return,
+            _ = signals.shutdown.changed() => return,
+            _ = out.closed() => return,
+        }
+    }
+}

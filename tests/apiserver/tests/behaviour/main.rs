@@ -1,0 +1,4 @@
+//! Behaviour tests: real clients (kube-rs, kubectl) against the in-memory API server.
+
+mod common;
+mod crud;
