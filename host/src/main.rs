@@ -1,1 +1,7 @@
-fn main() {}
+//! The `wasmop` command line. See `wasmop --help`.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

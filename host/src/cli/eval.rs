@@ -1,0 +1,146 @@
+//! `wasmop eval`: one plugin (and policies) on custom resources from a file, offline. Prints the
+//! desired children as multi-document YAML followed by the status and conditions as comments,
+//! so the output can be piped to `kubectl apply -f -`; `-o json` prints everything as JSON.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use wasmop::manifest::{read_objects, to_yaml, to_yaml_documents};
+use wasmop::plugin::{Desired, Limits, OperatorPlugin, ReconcileRequest, Runtime};
+use wasmop::policy::PolicyChain;
+
+use super::Output;
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The operator plugin to run.
+    #[arg(long)]
+    plugin: PathBuf,
+    /// Policy plugins to review the desired children, in order (repeatable).
+    #[arg(long = "policy")]
+    policies: Vec<PathBuf>,
+    /// Children that exist now (multi-document YAML), as the plugin would observe them.
+    #[arg(long)]
+    observed: Option<PathBuf>,
+    /// File whose contents are passed to the plugin as its settings.
+    #[arg(long)]
+    settings: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Yaml)]
+    output: Output,
+    /// The custom resource(s) to evaluate (multi-document YAML).
+    file: PathBuf,
+}
+
+pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
+    let plugin = rt.load_operator(&args.plugin, Limits::default())?;
+    let chain = PolicyChain::new(
+        args.policies
+            .iter()
+            .map(|p| rt.load_policy(p, Limits::default()).map(|plugin| (plugin, None)))
+            .collect::<Result<_, _>>()?,
+    );
+    let settings = args
+        .settings
+        .as_deref()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read settings file {}", p.display())))
+        .transpose()?;
+    let observed = match &args.observed {
+        Some(path) => read_objects(path)?,
+        None => Vec::new(),
+    };
+    let parents = parents_of(&plugin, &args.file)?;
+
+    let mut results = Vec::new();
+    for parent in parents {
+        let children = observed_children(&parent, &observed);
+        let req = ReconcileRequest { parent: parent.clone(), children, finalizing: false, settings: settings.clone() };
+        let mut desired = plugin.reconcile(&req)?;
+        desired.children = chain.review(&parent, std::mem::take(&mut desired.children))?;
+        results.push((parent, desired));
+    }
+    match args.output {
+        Output::Json => {
+            let out: Vec<Value> = results.iter().map(|(p, d)| result_json(p, d)).collect();
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Output::Yaml => {
+            for (parent, desired) in &results {
+                print!("{}", to_yaml_documents(&desired.children));
+                print!("{}", status_comment(parent, desired));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The objects in `file` of the plugin's parent kind, each given the `default` namespace if it
+/// names none and the kind is namespaced (as kubectl would).
+fn parents_of(plugin: &OperatorPlugin, file: &Path) -> anyhow::Result<Vec<Value>> {
+    let meta = plugin.metadata();
+    let cluster_scoped = meta.crd.as_ref().is_some_and(|crd| crd["spec"]["scope"] == "Cluster");
+    let objects = read_objects(file)?;
+    let found: Vec<String> = objects
+        .iter()
+        .map(|o| format!("{} {}", o["apiVersion"].as_str().unwrap_or("?"), o["kind"].as_str().unwrap_or("?")))
+        .collect();
+    let mut parents: Vec<Value> = objects.into_iter().filter(|o| meta.parent.matches(o)).collect();
+    if parents.is_empty() {
+        bail!(
+            "{} contains no {} for plugin {} (found: {}); check apiVersion and kind",
+            file.display(),
+            meta.parent,
+            meta.name,
+            if found.is_empty() { "nothing".into() } else { found.join(", ") }
+        );
+    }
+    if !cluster_scoped {
+        for parent in &mut parents {
+            if let Some(metadata) = parent["metadata"].as_object_mut() {
+                metadata.entry("namespace").or_insert_with(|| json!("default"));
+            }
+        }
+    }
+    Ok(parents)
+}
+
+/// Observed objects in the parent's namespace (offline there are no ownerReferences to follow).
+fn observed_children(parent: &Value, observed: &[Value]) -> Vec<Value> {
+    let ns = parent["metadata"]["namespace"].as_str();
+    observed.iter().filter(|o| o["metadata"]["namespace"].as_str().is_none_or(|n| Some(n) == ns)).cloned().collect()
+}
+
+fn parent_ref(parent: &Value) -> String {
+    let name = parent["metadata"]["name"].as_str().unwrap_or("?");
+    match parent["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+fn result_json(parent: &Value, d: &Desired) -> Value {
+    json!({
+        "parent": parent_ref(parent),
+        "children": d.children,
+        "status": d.status,
+        "conditions": d.conditions,
+        "requeueAfterSeconds": d.requeue_after.map(|r| r.as_secs()),
+    })
+}
+
+/// Status and conditions as YAML comments, so the document stream stays appliable.
+fn status_comment(parent: &Value, d: &Desired) -> String {
+    let mut summary = json!({ "status": d.status, "conditions": d.conditions });
+    if let Some(requeue) = d.requeue_after {
+        summary["requeueAfterSeconds"] = json!(requeue.as_secs());
+    }
+    let mut out = format!("# {} {}:\n", parent["kind"].as_str().unwrap_or("parent"), parent_ref(parent));
+    for line in to_yaml(&summary).lines() {
+        out.push_str("#   ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,93 @@
+//! Command-line parsing and dispatch; one file per subcommand.
+
+mod crd;
+mod eval;
+mod inspect;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use wasmop::plugin::{Runtime, RuntimeConfig, default_cache_dir};
+
+/// A Kubernetes operator host whose reconcile logic lives in sandboxed WebAssembly plugins.
+#[derive(Parser)]
+#[command(name = "wasmop", version, about)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Directory for compiled plugin code (default: $WASMOP_CACHE_DIR or ~/.cache/wasmop).
+    #[arg(long, global = true, env = "WASMOP_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile plugins on every load instead of using the compiled-code cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Output format of commands that print objects.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum Output {
+    Yaml,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one plugin (and policies) on a custom resource offline and print the desired objects.
+    Eval(eval::Args),
+    /// Print the CustomResourceDefinitions that plugins ship.
+    Crd(crd::Args),
+    /// Work with plugin files.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Load a plugin and print what it declares and what loading it cost.
+    Inspect(inspect::Args),
+}
+
+/// Parses arguments, runs the command, and turns an error into one clear line and exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Eval(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| eval::run(&rt, args)),
+        Command::Crd(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| crd::run(&rt, args)),
+        Command::Plugin(PluginCommand::Inspect(args)) => {
+            runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| inspect::run(&rt, args))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(cache_dir: &Option<PathBuf>, no_cache: bool) -> anyhow::Result<Runtime> {
+    let cache_dir = if no_cache { None } else { cache_dir.clone().or_else(default_cache_dir) };
+    Ok(Runtime::new(RuntimeConfig { cache_dir, ..RuntimeConfig::default() })?)
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WASMOP_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,28 @@
+//! The sandboxed WebAssembly runtime that runs plugins.
+//!
+//! One [`Runtime`] per process compiles plugin files (with an on-disk cache of compiled code)
+//! into [`OperatorPlugin`]s and [`PolicyPlugin`]s. Every call runs in a fresh instance under
+//! [`Limits`], and every failure is a [`PluginError`].
+
+mod bindings;
+mod cache;
+pub mod contract;
+mod error;
+mod limits;
+mod operator;
+mod output;
+mod policy;
+mod runtime;
+mod sandbox;
+
+pub use cache::{CacheOutcome, CacheStats};
+pub use contract::{
+    ChildKind, Condition, ConditionStatus, Desired, Gvk, OperatorMetadata, PolicyMetadata, ReconcileRequest, Verdict,
+};
+pub use error::PluginError;
+pub use limits::Limits;
+pub use operator::OperatorPlugin;
+pub use policy::PolicyPlugin;
+pub use runtime::{
+    CONTRACT_VERSION, LoadedPlugin, PluginFile, Runtime, RuntimeConfig, RuntimeError, World, default_cache_dir,
+};

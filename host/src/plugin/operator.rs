@@ -1,0 +1,148 @@
+//! A loaded operator plugin: validated metadata and a reconcile call in a fresh sandbox.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::bindings::operator::OperatorPre;
+use super::bindings::operator::exports::wasmop::plugin::reconciler as wit;
+use super::contract::{Desired, OperatorMetadata, ReconcileRequest, metadata_from_wit};
+use super::error::PluginError;
+use super::limits::Limits;
+use super::output::check_response;
+use super::runtime::{EpochTicker, PluginFile};
+use super::sandbox::{CallState, run_call};
+use crate::names;
+
+/// A loaded operator plugin. Cheap to clone; every call gets a fresh instance, so concurrent
+/// calls from many tasks are safe and share nothing.
+#[derive(Clone)]
+pub struct OperatorPlugin {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pre: OperatorPre<CallState>,
+    meta: OperatorMetadata,
+    name: Arc<str>,
+    limits: Limits,
+    file: PluginFile,
+    _ticker: Arc<EpochTicker>,
+}
+
+impl OperatorPlugin {
+    pub(crate) fn new(
+        pre: OperatorPre<CallState>,
+        ticker: Arc<EpochTicker>,
+        limits: Limits,
+        mut file: PluginFile,
+        started: Instant,
+    ) -> Result<Self, PluginError> {
+        let label: Arc<str> = file.path.display().to_string().into();
+        let engine = pre.engine().clone();
+        let raw = run_call(
+            &engine,
+            &label,
+            &limits,
+            |s| pre.instantiate(s),
+            |s, i| i.wasmop_plugin_reconciler().call_metadata(s),
+        )?;
+        let meta = validate_metadata(raw, &label)?;
+        file.load_time = started.elapsed();
+        let name = meta.name.as_str().into();
+        Ok(OperatorPlugin { inner: Arc::new(Inner { pre, meta, name, limits, file, _ticker: ticker }) })
+    }
+
+    /// What the plugin says about itself (checked).
+    pub fn metadata(&self) -> &OperatorMetadata {
+        &self.inner.meta
+    }
+
+    /// Facts about the file it was loaded from.
+    pub fn file(&self) -> &PluginFile {
+        &self.inner.file
+    }
+
+    /// The limits applied to each call.
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// Computes the desired state of one parent, in a fresh sandbox, and checks the answer.
+    pub fn reconcile(&self, req: &ReconcileRequest) -> Result<Desired, PluginError> {
+        let inner = &*self.inner;
+        let wit_req = wit::Request {
+            parent: req.parent.to_string(),
+            children: req.children.iter().map(Value::to_string).collect(),
+            finalizing: req.finalizing,
+            settings: req.settings.clone(),
+        };
+        let answer = run_call(
+            inner.pre.engine(),
+            &inner.name,
+            &inner.limits,
+            |s| inner.pre.instantiate(s),
+            |s, i| i.wasmop_plugin_reconciler().call_reconcile(s, &wit_req),
+        )?;
+        match answer {
+            Ok(resp) => check_response(&inner.meta, &req.parent, resp, &inner.limits),
+            Err(wit::Error::Invalid(message)) => {
+                Err(PluginError::InvalidSpec { plugin: inner.meta.name.clone(), message })
+            }
+            Err(wit::Error::Retry(message)) => Err(PluginError::Retry { plugin: inner.meta.name.clone(), message }),
+        }
+    }
+}
+
+fn validate_metadata(raw: wit::OperatorMetadata, label: &str) -> Result<OperatorMetadata, PluginError> {
+    let bad = |reason: String| PluginError::InvalidMetadata { plugin: label.to_string(), reason };
+    let (mut meta, crd) = metadata_from_wit(raw);
+    if !names::is_dns_label(&meta.name) {
+        return Err(bad(format!("name {:?} must be a lowercase DNS label (a-z, 0-9, '-')", meta.name)));
+    }
+    if meta.parent.kind.is_empty() || meta.parent.version.is_empty() {
+        return Err(bad(format!("parent {:?} needs a version and a kind", meta.parent)));
+    }
+    for (i, child) in meta.children.iter().enumerate() {
+        if child.gvk.kind.is_empty() || child.gvk.version.is_empty() {
+            return Err(bad(format!("child kind {i} {:?} needs a version and a kind", child.gvk)));
+        }
+        if meta.children[..i].iter().any(|c| c.gvk == child.gvk) {
+            return Err(bad(format!("child kind {} is declared twice", child.gvk)));
+        }
+    }
+    if let Some(raw_crd) = crd {
+        let crd: Value = serde_json::from_str(&raw_crd).map_err(|e| bad(format!("its CRD is not valid JSON: {e}")))?;
+        check_crd(&crd, &meta).map_err(bad)?;
+        meta.crd = Some(crd);
+    }
+    Ok(meta)
+}
+
+/// The CRD must define exactly the parent kind the plugin reconciles.
+fn check_crd(crd: &Value, meta: &OperatorMetadata) -> Result<(), String> {
+    if crd["kind"] != "CustomResourceDefinition" || crd["apiVersion"] != "apiextensions.k8s.io/v1" {
+        return Err("its CRD must be an apiextensions.k8s.io/v1 CustomResourceDefinition".into());
+    }
+    let spec = &crd["spec"];
+    if spec["group"].as_str() != Some(meta.parent.group.as_str())
+        || spec["names"]["kind"].as_str() != Some(meta.parent.kind.as_str())
+    {
+        return Err(format!(
+            "its CRD defines {}/{} but the parent kind is {}",
+            spec["group"].as_str().unwrap_or("?"),
+            spec["names"]["kind"].as_str().unwrap_or("?"),
+            meta.parent
+        ));
+    }
+    let served = spec["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|v| v["name"].as_str() == Some(meta.parent.version.as_str()));
+    if !served {
+        return Err(format!("its CRD does not define version {} of the parent kind", meta.parent.version));
+    }
+    Ok(())
+}

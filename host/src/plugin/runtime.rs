@@ -1,0 +1,356 @@
+//! The process-wide WebAssembly runtime: one Engine (component model, pooling allocator,
+//! copy-on-write memory images, epoch interruption), one Linker, the compiled-code cache, and
+//! the epoch ticker that enforces wall-time limits.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings;
+use super::cache::{CacheOutcome, CacheStats, CodeCache, sha256_hex};
+use super::error::PluginError;
+use super::limits::Limits;
+use super::operator::OperatorPlugin;
+use super::policy::PolicyPlugin;
+use super::sandbox::CallState;
+
+/// The contract version this host implements.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+const RECONCILER_EXPORT: &str = "wasmop:plugin/reconciler";
+const REVIEWER_EXPORT: &str = "wasmop:plugin/reviewer";
+
+/// How often the epoch advances; wall-time limits are accurate to about this.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Settings of the runtime as a whole.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Directory of the compiled-code cache; `None` compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+    /// Most plugin instances alive at once (pool slots); calls beyond wait for none, they fail,
+    /// so keep this above the reconcile concurrency.
+    pub max_instances: u32,
+    /// Largest memory limit any plugin may be given, in bytes (the pool's slot size).
+    pub max_memory_bytes: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { cache_dir: default_cache_dir(), max_instances: 256, max_memory_bytes: 1 << 30 }
+    }
+}
+
+/// `$WASMOP_CACHE_DIR`, else `$XDG_CACHE_HOME/wasmop`, else `~/.cache/wasmop`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("WASMOP_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("wasmop"));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("wasmop"))
+}
+
+/// The world a plugin component implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum World {
+    /// `wasmop:plugin/operator`: exports `reconciler`.
+    Operator,
+    /// `wasmop:plugin/policy`: exports `reviewer`.
+    Policy,
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            World::Operator => "operator",
+            World::Policy => "policy",
+        })
+    }
+}
+
+/// Facts about one loaded plugin file.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PluginFile {
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// sha256 of its bytes (hex); its first 12 characters are the plugin revision.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The world it implements.
+    pub world: World,
+    /// Time to compile (or load from cache) and check it.
+    pub load_time: Duration,
+    /// Whether compiled code came from the cache.
+    pub cache: CacheOutcome,
+}
+
+impl PluginFile {
+    /// Short content hash identifying this build of the plugin.
+    pub fn revision(&self) -> &str {
+        &self.sha256[..12]
+    }
+}
+
+/// A loaded plugin of either world.
+pub enum LoadedPlugin {
+    /// An operator plugin.
+    Operator(OperatorPlugin),
+    /// A policy plugin.
+    Policy(PolicyPlugin),
+}
+
+/// Advances the engine's epoch on a background thread until dropped.
+pub(crate) struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("wasmop-epoch".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })?;
+        Ok(EpochTicker { stop, thread: Some(thread) })
+    }
+
+    /// Epoch ticks that cover `timeout` (plus one, since the current tick is partly spent).
+    pub(crate) fn ticks_for(timeout: Duration) -> u64 {
+        let tick = EPOCH_TICK.as_micros().max(1);
+        u64::try_from(timeout.as_micros().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The runtime. Create one per process and share it; plugins loaded from it stay usable on
+/// their own.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallState>,
+    cache: CodeCache,
+    ticker: Arc<EpochTicker>,
+    max_memory_bytes: u64,
+}
+
+/// Failure to set the runtime up (not a plugin's fault).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// wasmtime refused the configuration.
+    #[error("cannot configure the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The epoch ticker thread could not start.
+    #[error("cannot start the epoch ticker thread: {0}")]
+    Ticker(#[from] std::io::Error),
+}
+
+impl Runtime {
+    /// Builds the engine, linker and cache.
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances.saturating_mul(8))
+            .total_memories(config.max_instances.saturating_mul(2))
+            .total_tables(config.max_instances.saturating_mul(8))
+            .total_stacks(config.max_instances)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16)
+            .max_core_instances_per_component(32)
+            .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX));
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        bindings::operator::Operator::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let cache = CodeCache::new(&engine, config.cache_dir);
+        let ticker = Arc::new(EpochTicker::start(engine.clone())?);
+        Ok(Runtime { engine, linker, cache, ticker, max_memory_bytes: config.max_memory_bytes })
+    }
+
+    /// How often compiled code came from the cache vs. was compiled.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// Loads a plugin file of either world with the default limits.
+    pub fn load(&self, path: &Path) -> Result<LoadedPlugin, PluginError> {
+        self.load_with(path, Limits::default())
+    }
+
+    /// Loads a plugin file of either world with `limits`.
+    pub fn load_with(&self, path: &Path, limits: Limits) -> Result<LoadedPlugin, PluginError> {
+        let start = Instant::now();
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_path_buf(), source })?;
+        let display = path.display().to_string();
+        check_header(&bytes, &display)?;
+        let limits = self.clamp(limits);
+        let sha256 = sha256_hex(&bytes);
+        let (component, cache) = self
+            .cache
+            .component(&self.engine, &bytes, &sha256)
+            .map_err(|e| PluginError::Compile { path: path.to_path_buf(), reason: format!("{e:#}") })?;
+        let world = world_of(&self.engine, &component, &display)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| PluginError::Incompatible {
+            plugin: display.clone(),
+            reason: format!("{e:#}; a plugin may import only wasmop:plugin/host and WASI"),
+        })?;
+        let file = PluginFile {
+            path: path.to_path_buf(),
+            sha256,
+            size: bytes.len() as u64,
+            world,
+            load_time: Duration::ZERO,
+            cache,
+        };
+        Ok(match world {
+            World::Operator => {
+                let pre = bindings::operator::OperatorPre::new(pre).map_err(|e| incompatible_exports(&display, e))?;
+                LoadedPlugin::Operator(OperatorPlugin::new(pre, self.ticker.clone(), limits, file, start)?)
+            }
+            World::Policy => {
+                let pre = bindings::policy::PolicyPre::new(pre).map_err(|e| incompatible_exports(&display, e))?;
+                LoadedPlugin::Policy(PolicyPlugin::new(pre, self.ticker.clone(), limits, file, start)?)
+            }
+        })
+    }
+
+    /// Loads an operator plugin, refusing a policy plugin with a clear message.
+    pub fn load_operator(&self, path: &Path, limits: Limits) -> Result<OperatorPlugin, PluginError> {
+        match self.load_with(path, limits)? {
+            LoadedPlugin::Operator(p) => Ok(p),
+            LoadedPlugin::Policy(p) => Err(PluginError::Incompatible {
+                plugin: path.display().to_string(),
+                reason: format!(
+                    "it is the policy plugin {:?} (world policy) but an operator plugin (world operator) is needed here",
+                    p.metadata().name
+                ),
+            }),
+        }
+    }
+
+    /// Loads a policy plugin, refusing an operator plugin with a clear message.
+    pub fn load_policy(&self, path: &Path, limits: Limits) -> Result<PolicyPlugin, PluginError> {
+        match self.load_with(path, limits)? {
+            LoadedPlugin::Policy(p) => Ok(p),
+            LoadedPlugin::Operator(p) => Err(PluginError::Incompatible {
+                plugin: path.display().to_string(),
+                reason: format!(
+                    "it is the operator plugin {:?} (world operator) but a policy plugin (world policy) is needed here",
+                    p.metadata().name
+                ),
+            }),
+        }
+    }
+
+    fn clamp(&self, mut limits: Limits) -> Limits {
+        if limits.memory_bytes > self.max_memory_bytes {
+            tracing::warn!(
+                asked = limits.memory_bytes,
+                max = self.max_memory_bytes,
+                "plugin memory limit lowered to the runtime's maximum"
+            );
+            limits.memory_bytes = self.max_memory_bytes;
+        }
+        limits
+    }
+}
+
+/// Distinguishes core modules and non-WebAssembly files from components before compiling.
+fn check_header(bytes: &[u8], plugin: &str) -> Result<(), PluginError> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
+    if bytes.len() >= 8 && &bytes[..4] == MAGIC && bytes[4..8] == CORE_VERSION {
+        return Err(PluginError::Incompatible {
+            plugin: plugin.to_string(),
+            reason: "it is a core WebAssembly module, not a component; build it for the wasm32-wasip2 target \
+                     (or wrap it with `wasm-tools component new`)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Which world the component implements, from its exports; refuses other contract versions.
+fn world_of(engine: &Engine, component: &Component, plugin: &str) -> Result<World, PluginError> {
+    let exports: Vec<String> = component.component_type().exports(engine).map(|(name, _)| name.to_string()).collect();
+    let mut other_versions = Vec::new();
+    for name in &exports {
+        let (interface, version) = name.split_once('@').unwrap_or((name.as_str(), ""));
+        let world = match interface {
+            RECONCILER_EXPORT => World::Operator,
+            REVIEWER_EXPORT => World::Policy,
+            _ => continue,
+        };
+        if compatible(version) {
+            return Ok(world);
+        }
+        other_versions.push(format!("{interface}@{version}"));
+    }
+    let reason = if let Some(found) = other_versions.first() {
+        format!(
+            "it implements {found}, but this host supports contract version {CONTRACT_VERSION} (0.1.x); rebuild it against wasmop:plugin@{CONTRACT_VERSION}"
+        )
+    } else {
+        format!(
+            "it exports neither {RECONCILER_EXPORT}@{CONTRACT_VERSION} (world operator) nor {REVIEWER_EXPORT}@{CONTRACT_VERSION} (world policy); it exports [{}]",
+            exports.join(", ")
+        )
+    };
+    Err(PluginError::Incompatible { plugin: plugin.to_string(), reason })
+}
+
+/// Whether an exported package version is one this host speaks (same 0.1 series).
+fn compatible(version: &str) -> bool {
+    let mut parts = version.split('.');
+    matches!((parts.next(), parts.next()), (Some("0"), Some("1")))
+}
+
+fn incompatible_exports(plugin: &str, e: wasmtime::Error) -> PluginError {
+    PluginError::Incompatible {
+        plugin: plugin.to_string(),
+        reason: format!("its exports do not match the contract: {e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_versions() {
+        assert!(compatible("0.1.0"));
+        assert!(compatible("0.1.7"));
+        assert!(!compatible("0.2.0"));
+        assert!(!compatible(""));
+    }
+
+    #[test]
+    fn deadline_covers_timeout() {
+        assert_eq!(EpochTicker::ticks_for(Duration::from_millis(500)), 101);
+        assert_eq!(EpochTicker::ticks_for(Duration::ZERO), 1);
+    }
+}
