@@ -56,9 +56,7 @@ pub fn trackable(obj: &Value, status_subresource: bool, sub: &str) -> Value {
                 md.remove(*f);
             }
         }
-        if m.get("metadata")
-            .is_some_and(|md| md.as_object().is_some_and(Map::is_empty))
-        {
+        if m.get("metadata").is_some_and(|md| md.as_object().is_some_and(Map::is_empty)) {
             m.remove("metadata");
         }
         if sub == "status" {
@@ -88,18 +86,13 @@ impl FieldSet {
         Self::build(value, list_type, &mut path)
     }
 
-    fn build(
-        value: &Value,
-        lt: &dyn Fn(&[String]) -> ListType,
-        path: &mut Vec<String>,
-    ) -> FieldSet {
+    fn build(value: &Value, lt: &dyn Fn(&[String]) -> ListType, path: &mut Vec<String>) -> FieldSet {
         let mut node = FieldSet::default();
         match value {
             Value::Object(m) if !m.is_empty() => {
                 for (k, v) in m {
                     path.push(k.clone());
-                    node.children
-                        .insert(PathElement::Field(k.clone()), Self::build(v, lt, path));
+                    node.children.insert(PathElement::Field(k.clone()), Self::build(v, lt, path));
                     path.pop();
                 }
             }
@@ -109,16 +102,12 @@ impl FieldSet {
                     for it in items {
                         node.children.insert(
                             PathElement::Value(it.to_string()),
-                            FieldSet {
-                                member: true,
-                                children: BTreeMap::new(),
-                            },
+                            FieldSet { member: true, children: BTreeMap::new() },
                         );
                     }
                 }
                 ListType::Map(keys) => {
-                    let ks: Option<Vec<String>> =
-                        items.iter().map(|it| key_json(it, &keys)).collect();
+                    let ks: Option<Vec<String>> = items.iter().map(|it| key_json(it, &keys)).collect();
                     match ks {
                         Some(ks) => {
                             for (k, it) in ks.into_iter().zip(items) {
@@ -179,9 +168,8 @@ impl FieldSet {
             let pe = if let Some(f) = k.strip_prefix("f:") {
                 PathElement::Field(f.to_string())
             } else if let Some(f) = k.strip_prefix("k:") {
-                let canonical = serde_json::from_str::<Value>(f)
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|_| f.to_string());
+                let canonical =
+                    serde_json::from_str::<Value>(f).map(|v| v.to_string()).unwrap_or_else(|_| f.to_string());
                 PathElement::Key(canonical)
             } else if let Some(f) = k.strip_prefix("v:") {
                 PathElement::Value(f.to_string())
@@ -280,9 +268,7 @@ pub fn value_at<'a>(obj: &'a Value, path: &[PathElement]) -> Option<&'a Value> {
             }
             PathElement::Key(k) => {
                 let want: Map<String, Value> = serde_json::from_str(k).ok()?;
-                cur.as_array()?
-                    .iter()
-                    .find(|x| want.iter().all(|(kk, vv)| x.get(kk) == Some(vv)))?
+                cur.as_array()?.iter().find(|x| want.iter().all(|(kk, vv)| x.get(kk) == Some(vv)))?
             }
         };
     }
@@ -301,15 +287,12 @@ pub fn remove_at(obj: &mut Value, path: &[PathElement]) {
             PathElement::Index(i) => cur.get_mut(*i),
             PathElement::Value(v) => {
                 let want: Option<Value> = serde_json::from_str(v).ok();
-                cur.as_array_mut()
-                    .and_then(|a| a.iter_mut().find(|x| Some(&**x) == want.as_ref()))
+                cur.as_array_mut().and_then(|a| a.iter_mut().find(|x| Some(&**x) == want.as_ref()))
             }
             PathElement::Key(k) => {
                 let want: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
-                cur.as_array_mut().and_then(|a| {
-                    a.iter_mut()
-                        .find(|x| want.iter().all(|(kk, vv)| x.get(kk) == Some(vv)))
-                })
+                cur.as_array_mut()
+                    .and_then(|a| a.iter_mut().find(|x| want.iter().all(|(kk, vv)| x.get(kk) == Some(vv))))
             }
         };
         match next {
@@ -367,12 +350,7 @@ pub fn path_string(path: &[PathElement]) -> String {
 }
 
 /// Structural merge of an applied configuration into a live object.
-pub fn merge_applied(
-    live: &mut Value,
-    applied: &Value,
-    path: &mut Vec<String>,
-    lt: &dyn Fn(&[String]) -> ListType,
-) {
+pub fn merge_applied(live: &mut Value, applied: &Value, path: &mut Vec<String>, lt: &dyn Fn(&[String]) -> ListType) {
     match (live.as_object_mut(), applied) {
         (Some(l), Value::Object(a)) => {
             for (k, av) in a {
@@ -400,10 +378,7 @@ pub fn merge_applied(
                     let Some(k) = key_json(item, &keys) else {
                         continue;
                     };
-                    match l
-                        .iter_mut()
-                        .find(|x| key_json(x, &keys).as_deref() == Some(&k))
-                    {
+                    match l.iter_mut().find(|x| key_json(x, &keys).as_deref() == Some(&k)) {
                         Some(existing) => merge_applied(existing, item, path, lt),
                         None => l.push(item.clone()),
                     }
@@ -450,27 +425,11 @@ pub fn read_managed(obj: &Value) -> Vec<Managed> {
             entries
                 .iter()
                 .map(|e| Managed {
-                    manager: e
-                        .get("manager")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .into(),
-                    operation: e
-                        .get("operation")
-                        .and_then(Value::as_str)
-                        .unwrap_or("Update")
-                        .into(),
-                    api_version: e
-                        .get("apiVersion")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .into(),
+                    manager: e.get("manager").and_then(Value::as_str).unwrap_or("").into(),
+                    operation: e.get("operation").and_then(Value::as_str).unwrap_or("Update").into(),
+                    api_version: e.get("apiVersion").and_then(Value::as_str).unwrap_or("").into(),
                     time: e.get("time").and_then(Value::as_str).unwrap_or("").into(),
-                    subresource: e
-                        .get("subresource")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .into(),
+                    subresource: e.get("subresource").and_then(Value::as_str).unwrap_or("").into(),
                     set: FieldSet::from_fields_v1(e.get("fieldsV1").unwrap_or(&Value::Null)),
                 })
                 .collect()
@@ -524,16 +483,10 @@ pub struct ApplyRequest<'a> {
 
 /// Applies `req.applied` onto `live` (a full object), returning the merged object with updated
 /// `managedFields`, or a 409 listing each conflicting field.
-pub fn apply(
-    live: &Value,
-    req: &ApplyRequest<'_>,
-    lt: &dyn Fn(&[String]) -> ListType,
-) -> ApiResult<Value> {
+pub fn apply(live: &Value, req: &ApplyRequest<'_>, lt: &dyn Fn(&[String]) -> ListType) -> ApiResult<Value> {
     let mut entries = read_managed(live);
     let applied_set = FieldSet::from_value(req.applied, lt);
-    let is_mine = |e: &Managed| {
-        e.manager == req.manager && e.operation == "Apply" && e.subresource == req.subresource
-    };
+    let is_mine = |e: &Managed| e.manager == req.manager && e.operation == "Apply" && e.subresource == req.subresource;
     // Conflicts: fields owned by someone else whose value would change.
     let mut conflicts: Vec<(usize, Vec<PathElement>)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
@@ -565,31 +518,17 @@ pub fn apply(
                         format!(
                             "conflict with \"{}\"{} using {}",
                             entries[*i].manager,
-                            if entries[*i].operation == "Update" {
-                                ""
-                            } else {
-                                ""
-                            },
+                            if entries[*i].operation == "Update" { "" } else { "" },
                             entries[*i].api_version
                         ),
                     )
                 })
                 .collect();
             let detail = if causes.len() == 1 {
-                format!(
-                    "Apply failed with 1 conflict: {}: {}",
-                    causes[0].message, causes[0].field
-                )
+                format!("Apply failed with 1 conflict: {}: {}", causes[0].message, causes[0].field)
             } else {
-                let lines: Vec<String> = causes
-                    .iter()
-                    .map(|c| format!("- {}: {}", c.message, c.field))
-                    .collect();
-                format!(
-                    "Apply failed with {} conflicts:\n{}",
-                    causes.len(),
-                    lines.join("\n")
-                )
+                let lines: Vec<String> = causes.iter().map(|c| format!("- {}: {}", c.message, c.field)).collect();
+                format!("Apply failed with {} conflicts:\n{}", causes.len(), lines.join("\n"))
             };
             let mut err = StatusError::new(409, "Conflict", detail);
             err.group = (!group.is_empty()).then(|| group.to_string());
@@ -606,12 +545,8 @@ pub fn apply(
         others.union(&e.set);
     }
     if let Some(prev) = entries.iter().find(|e| is_mine(e)) {
-        let mut gone: Vec<Vec<PathElement>> = prev
-            .set
-            .members()
-            .into_iter()
-            .filter(|p| !applied_set.has(p) && !others.has_under(p))
-            .collect();
+        let mut gone: Vec<Vec<PathElement>> =
+            prev.set.members().into_iter().filter(|p| !applied_set.has(p) && !others.has_under(p)).collect();
         gone.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for p in gone {
             remove_at(&mut result, &p);
@@ -669,9 +604,9 @@ pub fn record_update(
         e.set.prune();
     }
     if !changed.is_empty() {
-        let pos = entries.iter().position(|e| {
-            e.manager == manager && e.operation == "Update" && e.subresource == subresource
-        });
+        let pos = entries
+            .iter()
+            .position(|e| e.manager == manager && e.operation == "Update" && e.subresource == subresource);
         let idx = match pos {
             Some(i) => i,
             None => {
@@ -720,25 +655,13 @@ mod tests {
     }
 
     fn req<'a>(applied: &'a Value, manager: &'a str, force: bool) -> ApplyRequest<'a> {
-        ApplyRequest {
-            applied,
-            manager,
-            force,
-            subresource: "",
-            api_version: "v1",
-            ident: ("", "configmaps", "x"),
-        }
+        ApplyRequest { applied, manager, force, subresource: "", api_version: "v1", ident: ("", "configmaps", "x") }
     }
 
     #[test]
     fn conflicts_force_and_removal() {
         let a1 = json!({"data": {"a": "1", "b": "1"}});
-        let live = apply(
-            &json!({"metadata": {"name": "x"}}),
-            &req(&a1, "one", false),
-            &lt,
-        )
-        .unwrap();
+        let live = apply(&json!({"metadata": {"name": "x"}}), &req(&a1, "one", false), &lt).unwrap();
         // Same value from another manager: shared ownership, no conflict.
         let a2 = json!({"data": {"a": "1"}});
         let live = apply(&live, &req(&a2, "two", false), &lt).unwrap();

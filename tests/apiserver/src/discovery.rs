@@ -36,10 +36,8 @@ pub fn core_versions(server_address: &str) -> Value {
 }
 
 fn group_entry(name: &str, versions: &[String]) -> Value {
-    let vs: Vec<Value> = versions
-        .iter()
-        .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
-        .collect();
+    let vs: Vec<Value> =
+        versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
     json!({
         "name": name,
         "versions": vs,
@@ -49,11 +47,7 @@ fn group_entry(name: &str, versions: &[String]) -> Value {
 
 /// `/apis`.
 pub fn groups(reg: &Registry) -> Value {
-    let gs: Vec<Value> = reg
-        .groups()
-        .iter()
-        .map(|(g, vs)| group_entry(g, vs))
-        .collect();
+    let gs: Vec<Value> = reg.groups().iter().map(|(g, vs)| group_entry(g, vs)).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs})
 }
 
@@ -67,19 +61,10 @@ pub fn group(reg: &Registry, name: &str) -> Option<Value> {
 }
 
 fn verbs(info: &ResourceInfo) -> Vec<&'static str> {
-    vec![
-        "create",
-        "delete",
-        "deletecollection",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch",
-    ]
-    .into_iter()
-    .filter(|v| info.kind != "Namespace" || *v != "deletecollection")
-    .collect()
+    vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        .into_iter()
+        .filter(|v| info.kind != "Namespace" || *v != "deletecollection")
+        .collect()
 }
 
 /// `/api/v1` or `/apis/{group}/{version}`.
@@ -114,14 +99,8 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
             }));
         }
     }
-    let gv = if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    };
-    Some(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
-    )
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
 }
 
 #[cfg(test)]
@@ -132,21 +111,11 @@ mod tests {
     fn lists_builtins_with_status_subresources() {
         let reg = Registry::builtin();
         let apps = resource_list(&reg, "apps", "v1").unwrap();
-        let names: Vec<&str> = apps["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|r| r["name"].as_str())
-            .collect();
+        let names: Vec<&str> =
+            apps["resources"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
         assert!(names.contains(&"deployments") && names.contains(&"deployments/status"));
         assert!(resource_list(&reg, "apps", "v9").is_none());
         let gs = groups(&reg);
-        assert!(
-            gs["groups"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|g| g["name"] == "batch")
-        );
+        assert!(gs["groups"].as_array().unwrap().iter().any(|g| g["name"] == "batch"));
     }
 }

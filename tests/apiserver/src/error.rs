@@ -32,11 +32,7 @@ pub struct Cause {
 impl Cause {
     /// Builds a cause.
     pub fn new(reason: &str, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Cause {
-            reason: reason.to_string(),
-            field: field.into(),
-            message: message.into(),
-        }
+        Cause { reason: reason.to_string(), field: field.into(), message: message.into() }
     }
 }
 
@@ -71,11 +67,7 @@ impl std::error::Error for StatusError {}
 pub type ApiResult<T> = Result<T, StatusError>;
 
 fn qualified(resource: &str, group: &str) -> String {
-    if group.is_empty() {
-        resource.to_string()
-    } else {
-        format!("{resource}.{group}")
-    }
+    if group.is_empty() { resource.to_string() } else { format!("{resource}.{group}") }
 }
 
 impl StatusError {
@@ -101,22 +93,14 @@ impl StatusError {
 
     /// 404 `NotFound` for `resource` (plural) in `group`.
     pub fn not_found(group: &str, resource: &str, name: &str) -> Self {
-        Self::new(
-            404,
-            "NotFound",
-            format!("{} \"{name}\" not found", qualified(resource, group)),
-        )
-        .with_details(group, resource, name)
+        Self::new(404, "NotFound", format!("{} \"{name}\" not found", qualified(resource, group)))
+            .with_details(group, resource, name)
     }
 
     /// 409 `AlreadyExists`.
     pub fn already_exists(group: &str, resource: &str, name: &str) -> Self {
-        Self::new(
-            409,
-            "AlreadyExists",
-            format!("{} \"{name}\" already exists", qualified(resource, group)),
-        )
-        .with_details(group, resource, name)
+        Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", qualified(resource, group)))
+            .with_details(group, resource, name)
     }
 
     /// 409 `Conflict` for a stale resourceVersion or failed precondition.
@@ -124,40 +108,24 @@ impl StatusError {
         Self::new(
             409,
             "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} \"{name}\": {why}",
-                qualified(resource, group)
-            ),
+            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", qualified(resource, group)),
         )
         .with_details(group, resource, name)
     }
 
     /// The message used for a stale resourceVersion.
-    pub const MODIFIED: &'static str = "the object has been modified; please apply your changes to the latest version and try again";
+    pub const MODIFIED: &'static str =
+        "the object has been modified; please apply your changes to the latest version and try again";
 
     /// 422 `Invalid` with one cause per field.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
         let parts: Vec<String> = causes
             .iter()
-            .map(|c| {
-                if c.field.is_empty() {
-                    c.message.clone()
-                } else {
-                    format!("{}: {}", c.field, c.message)
-                }
-            })
+            .map(|c| if c.field.is_empty() { c.message.clone() } else { format!("{}: {}", c.field, c.message) })
             .collect();
-        let list = if parts.len() == 1 {
-            parts[0].clone()
-        } else {
-            format!("[{}]", parts.join(", "))
-        };
-        let mut e = Self::new(
-            422,
-            "Invalid",
-            format!("{} \"{name}\" is invalid: {list}", qualified(kind, group)),
-        )
-        .with_details(group, kind, name);
+        let list = if parts.len() == 1 { parts[0].clone() } else { format!("[{}]", parts.join(", ")) };
+        let mut e = Self::new(422, "Invalid", format!("{} \"{name}\" is invalid: {list}", qualified(kind, group)))
+            .with_details(group, kind, name);
         e.causes = causes;
         e
     }

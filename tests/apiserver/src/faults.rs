@@ -25,12 +25,7 @@ pub struct Faults {
 
 impl Faults {
     pub(crate) fn new(state: Arc<Mutex<State>>) -> Self {
-        Faults {
-            rules: Mutex::new(Vec::new()),
-            latency: Mutex::new(Duration::ZERO),
-            drop: watch::channel(0).0,
-            state,
-        }
+        Faults { rules: Mutex::new(Vec::new()), latency: Mutex::new(Duration::ZERO), drop: watch::channel(0).0, state }
     }
 
     /// Fails the next `n` requests with `verb` (`get`, `list`, `watch`, `create`, `update`,
@@ -38,12 +33,7 @@ impl Faults {
     /// `configmaps`, `deployments/status`, or `*`) with HTTP `status_code` and a matching Status.
     pub fn fail_next(&self, verb: &str, resource: &str, n: u32, status_code: u16) {
         if let Ok(mut r) = self.rules.lock() {
-            r.push(Rule {
-                verb: verb.to_string(),
-                resource: resource.to_string(),
-                remaining: n,
-                code: status_code,
-            });
+            r.push(Rule { verb: verb.to_string(), resource: resource.to_string(), remaining: n, code: status_code });
         }
     }
 
@@ -90,9 +80,7 @@ impl Faults {
         let idx = rules.iter().position(|r| {
             r.remaining > 0
                 && (r.verb == "*" || r.verb == verb)
-                && (r.resource == "*"
-                    || r.resource == resource
-                    || (r.resource == base && !resource.contains('/')))
+                && (r.resource == "*" || r.resource == resource || (r.resource == base && !resource.contains('/')))
         })?;
         rules[idx].remaining -= 1;
         let code = rules[idx].code;

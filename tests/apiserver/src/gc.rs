@@ -10,19 +10,11 @@ use crate::store::{DeleteOpts, State};
 fn dependents(
     state: &State,
     uid: &str,
-) -> Vec<(
-    crate::resources::ResKey,
-    crate::store::ObjKey,
-    std::sync::Arc<Value>,
-)> {
+) -> Vec<(crate::resources::ResKey, crate::store::ObjKey, std::sync::Arc<Value>)> {
     state
         .all_objects()
         .into_iter()
-        .filter(|(_, _, o)| {
-            meta::owner_refs(o)
-                .iter()
-                .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
-        })
+        .filter(|(_, _, o)| meta::owner_refs(o).iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)))
         .collect()
 }
 
@@ -35,24 +27,13 @@ fn delete_object(
     let Some(info) = state.registry.storage(key) else {
         return false;
     };
-    let opts = DeleteOpts {
-        propagation: Some(propagation.to_string()),
-        ..Default::default()
-    };
+    let opts = DeleteOpts { propagation: Some(propagation.to_string()), ..Default::default() };
     state.delete(&info, &ok.0, &ok.1, &opts).is_ok()
 }
 
-fn drop_finalizer(
-    state: &mut State,
-    key: &crate::resources::ResKey,
-    ok: &crate::store::ObjKey,
-    finalizer: &str,
-) {
+fn drop_finalizer(state: &mut State, key: &crate::resources::ResKey, ok: &crate::store::ObjKey, finalizer: &str) {
     state.write_internal(key, ok, "kube-controller-manager", "", |o| {
-        let f: Vec<String> = meta::finalizers(o)
-            .into_iter()
-            .filter(|x| x != finalizer)
-            .collect();
+        let f: Vec<String> = meta::finalizers(o).into_iter().filter(|x| x != finalizer).collect();
         meta::set_finalizers(o, f);
     });
 }
@@ -109,36 +90,17 @@ fn pass(state: &mut State) -> bool {
             if key == (String::new(), "namespaces".to_string()) {
                 let ns = meta::name(&cur).to_string();
                 for (k, o, d) in state.all_objects() {
-                    if o.0 == ns
-                        && !meta::is_deleting(&d)
-                        && delete_object(state, &k, &o, "Background")
-                    {
+                    if o.0 == ns && !meta::is_deleting(&d) && delete_object(state, &k, &o, "Background") {
                         changed = true;
                     }
                 }
             }
-            if key
-                == (
-                    "apiextensions.k8s.io".to_string(),
-                    "customresourcedefinitions".to_string(),
-                )
-            {
-                let group = cur
-                    .pointer("/spec/group")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let plural = cur
-                    .pointer("/spec/names/plural")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
+            if key == ("apiextensions.k8s.io".to_string(), "customresourcedefinitions".to_string()) {
+                let group = cur.pointer("/spec/group").and_then(Value::as_str).unwrap_or("").to_string();
+                let plural = cur.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or("").to_string();
                 let crkey = (group, plural);
                 for (k, o, d) in state.all_objects() {
-                    if k == crkey
-                        && !meta::is_deleting(&d)
-                        && delete_object(state, &k, &o, "Background")
-                    {
+                    if k == crkey && !meta::is_deleting(&d) && delete_object(state, &k, &o, "Background") {
                         changed = true;
                     }
                 }
@@ -149,9 +111,7 @@ fn pass(state: &mut State) -> bool {
         } else {
             let refs = meta::owner_refs(&cur);
             if !refs.is_empty()
-                && refs
-                    .iter()
-                    .all(|r| !state.uid_exists(r.get("uid").and_then(Value::as_str).unwrap_or("")))
+                && refs.iter().all(|r| !state.uid_exists(r.get("uid").and_then(Value::as_str).unwrap_or("")))
                 && delete_object(state, &key, &ok, "Background")
             {
                 changed = true;

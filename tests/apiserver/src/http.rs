@@ -62,17 +62,11 @@ fn error_response(e: &StatusError) -> Response<Body> {
 }
 
 fn lock(shared: &Shared) -> Result<std::sync::MutexGuard<'_, State>, StatusError> {
-    shared
-        .state
-        .lock()
-        .map_err(|_| StatusError::internal("state lock poisoned"))
+    shared.state.lock().map_err(|_| StatusError::internal("state lock poisoned"))
 }
 
 /// Entry point for every request.
-pub async fn handle(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let latency = shared.faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -80,36 +74,19 @@ pub async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query: HashMap<String, String> =
-        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-    let h = |name: header::HeaderName| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
-    };
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let h = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let accept = h(header::ACCEPT);
     let content_type = h(header::CONTENT_TYPE);
     let user_agent = h(header::USER_AGENT);
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            return Ok(error_response(&StatusError::bad_request(format!(
-                "reading body: {e}"
-            ))));
+            return Ok(error_response(&StatusError::bad_request(format!("reading body: {e}"))));
         }
     };
     tracing::debug!(%method, %path, "request");
-    let ctx = Ctx {
-        method,
-        query,
-        accept,
-        content_type,
-        user_agent,
-        body,
-    };
+    let ctx = Ctx { method, query, accept, content_type, user_agent, body };
     Ok(route(&shared, &path, ctx).await)
 }
 
@@ -124,10 +101,7 @@ struct Ctx {
 
 impl Ctx {
     fn q(&self, k: &str) -> Option<&str> {
-        self.query
-            .get(k)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        self.query.get(k).map(String::as_str).filter(|v| !v.is_empty())
     }
     fn flag(&self, k: &str) -> bool {
         matches!(self.q(k), Some("true" | "1"))
@@ -137,12 +111,7 @@ impl Ctx {
 fn not_found_page() -> Response<Body> {
     json_response(
         404,
-        &StatusError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        )
-        .to_status(),
+        &StatusError::new(404, "NotFound", "the server could not find the requested resource").to_status(),
     )
 }
 
@@ -155,9 +124,7 @@ async fn route(shared: &Arc<Shared>, path: &str, ctx: Ctx) -> Response<Body> {
     };
     match segs.as_slice() {
         ["version"] if get => json_response(200, &discovery::version()),
-        ["healthz" | "livez" | "readyz", ..] if get => {
-            full(200, "text/plain", Bytes::from_static(b"ok"))
-        }
+        ["healthz" | "livez" | "readyz", ..] if get => full(200, "text/plain", Bytes::from_static(b"ok")),
         ["api"] if get => json_response(200, &discovery::core_versions(&shared.addr.to_string())),
         ["apis"] if get => json_response(200, &discovery::groups(&registry)),
         ["apis", g] if get => match discovery::group(&registry, g) {
@@ -195,17 +162,8 @@ struct Target {
     sub: Option<String>,
 }
 
-fn resolve(
-    reg: &crate::resources::Registry,
-    group: &str,
-    version: &str,
-    rest: &[&str],
-) -> Option<Target> {
-    let mk = |plural: &str,
-              ns: Option<&str>,
-              name: Option<&&str>,
-              sub: Option<&&str>|
-     -> Option<Target> {
+fn resolve(reg: &crate::resources::Registry, group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let mk = |plural: &str, ns: Option<&str>, name: Option<&&str>, sub: Option<&&str>| -> Option<Target> {
         let info = reg.get(group, version, plural)?;
         if info.namespaced != ns.is_some() && !(info.namespaced && ns.is_none() && name.is_none()) {
             return None;
@@ -270,10 +228,7 @@ async fn resource_route(
         st.record(verb, &resource);
     }
     if let Some(code) = shared.faults.take(verb, &resource) {
-        return error_response(&StatusError::from_code(
-            code,
-            format!("injected fault: {verb} {resource}"),
-        ));
+        return error_response(&StatusError::from_code(code, format!("injected fault: {verb} {resource}")));
     }
     if let Some(sub) = &target.sub
         && !(sub == "status" && target.info.status)
@@ -306,13 +261,11 @@ fn parse_json(ctx: &Ctx) -> Result<Value, StatusError> {
         )));
     }
     if ctx.content_type.contains("yaml") {
-        let text =
-            std::str::from_utf8(&ctx.body).map_err(|e| StatusError::bad_request(e.to_string()))?;
+        let text = std::str::from_utf8(&ctx.body).map_err(|e| StatusError::bad_request(e.to_string()))?;
         return serde_saphyr::from_str::<Value>(text)
             .map_err(|e| StatusError::bad_request(format!("error decoding YAML: {e}")));
     }
-    serde_json::from_slice(&ctx.body)
-        .map_err(|e| StatusError::bad_request(format!("error decoding JSON: {e}")))
+    serde_json::from_slice(&ctx.body).map_err(|e| StatusError::bad_request(format!("error decoding JSON: {e}")))
 }
 
 fn write_opts(ctx: &Ctx, target: &Target) -> WriteOpts {
@@ -336,10 +289,7 @@ fn do_get(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     let st = lock(shared)?;
     let obj = st.get(&t.info, ns_of(t), t.name.as_deref().unwrap_or(""))?;
     let shape = output::negotiate(&ctx.accept);
-    Ok(json_response(
-        200,
-        &output::shape_object(&t.info, shape, &obj, true),
-    ))
+    Ok(json_response(200, &output::shape_object(&t.info, shape, &obj, true)))
 }
 
 fn selectors(t: &Target, ctx: &Ctx) -> Result<(LabelSelector, FieldSelector), StatusError> {
@@ -352,33 +302,19 @@ fn selectors(t: &Target, ctx: &Ctx) -> Result<(LabelSelector, FieldSelector), St
 fn do_list(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     let (labels, fields) = selectors(t, ctx)?;
     let limit = match ctx.q("limit") {
-        Some(l) => Some(
-            l.parse::<usize>()
-                .map_err(|_| StatusError::bad_request(format!("invalid limit {l:?}")))?,
-        ),
+        Some(l) => Some(l.parse::<usize>().map_err(|_| StatusError::bad_request(format!("invalid limit {l:?}")))?),
         None => None,
     };
     let page = {
         let st = lock(shared)?;
-        st.list(
-            &t.info,
-            t.ns.as_deref(),
-            &labels,
-            &fields,
-            limit,
-            ctx.q("continue"),
-        )?
+        st.list(&t.info, t.ns.as_deref(), &labels, &fields, limit, ctx.q("continue"))?
     };
     let shape = output::negotiate(&ctx.accept);
     let rv = page.rv.to_string();
     let body = match shape {
-        Shape::Table => output::table(
-            &t.info,
-            &page.items,
-            &rv,
-            page.cont.as_deref(),
-            ctx.q("includeObject") != Some("None"),
-        ),
+        Shape::Table => {
+            output::table(&t.info, &page.items, &rv, page.cont.as_deref(), ctx.q("includeObject") != Some("None"))
+        }
         _ => {
             let mut md = json!({"resourceVersion": rv});
             if let Some(c) = &page.cont {
@@ -394,11 +330,7 @@ fn do_list(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
                     page.items.iter().map(output::partial).collect::<Vec<_>>(),
                 )
             } else {
-                (
-                    t.info.api_version(),
-                    format!("{}List", t.info.kind),
-                    page.items,
-                )
+                (t.info.api_version(), format!("{}List", t.info.kind), page.items)
             };
             json!({"apiVersion": api_version, "kind": kind, "metadata": md, "items": items})
         }
@@ -430,15 +362,10 @@ fn do_watch(shared: &Arc<Shared>, t: Target, ctx: &Ctx) -> Response<Body> {
     let rv_param = ctx.q("resourceVersion").unwrap_or("").to_string();
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(256);
     let body_stream = futures::stream::unfold(out_rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
     let mut response = Response::new(BodyExt::boxed(StreamBody::new(body_stream)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     let setup = (|| -> Result<_, StatusError> {
         let mut st = lock(shared)?;
         let mut initial = Vec::new();
@@ -456,14 +383,11 @@ fn do_watch(shared: &Arc<Shared>, t: Target, ctx: &Ctx) -> Response<Body> {
                 initial.push(spec.bookmark(from, true));
             }
         } else {
-            let n: u64 = rv_param.parse().map_err(|_| {
-                StatusError::bad_request(format!("invalid resource version: {rv_param}"))
-            })?;
+            let n: u64 = rv_param
+                .parse()
+                .map_err(|_| StatusError::bad_request(format!("invalid resource version: {rv_param}")))?;
             if n < st.compacted {
-                return Ok(Err(StatusError::expired(format!(
-                    "too old resource version: {n} ({})",
-                    st.compacted
-                ))));
+                return Ok(Err(StatusError::expired(format!("too old resource version: {n} ({})", st.compacted))));
             }
             backlog = st.history.iter().filter(|e| e.rv > n).cloned().collect();
             from = n;
@@ -482,13 +406,8 @@ fn do_watch(shared: &Arc<Shared>, t: Target, ctx: &Ctx) -> Response<Body> {
             response
         }
         Ok(Ok((initial, backlog, rx, from))) => {
-            let signals = watchmod::Signals {
-                drop: shared.faults.drop_receiver(),
-                shutdown: shared.shutdown.clone(),
-            };
-            tokio::spawn(watchmod::run(
-                spec, initial, backlog, rx, from, out_tx, signals,
-            ));
+            let signals = watchmod::Signals { drop: shared.faults.drop_receiver(), shutdown: shared.shutdown.clone() };
+            tokio::spawn(watchmod::run(spec, initial, backlog, rx, from, out_tx, signals));
             response
         }
     }
@@ -496,9 +415,7 @@ fn do_watch(shared: &Arc<Shared>, t: Target, ctx: &Ctx) -> Response<Body> {
 
 fn do_create(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     if t.sub.is_some() {
-        return Err(StatusError::method_not_allowed(
-            "create is not allowed on a subresource",
-        ));
+        return Err(StatusError::method_not_allowed("create is not allowed on a subresource"));
     }
     let body = parse_json(ctx)?;
     let opts = write_opts(ctx, t);
@@ -511,13 +428,7 @@ fn do_update(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     let body = parse_json(ctx)?;
     let opts = write_opts(ctx, t);
     let mut st = lock(shared)?;
-    let obj = st.update(
-        &t.info,
-        ns_of(t),
-        t.name.as_deref().unwrap_or(""),
-        body,
-        &opts,
-    )?;
+    let obj = st.update(&t.info, ns_of(t), t.name.as_deref().unwrap_or(""), body, &opts)?;
     Ok(json_response(200, &obj))
 }
 
@@ -535,16 +446,14 @@ fn do_patch(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
         }
     };
     let body: Value = if kind == PatchType::Apply {
-        let text =
-            std::str::from_utf8(&ctx.body).map_err(|e| StatusError::bad_request(e.to_string()))?;
+        let text = std::str::from_utf8(&ctx.body).map_err(|e| StatusError::bad_request(e.to_string()))?;
         match serde_json::from_str(text) {
             Ok(v) => v,
             Err(_) => serde_saphyr::from_str::<Value>(text)
                 .map_err(|e| StatusError::bad_request(format!("error decoding YAML: {e}")))?,
         }
     } else {
-        serde_json::from_slice(&ctx.body)
-            .map_err(|e| StatusError::bad_request(format!("error decoding patch: {e}")))?
+        serde_json::from_slice(&ctx.body).map_err(|e| StatusError::bad_request(format!("error decoding patch: {e}")))?
     };
     let opts = write_opts(ctx, t);
     let force = ctx.flag("force");
@@ -577,30 +486,19 @@ fn delete_opts(ctx: &Ctx) -> Result<DeleteOpts, StatusError> {
             None => {}
         }
     }
-    let dry = body
-        .get("dryRun")
-        .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|v| v == "All"))
+    let dry = body.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|v| v == "All"))
         || ctx.q("dryRun") == Some("All");
     Ok(DeleteOpts {
         propagation,
-        uid: body
-            .pointer("/preconditions/uid")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        resource_version: body
-            .pointer("/preconditions/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        uid: body.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
+        resource_version: body.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string),
         dry_run: dry,
     })
 }
 
 fn do_delete(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     if t.sub.is_some() {
-        return Err(StatusError::method_not_allowed(
-            "delete is not allowed on a subresource",
-        ));
+        return Err(StatusError::method_not_allowed("delete is not allowed on a subresource"));
     }
     let opts = delete_opts(ctx)?;
     let name = t.name.as_deref().unwrap_or("");
@@ -608,8 +506,7 @@ fn do_delete(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     match st.delete(&t.info, ns_of(t), name, &opts)? {
         Deleted::Pending(obj) => Ok(json_response(200, &obj)),
         Deleted::Gone(obj) => {
-            let mut details =
-                json!({"name": name, "kind": t.info.plural, "uid": crate::meta::uid_of(&obj)});
+            let mut details = json!({"name": name, "kind": t.info.plural, "uid": crate::meta::uid_of(&obj)});
             if !t.info.group.is_empty() {
                 details["group"] = json!(t.info.group);
             }

@@ -89,10 +89,7 @@ impl ApiServer {
     pub async fn start(config: Config) -> Result<ApiServer, Error> {
         let listener = TcpListener::bind(("127.0.0.1", config.port))
             .await
-            .map_err(|source| Error::Bind {
-                port: config.port,
-                source,
-            })?;
+            .map_err(|source| Error::Bind { port: config.port, source })?;
         let addr: SocketAddr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(store::State::new(config.history_size)));
         let simulator = if config.simulate_deployments {
@@ -100,11 +97,7 @@ impl ApiServer {
             if let Ok(mut s) = state.lock() {
                 s.deployment_hook = Some(tx);
             }
-            Some(tokio::spawn(simulator::run(
-                state.clone(),
-                rx,
-                config.simulate_delay,
-            )))
+            Some(tokio::spawn(simulator::run(state.clone(), rx, config.simulate_delay)))
         } else {
             None
         };
@@ -119,12 +112,7 @@ impl ApiServer {
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx));
         tracing::info!(%addr, "in-memory API server listening");
-        Ok(ApiServer {
-            shared,
-            shutdown,
-            accept,
-            simulator,
-        })
+        Ok(ApiServer { shared, shutdown, accept, simulator })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -157,11 +145,7 @@ impl ApiServer {
 
     /// Request counts so far.
     pub fn stats(&self) -> RequestStats {
-        self.shared
-            .stats
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default()
+        self.shared.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Resets the request counts.
@@ -215,9 +199,6 @@ async fn accept_loop(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async { while conns.join_next().await.is_some() {} }).await;
     conns.abort_all();
 }

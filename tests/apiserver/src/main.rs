@@ -26,9 +26,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -38,13 +36,9 @@ async fn main() -> anyhow::Result<()> {
         simulate_delay: std::time::Duration::from_millis(args.simulate_delay_ms),
         ..Default::default()
     };
-    let server = wasmop_apiserver::ApiServer::start(config)
-        .await
-        .context("starting the API server")?;
+    let server = wasmop_apiserver::ApiServer::start(config).await.context("starting the API server")?;
     if let Some(path) = &args.kubeconfig {
-        server
-            .write_kubeconfig(path)
-            .with_context(|| format!("writing kubeconfig to {}", path.display()))?;
+        server.write_kubeconfig(path).with_context(|| format!("writing kubeconfig to {}", path.display()))?;
     }
     println!("{}", server.url());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

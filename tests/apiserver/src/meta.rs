@@ -6,9 +6,7 @@ use serde_json::{Map, Value, json};
 
 /// Current time as RFC 3339 with second precision, as the API server writes it.
 pub fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(1);
@@ -16,11 +14,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(1);
 /// A pseudo-random 64-bit number (splitmix64 over a counter seeded by time).
 pub fn random_u64() -> u64 {
     let seed = jiff::Timestamp::now().as_nanosecond() as u64;
-    let mut z = seed.wrapping_add(
-        COUNTER
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
+    let mut z = seed.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -91,11 +85,7 @@ pub fn finalizers(obj: &Value) -> Vec<String> {
     obj.get("metadata")
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
         .unwrap_or_default()
 }
 
@@ -121,19 +111,12 @@ pub fn labels(obj: &Value) -> Option<&Map<String, Value>> {
 
 /// `metadata.ownerReferences`.
 pub fn owner_refs(obj: &Value) -> Vec<Value> {
-    obj.get("metadata")
-        .and_then(|m| m.get("ownerReferences"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
+    obj.get("metadata").and_then(|m| m.get("ownerReferences")).and_then(Value::as_array).cloned().unwrap_or_default()
 }
 
 /// `metadata.generation` (0 when absent).
 pub fn generation(obj: &Value) -> i64 {
-    obj.get("metadata")
-        .and_then(|m| m.get("generation"))
-        .and_then(Value::as_i64)
-        .unwrap_or(0)
+    obj.get("metadata").and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0)
 }
 
 /// Checks an RFC 1123 DNS subdomain name; returns the real server's message when invalid.
@@ -142,9 +125,7 @@ pub fn validate_name(name: &str) -> Option<String> {
         && name.len() <= 253
         && name.split('.').all(|part| {
             !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !part.starts_with('-')
                 && !part.ends_with('-')
         });

@@ -15,11 +15,7 @@ fn hash_of(v: &Value) -> String {
 }
 
 fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() {
-        format!("api/{version}")
-    } else {
-        format!("apis/{group}/{version}")
-    }
+    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
 }
 
 /// Name of the schema of a kind, in the style of the real documents.
@@ -28,11 +24,7 @@ pub fn schema_name(info: &ResourceInfo) -> String {
         let rev: Vec<&str> = info.group.split('.').rev().collect();
         format!("{}.{}.{}", rev.join("."), info.version, info.kind)
     } else {
-        let g = if info.group.is_empty() {
-            "core"
-        } else {
-            info.group.split('.').next().unwrap_or("")
-        };
+        let g = if info.group.is_empty() { "core" } else { info.group.split('.').next().unwrap_or("") };
         format!("io.k8s.api.{g}.{}.{}", info.version, info.kind)
     }
 }
@@ -51,16 +43,11 @@ fn kind_schema(info: &ResourceInfo) -> Value {
     if !s.is_object() {
         s = json!({"type": "object"});
     }
-    let props = s
-        .as_object_mut()
-        .map(|m| m.entry("properties").or_insert_with(|| json!({})));
+    let props = s.as_object_mut().map(|m| m.entry("properties").or_insert_with(|| json!({})));
     if let Some(Value::Object(p)) = props {
         p.insert("apiVersion".into(), json!({"type": "string"}));
         p.insert("kind".into(), json!({"type": "string"}));
-        p.insert(
-            "metadata".into(),
-            json!({"allOf": [{"$ref": format!("#/components/schemas/{OBJECT_META}")}]}),
-        );
+        p.insert("metadata".into(), json!({"allOf": [{"$ref": format!("#/components/schemas/{OBJECT_META}")}]}));
     }
     s["type"] = json!("object");
     s["x-kubernetes-group-version-kind"] = json!([gvk(info)]);
@@ -151,10 +138,7 @@ pub fn index(reg: &Registry) -> Value {
     for (g, v) in gvs {
         if let Some(doc) = group_version(reg, &g, &v) {
             let p = gv_path(&g, &v);
-            paths.insert(
-                p.clone(),
-                json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", hash_of(&doc))}),
-            );
+            paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", hash_of(&doc))}));
         }
     }
     json!({"paths": paths})
@@ -188,19 +172,8 @@ mod tests {
         let doc = group_version(&reg, "apps", "v1").unwrap();
         let p = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(p["x-kubernetes-group-version-kind"]["kind"], "Deployment");
-        assert!(
-            p["parameters"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|x| x["name"] == "fieldValidation")
-        );
+        assert!(p["parameters"].as_array().unwrap().iter().any(|x| x["name"] == "fieldValidation"));
         let idx = index(&reg);
-        assert!(
-            idx["paths"]["api/v1"]["serverRelativeURL"]
-                .as_str()
-                .unwrap()
-                .starts_with("/openapi/v3/api/v1?hash=")
-        );
+        assert!(idx["paths"]["api/v1"]["serverRelativeURL"].as_str().unwrap().starts_with("/openapi/v3/api/v1?hash="));
     }
 }

@@ -20,24 +20,16 @@ pub enum Shape {
 pub fn negotiate(accept: &str) -> Shape {
     for part in accept.split(',') {
         let p = part.replace(' ', "");
-        if p.contains("as=PartialObjectMetadata")
-            && (p.contains("g=meta.k8s.io") || !p.contains("g="))
-        {
+        if p.contains("as=PartialObjectMetadata") && (p.contains("g=meta.k8s.io") || !p.contains("g=")) {
             return Shape::Metadata;
         }
-        if p.contains("as=Table")
-            && p.contains("g=meta.k8s.io")
-            && p.contains("v=v1;") | p.ends_with("v=v1")
-        {
+        if p.contains("as=Table") && p.contains("g=meta.k8s.io") && p.contains("v=v1;") | p.ends_with("v=v1") {
             return Shape::Table;
         }
         if p.contains("as=") {
             continue;
         }
-        if p.starts_with("application/json")
-            || p.starts_with("*/*")
-            || p.starts_with("application/*")
-        {
+        if p.starts_with("application/json") || p.starts_with("*/*") || p.starts_with("application/*") {
             return Shape::Full;
         }
     }
@@ -109,9 +101,7 @@ fn columns(info: &ResourceInfo) -> Vec<Value> {
 }
 
 fn row(info: &ResourceInfo, obj: &Value) -> Value {
-    let created = obj
-        .pointer("/metadata/creationTimestamp")
-        .and_then(Value::as_str);
+    let created = obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str);
     let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
     let mut has_age = false;
     for (name, ty, path) in &info.printer_columns {
@@ -134,13 +124,7 @@ fn row(info: &ResourceInfo, obj: &Value) -> Value {
 }
 
 /// A `Table` of objects.
-pub fn table(
-    info: &ResourceInfo,
-    objs: &[Value],
-    rv: &str,
-    cont: Option<&str>,
-    headers: bool,
-) -> Value {
+pub fn table(info: &ResourceInfo, objs: &[Value], rv: &str, cont: Option<&str>, headers: bool) -> Value {
     let mut md = json!({"resourceVersion": rv});
     if let Some(c) = cont {
         md["continue"] = json!(c);
@@ -160,10 +144,7 @@ pub fn shape_object(info: &ResourceInfo, shape: Shape, obj: &Value, headers: boo
         Shape::Full => obj.clone(),
         Shape::Metadata => partial(obj),
         Shape::Table => {
-            let rv = obj
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("");
+            let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("");
             table(info, std::slice::from_ref(obj), rv, None, headers)
         }
     }
@@ -175,10 +156,7 @@ mod tests {
 
     #[test]
     fn accept_negotiation() {
-        assert_eq!(
-            negotiate("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"),
-            Shape::Metadata
-        );
+        assert_eq!(negotiate("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"), Shape::Metadata);
         assert_eq!(
             negotiate(
                 "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"

@@ -38,9 +38,7 @@ fn parse_pointer(path: &str) -> ApiResult<Vec<String>> {
     if path.is_empty() {
         return Ok(Vec::new());
     }
-    let rest = path
-        .strip_prefix('/')
-        .ok_or_else(|| invalid_patch(format!("invalid JSON pointer {path:?}")))?;
+    let rest = path.strip_prefix('/').ok_or_else(|| invalid_patch(format!("invalid JSON pointer {path:?}")))?;
     Ok(rest.split('/').map(unescape).collect())
 }
 
@@ -56,15 +54,10 @@ fn parent_mut<'a>(doc: &'a mut Value, path: &[String]) -> ApiResult<&'a mut Valu
     let mut cur = doc;
     for seg in path {
         cur = match cur {
-            Value::Object(m) => m
-                .get_mut(seg)
-                .ok_or_else(|| invalid_patch(format!("doc is missing path: {seg}")))?,
+            Value::Object(m) => m.get_mut(seg).ok_or_else(|| invalid_patch(format!("doc is missing path: {seg}")))?,
             Value::Array(a) => {
-                let i: usize = seg
-                    .parse()
-                    .map_err(|_| invalid_patch(format!("invalid array index {seg}")))?;
-                a.get_mut(i)
-                    .ok_or_else(|| invalid_patch(format!("array index {i} out of bounds")))?
+                let i: usize = seg.parse().map_err(|_| invalid_patch(format!("invalid array index {seg}")))?;
+                a.get_mut(i).ok_or_else(|| invalid_patch(format!("array index {i} out of bounds")))?
             }
             _ => return Err(invalid_patch(format!("doc is missing path: {seg}"))),
         };
@@ -87,9 +80,7 @@ fn add(doc: &mut Value, path: &[String], value: Value) -> ApiResult<()> {
                 a.push(value);
                 return Ok(());
             }
-            let i: usize = last
-                .parse()
-                .map_err(|_| invalid_patch(format!("invalid array index {last}")))?;
+            let i: usize = last.parse().map_err(|_| invalid_patch(format!("invalid array index {last}")))?;
             if i > a.len() {
                 return Err(invalid_patch(format!("array index {i} out of bounds")));
             }
@@ -105,15 +96,11 @@ fn remove(doc: &mut Value, path: &[String]) -> ApiResult<Value> {
         return Err(invalid_patch("cannot remove the whole document"));
     };
     match parent_mut(doc, parent)? {
-        Value::Object(m) => m.remove(last).ok_or_else(|| {
-            invalid_patch(format!(
-                "unable to remove nonexistent key: {last}: missing value"
-            ))
-        }),
+        Value::Object(m) => m
+            .remove(last)
+            .ok_or_else(|| invalid_patch(format!("unable to remove nonexistent key: {last}: missing value"))),
         Value::Array(a) => {
-            let i: usize = last
-                .parse()
-                .map_err(|_| invalid_patch(format!("invalid array index {last}")))?;
+            let i: usize = last.parse().map_err(|_| invalid_patch(format!("invalid array index {last}")))?;
             if i >= a.len() {
                 return Err(invalid_patch(format!("array index {i} out of bounds")));
             }
@@ -126,17 +113,12 @@ fn remove(doc: &mut Value, path: &[String]) -> ApiResult<Value> {
 /// Applies an RFC 6902 JSON patch. A `test` of a missing path compares equal to `null`,
 /// as the real API server's implementation does.
 pub fn json_patch(doc: &mut Value, patch: &Value) -> ApiResult<()> {
-    let ops = patch
-        .as_array()
-        .ok_or_else(|| StatusError::bad_request("json patch must be an array of operations"))?;
+    let ops = patch.as_array().ok_or_else(|| StatusError::bad_request("json patch must be an array of operations"))?;
     for op in ops {
         let name = op.get("op").and_then(Value::as_str).unwrap_or("");
         let path = parse_pointer(op.get("path").and_then(Value::as_str).unwrap_or(""))?;
-        let value = || {
-            op.get("value")
-                .cloned()
-                .ok_or_else(|| invalid_patch(format!("missing value for {name} operation")))
-        };
+        let value =
+            || op.get("value").cloned().ok_or_else(|| invalid_patch(format!("missing value for {name} operation")));
         match name {
             "add" => add(doc, &path, value()?)?,
             "remove" => {
@@ -168,16 +150,12 @@ pub fn json_patch(doc: &mut Value, patch: &Value) -> ApiResult<()> {
                 let v = if name == "move" {
                     remove(doc, &from)?
                 } else {
-                    get_path(doc, &from)
-                        .cloned()
-                        .ok_or_else(|| invalid_patch("copy from a missing path"))?
+                    get_path(doc, &from).cloned().ok_or_else(|| invalid_patch("copy from a missing path"))?
                 };
                 add(doc, &path, v)?;
             }
             other => {
-                return Err(StatusError::bad_request(format!(
-                    "Unexpected kind: {other}"
-                )));
+                return Err(StatusError::bad_request(format!("Unexpected kind: {other}")));
             }
         }
     }
@@ -186,10 +164,7 @@ pub fn json_patch(doc: &mut Value, patch: &Value) -> ApiResult<()> {
 
 fn key_of(item: &Value, keys: &[String]) -> Option<Vec<Value>> {
     let obj = item.as_object()?;
-    let k: Vec<Value> = keys
-        .iter()
-        .map(|k| obj.get(k).cloned().unwrap_or(Value::Null))
-        .collect();
+    let k: Vec<Value> = keys.iter().map(|k| obj.get(k).cloned().unwrap_or(Value::Null)).collect();
     k.iter().any(|v| !v.is_null()).then_some(k)
 }
 
@@ -238,19 +213,12 @@ pub fn strategic_merge(
                 if v.get("$patch").and_then(Value::as_str) == Some("delete") {
                     t.remove(k);
                 } else {
-                    strategic_merge(
-                        t.entry(k.clone()).or_insert(Value::Null),
-                        v,
-                        path,
-                        list_type,
-                    );
+                    strategic_merge(t.entry(k.clone()).or_insert(Value::Null), v, path, list_type);
                 }
             }
             Value::Array(items) => match list_type(path) {
                 ListType::Map(keys) => {
-                    let live = t
-                        .entry(k.clone())
-                        .or_insert_with(|| Value::Array(Vec::new()));
+                    let live = t.entry(k.clone()).or_insert_with(|| Value::Array(Vec::new()));
                     if !live.is_array() {
                         *live = Value::Array(Vec::new());
                     }
@@ -260,19 +228,14 @@ pub fn strategic_merge(
                                 live.push(item.clone());
                                 continue;
                             };
-                            let pos = live
-                                .iter()
-                                .position(|l| key_of(l, &keys).as_ref() == Some(&key));
-                            let delete =
-                                item.get("$patch").and_then(Value::as_str) == Some("delete");
+                            let pos = live.iter().position(|l| key_of(l, &keys).as_ref() == Some(&key));
+                            let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
                             match (pos, delete) {
                                 (Some(i), true) => {
                                     live.remove(i);
                                 }
                                 (None, true) => {}
-                                (Some(i), false) => {
-                                    strategic_merge(&mut live[i], item, path, list_type)
-                                }
+                                (Some(i), false) => strategic_merge(&mut live[i], item, path, list_type),
                                 (None, false) => {
                                     let mut fresh = Value::Null;
                                     strategic_merge(&mut fresh, item, path, list_type);
@@ -283,9 +246,7 @@ pub fn strategic_merge(
                     }
                 }
                 ListType::Set => {
-                    let live = t
-                        .entry(k.clone())
-                        .or_insert_with(|| Value::Array(Vec::new()));
+                    let live = t.entry(k.clone()).or_insert_with(|| Value::Array(Vec::new()));
                     if let Value::Array(live) = live {
                         for item in items {
                             if !live.contains(item) {
@@ -333,11 +294,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d["metadata"]["finalizers"], json!(["a", "b"]));
-        let err = json_patch(
-            &mut d,
-            &json!([{"op": "test", "path": "/metadata/finalizers", "value": null}]),
-        )
-        .unwrap_err();
+        let err =
+            json_patch(&mut d, &json!([{"op": "test", "path": "/metadata/finalizers", "value": null}])).unwrap_err();
         assert_eq!(err.code, 422);
     }
 
@@ -354,13 +312,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d, json!({"x": [2, 3], "y": 2}));
-        assert!(
-            json_patch(
-                &mut d,
-                &json!([{"op": "replace", "path": "/nope", "value": 1}])
-            )
-            .is_err()
-        );
+        assert!(json_patch(&mut d, &json!([{"op": "replace", "path": "/nope", "value": 1}])).is_err());
     }
 
     #[test]
@@ -384,9 +336,6 @@ mod tests {
             &mut Vec::new(),
             &lt,
         );
-        assert_eq!(
-            d,
-            json!({"spec": {"containers": [{"name": "b", "image": "b:2"}, {"name": "c", "image": "c:1"}]}})
-        );
+        assert_eq!(d, json!({"spec": {"containers": [{"name": "b", "image": "b:2"}, {"name": "c", "image": "c:1"}]}}));
     }
 }

@@ -41,11 +41,7 @@ pub struct ResourceInfo {
 impl ResourceInfo {
     /// `group/version` or `version` for the core group.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.clone()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
+        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
     }
 
     /// Storage key: (group, plural).
@@ -55,11 +51,7 @@ impl ResourceInfo {
 
     /// `Kind.group` for error messages.
     pub fn qualified_kind(&self) -> String {
-        if self.group.is_empty() {
-            self.kind.clone()
-        } else {
-            format!("{}.{}", self.kind, self.group)
-        }
+        if self.group.is_empty() { self.kind.clone() } else { format!("{}.{}", self.kind, self.group) }
     }
 }
 
@@ -87,174 +79,30 @@ const fn b(
     short: &'static [&'static str],
     all: bool,
 ) -> Builtin {
-    Builtin {
-        gv,
-        kind,
-        plural,
-        namespaced,
-        status,
-        generation,
-        short,
-        all,
-    }
+    Builtin { gv, kind, plural, namespaced, status, generation, short, all }
 }
 
 /// Built-in kinds: (group/version, kind, plural, namespaced, status subresource, generation, short names, in `all`).
 const BUILTINS: &[Builtin] = &[
-    b(
-        "v1",
-        "Namespace",
-        "namespaces",
-        false,
-        true,
-        false,
-        &["ns"],
-        false,
-    ),
-    b(
-        "v1",
-        "ConfigMap",
-        "configmaps",
-        true,
-        false,
-        false,
-        &["cm"],
-        false,
-    ),
+    b("v1", "Namespace", "namespaces", false, true, false, &["ns"], false),
+    b("v1", "ConfigMap", "configmaps", true, false, false, &["cm"], false),
     b("v1", "Secret", "secrets", true, false, false, &[], false),
-    b(
-        "v1",
-        "Service",
-        "services",
-        true,
-        true,
-        false,
-        &["svc"],
-        true,
-    ),
-    b(
-        "v1",
-        "ServiceAccount",
-        "serviceaccounts",
-        true,
-        false,
-        false,
-        &["sa"],
-        false,
-    ),
+    b("v1", "Service", "services", true, true, false, &["svc"], true),
+    b("v1", "ServiceAccount", "serviceaccounts", true, false, false, &["sa"], false),
     b("v1", "Event", "events", true, false, false, &["ev"], false),
     b("v1", "Pod", "pods", true, true, false, &["po"], true),
-    b(
-        "events.k8s.io/v1",
-        "Event",
-        "events",
-        true,
-        false,
-        false,
-        &["ev"],
-        false,
-    ),
-    b(
-        "apps/v1",
-        "Deployment",
-        "deployments",
-        true,
-        true,
-        true,
-        &["deploy"],
-        true,
-    ),
-    b(
-        "apps/v1",
-        "StatefulSet",
-        "statefulsets",
-        true,
-        true,
-        true,
-        &["sts"],
-        true,
-    ),
-    b(
-        "apps/v1",
-        "DaemonSet",
-        "daemonsets",
-        true,
-        true,
-        true,
-        &["ds"],
-        true,
-    ),
-    b(
-        "apps/v1",
-        "ReplicaSet",
-        "replicasets",
-        true,
-        true,
-        true,
-        &["rs"],
-        true,
-    ),
+    b("events.k8s.io/v1", "Event", "events", true, false, false, &["ev"], false),
+    b("apps/v1", "Deployment", "deployments", true, true, true, &["deploy"], true),
+    b("apps/v1", "StatefulSet", "statefulsets", true, true, true, &["sts"], true),
+    b("apps/v1", "DaemonSet", "daemonsets", true, true, true, &["ds"], true),
+    b("apps/v1", "ReplicaSet", "replicasets", true, true, true, &["rs"], true),
     b("batch/v1", "Job", "jobs", true, true, true, &[], true),
-    b(
-        "batch/v1",
-        "CronJob",
-        "cronjobs",
-        true,
-        true,
-        true,
-        &["cj"],
-        true,
-    ),
-    b(
-        "coordination.k8s.io/v1",
-        "Lease",
-        "leases",
-        true,
-        false,
-        false,
-        &[],
-        false,
-    ),
-    b(
-        "rbac.authorization.k8s.io/v1",
-        "Role",
-        "roles",
-        true,
-        false,
-        false,
-        &[],
-        false,
-    ),
-    b(
-        "rbac.authorization.k8s.io/v1",
-        "RoleBinding",
-        "rolebindings",
-        true,
-        false,
-        false,
-        &[],
-        false,
-    ),
-    b(
-        "rbac.authorization.k8s.io/v1",
-        "ClusterRole",
-        "clusterroles",
-        false,
-        false,
-        false,
-        &[],
-        false,
-    ),
-    b(
-        "rbac.authorization.k8s.io/v1",
-        "ClusterRoleBinding",
-        "clusterrolebindings",
-        false,
-        false,
-        false,
-        &[],
-        false,
-    ),
+    b("batch/v1", "CronJob", "cronjobs", true, true, true, &["cj"], true),
+    b("coordination.k8s.io/v1", "Lease", "leases", true, false, false, &[], false),
+    b("rbac.authorization.k8s.io/v1", "Role", "roles", true, false, false, &[], false),
+    b("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", true, false, false, &[], false),
+    b("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", false, false, false, &[], false),
+    b("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", false, false, false, &[], false),
     b(
         "apiextensions.k8s.io/v1",
         "CustomResourceDefinition",
@@ -296,11 +144,7 @@ impl Registry {
                 status: bi.status,
                 generation: bi.generation,
                 short_names: bi.short.iter().map(|s| s.to_string()).collect(),
-                categories: if bi.all {
-                    vec!["all".to_string()]
-                } else {
-                    vec![]
-                },
+                categories: if bi.all { vec!["all".to_string()] } else { vec![] },
                 schema: None,
                 custom: false,
                 printer_columns: Vec::new(),
@@ -315,26 +159,14 @@ impl Registry {
         if !versions.contains(&info.version) {
             versions.push(info.version.clone());
         }
-        self.entries.insert(
-            (
-                info.group.clone(),
-                info.version.clone(),
-                info.plural.clone(),
-            ),
-            Arc::new(info),
-        );
+        self.entries.insert((info.group.clone(), info.version.clone(), info.plural.clone()), Arc::new(info));
     }
 
     /// Removes every version of `group`/`plural`.
     pub fn remove(&mut self, group: &str, plural: &str) {
-        self.entries
-            .retain(|(g, _, p), _| !(g == group && p == plural));
-        let still: Vec<String> = self
-            .entries
-            .keys()
-            .filter(|(g, _, _)| g == group)
-            .map(|(_, v, _)| v.clone())
-            .collect();
+        self.entries.retain(|(g, _, p), _| !(g == group && p == plural));
+        let still: Vec<String> =
+            self.entries.keys().filter(|(g, _, _)| g == group).map(|(_, v, _)| v.clone()).collect();
         if let Some(vs) = self.groups.get_mut(group) {
             vs.retain(|v| still.contains(v));
             if vs.is_empty() {
@@ -345,51 +177,33 @@ impl Registry {
 
     /// Looks up a resource by group, version and plural.
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
-        self.entries
-            .get(&(group.to_string(), version.to_string(), plural.to_string()))
-            .cloned()
+        self.entries.get(&(group.to_string(), version.to_string(), plural.to_string())).cloned()
     }
 
     /// Looks up a resource by apiVersion and kind.
     pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<Arc<ResourceInfo>> {
         let (group, version) = split_api_version(api_version);
-        self.entries
-            .values()
-            .find(|r| r.group == group && r.version == version && r.kind == kind)
-            .cloned()
+        self.entries.values().find(|r| r.group == group && r.version == version && r.kind == kind).cloned()
     }
 
     /// The storage-version entry for (group, plural).
     pub fn storage(&self, key: &ResKey) -> Option<Arc<ResourceInfo>> {
-        self.entries
-            .values()
-            .find(|r| r.group == key.0 && r.plural == key.1 && r.version == r.storage_version)
-            .cloned()
+        self.entries.values().find(|r| r.group == key.0 && r.plural == key.1 && r.version == r.storage_version).cloned()
     }
 
     /// Resources served in one group/version.
     pub fn in_group_version(&self, group: &str, version: &str) -> Vec<Arc<ResourceInfo>> {
-        self.entries
-            .values()
-            .filter(|r| r.group == group && r.version == version)
-            .cloned()
-            .collect()
+        self.entries.values().filter(|r| r.group == group && r.version == version).cloned().collect()
     }
 
     /// Whether a group/version is served at all.
     pub fn serves(&self, group: &str, version: &str) -> bool {
-        self.groups
-            .get(group)
-            .is_some_and(|vs| vs.iter().any(|v| v == version))
+        self.groups.get(group).is_some_and(|vs| vs.iter().any(|v| v == version))
     }
 
     /// Groups (excluding core) with their versions, preferred first.
     pub fn groups(&self) -> Vec<(String, Vec<String>)> {
-        self.groups
-            .iter()
-            .filter(|(g, _)| !g.is_empty())
-            .map(|(g, vs)| (g.clone(), sorted_versions(vs)))
-            .collect()
+        self.groups.iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| (g.clone(), sorted_versions(vs))).collect()
     }
 
     /// Every entry.
@@ -444,11 +258,7 @@ pub enum ListType {
 /// List semantics for built-in kinds, keyed by the field's name and its parent's name.
 pub fn builtin_list_type(kind: &str, path: &[String]) -> ListType {
     let field = path.last().map(String::as_str).unwrap_or("");
-    let parent = if path.len() >= 2 {
-        path[path.len() - 2].as_str()
-    } else {
-        ""
-    };
+    let parent = if path.len() >= 2 { path[path.len() - 2].as_str() } else { "" };
     let key = |k: &[&str]| ListType::Map(k.iter().map(|s| s.to_string()).collect());
     match field {
         "finalizers" if parent == "metadata" => ListType::Set,
@@ -478,11 +288,7 @@ pub fn schema_list_type(schema: &Value) -> ListType {
             schema
                 .get("x-kubernetes-list-map-keys")
                 .and_then(Value::as_array)
-                .map(|ks| {
-                    ks.iter()
-                        .filter_map(|k| k.as_str().map(str::to_string))
-                        .collect()
-                })
+                .map(|ks| ks.iter().filter_map(|k| k.as_str().map(str::to_string)).collect())
                 .unwrap_or_default(),
         ),
         _ => ListType::Atomic,
@@ -513,12 +319,7 @@ pub fn list_type(info: &ResourceInfo, path: &[String]) -> ListType {
         return builtin_list_type(&info.kind, path);
     }
     if info.custom {
-        return info
-            .schema
-            .as_ref()
-            .and_then(|s| schema_at(s, path))
-            .map(schema_list_type)
-            .unwrap_or(ListType::Atomic);
+        return info.schema.as_ref().and_then(|s| schema_at(s, path)).map(schema_list_type).unwrap_or(ListType::Atomic);
     }
     builtin_list_type(&info.kind, path)
 }
@@ -534,36 +335,19 @@ mod tests {
         assert!(d.namespaced && d.status && d.generation);
         let ns = r.get("", "v1", "namespaces").expect("namespaces");
         assert!(!ns.namespaced);
-        assert!(
-            r.by_kind("rbac.authorization.k8s.io/v1", "ClusterRole")
-                .is_some()
-        );
+        assert!(r.by_kind("rbac.authorization.k8s.io/v1", "ClusterRole").is_some());
         assert!(r.serves("events.k8s.io", "v1"));
     }
 
     #[test]
     fn versions_sort_like_kubernetes() {
-        let vs = vec![
-            "v1beta1".into(),
-            "v1alpha1".into(),
-            "v2".into(),
-            "v1".into(),
-        ];
-        assert_eq!(
-            sorted_versions(&vs),
-            vec!["v2", "v1", "v1beta1", "v1alpha1"]
-        );
+        let vs = vec!["v1beta1".into(), "v1alpha1".into(), "v2".into(), "v1".into()];
+        assert_eq!(sorted_versions(&vs), vec!["v2", "v1", "v1beta1", "v1alpha1"]);
     }
 
     #[test]
     fn containers_merge_by_name() {
-        let p: Vec<String> = ["spec", "template", "spec", "containers"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(
-            builtin_list_type("Deployment", &p),
-            ListType::Map(vec!["name".into()])
-        );
+        let p: Vec<String> = ["spec", "template", "spec", "containers"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(builtin_list_type("Deployment", &p), ListType::Map(vec!["name".into()]));
     }
 }

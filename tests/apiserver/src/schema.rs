@@ -9,17 +9,11 @@ fn ty(schema: &Value) -> Option<&str> {
 }
 
 fn preserves(schema: &Value) -> bool {
-    schema
-        .get("x-kubernetes-preserve-unknown-fields")
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
+    schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool).unwrap_or(false)
 }
 
 fn int_or_string(schema: &Value) -> bool {
-    schema
-        .get("x-kubernetes-int-or-string")
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
+    schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool).unwrap_or(false)
 }
 
 /// Applies `default` values from the schema, recursively.
@@ -61,18 +55,11 @@ pub fn prune(value: &mut Value, schema: &Value, path: &str, pruned: &mut Vec<Str
         Value::Object(m) => {
             let props = schema.get("properties").and_then(Value::as_object);
             let ap = schema.get("additionalProperties");
-            let keep_unknown =
-                preserves(schema) || ap.is_some_and(|a| a.is_object() || a == &Value::Bool(true));
+            let keep_unknown = preserves(schema) || ap.is_some_and(|a| a.is_object() || a == &Value::Bool(true));
             let keys: Vec<String> = m.keys().cloned().collect();
             for k in keys {
-                let child_path = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                let child_schema = props
-                    .and_then(|p| p.get(&k))
-                    .or(ap.filter(|a| a.is_object()));
+                let child_path = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let child_schema = props.and_then(|p| p.get(&k)).or(ap.filter(|a| a.is_object()));
                 match child_schema {
                     Some(s) => {
                         if let Some(c) = m.get_mut(&k) {
@@ -120,10 +107,7 @@ fn type_name(v: &Value) -> &'static str {
 /// Validates `value` against `schema`, appending one cause per bad field.
 pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Cause>) {
     if value.is_null() {
-        let nullable = schema
-            .get("nullable")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let nullable = schema.get("nullable").and_then(Value::as_bool).unwrap_or(false);
         if !nullable && (ty(schema).is_some() || int_or_string(schema)) {
             causes.push(Cause::new(
                 "FieldValueTypeInvalid",
@@ -155,9 +139,7 @@ pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Caus
             "array" => value.is_array(),
             "string" => value.is_string(),
             "boolean" => value.is_boolean(),
-            "integer" => {
-                value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0)
-            }
+            "integer" => value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0),
             "number" => value.is_number(),
             _ => true,
         };
@@ -165,11 +147,7 @@ pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Caus
             causes.push(Cause::new(
                 "FieldValueTypeInvalid",
                 path,
-                format!(
-                    "Invalid value: \"{}\": {path} in body must be of type {t}: {}",
-                    type_name(value),
-                    show(value)
-                ),
+                format!("Invalid value: \"{}\": {path} in body must be of type {t}: {}", type_name(value), show(value)),
             ));
             return;
         }
@@ -181,56 +159,30 @@ pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Caus
         causes.push(Cause::new(
             "FieldValueNotSupported",
             path,
-            format!(
-                "Unsupported value: {}: supported values: {}",
-                show(value),
-                list.join(", ")
-            ),
+            format!("Unsupported value: {}: supported values: {}", show(value), list.join(", ")),
         ));
     }
     if let Some(n) = value.as_f64() {
-        let excl_max = schema
-            .get("exclusiveMaximum")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let excl_min = schema
-            .get("exclusiveMinimum")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let excl_max = schema.get("exclusiveMaximum").and_then(Value::as_bool).unwrap_or(false);
+        let excl_min = schema.get("exclusiveMinimum").and_then(Value::as_bool).unwrap_or(false);
         if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
             && (n > max || (excl_max && n == max))
         {
-            let rel = if excl_max {
-                "less than"
-            } else {
-                "less than or equal to"
-            };
+            let rel = if excl_max { "less than" } else { "less than or equal to" };
             causes.push(Cause::new(
                 "FieldValueInvalid",
                 path,
-                format!(
-                    "Invalid value: {}: {path} in body should be {rel} {}",
-                    show(value),
-                    show(&schema["maximum"])
-                ),
+                format!("Invalid value: {}: {path} in body should be {rel} {}", show(value), show(&schema["maximum"])),
             ));
         }
         if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
             && (n < min || (excl_min && n == min))
         {
-            let rel = if excl_min {
-                "greater than"
-            } else {
-                "greater than or equal to"
-            };
+            let rel = if excl_min { "greater than" } else { "greater than or equal to" };
             causes.push(Cause::new(
                 "FieldValueInvalid",
                 path,
-                format!(
-                    "Invalid value: {}: {path} in body should be {rel} {}",
-                    show(value),
-                    show(&schema["minimum"])
-                ),
+                format!("Invalid value: {}: {path} in body should be {rel} {}", show(value), show(&schema["minimum"])),
             ));
         }
     }
@@ -239,11 +191,7 @@ pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Caus
         if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
             && len > max
         {
-            causes.push(Cause::new(
-                "FieldValueTooLong",
-                path,
-                format!("Too long: may not be more than {max} bytes"),
-            ));
+            causes.push(Cause::new("FieldValueTooLong", path, format!("Too long: may not be more than {max} bytes")));
         }
         if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
             && len < min
@@ -251,10 +199,7 @@ pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Caus
             causes.push(Cause::new(
                 "FieldValueInvalid",
                 path,
-                format!(
-                    "Invalid value: {}: {path} in body should be at least {min} chars long",
-                    show(value)
-                ),
+                format!("Invalid value: {}: {path} in body should be at least {min} chars long", show(value)),
             ));
         }
         if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
@@ -262,10 +207,7 @@ pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Caus
                 Ok(re) if !re.is_match(s) => causes.push(Cause::new(
                     "FieldValueInvalid",
                     path,
-                    format!(
-                        "Invalid value: {}: {path} in body should match '{p}'",
-                        show(value)
-                    ),
+                    format!("Invalid value: {}: {path} in body should match '{p}'", show(value)),
                 )),
                 _ => {}
             }
@@ -314,10 +256,7 @@ pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Caus
                 causes.push(Cause::new(
                     "FieldValueInvalid",
                     path,
-                    format!(
-                        "Invalid value: {}: {path} in body should have at least {min} items",
-                        items.len()
-                    ),
+                    format!("Invalid value: {}: {path} in body should have at least {min} items", items.len()),
                 ));
             }
             if let Some(is) = schema.get("items") {
@@ -331,11 +270,7 @@ pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Caus
 }
 
 fn join(path: &str, k: &str) -> String {
-    if path.is_empty() {
-        k.to_string()
-    } else {
-        format!("{path}.{k}")
-    }
+    if path.is_empty() { k.to_string() } else { format!("{path}.{k}") }
 }
 
 /// Defaults, prunes and validates a custom resource against its version's schema.
@@ -424,21 +359,11 @@ mod tests {
         let mut o = json!({"spec": {"replicas": 11, "color": "pink", "port": 1.5}});
         let (_, causes) = process(&mut o, &schema());
         let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            vec!["spec.name", "spec.color", "spec.port", "spec.replicas"]
-        );
+        assert_eq!(fields, vec!["spec.name", "spec.color", "spec.port", "spec.replicas"]);
         assert!(causes[3].message.contains("less than or equal to 10"));
         let mut o = json!({"spec": {"name": "ABCDEFG", "replicas": "x"}});
         let (_, causes) = process(&mut o, &schema());
         let reasons: Vec<&str> = causes.iter().map(|c| c.reason.as_str()).collect();
-        assert_eq!(
-            reasons,
-            vec![
-                "FieldValueTooLong",
-                "FieldValueInvalid",
-                "FieldValueTypeInvalid"
-            ]
-        );
+        assert_eq!(reasons, vec!["FieldValueTooLong", "FieldValueInvalid", "FieldValueTypeInvalid"]);
     }
 }

@@ -39,33 +39,19 @@ fn split_top_level(s: &str) -> Vec<String> {
         }
     }
     out.push(cur);
-    out.into_iter()
-        .map(|p| p.trim().to_string())
-        .filter(|p| !p.is_empty())
-        .collect()
+    out.into_iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect()
 }
 
 fn parse_set(s: &str) -> ApiResult<Vec<String>> {
-    let inner = s
-        .trim()
-        .strip_prefix('(')
-        .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| {
-            StatusError::bad_request(format!(
-                "unable to parse requirement: found '{s}', expected: '('"
-            ))
+    let inner =
+        s.trim().strip_prefix('(').and_then(|r| r.strip_suffix(')')).ok_or_else(|| {
+            StatusError::bad_request(format!("unable to parse requirement: found '{s}', expected: '('"))
         })?;
-    Ok(inner
-        .split(',')
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect())
+    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
 }
 
 fn valid_key(k: &str) -> bool {
-    !k.is_empty()
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+    !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
 impl LabelSelector {
@@ -73,11 +59,8 @@ impl LabelSelector {
     pub fn parse(s: &str) -> ApiResult<Self> {
         let mut reqs = Vec::new();
         for part in split_top_level(s) {
-            let bad = || {
-                StatusError::bad_request(format!(
-                    "unable to parse requirement: invalid label selector: {part:?}"
-                ))
-            };
+            let bad =
+                || StatusError::bad_request(format!("unable to parse requirement: invalid label selector: {part:?}"));
             let req = if let Some(k) = part.strip_prefix('!') {
                 Req::NotExists(k.trim().to_string())
             } else if let Some((k, v)) = part.split_once("!=") {
@@ -175,15 +158,11 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(StatusError::bad_request(format!(
-                    "invalid selector: '{s}'; can't understand '{part}'"
-                )));
+                return Err(StatusError::bad_request(format!("invalid selector: '{s}'; can't understand '{part}'")));
             };
             let k = k.trim();
             if !COMMON_FIELDS.contains(&k) && !kind_fields(kind).contains(&k) {
-                return Err(StatusError::bad_request(format!(
-                    "field label not supported: {k}"
-                )));
+                return Err(StatusError::bad_request(format!("field label not supported: {k}")));
             }
             out.push((k.to_string(), eq, v.trim().to_string()));
         }
@@ -232,32 +211,15 @@ mod tests {
             ("app=web,tier in (back)", false),
             ("missing notin (x)", true),
         ] {
-            assert_eq!(
-                LabelSelector::parse(sel).unwrap().matches(&o),
-                want,
-                "{sel}"
-            );
+            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&o), want, "{sel}");
         }
     }
 
     #[test]
     fn field_selectors() {
         let o = obj(json!({}));
-        assert!(
-            FieldSelector::parse("metadata.name=a", "ConfigMap")
-                .unwrap()
-                .matches(&o)
-        );
-        assert!(
-            !FieldSelector::parse("metadata.namespace!=ns", "ConfigMap")
-                .unwrap()
-                .matches(&o)
-        );
-        assert_eq!(
-            FieldSelector::parse("spec.foo=x", "ConfigMap")
-                .unwrap_err()
-                .code,
-            400
-        );
+        assert!(FieldSelector::parse("metadata.name=a", "ConfigMap").unwrap().matches(&o));
+        assert!(!FieldSelector::parse("metadata.namespace!=ns", "ConfigMap").unwrap().matches(&o));
+        assert_eq!(FieldSelector::parse("spec.foo=x", "ConfigMap").unwrap_err().code, 400);
     }
 }

@@ -14,11 +14,7 @@ use crate::store::{ObjKey, State};
 pub const MANAGER: &str = "kube-controller-manager";
 
 /// Runs the simulator until the channel closes.
-pub async fn run(
-    state: Arc<Mutex<State>>,
-    mut rx: mpsc::UnboundedReceiver<ObjKey>,
-    delay: Duration,
-) {
+pub async fn run(state: Arc<Mutex<State>>, mut rx: mpsc::UnboundedReceiver<ObjKey>, delay: Duration) {
     while let Some(ok) = rx.recv().await {
         let state = state.clone();
         tokio::spawn(async move {

@@ -14,10 +14,7 @@ const WRITE_VERBS: &[&str] = &["create", "update", "patch", "delete", "deletecol
 
 impl RequestStats {
     pub(crate) fn record(&mut self, verb: &str, resource: &str) {
-        *self
-            .counts
-            .entry((verb.to_string(), resource.to_string()))
-            .or_default() += 1;
+        *self.counts.entry((verb.to_string(), resource.to_string())).or_default() += 1;
     }
 
     /// Requests with this verb on this resource (`*` matches any; `deployments` also counts

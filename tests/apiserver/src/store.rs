@@ -143,10 +143,7 @@ fn ns_key() -> ResKey {
 }
 
 fn crd_key() -> ResKey {
-    (
-        "apiextensions.k8s.io".into(),
-        "customresourcedefinitions".into(),
-    )
+    ("apiextensions.k8s.io".into(), "customresourcedefinitions".into())
 }
 
 /// Removes metadata (and status, when it is a subresource) to compare the "spec" part.
@@ -163,10 +160,7 @@ fn spec_part(v: &Value, drop_status: bool) -> Value {
 
 fn without_times(v: &Value) -> Value {
     let mut c = v.clone();
-    if let Some(Value::Array(mf)) = c
-        .get_mut("metadata")
-        .and_then(|m| m.get_mut("managedFields"))
-    {
+    if let Some(Value::Array(mf)) = c.get_mut("metadata").and_then(|m| m.get_mut("managedFields")) {
         for e in mf {
             if let Value::Object(m) = e {
                 m.remove("time");
@@ -198,12 +192,8 @@ impl State {
         };
         if let Some(info) = s.registry.get("", "v1", "namespaces") {
             for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-                let body =
-                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-                let opts = WriteOpts {
-                    manager: "kube-apiserver".into(),
-                    ..Default::default()
-                };
+                let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+                let opts = WriteOpts { manager: "kube-apiserver".into(), ..Default::default() };
                 // Creating the defaults cannot fail: fixed, valid names.
                 let _ = s.create(&info, "", body, &opts);
             }
@@ -235,14 +225,7 @@ impl State {
 
     /// Reads one object.
     pub fn get(&self, info: &ResourceInfo, ns: &str, name: &str) -> ApiResult<Value> {
-        let ok = (
-            if info.namespaced {
-                ns.to_string()
-            } else {
-                String::new()
-            },
-            name.to_string(),
-        );
+        let ok = (if info.namespaced { ns.to_string() } else { String::new() }, name.to_string());
         self.lookup(&info.key(), &ok)
             .map(|o| Self::present(info, &o))
             .ok_or_else(|| StatusError::not_found(&info.group, &info.plural, name))
@@ -261,11 +244,8 @@ impl State {
         use base64::Engine;
         let (list_rv, start) = match cont {
             Some(token) if !token.is_empty() => {
-                let bad =
-                    || StatusError::bad_request("continue key is not valid: illegal base64 data");
-                let raw = base64::engine::general_purpose::STANDARD
-                    .decode(token)
-                    .map_err(|_| bad())?;
+                let bad = || StatusError::bad_request("continue key is not valid: illegal base64 data");
+                let raw = base64::engine::general_purpose::STANDARD.decode(token).map_err(|_| bad())?;
                 let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
                 let rv = v.get("rv").and_then(Value::as_u64).ok_or_else(bad)?;
                 if rv < self.compacted {
@@ -273,16 +253,8 @@ impl State {
                         "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
                     ));
                 }
-                let ns = v
-                    .get("ns")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let name = v
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
+                let ns = v.get("ns").and_then(Value::as_str).unwrap_or("").to_string();
+                let name = v.get("name").and_then(Value::as_str).unwrap_or("").to_string();
                 (rv, Some((ns, name)))
             }
             _ => (self.rv, None),
@@ -290,10 +262,9 @@ impl State {
         let empty = BTreeMap::new();
         let objs = self.objects.get(&info.key()).unwrap_or(&empty);
         let range: Box<dyn Iterator<Item = (&ObjKey, &Arc<Value>)>> = match &start {
-            Some(k) => Box::new(objs.range::<ObjKey, _>((
-                std::ops::Bound::Excluded(k.clone()),
-                std::ops::Bound::Unbounded,
-            ))),
+            Some(k) => {
+                Box::new(objs.range::<ObjKey, _>((std::ops::Bound::Excluded(k.clone()), std::ops::Bound::Unbounded)))
+            }
             None => Box::new(objs.iter()),
         };
         let selecting = !labels.is_empty() || !fields.is_empty();
@@ -302,8 +273,7 @@ impl State {
         let mut cont_token = None;
         let mut remaining = None;
         let limit = limit.filter(|l| *l > 0);
-        let mut iter = range
-            .filter(|(k, o)| ns.is_none_or(|n| k.0 == n) && labels.matches(o) && fields.matches(o));
+        let mut iter = range.filter(|(k, o)| ns.is_none_or(|n| k.0 == n) && labels.matches(o) && fields.matches(o));
         for (k, o) in iter.by_ref() {
             items.push(Self::present(info, o));
             last = Some(k.clone());
@@ -323,12 +293,7 @@ impl State {
                 }
             }
         }
-        Ok(ListPage {
-            items,
-            rv: list_rv,
-            cont: cont_token,
-            remaining,
-        })
+        Ok(ListPage { items, rv: list_rv, cont: cont_token, remaining })
     }
 
     fn check_namespace(&self, info: &ResourceInfo, ns: &str) -> ApiResult<()> {
@@ -348,9 +313,7 @@ impl State {
     /// Fills identity fields of a body for `info` in `ns`; checks apiVersion/kind/namespace.
     fn normalize_body(info: &ResourceInfo, ns: &str, body: &mut Value) -> ApiResult<()> {
         if !body.is_object() {
-            return Err(StatusError::bad_request(
-                "the body of the request must be a JSON object",
-            ));
+            return Err(StatusError::bad_request("the body of the request must be a JSON object"));
         }
         let api_version = info.api_version();
         match body.get("apiVersion").and_then(Value::as_str) {
@@ -389,20 +352,10 @@ impl State {
     }
 
     /// Creates an object.
-    pub fn create(
-        &mut self,
-        info: &ResourceInfo,
-        ns: &str,
-        mut body: Value,
-        opts: &WriteOpts,
-    ) -> ApiResult<Value> {
+    pub fn create(&mut self, info: &ResourceInfo, ns: &str, mut body: Value, opts: &WriteOpts) -> ApiResult<Value> {
         Self::normalize_body(info, ns, &mut body)?;
         let m = meta::meta_mut(&mut body);
-        let mut name = m
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        let mut name = m.get("name").and_then(Value::as_str).unwrap_or("").to_string();
         if name.is_empty() {
             let prefix = m.get("generateName").and_then(Value::as_str).unwrap_or("");
             if prefix.is_empty() {
@@ -429,20 +382,9 @@ impl State {
             ));
         }
         self.check_namespace(info, ns)?;
-        let ok = (
-            if info.namespaced {
-                ns.to_string()
-            } else {
-                String::new()
-            },
-            name.clone(),
-        );
+        let ok = (if info.namespaced { ns.to_string() } else { String::new() }, name.clone());
         if self.lookup(&info.key(), &ok).is_some() {
-            return Err(StatusError::already_exists(
-                &info.group,
-                &info.plural,
-                &name,
-            ));
+            return Err(StatusError::already_exists(&info.group, &info.plural, &name));
         }
         let new = self.finish_write(info, None, body, opts, false)?;
         Ok(self.commit(info, ok, new, None, opts.dry_run))
@@ -465,17 +407,9 @@ impl State {
             )));
         }
         meta::meta_mut(&mut body).insert("name".into(), json!(name));
-        let ok = (
-            if info.namespaced {
-                ns.to_string()
-            } else {
-                String::new()
-            },
-            name.to_string(),
-        );
-        let old = self
-            .lookup(&info.key(), &ok)
-            .ok_or_else(|| StatusError::not_found(&info.group, &info.plural, name))?;
+        let ok = (if info.namespaced { ns.to_string() } else { String::new() }, name.to_string());
+        let old =
+            self.lookup(&info.key(), &ok).ok_or_else(|| StatusError::not_found(&info.group, &info.plural, name))?;
         let want = rv_of(&body).to_string();
         if want.is_empty() && info.custom {
             return Err(StatusError::invalid(
@@ -490,12 +424,7 @@ impl State {
             ));
         }
         if !want.is_empty() && want != rv_of(&old) {
-            return Err(StatusError::conflict(
-                &info.group,
-                &info.plural,
-                name,
-                StatusError::MODIFIED,
-            ));
+            return Err(StatusError::conflict(&info.group, &info.plural, name, StatusError::MODIFIED));
         }
         let new = self.finish_write(info, Some(&old), body, opts, false)?;
         Ok(self.commit(info, ok, new, Some(old), opts.dry_run))
@@ -512,14 +441,7 @@ impl State {
         force: bool,
         opts: &WriteOpts,
     ) -> ApiResult<Value> {
-        let ok = (
-            if info.namespaced {
-                ns.to_string()
-            } else {
-                String::new()
-            },
-            name.to_string(),
-        );
+        let ok = (if info.namespaced { ns.to_string() } else { String::new() }, name.to_string());
         let old = self.lookup(&info.key(), &ok);
         let lt = Self::list_type_fn(info);
         if kind == PatchType::Apply {
@@ -542,31 +464,15 @@ impl State {
         }
         Self::normalize_body(info, ns, &mut doc)?;
         if meta::name(&doc) != name {
-            return Err(StatusError::bad_request(
-                "metadata.name cannot be changed by a patch",
-            ));
+            return Err(StatusError::bad_request("metadata.name cannot be changed by a patch"));
         }
         // A resourceVersion in the patch is a precondition.
-        let want = body
-            .get("metadata")
-            .and_then(|m| m.get("resourceVersion"))
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let want = body.get("metadata").and_then(|m| m.get("resourceVersion")).and_then(Value::as_str).unwrap_or("");
         if kind != PatchType::Json && !want.is_empty() && want != rv_of(&old) {
-            return Err(StatusError::conflict(
-                &info.group,
-                &info.plural,
-                name,
-                StatusError::MODIFIED,
-            ));
+            return Err(StatusError::conflict(&info.group, &info.plural, name, StatusError::MODIFIED));
         }
         if kind == PatchType::Json && rv_of(&doc) != rv_of(&old) && !rv_of(&doc).is_empty() {
-            return Err(StatusError::conflict(
-                &info.group,
-                &info.plural,
-                name,
-                StatusError::MODIFIED,
-            ));
+            return Err(StatusError::conflict(&info.group, &info.plural, name, StatusError::MODIFIED));
         }
         let new = self.finish_write(info, Some(&old), doc, opts, false)?;
         Ok(self.commit(info, ok, new, Some(old), opts.dry_run))
@@ -587,36 +493,17 @@ impl State {
         if !body.is_object() {
             return Err(bad("invalid object type: expected an object"));
         }
-        if body
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .is_empty()
-        {
+        if body.get("apiVersion").and_then(Value::as_str).unwrap_or("").is_empty() {
             return Err(bad("invalid object type: /, Kind="));
         }
-        if body
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .is_empty()
-        {
-            return Err(bad(&format!(
-                "invalid object type: {}, Kind=",
-                body["apiVersion"].as_str().unwrap_or("")
-            )));
+        if body.get("kind").and_then(Value::as_str).unwrap_or("").is_empty() {
+            return Err(bad(&format!("invalid object type: {}, Kind=", body["apiVersion"].as_str().unwrap_or(""))));
         }
-        if body
-            .get("metadata")
-            .and_then(|m| m.get("managedFields"))
-            .is_some()
-        {
+        if body.get("metadata").and_then(|m| m.get("managedFields")).is_some() {
             return Err(bad("metadata.managedFields must be nil"));
         }
         if opts.manager.is_empty() {
-            return Err(bad(
-                "PATCH, application/apply-patch+yaml: fieldManager is required for apply requests",
-            ));
+            return Err(bad("PATCH, application/apply-patch+yaml: fieldManager is required for apply requests"));
         }
         let mut applied = body.clone();
         Self::normalize_body(info, ns, &mut applied)?;
@@ -641,23 +528,11 @@ impl State {
             }
             tracked = probe;
         }
-        let ok = (
-            if info.namespaced {
-                ns.to_string()
-            } else {
-                String::new()
-            },
-            name.to_string(),
-        );
+        let ok = (if info.namespaced { ns.to_string() } else { String::new() }, name.to_string());
         let base = match &old {
             Some(o) => {
                 if !want_rv.is_empty() && want_rv != rv_of(o) {
-                    return Err(StatusError::conflict(
-                        &info.group,
-                        &info.plural,
-                        name,
-                        StatusError::MODIFIED,
-                    ));
+                    return Err(StatusError::conflict(&info.group, &info.plural, name, StatusError::MODIFIED));
                 }
                 Self::present(info, o)
             }
@@ -719,10 +594,7 @@ impl State {
         let sub = opts.subresource.as_str();
         let name = meta::name(&new).to_string();
         // Clients may not set managedFields through ordinary writes in this server.
-        let managed_in = new
-            .get("metadata")
-            .and_then(|m| m.get("managedFields"))
-            .cloned();
+        let managed_in = new.get("metadata").and_then(|m| m.get("managedFields")).cloned();
         match old {
             Some(old) => {
                 if sub == "status" {
@@ -750,11 +622,7 @@ impl State {
                         }
                     }
                 }
-                let old_meta = old
-                    .get("metadata")
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default();
+                let old_meta = old.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
                 let m = meta::meta_mut(&mut new);
                 for f in [
                     "uid",
@@ -777,10 +645,8 @@ impl State {
                 m.remove("resourceVersion");
                 if meta::is_deleting(old) {
                     let before = meta::finalizers(old);
-                    let added: Vec<String> = meta::finalizers(&new)
-                        .into_iter()
-                        .filter(|f| !before.contains(f))
-                        .collect();
+                    let added: Vec<String> =
+                        meta::finalizers(&new).into_iter().filter(|f| !before.contains(f)).collect();
                     if !added.is_empty() {
                         return Err(StatusError::invalid(
                             &info.group,
@@ -847,11 +713,7 @@ impl State {
             let lt = Self::list_type_fn(info);
             let tracked_new = apply::trackable(&new, info.status, sub);
             let tracked_old = old.map(|o| apply::trackable(o, info.status, sub));
-            let manager = if opts.manager.is_empty() {
-                "unknown"
-            } else {
-                &opts.manager
-            };
+            let manager = if opts.manager.is_empty() { "unknown" } else { &opts.manager };
             apply::record_update(
                 old,
                 &mut new,
@@ -876,13 +738,7 @@ impl State {
     }
 
     fn emit(&mut self, kind: EventType, res: ResKey, object: Arc<Value>, old: Option<Arc<Value>>) {
-        let ev = Arc::new(Event {
-            rv: self.rv,
-            kind,
-            res,
-            object,
-            old,
-        });
+        let ev = Arc::new(Event { rv: self.rv, kind, res, object, old });
         self.history.push_back(ev.clone());
         while self.history.len() > self.history_limit {
             if let Some(e) = self.history.pop_front() {
@@ -919,10 +775,7 @@ impl State {
             return Self::present(info, &new);
         }
         let key = info.key();
-        if meta::is_deleting(&new)
-            && meta::finalizers(&new).is_empty()
-            && !self.blocks_removal(&key, &new)
-        {
+        if meta::is_deleting(&new) && meta::finalizers(&new).is_empty() && !self.blocks_removal(&key, &new) {
             let gone = self.remove(&key, &ok, new);
             self.run_gc();
             return Self::present(info, &gone);
@@ -930,24 +783,14 @@ impl State {
         let rv = self.bump();
         meta::meta_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
         let arc = Arc::new(new);
-        let kind = if old.is_some() {
-            EventType::Modified
-        } else {
-            EventType::Added
-        };
-        self.uids
-            .insert(meta::uid_of(&arc).to_string(), (key.clone(), ok.clone()));
-        self.objects
-            .entry(key.clone())
-            .or_default()
-            .insert(ok.clone(), arc.clone());
+        let kind = if old.is_some() { EventType::Modified } else { EventType::Added };
+        self.uids.insert(meta::uid_of(&arc).to_string(), (key.clone(), ok.clone()));
+        self.objects.entry(key.clone()).or_default().insert(ok.clone(), arc.clone());
         if key == crd_key() {
             self.register_crd(&arc);
         }
         if key == ("apps".to_string(), "deployments".to_string())
-            && old
-                .as_ref()
-                .is_none_or(|o| meta::generation(o) != meta::generation(&arc))
+            && old.as_ref().is_none_or(|o| meta::generation(o) != meta::generation(&arc))
             && let Some(hook) = &self.deployment_hook
         {
             let _ = hook.send(ok);
@@ -979,45 +822,21 @@ impl State {
     fn blocks_removal(&self, key: &ResKey, obj: &Value) -> bool {
         if *key == ns_key() {
             let ns = meta::name(obj);
-            return self
-                .objects
-                .iter()
-                .any(|(_, m)| m.keys().any(|(n, _)| n == ns));
+            return self.objects.iter().any(|(_, m)| m.keys().any(|(n, _)| n == ns));
         }
         if *key == crd_key() {
-            let group = obj
-                .pointer("/spec/group")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let plural = obj
-                .pointer("/spec/names/plural")
-                .and_then(Value::as_str)
-                .unwrap_or("");
+            let group = obj.pointer("/spec/group").and_then(Value::as_str).unwrap_or("");
+            let plural = obj.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or("");
             return self.count(&(group.to_string(), plural.to_string())) > 0;
         }
         false
     }
 
     /// Deletes an object: immediately when nothing holds it, otherwise by setting deletionTimestamp.
-    pub fn delete(
-        &mut self,
-        info: &ResourceInfo,
-        ns: &str,
-        name: &str,
-        opts: &DeleteOpts,
-    ) -> ApiResult<Deleted> {
-        let ok = (
-            if info.namespaced {
-                ns.to_string()
-            } else {
-                String::new()
-            },
-            name.to_string(),
-        );
+    pub fn delete(&mut self, info: &ResourceInfo, ns: &str, name: &str, opts: &DeleteOpts) -> ApiResult<Deleted> {
+        let ok = (if info.namespaced { ns.to_string() } else { String::new() }, name.to_string());
         let key = info.key();
-        let obj = self
-            .lookup(&key, &ok)
-            .ok_or_else(|| StatusError::not_found(&info.group, &info.plural, name))?;
+        let obj = self.lookup(&key, &ok).ok_or_else(|| StatusError::not_found(&info.group, &info.plural, name))?;
         if let Some(uid) = &opts.uid
             && uid != meta::uid_of(&obj)
         {
@@ -1025,10 +844,7 @@ impl State {
                 &info.group,
                 &info.plural,
                 name,
-                &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    meta::uid_of(&obj)
-                ),
+                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta::uid_of(&obj)),
             ));
         }
         if let Some(rv) = &opts.resource_version
@@ -1092,16 +908,11 @@ impl State {
         let rv = self.bump();
         meta::meta_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
         let arc = Arc::new(new);
-        self.objects
-            .entry(key.clone())
-            .or_default()
-            .insert(ok.clone(), arc.clone());
+        self.objects.entry(key.clone()).or_default().insert(ok.clone(), arc.clone());
         self.emit(EventType::Modified, key.clone(), arc.clone(), Some(obj));
         self.run_gc();
         Ok(match self.lookup(&key, &ok) {
-            Some(cur) if meta::uid_of(&cur) == meta::uid_of(&arc) => {
-                Deleted::Pending(Self::present(info, &cur))
-            }
+            Some(cur) if meta::uid_of(&cur) == meta::uid_of(&arc) => Deleted::Pending(Self::present(info, &cur)),
             _ => Deleted::Pending(Self::present(info, &arc)),
         })
     }
@@ -1119,26 +930,15 @@ impl State {
         let old = self.lookup(key, ok)?;
         let mut new = (*old).clone();
         f(&mut new);
-        let opts = WriteOpts {
-            manager: manager.to_string(),
-            subresource: subresource.to_string(),
-            ..Default::default()
-        };
-        let new = self
-            .finish_write(&info, Some(&old), new, &opts, false)
-            .ok()?;
+        let opts =
+            WriteOpts { manager: manager.to_string(), subresource: subresource.to_string(), ..Default::default() };
+        let new = self.finish_write(&info, Some(&old), new, &opts, false).ok()?;
         Some(self.commit(&info, ok.clone(), new, Some(old), false))
     }
 
     /// Every stored object of every resource (for the garbage collector).
     pub fn all_objects(&self) -> Vec<(ResKey, ObjKey, Arc<Value>)> {
-        self.objects
-            .iter()
-            .flat_map(|(k, m)| {
-                m.iter()
-                    .map(move |(ok, v)| (k.clone(), ok.clone(), v.clone()))
-            })
-            .collect()
+        self.objects.iter().flat_map(|(k, m)| m.iter().map(move |(ok, v)| (k.clone(), ok.clone(), v.clone()))).collect()
     }
 
     /// Whether an object with this uid exists.
@@ -1158,10 +958,7 @@ impl State {
         let Some(obj) = self.lookup(key, ok) else {
             return false;
         };
-        if meta::is_deleting(&obj)
-            && meta::finalizers(&obj).is_empty()
-            && !self.blocks_removal(key, &obj)
-        {
+        if meta::is_deleting(&obj) && meta::finalizers(&obj).is_empty() && !self.blocks_removal(key, &obj) {
             self.remove(key, ok, (*obj).clone());
             return true;
         }
@@ -1187,17 +984,10 @@ impl State {
     }
 
     fn unregister_crd(&mut self, crd: &Value) {
-        let group = crd
-            .pointer("/spec/group")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let plural = crd
-            .pointer("/spec/names/plural")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or("");
+        let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or("");
         self.registry.remove(group, plural);
-        self.objects
-            .remove(&(group.to_string(), plural.to_string()));
+        self.objects.remove(&(group.to_string(), plural.to_string()));
     }
 
     /// Drops the retained history: every watch from an older resourceVersion gets 410 Expired.
@@ -1215,10 +1005,7 @@ fn strip_meta_props(schema: &Value) -> Value {
         p.remove("kind");
     }
     if let Some(p) = s.get_mut("properties").and_then(Value::as_object_mut) {
-        p.insert(
-            "metadata".into(),
-            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
-        );
+        p.insert("metadata".into(), json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
         p.insert("apiVersion".into(), json!({"type": "string"}));
         p.insert("kind".into(), json!({"type": "string"}));
     }
@@ -1226,10 +1013,7 @@ fn strip_meta_props(schema: &Value) -> Value {
 }
 
 fn strict_error(info: &ResourceInfo, pruned: &[String]) -> StatusError {
-    let list: Vec<String> = pruned
-        .iter()
-        .map(|p| format!("unknown field \"{p}\""))
-        .collect();
+    let list: Vec<String> = pruned.iter().map(|p| format!("unknown field \"{p}\"")).collect();
     StatusError::bad_request(format!(
         "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
         info.kind,
@@ -1267,9 +1051,7 @@ fn builtin_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             }
         }
         ("apps", "Deployment" | "StatefulSet" | "ReplicaSet") => {
-            if obj.get("spec").is_some_and(Value::is_object)
-                && obj.pointer("/spec/replicas").is_none()
-            {
+            if obj.get("spec").is_some_and(Value::is_object) && obj.pointer("/spec/replicas").is_none() {
                 obj["spec"]["replicas"] = json!(1);
             }
         }
@@ -1279,58 +1061,27 @@ fn builtin_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
 
 /// Validates a CRD and fills its status (names accepted, established).
 fn crd_prepare(crd: &mut Value, name: &str) -> ApiResult<()> {
-    let group = crd
-        .pointer("/spec/group")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let plural = crd
-        .pointer("/spec/names/plural")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let kind = crd
-        .pointer("/spec/names/kind")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or("").to_string();
+    let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or("").to_string();
+    let kind = crd.pointer("/spec/names/kind").and_then(Value::as_str).unwrap_or("").to_string();
     let mut causes = Vec::new();
     if group.is_empty() {
-        causes.push(Cause::new(
-            "FieldValueRequired",
-            "spec.group",
-            "Required value",
-        ));
+        causes.push(Cause::new("FieldValueRequired", "spec.group", "Required value"));
     }
     if plural.is_empty() {
-        causes.push(Cause::new(
-            "FieldValueRequired",
-            "spec.names.plural",
-            "Required value",
-        ));
+        causes.push(Cause::new("FieldValueRequired", "spec.names.plural", "Required value"));
     }
     if kind.is_empty() {
-        causes.push(Cause::new(
-            "FieldValueRequired",
-            "spec.names.kind",
-            "Required value",
-        ));
+        causes.push(Cause::new("FieldValueRequired", "spec.names.kind", "Required value"));
     }
-    if !matches!(
-        crd.pointer("/spec/scope").and_then(Value::as_str),
-        Some("Namespaced" | "Cluster")
-    ) {
+    if !matches!(crd.pointer("/spec/scope").and_then(Value::as_str), Some("Namespaced" | "Cluster")) {
         causes.push(Cause::new(
             "FieldValueNotSupported",
             "spec.scope",
             "Unsupported value: supported values: \"Cluster\", \"Namespaced\"",
         ));
     }
-    let versions = crd
-        .pointer("/spec/versions")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let versions = crd.pointer("/spec/versions").and_then(Value::as_array).cloned().unwrap_or_default();
     if versions.is_empty() {
         causes.push(Cause::new(
             "FieldValueRequired",
@@ -1338,10 +1089,8 @@ fn crd_prepare(crd: &mut Value, name: &str) -> ApiResult<()> {
             "Required value: must have exactly one version marked as storage version",
         ));
     }
-    let storage: Vec<&Value> = versions
-        .iter()
-        .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
-        .collect();
+    let storage: Vec<&Value> =
+        versions.iter().filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true)).collect();
     if !versions.is_empty() && storage.len() != 1 {
         causes.push(Cause::new(
             "FieldValueInvalid",
@@ -1357,12 +1106,7 @@ fn crd_prepare(crd: &mut Value, name: &str) -> ApiResult<()> {
         ));
     }
     if !causes.is_empty() {
-        return Err(StatusError::invalid(
-            "apiextensions.k8s.io",
-            "CustomResourceDefinition",
-            name,
-            causes,
-        ));
+        return Err(StatusError::invalid("apiextensions.k8s.io", "CustomResourceDefinition", name, causes));
     }
     let names = crd.pointer("/spec/names").cloned().unwrap_or(json!({}));
     let mut accepted = names.clone();
@@ -1374,17 +1118,10 @@ fn crd_prepare(crd: &mut Value, name: &str) -> ApiResult<()> {
         accepted["listKind"] = json!(format!("{kind}List"));
         crd["spec"]["names"]["listKind"] = json!(format!("{kind}List"));
     }
-    let storage_version = storage
-        .first()
-        .and_then(|v| v.get("name"))
-        .cloned()
-        .unwrap_or(json!(""));
+    let storage_version = storage.first().and_then(|v| v.get("name")).cloned().unwrap_or(json!(""));
     let now = meta::now();
-    let prev_stored: Vec<Value> = crd
-        .pointer("/status/storedVersions")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let prev_stored: Vec<Value> =
+        crd.pointer("/status/storedVersions").and_then(Value::as_array).cloned().unwrap_or_default();
     let mut stored = prev_stored;
     if !stored.contains(&storage_version) {
         stored.push(storage_version);
@@ -1393,20 +1130,14 @@ fn crd_prepare(crd: &mut Value, name: &str) -> ApiResult<()> {
         {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": crd.pointer("/status/conditions/0/lastTransitionTime").cloned().unwrap_or(json!(now))},
         {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": crd.pointer("/status/conditions/1/lastTransitionTime").cloned().unwrap_or(json!(now))},
     ]);
-    crd["status"] =
-        json!({"conditions": conditions, "acceptedNames": accepted, "storedVersions": stored});
+    crd["status"] = json!({"conditions": conditions, "acceptedNames": accepted, "storedVersions": stored});
     Ok(())
 }
 
 /// The resources a CRD serves, one per served version.
 pub fn crd_resources(crd: &Value) -> Vec<ResourceInfo> {
     let spec = crd.get("spec").cloned().unwrap_or(json!({}));
-    let s = |p: &str| {
-        spec.pointer(p)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
+    let s = |p: &str| spec.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
     let group = s("/group");
     let plural = s("/names/plural");
     let kind = s("/names/kind");
@@ -1417,18 +1148,10 @@ pub fn crd_resources(crd: &Value) -> Vec<ResourceInfo> {
     let strs = |p: &str| -> Vec<String> {
         spec.pointer(p)
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
             .unwrap_or_default()
     };
-    let versions = spec
-        .get("versions")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let versions = spec.get("versions").and_then(Value::as_array).cloned().unwrap_or_default();
     let storage_version = versions
         .iter()
         .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
@@ -1440,11 +1163,7 @@ pub fn crd_resources(crd: &Value) -> Vec<ResourceInfo> {
         .filter(|v| v.get("served").and_then(Value::as_bool).unwrap_or(true))
         .map(|v| ResourceInfo {
             group: group.clone(),
-            version: v
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
+            version: v.get("name").and_then(Value::as_str).unwrap_or("").to_string(),
             kind: kind.clone(),
             plural: plural.clone(),
             singular: singular.clone(),
@@ -1462,9 +1181,7 @@ pub fn crd_resources(crd: &Value) -> Vec<ResourceInfo> {
                 .map(|cols| {
                     cols.iter()
                         .map(|c| {
-                            let f = |k: &str| {
-                                c.get(k).and_then(Value::as_str).unwrap_or("").to_string()
-                            };
+                            let f = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
                             (f("name"), f("type"), f("jsonPath"))
                         })
                         .collect()

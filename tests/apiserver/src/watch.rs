@@ -36,9 +36,7 @@ pub struct WatchSpec {
 
 impl WatchSpec {
     fn matches(&self, obj: &Value) -> bool {
-        self.namespace
-            .as_deref()
-            .is_none_or(|n| crate::meta::namespace(obj) == n)
+        self.namespace.as_deref().is_none_or(|n| crate::meta::namespace(obj) == n)
             && self.labels.matches(obj)
             && self.fields.matches(obj)
     }
@@ -73,19 +71,14 @@ impl WatchSpec {
     pub fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {
         let (api_version, kind) = match self.shape {
             Shape::Full => (self.info.api_version(), self.info.kind.clone()),
-            Shape::Metadata => (
-                "meta.k8s.io/v1".to_string(),
-                "PartialObjectMetadata".to_string(),
-            ),
+            Shape::Metadata => ("meta.k8s.io/v1".to_string(), "PartialObjectMetadata".to_string()),
             Shape::Table => ("meta.k8s.io/v1".to_string(), "Table".to_string()),
         };
         let mut md = json!({"resourceVersion": rv.to_string(), "creationTimestamp": null});
         if initial_end {
             md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        frame(
-            &json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": md}}),
-        )
+        frame(&json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": md}}))
     }
 }
 
@@ -138,10 +131,8 @@ pub async fn run(
         }
     }
     let deadline = tokio::time::Instant::now() + spec.timeout;
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + spec.bookmark_interval,
-        spec.bookmark_interval,
-    );
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + spec.bookmark_interval, spec.bookmark_interval);
     let _ = signals.drop.borrow_and_update();
     loop {
         tokio::select! {

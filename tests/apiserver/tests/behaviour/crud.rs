@@ -17,12 +17,7 @@ fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.into()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
+            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
             ..Default::default()
         },
         data: Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
@@ -48,52 +43,28 @@ fn deployment(name: &str, replicas: i32) -> Deployment {
 async fn create_get_replace_delete_configmap() {
     let server = server().await;
     let api: Api<ConfigMap> = Api::namespaced(client(&server), "default");
-    let created = api
-        .create(&PostParams::default(), &cm("one", &[]))
-        .await
-        .unwrap();
+    let created = api.create(&PostParams::default(), &cm("one", &[])).await.unwrap();
     let md = &created.metadata;
     assert!(md.uid.as_deref().is_some_and(|u| u.len() == 36));
     assert!(md.creation_timestamp.is_some());
     assert_eq!(md.namespace.as_deref(), Some("default"));
     let rv1: u64 = md.resource_version.as_deref().unwrap().parse().unwrap();
 
-    let err = status(
-        api.create(&PostParams::default(), &cm("one", &[]))
-            .await
-            .unwrap_err(),
-    );
+    let err = status(api.create(&PostParams::default(), &cm("one", &[])).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (409, "AlreadyExists"));
     assert_eq!(err.message, "configmaps \"one\" already exists");
 
     let mut got = api.get("one").await.unwrap();
     got.data = Some(BTreeMap::from([("k".to_string(), "w".to_string())]));
-    let replaced = api
-        .replace("one", &PostParams::default(), &got)
-        .await
-        .unwrap();
-    let rv2: u64 = replaced
-        .metadata
-        .resource_version
-        .as_deref()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let replaced = api.replace("one", &PostParams::default(), &got).await.unwrap();
+    let rv2: u64 = replaced.metadata.resource_version.as_deref().unwrap().parse().unwrap();
     assert!(rv2 > rv1);
     assert_eq!(replaced.metadata.uid, created.metadata.uid);
 
     // Stale resourceVersion: 409 Conflict.
-    let err = status(
-        api.replace("one", &PostParams::default(), &got)
-            .await
-            .unwrap_err(),
-    );
+    let err = status(api.replace("one", &PostParams::default(), &got).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
-    assert!(
-        err.message.contains("the object has been modified"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains("the object has been modified"), "{}", err.message);
 
     api.delete("one", &DeleteParams::default()).await.unwrap();
     let err = status(api.get("one").await.unwrap_err());
@@ -110,46 +81,27 @@ async fn generate_name_namespace_checks_and_cluster_scope() {
     let mut generated = cm("", &[]);
     generated.metadata.name = None;
     generated.metadata.generate_name = Some("gen-".into());
-    let made = api
-        .create(&PostParams::default(), &generated)
-        .await
-        .unwrap();
+    let made = api.create(&PostParams::default(), &generated).await.unwrap();
     let name = made.metadata.name.unwrap();
     assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
 
     let missing: Api<ConfigMap> = Api::namespaced(c.clone(), "nope");
-    let err = status(
-        missing
-            .create(&PostParams::default(), &cm("x", &[]))
-            .await
-            .unwrap_err(),
-    );
+    let err = status(missing.create(&PostParams::default(), &cm("x", &[])).await.unwrap_err());
     assert_eq!(err.code, 404);
     assert_eq!(err.message, "namespaces \"nope\" not found");
 
-    let bad = status(
-        api.create(&PostParams::default(), &cm("Bad_Name", &[]))
-            .await
-            .unwrap_err(),
-    );
+    let bad = status(api.create(&PostParams::default(), &cm("Bad_Name", &[])).await.unwrap_err());
     assert_eq!((bad.code, bad.reason.as_str()), (422, "Invalid"));
 
     let roles: Api<ClusterRole> = Api::all(c.clone());
-    let role: ClusterRole =
-        serde_json::from_value(json!({"metadata": {"name": "reader"}, "rules": []})).unwrap();
+    let role: ClusterRole = serde_json::from_value(json!({"metadata": {"name": "reader"}, "rules": []})).unwrap();
     let r = roles.create(&PostParams::default(), &role).await.unwrap();
     assert!(r.metadata.namespace.is_none());
     assert!(roles.get("reader").await.is_ok());
 
     let nss: Api<Namespace> = Api::all(c);
-    let names: Vec<String> = nss
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
-        .collect();
+    let names: Vec<String> =
+        nss.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|n| n.metadata.name).collect();
     assert!(names.contains(&"default".to_string()) && names.contains(&"kube-system".to_string()));
     server.shutdown().await;
 }
@@ -158,10 +110,7 @@ async fn generate_name_namespace_checks_and_cluster_scope() {
 async fn generation_and_status_subresource() {
     let server = server().await;
     let api: Api<Deployment> = Api::namespaced(client(&server), "default");
-    let d = api
-        .create(&PostParams::default(), &deployment("web", 1))
-        .await
-        .unwrap();
+    let d = api.create(&PostParams::default(), &deployment("web", 1)).await.unwrap();
     assert_eq!(d.metadata.generation, Some(1));
     assert!(d.status.is_none());
 
@@ -183,9 +132,7 @@ async fn generation_and_status_subresource() {
         .patch(
             "web",
             &PatchParams::default(),
-            &Patch::Merge(
-                json!({"metadata": {"labels": {"a": "b"}}, "status": {"readyReplicas": 7}}),
-            ),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}, "status": {"readyReplicas": 7}})),
         )
         .await
         .unwrap();
@@ -193,25 +140,12 @@ async fn generation_and_status_subresource() {
     assert_eq!(p.status.as_ref().unwrap().ready_replicas, Some(1));
 
     // A spec change bumps generation.
-    let p = api
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 3}})),
-        )
-        .await
-        .unwrap();
+    let p = api.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}}))).await.unwrap();
     assert_eq!(p.metadata.generation, Some(2));
 
     // A no-op write keeps the resourceVersion.
-    let again = api
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 3}})),
-        )
-        .await
-        .unwrap();
+    let again =
+        api.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}}))).await.unwrap();
     assert_eq!(again.metadata.resource_version, p.metadata.resource_version);
     server.shutdown().await;
 }
@@ -222,59 +156,16 @@ async fn label_field_selectors_and_pagination() {
     let api: Api<ConfigMap> = Api::namespaced(client(&server), "default");
     for i in 0..7 {
         let tier = if i % 2 == 0 { "front" } else { "back" };
-        api.create(
-            &PostParams::default(),
-            &cm(&format!("cm-{i}"), &[("tier", tier), ("app", "x")]),
-        )
-        .await
-        .unwrap();
+        api.create(&PostParams::default(), &cm(&format!("cm-{i}"), &[("tier", tier), ("app", "x")])).await.unwrap();
     }
     let names = |l: kube::core::ObjectList<ConfigMap>| -> Vec<String> {
-        l.items
-            .into_iter()
-            .filter_map(|c| c.metadata.name)
-            .collect()
+        l.items.into_iter().filter_map(|c| c.metadata.name).collect()
     };
-    assert_eq!(
-        names(
-            api.list(&ListParams::default().labels("tier=front"))
-                .await
-                .unwrap()
-        )
-        .len(),
-        4
-    );
-    assert_eq!(
-        names(
-            api.list(&ListParams::default().labels("tier in (back),app"))
-                .await
-                .unwrap()
-        )
-        .len(),
-        3
-    );
-    assert_eq!(
-        names(
-            api.list(&ListParams::default().labels("!app"))
-                .await
-                .unwrap()
-        )
-        .len(),
-        0
-    );
-    assert_eq!(
-        names(
-            api.list(&ListParams::default().fields("metadata.name=cm-3"))
-                .await
-                .unwrap()
-        ),
-        vec!["cm-3"]
-    );
-    let err = status(
-        api.list(&ListParams::default().fields("data.k=v"))
-            .await
-            .unwrap_err(),
-    );
+    assert_eq!(names(api.list(&ListParams::default().labels("tier=front")).await.unwrap()).len(), 4);
+    assert_eq!(names(api.list(&ListParams::default().labels("tier in (back),app")).await.unwrap()).len(), 3);
+    assert_eq!(names(api.list(&ListParams::default().labels("!app")).await.unwrap()).len(), 0);
+    assert_eq!(names(api.list(&ListParams::default().fields("metadata.name=cm-3")).await.unwrap()), vec!["cm-3"]);
+    let err = status(api.list(&ListParams::default().fields("data.k=v")).await.unwrap_err());
     assert_eq!(err.code, 400);
 
     let first = api.list(&ListParams::default().limit(3)).await.unwrap();
@@ -282,23 +173,11 @@ async fn label_field_selectors_and_pagination() {
     assert_eq!(first.metadata.remaining_item_count, Some(4));
     let token = first.metadata.continue_.clone().unwrap();
     // Writes between pages don't change the list's resourceVersion.
-    api.create(&PostParams::default(), &cm("zz", &[]))
-        .await
-        .unwrap();
-    let second = api
-        .list(&ListParams::default().limit(3).continue_token(&token))
-        .await
-        .unwrap();
-    assert_eq!(
-        second.metadata.resource_version,
-        first.metadata.resource_version
-    );
+    api.create(&PostParams::default(), &cm("zz", &[])).await.unwrap();
+    let second = api.list(&ListParams::default().limit(3).continue_token(&token)).await.unwrap();
+    assert_eq!(second.metadata.resource_version, first.metadata.resource_version);
     let third = api
-        .list(
-            &ListParams::default()
-                .limit(3)
-                .continue_token(second.metadata.continue_.as_deref().unwrap()),
-        )
+        .list(&ListParams::default().limit(3).continue_token(second.metadata.continue_.as_deref().unwrap()))
         .await
         .unwrap();
     let mut all = names(first);
@@ -329,10 +208,7 @@ async fn discovery_lists_builtin_groups_and_scopes() {
         ("CustomResourceDefinition", false),
         ("CronJob", true),
     ] {
-        assert!(
-            found.contains(&(kind.to_string(), namespaced)),
-            "{kind} missing from {found:?}"
-        );
+        assert!(found.contains(&(kind.to_string(), namespaced)), "{kind} missing from {found:?}");
     }
     let version = client(&server).apiserver_version().await.unwrap();
     assert_eq!(version.major, "1");
@@ -343,9 +219,7 @@ async fn discovery_lists_builtin_groups_and_scopes() {
 async fn unknown_resources_are_404() {
     let server = server().await;
     let c = client(&server);
-    let req = http::Request::get("/apis/nope.example.com/v1/things")
-        .body(vec![])
-        .unwrap();
+    let req = http::Request::get("/apis/nope.example.com/v1/things").body(vec![]).unwrap();
     let err = c.request::<serde_json::Value>(req).await.unwrap_err();
     assert_eq!(status(err).code, 404);
     server.shutdown().await;

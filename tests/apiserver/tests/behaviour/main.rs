@@ -3,3 +3,4 @@
 mod common;
 mod crud;
 mod watch;
+mod writes;

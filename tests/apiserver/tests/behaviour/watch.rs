@@ -20,28 +20,19 @@ use wasmop_apiserver::Config;
 use crate::common::{client, eventually, server_with};
 
 fn fast() -> Config {
-    Config {
-        bookmark_interval: Duration::from_millis(100),
-        ..Config::default()
-    }
+    Config { bookmark_interval: Duration::from_millis(100), ..Config::default() }
 }
 
 fn cm(name: &str) -> ConfigMap {
     ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
         data: Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
         ..Default::default()
     }
 }
 
 async fn next<T>(s: &mut (impl futures::Stream<Item = T> + Unpin)) -> T {
-    tokio::time::timeout(Duration::from_secs(5), s.next())
-        .await
-        .expect("event in time")
-        .expect("stream open")
+    tokio::time::timeout(Duration::from_secs(5), s.next()).await.expect("event in time").expect("stream open")
 }
 
 #[tokio::test]
@@ -50,18 +41,8 @@ async fn watch_events_bookmarks_and_deleted_resource_version() {
     let api: Api<ConfigMap> = Api::namespaced(client(&server), "default");
     let created = api.create(&PostParams::default(), &cm("w")).await.unwrap();
     let rv = created.resource_version().unwrap();
-    let mut stream = api
-        .watch(&WatchParams::default(), &rv)
-        .await
-        .unwrap()
-        .boxed();
-    api.patch(
-        "w",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"data": {"k": "2"}})),
-    )
-    .await
-    .unwrap();
+    let mut stream = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    api.patch("w", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "2"}}))).await.unwrap();
     let modified_rv = match next(&mut stream).await.unwrap() {
         WatchEvent::Modified(o) => o.resource_version().unwrap().parse::<u64>().unwrap(),
         other => panic!("expected MODIFIED, got {other:?}"),
@@ -70,10 +51,7 @@ async fn watch_events_bookmarks_and_deleted_resource_version() {
     match next(&mut stream).await.unwrap() {
         WatchEvent::Deleted(o) => {
             let deleted_rv: u64 = o.resource_version().unwrap().parse().unwrap();
-            assert!(
-                deleted_rv > modified_rv,
-                "DELETED carries the deletion's new resourceVersion"
-            );
+            assert!(deleted_rv > modified_rv, "DELETED carries the deletion's new resourceVersion");
         }
         other => panic!("expected DELETED, got {other:?}"),
     }
@@ -81,10 +59,7 @@ async fn watch_events_bookmarks_and_deleted_resource_version() {
         WatchEvent::Bookmark(b) => {
             assert_eq!(b.types.kind, "ConfigMap");
             assert_eq!(b.types.api_version, "v1");
-            assert_eq!(
-                b.metadata.resource_version,
-                server.resource_version().to_string()
-            );
+            assert_eq!(b.metadata.resource_version, server.resource_version().to_string());
         }
         other => panic!("expected BOOKMARK, got {other:?}"),
     }
@@ -97,11 +72,7 @@ async fn too_old_resource_version_is_an_in_stream_410() {
     let api: Api<ConfigMap> = Api::namespaced(client(&server), "default");
     api.create(&PostParams::default(), &cm("a")).await.unwrap();
     server.faults().expire_history();
-    let mut stream = api
-        .watch(&WatchParams::default(), "1")
-        .await
-        .unwrap()
-        .boxed();
+    let mut stream = api.watch(&WatchParams::default(), "1").await.unwrap().boxed();
     match next(&mut stream).await.unwrap() {
         WatchEvent::Error(s) => {
             assert_eq!(s.code, 410);
@@ -118,17 +89,10 @@ async fn timeout_seconds_ends_the_stream() {
     let api: Api<ConfigMap> = Api::namespaced(client(&server), "default");
     let rv = server.resource_version().to_string();
     let started = tokio::time::Instant::now();
-    let mut stream = api
-        .watch(&WatchParams::default().timeout(1), &rv)
-        .await
-        .unwrap()
-        .boxed();
+    let mut stream = api.watch(&WatchParams::default().timeout(1), &rv).await.unwrap().boxed();
     tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(ev) = stream.next().await {
-            assert!(
-                matches!(ev, Ok(WatchEvent::Bookmark(_))),
-                "only bookmarks on an idle watch"
-            );
+            assert!(matches!(ev, Ok(WatchEvent::Bookmark(_))), "only bookmarks on an idle watch");
         }
     })
     .await
@@ -144,23 +108,13 @@ async fn send_initial_events_ends_with_annotated_bookmark() {
     for n in ["a", "b"] {
         api.create(&PostParams::default(), &cm(n)).await.unwrap();
     }
-    let mut stream = api
-        .watch(&WatchParams::streaming_lists(), "")
-        .await
-        .unwrap()
-        .boxed();
+    let mut stream = api.watch(&WatchParams::streaming_lists(), "").await.unwrap().boxed();
     let mut names = Vec::new();
     loop {
         match next(&mut stream).await.unwrap() {
             WatchEvent::Added(o) => names.push(o.name_any()),
             WatchEvent::Bookmark(b) => {
-                assert_eq!(
-                    b.metadata
-                        .annotations
-                        .get("k8s.io/initial-events-end")
-                        .map(String::as_str),
-                    Some("true")
-                );
+                assert_eq!(b.metadata.annotations.get("k8s.io/initial-events-end").map(String::as_str), Some("true"));
                 break;
             }
             other => panic!("unexpected {other:?}"),
@@ -176,33 +130,15 @@ async fn selector_transitions_become_added_and_deleted() {
     let api: Api<ConfigMap> = Api::namespaced(client(&server), "default");
     api.create(&PostParams::default(), &cm("s")).await.unwrap();
     let rv = server.resource_version().to_string();
-    let mut stream = api
-        .watch(&WatchParams::default().labels("sel=yes"), &rv)
+    let mut stream = api.watch(&WatchParams::default().labels("sel=yes"), &rv).await.unwrap().boxed();
+    api.patch("s", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"sel": "yes"}}})))
         .await
-        .unwrap()
-        .boxed();
-    api.patch(
-        "s",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"labels": {"sel": "yes"}}})),
-    )
-    .await
-    .unwrap();
-    assert!(matches!(
-        next(&mut stream).await.unwrap(),
-        WatchEvent::Added(_)
-    ));
-    api.patch(
-        "s",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"labels": {"sel": "no"}}})),
-    )
-    .await
-    .unwrap();
-    assert!(matches!(
-        next(&mut stream).await.unwrap(),
-        WatchEvent::Deleted(_)
-    ));
+        .unwrap();
+    assert!(matches!(next(&mut stream).await.unwrap(), WatchEvent::Added(_)));
+    api.patch("s", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"sel": "no"}}})))
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut stream).await.unwrap(), WatchEvent::Deleted(_)));
     server.shutdown().await;
 }
 
@@ -219,35 +155,24 @@ async fn reflector_survives(config: watcher::Config) {
         api.create(&PostParams::default(), &cm(n)).await.unwrap();
     }
     let (reader, writer) = reflector::store();
-    let stream = reflector(writer, watch_fn(api.clone(), config))
-        .default_backoff()
-        .touched_objects();
+    let stream = reflector(writer, watch_fn(api.clone(), config)).default_backoff().touched_objects();
     let task = tokio::spawn(async move {
         let _ = stream.try_for_each(|_| async { Ok(()) }).await;
     });
-    eventually(10, "initial sync", || async {
-        (store_names(&reader) == ["a", "b", "c"]).then_some(())
-    })
-    .await;
+    eventually(10, "initial sync", || async { (store_names(&reader) == ["a", "b", "c"]).then_some(()) }).await;
 
     // The watch is dropped and history is compacted: the watcher's resume gets 410 and relists.
     server.faults().drop_watches();
     server.faults().expire_history();
     api.delete("a", &DeleteParams::default()).await.unwrap();
     api.create(&PostParams::default(), &cm("d")).await.unwrap();
-    eventually(15, "resync after 410", || async {
-        (store_names(&reader) == ["b", "c", "d"]).then_some(())
-    })
-    .await;
+    eventually(15, "resync after 410", || async { (store_names(&reader) == ["b", "c", "d"]).then_some(()) }).await;
 
     // A plain dropped watch resumes from its last resourceVersion without missing changes.
     server.faults().drop_watches();
     api.delete("b", &DeleteParams::default()).await.unwrap();
     api.create(&PostParams::default(), &cm("e")).await.unwrap();
-    eventually(15, "resume after drop", || async {
-        (store_names(&reader) == ["c", "d", "e"]).then_some(())
-    })
-    .await;
+    eventually(15, "resume after drop", || async { (store_names(&reader) == ["c", "d", "e"]).then_some(()) }).await;
     task.abort();
     server.shutdown().await;
 }
@@ -268,9 +193,7 @@ async fn metadata_watcher_sees_partial_objects() {
     let api: Api<ConfigMap> = Api::namespaced(client(&server), "default");
     api.create(&PostParams::default(), &cm("m1")).await.unwrap();
     let meta: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(client(&server), "default");
-    let mut stream = watch_fn(meta, watcher::Config::default())
-        .applied_objects()
-        .boxed();
+    let mut stream = watch_fn(meta, watcher::Config::default()).applied_objects().boxed();
     let first = next(&mut stream).await.unwrap();
     assert_eq!(first.metadata.name.as_deref(), Some("m1"));
     api.create(&PostParams::default(), &cm("m2")).await.unwrap();
@@ -294,10 +217,7 @@ async fn controller_with_owns_sees_child_changes() {
         secrets: Api<Secret>,
         count: Arc<AtomicUsize>,
     }
-    let ctx = Arc::new(Ctx {
-        secrets: children.clone(),
-        count: reconciles.clone(),
-    });
+    let ctx = Arc::new(Ctx { secrets: children.clone(), count: reconciles.clone() });
     async fn reconcile(obj: Arc<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
         ctx.count.fetch_add(1, Ordering::SeqCst);
         let owner = obj.controller_owner_ref(&()).expect("has uid");
@@ -323,14 +243,8 @@ async fn controller_with_owns_sees_child_changes() {
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {});
     let task = tokio::spawn(controller);
-    parents
-        .create(&PostParams::default(), &cm("parent"))
-        .await
-        .unwrap();
-    eventually(10, "child created", || async {
-        children.get_opt("parent-child").await.ok().flatten()
-    })
-    .await;
+    parents.create(&PostParams::default(), &cm("parent")).await.unwrap();
+    eventually(10, "child created", || async { children.get_opt("parent-child").await.ok().flatten() }).await;
     let settled = eventually(10, "reconciles settle", || async {
         let n = reconciles.load(Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(300)).await;
