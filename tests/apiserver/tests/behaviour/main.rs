@@ -1,6 +1,7 @@
 //! Behaviour tests: real clients (kube-rs, kubectl) against the in-memory API server.
 
 mod common;
+mod crd;
 mod crud;
 mod watch;
 mod writes;

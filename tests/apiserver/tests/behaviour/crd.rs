@@ -1,0 +1,161 @@
+//! CustomResourceDefinitions: serving versions, Established, validation, defaults, pruning.
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::discovery::Discovery;
+use kube::runtime::wait::{await_condition, conditions};
+use serde_json::json;
+
+use crate::common::{client, server, status};
+
+/// A CRD for `widgets.example.com` with two served versions and a constrained schema.
+pub fn widget_crd() -> serde_json::Value {
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {
+                    "image": {"type": "string", "minLength": 1, "pattern": "^[a-z0-9./:-]+$"},
+                    "replicas": {"type": "integer", "minimum": 0, "maximum": 10, "default": 1},
+                    "tier": {"type": "string", "enum": ["web", "worker"]},
+                    "port": {"x-kubernetes-int-or-string": true},
+                    "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                }
+            },
+            "status": {"type": "object", "properties": {
+                "ready": {"type": "boolean"},
+                "conditions": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+            }}
+        }
+    });
+    let version = |name: &str, storage: bool| {
+        json!({"name": name, "served": true, "storage": storage,
+               "schema": {"openAPIV3Schema": schema.clone()},
+               "subresources": {"status": {}},
+               "additionalPrinterColumns": [{"name": "Image", "type": "string", "jsonPath": ".spec.image"}]})
+    };
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {
+            "group": "example.com",
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wd"]},
+            "versions": [version("v1", true), version("v1beta1", false)],
+        }
+    })
+}
+
+fn widget_resource(version: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("example.com", version, "Widget"), "widgets")
+}
+
+async fn install(c: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    let crd: CustomResourceDefinition = serde_json::from_value(widget_crd()).unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        await_condition(crds, "widgets.example.com", conditions::is_crd_established()),
+    )
+    .await
+    .expect("established in time")
+    .unwrap();
+}
+
+fn widget(name: &str, spec: serde_json::Value) -> DynamicObject {
+    serde_json::from_value(
+        json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": name}, "spec": spec}),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn crd_becomes_established_and_serves_its_versions() {
+    let server = server().await;
+    let c = client(&server);
+    install(&c).await;
+    let discovery = Discovery::new(c.clone()).run().await.unwrap();
+    let group = discovery.groups().find(|g| g.name() == "example.com").expect("group discovered");
+    let versions: Vec<String> = group.versions().map(str::to_string).collect();
+    assert_eq!(versions, vec!["v1", "v1beta1"]);
+
+    let v1: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &widget_resource("v1"));
+    let made = v1.create(&PostParams::default(), &widget("w1", json!({"image": "nginx"}))).await.unwrap();
+    assert_eq!(made.metadata.generation, Some(1));
+    // Served through the other version too, with that apiVersion.
+    let beta: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &widget_resource("v1beta1"));
+    let got = beta.get("w1").await.unwrap();
+    assert_eq!(got.types.unwrap().api_version, "example.com/v1beta1");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn custom_resources_are_defaulted_pruned_and_validated() {
+    let server = server().await;
+    let c = client(&server);
+    install(&c).await;
+    let api: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &widget_resource("v1"));
+    let made = api
+        .create(
+            &PostParams::default(),
+            &widget("d", json!({"image": "nginx", "unknown": 1, "extra": {"free": "form"}, "port": "http"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(made.data["spec"]["replicas"], 1, "default applied");
+    assert!(made.data["spec"].get("unknown").is_none(), "unknown field pruned");
+    assert_eq!(made.data["spec"]["extra"]["free"], "form", "preserved");
+
+    let err = status(
+        api.create(&PostParams::default(), &widget("bad", json!({"replicas": 11, "tier": "db", "port": 1.5})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    let details = err.details.unwrap();
+    assert_eq!(details.kind, "Widget");
+    let mut fields: Vec<String> = details.causes.iter().map(|c| c.field.clone()).collect();
+    fields.sort();
+    assert_eq!(fields, vec!["spec.image", "spec.port", "spec.replicas", "spec.tier"]);
+    assert!(err.message.starts_with("Widget.example.com \"bad\" is invalid: ["), "{}", err.message);
+
+    // Status subresource: status ignored on create and main writes, generation only on spec changes.
+    let st = api
+        .patch_status("d", &PatchParams::default(), &Patch::Merge(json!({"status": {"ready": true}})))
+        .await
+        .unwrap();
+    assert_eq!(st.data["status"]["ready"], true);
+    assert_eq!(st.metadata.generation, Some(1));
+    let upd = api.patch("d", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}}))).await.unwrap();
+    assert_eq!(upd.metadata.generation, Some(2));
+    let err = status(
+        api.patch("d", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": -1}}))).await.unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    let err = status(
+        api.patch("d", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"replicas": 3}}))).await.unwrap_err(),
+    );
+    assert_eq!(err.code, 415);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_a_crd_removes_its_resources() {
+    let server = server().await;
+    let c = client(&server);
+    install(&c).await;
+    let api: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &widget_resource("v1"));
+    api.patch("a", &PatchParams::apply("t"), &Patch::Apply(widget("a", json!({"image": "x"})))).await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    crds.delete("widgets.example.com", &DeleteParams::default()).await.unwrap();
+    assert!(crds.get_opt("widgets.example.com").await.unwrap().is_none());
+    let err = status(api.get("a").await.unwrap_err());
+    assert_eq!(err.code, 404);
+    server.shutdown().await;
+}
