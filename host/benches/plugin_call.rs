@@ -1,1 +1,77 @@
-fn main() {}
+//! Cost of one reconcile of the Appoperator plugin: a fresh WebAssembly instance per call
+//! (instantiate + reconcile + output checks) against the same logic compiled natively with the
+//! same JSON work. Prints both medians and their ratio at the end.
+//!
+//! Run with `make bench` (builds the plugin first) or `cargo bench -p wasmop --bench plugin_call`.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use serde_json::{Value, json};
+use wasmop::plugin::{Limits, ReconcileRequest, Runtime, RuntimeConfig};
+
+fn request() -> ReconcileRequest {
+    ReconcileRequest {
+        parent: json!({
+            "apiVersion": "tools.wasmop.dev/v1beta1", "kind": "Appoperator",
+            "metadata": {"name": "web", "namespace": "default", "uid": "4f1c", "generation": 3},
+            "spec": {"image": "nginx:1.27", "replicas": 3},
+        }),
+        children: vec![json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"replicas": 3},
+            "status": {"availableReplicas": 2, "readyReplicas": 2, "replicas": 3},
+        })],
+        finalizing: false,
+        settings: None,
+    }
+}
+
+/// The native path does what the host and guest do around the logic: serialise the request,
+/// decode it, reconcile, encode the answer, and parse the children back.
+fn native(req: &ReconcileRequest) -> Vec<Value> {
+    let parent = req.parent.to_string();
+    let children: Vec<String> = req.children.iter().map(Value::to_string).collect();
+    let out = wasmop_sdk::wire::reconcile_json::<appoperator::Plugin>(&parent, &children, false, None)
+        .expect("native reconcile");
+    out.children.iter().map(|c| serde_json::from_str(c).expect("child JSON")).collect()
+}
+
+fn median(mut f: impl FnMut(), samples: usize) -> Duration {
+    let mut times: Vec<Duration> = (0..samples)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[samples / 2]
+}
+
+fn main() {
+    let plugin_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin/appoperator.wasm");
+    assert!(plugin_path.exists(), "{} is missing: run `make plugins` (make bench does)", plugin_path.display());
+    let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
+    let plugin = rt.load_operator(&plugin_path, Limits::default()).expect("load appoperator");
+    let req = request();
+    assert_eq!(plugin.reconcile(&req).expect("wasm reconcile").children, native(&req), "both paths must agree");
+
+    let mut criterion = Criterion::default().configure_from_args();
+    let mut group = criterion.benchmark_group("appoperator-reconcile");
+    group.bench_function("wasm", |b| b.iter(|| black_box(plugin.reconcile(black_box(&req)).expect("reconcile"))));
+    group.bench_function("native", |b| b.iter(|| black_box(native(black_box(&req)))));
+    group.finish();
+    criterion.final_summary();
+
+    let wasm = median(|| drop(black_box(plugin.reconcile(&req))), 5000);
+    let nat = median(|| drop(black_box(native(&req))), 5000);
+    println!();
+    println!("appoperator reconcile, median of 5000 calls each:");
+    println!("  wasm (fresh instance per call): {:>8.2} µs", wasm.as_secs_f64() * 1e6);
+    println!("  native (same logic and JSON):   {:>8.2} µs", nat.as_secs_f64() * 1e6);
+    println!("  ratio wasm/native:              {:>8.2}x", wasm.as_secs_f64() / nat.as_secs_f64());
+}

@@ -22,6 +22,16 @@ pub struct OperatorPlugin {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for OperatorPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorPlugin")
+            .field("name", &self.inner.meta.name)
+            .field("version", &self.inner.meta.version)
+            .field("revision", &self.inner.file.revision())
+            .finish()
+    }
+}
+
 struct Inner {
     pre: OperatorPre<CallState>,
     meta: OperatorMetadata,

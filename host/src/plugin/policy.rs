@@ -20,6 +20,16 @@ pub struct PolicyPlugin {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for PolicyPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyPlugin")
+            .field("name", &self.inner.meta.name)
+            .field("version", &self.inner.meta.version)
+            .field("revision", &self.inner.file.revision())
+            .finish()
+    }
+}
+
 struct Inner {
     pre: PolicyPre<CallState>,
     meta: PolicyMetadata,

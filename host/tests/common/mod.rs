@@ -1,0 +1,35 @@
+//! Helpers shared by the integration tests: where the real plugins are built, and a runtime.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use wasmop::plugin::{Runtime, RuntimeConfig};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A plugin compiled from source by `make plugins` / `make test-plugins` (wasm32-wasip2).
+pub fn plugin(crate_name: &str) -> PathBuf {
+    let path = workspace().join("target/wasm32-wasip2/plugin").join(format!("{}.wasm", crate_name.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first with `make plugins test-plugins` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A runtime sharing one compiled-code cache across the test binaries, so each plugin is
+/// compiled once per test run.
+pub fn runtime() -> Runtime {
+    let cache = workspace().join("target/test-code-cache");
+    Runtime::new(RuntimeConfig { cache_dir: Some(cache), ..RuntimeConfig::default() }).expect("runtime")
+}
+
+/// Path of a file under `examples/`.
+pub fn example(name: &str) -> PathBuf {
+    workspace().join("examples").join(name)
+}

@@ -1,0 +1,205 @@
+//! `wasmop eval`, `wasmop crd` and `wasmop plugin inspect` as a user runs them: the real binary
+//! on the real default plugin.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+fn wasmop(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wasmop"))
+        .args(args)
+        .env("WASMOP_CACHE_DIR", common::workspace().join("target/test-code-cache"))
+        .output()
+        .expect("run wasmop")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(out.status.success(), "wasmop failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn appoperator() -> String {
+    common::plugin("appoperator").display().to_string()
+}
+
+fn eval_json(file: &Path, extra: &[&str]) -> Value {
+    let plugin = appoperator();
+    let mut args = vec!["eval", "--plugin", &plugin, "-o", "json"];
+    args.extend_from_slice(extra);
+    let file = file.display().to_string();
+    args.push(&file);
+    serde_json::from_str(&stdout(&wasmop(&args))).unwrap()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn example_gives_exactly_the_expected_deployment() {
+    let result = eval_json(&common::example("appoperator.yaml"), &[]);
+    let expected = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]},
+            },
+        },
+    });
+    assert_eq!(result[0]["parent"], "default/web");
+    assert_eq!(result[0]["children"], json!([expected]));
+    assert_eq!(result[0]["conditions"][0]["type"], "Ready");
+    assert_eq!(result[0]["conditions"][0]["status"], "False");
+    assert_eq!(result[0]["conditions"][0]["message"], "0/3 replicas available");
+}
+
+#[test]
+fn yaml_output_is_appliable_documents_with_status_as_comments() {
+    let plugin = appoperator();
+    let example = common::example("appoperator.yaml").display().to_string();
+    let text = stdout(&wasmop(&["eval", "--plugin", &plugin, &example]));
+    assert!(text.starts_with("---\napiVersion: apps/v1\nkind: Deployment\n"), "{text}");
+    let docs = wasmop::manifest::parse_objects(&text, Path::new("stdout")).unwrap();
+    assert_eq!(docs.len(), 1, "status must not be a document: {text}");
+    assert!(text.contains("#     reason: Progressing"), "{text}");
+}
+
+#[test]
+fn observed_children_drive_the_ready_condition() {
+    let dir = tempfile::tempdir().unwrap();
+    let observed = |available: u32| {
+        write(
+            dir.path(),
+            &format!("observed-{available}.yaml"),
+            &format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: default\nstatus:\n  availableReplicas: {available}\n"
+            ),
+        )
+    };
+    let example = common::example("appoperator.yaml");
+    let partly = eval_json(&example, &["--observed", observed(2).to_str().unwrap()]);
+    assert_eq!(partly[0]["conditions"][0]["status"], "False");
+    assert_eq!(partly[0]["conditions"][0]["reason"], "Progressing");
+    assert_eq!(partly[0]["conditions"][0]["message"], "2/3 replicas available");
+    assert_eq!(partly[0]["status"]["availableReplicas"], 2);
+
+    let fully = eval_json(&example, &["--observed", observed(3).to_str().unwrap()]);
+    assert_eq!(fully[0]["conditions"][0]["status"], "True");
+    assert_eq!(fully[0]["conditions"][0]["message"], "3/3 replicas available");
+}
+
+#[test]
+fn replicas_default_to_one_and_namespace_to_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "app.yaml",
+        "apiVersion: tools.wasmop.dev/v1beta1\nkind: Appoperator\nmetadata:\n  name: api\nspec:\n  image: api:2\n",
+    );
+    let result = eval_json(&file, &[]);
+    assert_eq!(result[0]["children"][0]["spec"]["replicas"], 1);
+    assert_eq!(result[0]["children"][0]["metadata"]["namespace"], "default");
+}
+
+#[test]
+fn invalid_specs_fail_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = appoperator();
+    for (name, spec, needle) in [
+        ("empty-image", "image: \"\"", "spec.image must name a container image"),
+        ("too-many", "image: nginx:1.27\n  replicas: 5000", "spec.replicas must be between 0 and 1000"),
+        ("wrong-type", "image: nginx:1.27\n  replicas: lots", "default/bad"),
+    ] {
+        let file = write(
+            dir.path(),
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: tools.wasmop.dev/v1beta1\nkind: Appoperator\nmetadata:\n  name: bad\n  namespace: default\nspec:\n  {spec}\n"
+            ),
+        );
+        let out = wasmop(&["eval", "--plugin", &plugin, file.to_str().unwrap()]);
+        assert!(!out.status.success(), "{name} should fail");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
+        assert!(stderr.starts_with("error: plugin appoperator rejected the spec"), "{name}: {stderr}");
+        assert!(stderr.contains(needle), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn wrong_kind_in_file_names_the_file_and_what_was_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n");
+    let plugin = appoperator();
+    let out = wasmop(&["eval", "--plugin", &plugin, file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("cm.yaml contains no tools.wasmop.dev/v1beta1 Appoperator") && stderr.contains("v1 ConfigMap"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn policies_review_the_desired_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = common::plugin("deny-latest-tag").display().to_string();
+    let plugin = appoperator();
+    let latest = write(
+        dir.path(),
+        "latest.yaml",
+        "apiVersion: tools.wasmop.dev/v1beta1\nkind: Appoperator\nmetadata:\n  name: web\nspec:\n  image: nginx:latest\n",
+    );
+    let out = wasmop(&["eval", "--plugin", &plugin, "--policy", &policy, latest.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("policy deny-latest-tag denied Deployment default/web"), "{stderr}");
+
+    let pinned = eval_json(&common::example("appoperator.yaml"), &["--policy", &policy]);
+    assert_eq!(pinned[0]["children"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn checked_in_crd_matches_the_plugin() {
+    let plugin = appoperator();
+    let generated = stdout(&wasmop(&["crd", "--plugin", &plugin]));
+    let path = common::workspace().join("deploy/crds/appoperator.yaml");
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        generated == checked_in,
+        "{} is out of date with the plugin's CRD; regenerate it with `make manifests`",
+        path.display()
+    );
+    let crd = &wasmop::manifest::parse_objects(&generated, Path::new("crd")).unwrap()[0];
+    assert_eq!(crd["metadata"]["name"], "appoperators.tools.wasmop.dev");
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["subresources"]["status"], json!({}));
+    let columns: Vec<&str> =
+        version["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(columns, ["Image", "Replicas", "Ready", "Age"]);
+    assert_eq!(crd["spec"]["names"]["shortNames"], json!(["appop"]));
+}
+
+#[test]
+fn inspect_reports_what_the_plugin_declares() {
+    let plugin = appoperator();
+    let out = stdout(&wasmop(&["plugin", "inspect", &plugin, "-o", "json"]));
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["world"], "operator");
+    assert_eq!(report["metadata"]["name"], "appoperator");
+    assert_eq!(report["metadata"]["parent"]["kind"], "Appoperator");
+    assert_eq!(report["metadata"]["children"][0]["gvk"]["kind"], "Deployment");
+    assert_eq!(report["metadata"]["finalizer"], false);
+    assert!(report["sizeBytes"].as_u64().unwrap() > 0);
+    assert!(report["loadTimeMs"].as_f64().is_some());
+}

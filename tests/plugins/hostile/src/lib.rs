@@ -1,0 +1,82 @@
+//! A hostile operator plugin for the sandbox tests. It uses the raw WIT bindings (not the SDK's
+//! safe helpers) so it can break the contract on purpose. The parent's `spec.mode` picks the
+//! misbehaviour:
+//!
+//! - `ok`: one ConfigMap named after the parent (the well-behaved baseline)
+//! - `loop`: never returns
+//! - `oom`: allocates without bound
+//! - `panic`: panics with `spec.message`
+//! - `huge`: returns a child of `spec.mebibytes` MiB (default 100)
+//! - `bad-json`, `undeclared-kind`, `other-namespace`: break the output contract
+
+use wasmop_sdk::bindings::operator::exports::wasmop::plugin::reconciler::{
+    ChildKind, Error, Guest, OperatorMetadata, Request, Response,
+};
+use wasmop_sdk::bindings::operator::wasmop::plugin::types::Gvk;
+
+struct Hostile;
+
+fn gvk(group: &str, version: &str, kind: &str) -> Gvk {
+    Gvk { group: group.into(), version: version.into(), kind: kind.into() }
+}
+
+fn config_map(name: &str, namespace: Option<&str>, payload: &str) -> String {
+    let mut cm = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name},
+        "data": {"payload": payload},
+    });
+    if let Some(ns) = namespace {
+        cm["metadata"]["namespace"] = ns.into();
+    }
+    cm.to_string()
+}
+
+impl Guest for Hostile {
+    fn metadata() -> OperatorMetadata {
+        OperatorMetadata {
+            name: "hostile".into(),
+            version: "0.0.1".into(),
+            parent: gvk("test.wasmop.dev", "v1", "Hostile"),
+            children: vec![ChildKind { gvk: gvk("", "v1", "ConfigMap"), cluster_scoped: false }],
+            crd: None,
+            finalizer: false,
+        }
+    }
+
+    fn reconcile(req: Request) -> Result<Response, Error> {
+        let parent: serde_json::Value = serde_json::from_str(&req.parent).map_err(|e| Error::Invalid(e.to_string()))?;
+        let name = parent["metadata"]["name"].as_str().unwrap_or("hostile").to_string();
+        let spec = &parent["spec"];
+        let children = match spec["mode"].as_str().unwrap_or("ok") {
+            "ok" => vec![config_map(&name, None, "fine")],
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "oom" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "panic" => panic!("{}", spec["message"].as_str().unwrap_or("boom")),
+            "huge" => {
+                let mib = spec["mebibytes"].as_u64().unwrap_or(100) as usize;
+                vec![config_map(&name, None, &"x".repeat(mib << 20))]
+            }
+            "bad-json" => vec!["{\"apiVersion\": \"v1\", \"kind\": ".to_string()],
+            "undeclared-kind" => {
+                vec![serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}}).to_string()]
+            }
+            "other-namespace" => vec![config_map(&name, Some("kube-system"), "escape")],
+            other => return Err(Error::Invalid(format!("unknown spec.mode {other:?}"))),
+        };
+        Ok(Response { children, status: None, conditions: vec![], requeue_after_seconds: None, finalized: false })
+    }
+}
+
+wasmop_sdk::bindings::operator::export_raw_operator!(Hostile);
