@@ -3,5 +3,6 @@
 mod common;
 mod crd;
 mod crud;
+mod kubectl;
 mod watch;
 mod writes;

@@ -1,0 +1,271 @@
+//! The machine's real kubectl against the server, through a written kubeconfig.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use wasmop_apiserver::{ApiServer, Config};
+
+use crate::common::{client, eventually, server_with};
+
+const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    additionalPrinterColumns:
+    - {name: Image, type: string, jsonPath: .spec.image}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [image]
+            properties:
+              image: {type: string}
+              replicas: {type: integer, minimum: 0, maximum: 10, default: 1}
+          status:
+            type: object
+            x-kubernetes-preserve-unknown-fields: true
+"#;
+
+const WIDGET: &str = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  image: nginx\n";
+
+fn kubectl_path() -> PathBuf {
+    if let Ok(p) = std::env::var("KUBECTL") {
+        return PathBuf::from(p);
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join("kubectl");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("kubectl not found on PATH (set KUBECTL=/path/to/kubectl)");
+}
+
+struct Kubectl {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Kubectl {
+    fn new(server: &ApiServer) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("kubeconfig");
+        server.write_kubeconfig(&config).unwrap();
+        Kubectl { _dir: dir, config }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(kubectl_path());
+        c.env("KUBECONFIG", &self.config)
+            .env("HOME", self._dir.path())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    async fn run(&self, args: &[&str], stdin: &str) -> Output {
+        let mut cmd = self.command(args);
+        let stdin = stdin.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut child = cmd.spawn().expect("kubectl runs");
+            if let Some(mut i) = child.stdin.take() {
+                let _ = i.write_all(stdin.as_bytes());
+            }
+            child.wait_with_output().expect("kubectl finishes")
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn ok(&self, args: &[&str], stdin: &str) -> String {
+        let out = self.run(args, stdin).await;
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn widgets(c: &kube::Client) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("example.com", "v1", "Widget"), "widgets");
+    Api::namespaced_with(c.clone(), "default", &ar)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_server_side_apply_get_yaml_and_invalid_object() {
+    let server = server_with(Config::default()).await;
+    let k = Kubectl::new(&server);
+    let out = k.ok(&["apply", "--server-side", "-f", "-"], CRD).await;
+    assert!(
+        out.contains("customresourcedefinition.apiextensions.k8s.io/widgets.example.com serverside-applied"),
+        "{out}"
+    );
+    let out = k.ok(&["apply", "--server-side", "-f", "-"], WIDGET).await;
+    assert!(out.contains("widget.example.com/w1 serverside-applied"), "{out}");
+
+    let yaml = k.ok(&["get", "widget", "w1", "-o", "yaml"], "").await;
+    assert!(yaml.contains("kind: Widget"), "{yaml}");
+    assert!(yaml.contains("replicas: 1"), "default applied: {yaml}");
+    assert!(yaml.contains("uid: "), "{yaml}");
+    let table = k.ok(&["get", "wd"], "").await;
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("IMAGE") && table.contains("nginx"), "{table}");
+
+    // Re-applying with a change works, and the manager is kubectl.
+    let changed = WIDGET.replace("image: nginx", "image: nginx:2");
+    k.ok(&["apply", "--server-side", "-f", "-"], &changed).await;
+    let obj = widgets(&client(&server)).get("w1").await.unwrap();
+    assert_eq!(obj.data["spec"]["image"], "nginx:2");
+    let managers: Vec<String> = obj.managed_fields().iter().filter_map(|m| m.manager.clone()).collect();
+    assert_eq!(managers, vec!["kubectl"]);
+
+    let bad = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: bad\nspec:\n  replicas: 50\n";
+    let out = k.run(&["apply", "--server-side", "-f", "-"], bad).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("The Widget \"bad\" is invalid"), "{err}");
+    assert!(
+        err.contains("spec.replicas: Invalid value: 50: spec.replicas in body should be less than or equal to 10"),
+        "{err}"
+    );
+    assert!(err.contains("spec.image: Required value"), "{err}");
+
+    // Client-side apply too (create, then a patch computed by kubectl).
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: csa\ndata:\n  a: \"1\"\n";
+    k.ok(&["apply", "-f", "-"], cm).await;
+    k.ok(&["apply", "-f", "-"], &cm.replace("\"1\"", "\"2\"")).await;
+    let got = Api::<ConfigMap>::namespaced(client(&server), "default").get("csa").await.unwrap();
+    assert_eq!(got.data.unwrap()["a"], "2");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_watch_sees_a_change() {
+    let server = server_with(Config::default()).await;
+    let k = Kubectl::new(&server);
+    let cms: Api<ConfigMap> = Api::namespaced(client(&server), "default");
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "watched"}, "data": {"v": "1"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let mut child =
+        k.command(&["get", "configmaps", "-w", "-o", "jsonpath={.metadata.name}={.data.v}{\"\\n\"}"]).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(first, "watched=1");
+    cms.patch("watched", &PatchParams::default(), &Patch::Merge(json!({"data": {"v": "2"}}))).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(next, "watched=2");
+    let _ = child.kill();
+    let _ = child.wait();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_wait_for_condition_ready() {
+    let server = server_with(Config::default()).await;
+    let k = Kubectl::new(&server);
+    k.ok(&["apply", "--server-side", "-f", "-"], CRD).await;
+    k.ok(&["apply", "--server-side", "-f", "-"], WIDGET).await;
+    let api = widgets(&client(&server));
+    let waiter = {
+        let cmd = k.command(&["wait", "--for=condition=Ready", "widget/w1", "--timeout=20s"]);
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = cmd;
+            cmd.output().unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.patch_status(
+        "w1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Test", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})),
+    )
+    .await
+    .unwrap();
+    let out = waiter.await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("widget.example.com/w1 condition met"));
+    server.shutdown().await;
+}
+
+const DEPLOYMENT: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: web, image: nginx}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_delete_cascades_and_api_resources() {
+    let server = server_with(Config::default()).await;
+    let k = Kubectl::new(&server);
+    let c = client(&server);
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    for (policy, child_survives) in [("foreground", false), ("background", false), ("orphan", true)] {
+        k.ok(&["apply", "-f", "-"], DEPLOYMENT).await;
+        let owner = deps.get("web").await.unwrap();
+        let mut r = owner.controller_owner_ref(&()).unwrap();
+        r.block_owner_deletion = Some(true);
+        let child: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": "web-child", "ownerReferences": [r]}})).unwrap();
+        cms.create(&PostParams::default(), &child).await.unwrap();
+        let out = k.ok(&["delete", "deployment", "web", &format!("--cascade={policy}")], "").await;
+        assert!(out.contains("deployment.apps \"web\" deleted"), "{out}");
+        eventually(10, "owner gone", || async { deps.get_opt("web").await.unwrap().is_none().then_some(()) }).await;
+        let survived = cms.get_opt("web-child").await.unwrap();
+        assert_eq!(survived.is_some(), child_survives, "cascade={policy}");
+        if let Some(s) = survived {
+            assert!(s.owner_references().is_empty());
+            cms.delete("web-child", &Default::default()).await.unwrap();
+        }
+    }
+    k.ok(&["apply", "--server-side", "-f", "-"], CRD).await;
+    let out = k.ok(&["api-resources"], "").await;
+    for needle in ["deployments", "configmaps", "customresourcedefinitions", "widgets"] {
+        assert!(out.lines().any(|l| l.starts_with(needle)), "{needle} missing: {out}");
+    }
+    let line = out.lines().find(|l| l.starts_with("widgets")).unwrap();
+    assert!(
+        line.contains("wd") && line.contains("example.com/v1") && line.contains("true") && line.contains("Widget"),
+        "{line}"
+    );
+    server.shutdown().await;
+}
