@@ -3,6 +3,7 @@
 mod common;
 mod crd;
 mod crud;
+mod faults;
 mod kubectl;
 mod watch;
 mod writes;
