@@ -254,7 +254,10 @@ async fn resource_route(
 type HResult = Result<Response<Body>, StatusError>;
 
 fn parse_json(ctx: &Ctx) -> Result<Value, StatusError> {
-    if ctx.content_type.contains("protobuf") || ctx.content_type.contains("cbor") {
+    if ctx.content_type.contains("protobuf") {
+        return crate::proto::decode(&ctx.body);
+    }
+    if ctx.content_type.contains("cbor") {
         return Err(StatusError::unsupported_media_type(format!(
             "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {})",
             ctx.content_type
@@ -301,7 +304,8 @@ fn selectors(t: &Target, ctx: &Ctx) -> Result<(LabelSelector, FieldSelector), St
 
 fn do_list(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     let (labels, fields) = selectors(t, ctx)?;
-    let limit = match ctx.q("limit") {
+    // resourceVersion=0 is served from the watch cache, which ignores limit.
+    let limit = match ctx.q("limit").filter(|_| ctx.q("resourceVersion") != Some("0")) {
         Some(l) => Some(l.parse::<usize>().map_err(|_| StatusError::bad_request(format!("invalid limit {l:?}")))?),
         None => None,
     };

@@ -23,6 +23,7 @@ pub mod meta;
 pub mod openapi;
 pub mod output;
 pub mod patch;
+pub mod proto;
 pub mod resources;
 pub mod schema;
 pub mod selector;

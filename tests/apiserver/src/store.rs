@@ -978,6 +978,9 @@ impl State {
     }
 
     fn register_crd(&mut self, crd: &Value) {
+        let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or("");
+        let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or("");
+        self.registry.remove(group, plural);
         for info in crd_resources(crd) {
             self.registry.insert(info);
         }
@@ -1038,7 +1041,7 @@ fn builtin_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
             }
         }
         ("", "Secret") => {
-            if obj.get("type").is_none() {
+            if obj.get("type").and_then(Value::as_str).unwrap_or("").is_empty() {
                 obj["type"] = json!("Opaque");
             }
         }

@@ -269,3 +269,23 @@ async fn kubectl_delete_cascades_and_api_resources() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_typed_create_commands_work() {
+    let server = server_with(Config::default()).await;
+    let k = Kubectl::new(&server);
+    k.ok(&["create", "namespace", "team"], "").await;
+    k.ok(&["create", "configmap", "settings", "-n", "team", "--from-literal=mode=fast"], "").await;
+    k.ok(&["create", "secret", "generic", "creds", "-n", "team", "--from-literal=password=s3cret"], "").await;
+    let c = client(&server);
+    let cm = Api::<ConfigMap>::namespaced(c.clone(), "team").get("settings").await.unwrap();
+    assert_eq!(cm.data.unwrap()["mode"], "fast");
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c, "team").get("creds").await.unwrap();
+    assert_eq!(secret.data.unwrap()["password"].0, b"s3cret");
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    // Kinds whose protobuf form is not decoded are refused clearly, not misread.
+    let out = k.run(&["create", "deployment", "web", "--image=nginx"], "").await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("protobuf is supported only for"));
+    server.shutdown().await;
+}
