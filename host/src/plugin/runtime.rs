@@ -24,6 +24,9 @@ pub const CONTRACT_VERSION: &str = "0.1.0";
 const RECONCILER_EXPORT: &str = "wasmop:plugin/reconciler";
 const REVIEWER_EXPORT: &str = "wasmop:plugin/reviewer";
 
+/// Bytes of linear memory and table kept resident in a pool slot between calls.
+const KEEP_RESIDENT_BYTES: usize = 2 << 20;
+
 /// How often the epoch advances; wall-time limits are accurate to about this.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -175,7 +178,12 @@ impl Runtime {
             .max_memories_per_component(4)
             .max_tables_per_component(16)
             .max_core_instances_per_component(32)
-            .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX));
+            .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
+            // Keep the first pages of a slot's memory and tables resident between instances:
+            // a reconcile touches about this much, and re-faulting it on every call costs more
+            // than the memory it saves.
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(KEEP_RESIDENT_BYTES);
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
