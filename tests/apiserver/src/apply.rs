@@ -515,12 +515,7 @@ pub fn apply(live: &Value, req: &ApplyRequest<'_>, lt: &dyn Fn(&[String]) -> Lis
                     Cause::new(
                         "FieldManagerConflict",
                         path_string(p),
-                        format!(
-                            "conflict with \"{}\"{} using {}",
-                            entries[*i].manager,
-                            if entries[*i].operation == "Update" { "" } else { "" },
-                            entries[*i].api_version
-                        ),
+                        format!("conflict with \"{}\" using {}", entries[*i].manager, entries[*i].api_version),
                     )
                 })
                 .collect();
@@ -575,6 +570,7 @@ pub fn apply(live: &Value, req: &ApplyRequest<'_>, lt: &dyn Fn(&[String]) -> Lis
 
 /// Records a non-apply write by `manager`: it takes ownership of every field it changed, and
 /// others lose fields that changed or disappeared.
+#[allow(clippy::too_many_arguments)]
 pub fn record_update(
     old: Option<&Value>,
     new: &mut Value,
@@ -595,9 +591,8 @@ pub fn record_update(
     for e in &mut entries {
         let mine = e.manager == manager && e.operation == "Update" && e.subresource == subresource;
         for p in e.set.members() {
-            if value_at(tracked_new, &p).is_none() && (e.subresource == subresource) {
-                e.set.remove(&p);
-            } else if !mine && changed.contains(&p) {
+            let gone = value_at(tracked_new, &p).is_none() && e.subresource == subresource;
+            if gone || (!mine && changed.contains(&p)) {
                 e.set.remove(&p);
             }
         }

@@ -178,10 +178,11 @@ fn resolve(reg: &crate::resources::Registry, group: &str, version: &str, rest: &
     if rest.len() > 5 {
         return None;
     }
-    if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
-        if let Some(t) = mk(rest[2], Some(rest[1]), rest.get(3), rest.get(4)) {
-            return Some(t);
-        }
+    if rest.first() == Some(&"namespaces")
+        && rest.len() >= 3
+        && let Some(t) = mk(rest[2], Some(rest[1]), rest.get(3), rest.get(4))
+    {
+        return Some(t);
     }
     if rest.len() > 3 {
         return None;

@@ -83,10 +83,70 @@ fn jsonpath(obj: &Value, path: &str) -> Value {
     cur.clone()
 }
 
+type Cell = fn(&Value) -> Value;
+
+fn int(obj: &Value, p: &str) -> i64 {
+    obj.pointer(p).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn count(obj: &Value, p: &str) -> i64 {
+    obj.pointer(p).and_then(Value::as_object).map_or(0, |m| m.len() as i64)
+}
+
+fn text(obj: &Value, p: &str) -> Value {
+    obj.pointer(p).cloned().unwrap_or(json!("<none>"))
+}
+
+/// Server-side printer columns of built-in kinds (name, type, cell), as kubectl shows them.
+fn builtin_columns(info: &ResourceInfo) -> Vec<(&'static str, &'static str, Cell)> {
+    if info.custom {
+        return Vec::new();
+    }
+    match info.kind.as_str() {
+        "Deployment" => vec![
+            ("Ready", "string", |o| json!(format!("{}/{}", int(o, "/status/readyReplicas"), int(o, "/spec/replicas")))),
+            ("Up-to-date", "integer", |o| json!(int(o, "/status/updatedReplicas"))),
+            ("Available", "integer", |o| json!(int(o, "/status/availableReplicas"))),
+        ],
+        "StatefulSet" => vec![("Ready", "string", |o| {
+            json!(format!("{}/{}", int(o, "/status/readyReplicas"), int(o, "/spec/replicas")))
+        })],
+        "ReplicaSet" => vec![
+            ("Desired", "integer", |o| json!(int(o, "/spec/replicas"))),
+            ("Current", "integer", |o| json!(int(o, "/status/replicas"))),
+            ("Ready", "integer", |o| json!(int(o, "/status/readyReplicas"))),
+        ],
+        "DaemonSet" => vec![
+            ("Desired", "integer", |o| json!(int(o, "/status/desiredNumberScheduled"))),
+            ("Current", "integer", |o| json!(int(o, "/status/currentNumberScheduled"))),
+            ("Ready", "integer", |o| json!(int(o, "/status/numberReady"))),
+        ],
+        "Job" => vec![("Completions", "string", |o| {
+            json!(format!(
+                "{}/{}",
+                int(o, "/status/succeeded"),
+                o.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1)
+            ))
+        })],
+        "Namespace" => vec![("Status", "string", |o| text(o, "/status/phase"))],
+        "ConfigMap" => vec![("Data", "integer", |o| json!(count(o, "/data") + count(o, "/binaryData")))],
+        "Secret" => vec![("Type", "string", |o| text(o, "/type")), ("Data", "integer", |o| json!(count(o, "/data")))],
+        "Service" => vec![
+            ("Type", "string", |o| text(o, "/spec/type")),
+            ("Cluster-IP", "string", |o| text(o, "/spec/clusterIP")),
+        ],
+        "Pod" => vec![("Status", "string", |o| text(o, "/status/phase"))],
+        _ => Vec::new(),
+    }
+}
+
 fn columns(info: &ResourceInfo) -> Vec<Value> {
     let mut cols = vec![
         json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
     ];
+    for (name, ty, _) in builtin_columns(info) {
+        cols.push(json!({"name": name, "type": ty, "format": "", "description": "", "priority": 0}));
+    }
     let mut has_age = false;
     for (name, ty, _) in &info.printer_columns {
         if name == "Age" {
@@ -103,6 +163,9 @@ fn columns(info: &ResourceInfo) -> Vec<Value> {
 fn row(info: &ResourceInfo, obj: &Value) -> Value {
     let created = obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str);
     let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
+    for (_, _, cell) in builtin_columns(info) {
+        cells.push(cell(obj));
+    }
     let mut has_age = false;
     for (name, ty, path) in &info.printer_columns {
         if name == "Age" {

@@ -69,6 +69,7 @@ struct Builtin {
     all: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 const fn b(
     gv: &'static str,
     kind: &'static str,

@@ -53,6 +53,8 @@ pub struct Event {
     pub object: Arc<Value>,
     /// The object before the change, if any.
     pub old: Option<Arc<Value>>,
+    /// The serialized wire line in the plain storage-version form, shared by all watchers.
+    pub line: std::sync::OnceLock<bytes::Bytes>,
 }
 
 /// Options common to writes.
@@ -431,6 +433,7 @@ impl State {
     }
 
     /// Patches an object; server-side apply creates it when missing.
+    #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &mut self,
         info: &ResourceInfo,
@@ -738,7 +741,7 @@ impl State {
     }
 
     fn emit(&mut self, kind: EventType, res: ResKey, object: Arc<Value>, old: Option<Arc<Value>>) {
-        let ev = Arc::new(Event { rv: self.rv, kind, res, object, old });
+        let ev = Arc::new(Event { rv: self.rv, kind, res, object, old, line: std::sync::OnceLock::new() });
         self.history.push_back(ev.clone());
         while self.history.len() > self.history_limit {
             if let Some(e) = self.history.pop_front() {
@@ -1040,10 +1043,8 @@ fn builtin_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
                 obj["status"] = json!({"phase": "Active"});
             }
         }
-        ("", "Secret") => {
-            if obj.get("type").and_then(Value::as_str).unwrap_or("").is_empty() {
-                obj["type"] = json!("Opaque");
-            }
+        ("", "Secret") if obj.get("type").and_then(Value::as_str).unwrap_or("").is_empty() => {
+            obj["type"] = json!("Opaque");
         }
         ("", "Service") => {
             if obj.get("spec").is_none() {
@@ -1053,10 +1054,10 @@ fn builtin_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
                 obj["spec"]["type"] = json!("ClusterIP");
             }
         }
-        ("apps", "Deployment" | "StatefulSet" | "ReplicaSet") => {
-            if obj.get("spec").is_some_and(Value::is_object) && obj.pointer("/spec/replicas").is_none() {
-                obj["spec"]["replicas"] = json!(1);
-            }
+        ("apps", "Deployment" | "StatefulSet" | "ReplicaSet")
+            if obj.get("spec").is_some_and(Value::is_object) && obj.pointer("/spec/replicas").is_none() =>
+        {
+            obj["spec"]["replicas"] = json!(1);
         }
         _ => {}
     }

@@ -67,6 +67,16 @@ impl WatchSpec {
         frame(&json!({"type": kind.as_str(), "object": object}))
     }
 
+    /// The wire line for a store event as this watcher sees it, if any; the plain form is
+    /// serialized once and shared between watchers.
+    pub fn event_line(&self, ev: &Event, first: bool) -> Option<Bytes> {
+        let (kind, obj) = self.translate(ev)?;
+        if kind == ev.kind && self.shape == Shape::Full && self.info.version == self.info.storage_version {
+            return Some(ev.line.get_or_init(|| self.line(kind, &obj, first)).clone());
+        }
+        Some(self.line(kind, &obj, first))
+    }
+
     /// A BOOKMARK line at `rv`.
     pub fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {
         let (api_version, kind) = match self.shape {
@@ -123,8 +133,8 @@ pub async fn run(
     }
     for ev in backlog {
         last_rv = last_rv.max(ev.rv);
-        if let Some((k, o)) = spec.translate(&ev) {
-            if out.send(spec.line(k, &o, first)).await.is_err() {
+        if let Some(line) = spec.event_line(&ev, first) {
+            if out.send(line).await.is_err() {
                 return;
             }
             first = false;
@@ -142,8 +152,8 @@ pub async fn run(
                     continue;
                 }
                 last_rv = last_rv.max(ev.rv);
-                if let Some((k, o)) = spec.translate(&ev) {
-                    if out.send(spec.line(k, &o, first)).await.is_err() {
+                if let Some(line) = spec.event_line(&ev, first) {
+                    if out.send(line).await.is_err() {
                         return;
                     }
                     first = false;
@@ -154,8 +164,8 @@ pub async fn run(
                 while let Ok(ev) = rx.try_recv() {
                     if ev.rv <= from { continue; }
                     last_rv = last_rv.max(ev.rv);
-                    if let Some((k, o)) = spec.translate(&ev) {
-                        if out.send(spec.line(k, &o, first)).await.is_err() {
+                    if let Some(line) = spec.event_line(&ev, first) {
+                        if out.send(line).await.is_err() {
                             return;
                         }
                         first = false;
