@@ -119,3 +119,71 @@ mod tests {
         assert!(gs["groups"].as_array().unwrap().iter().any(|g| g["name"] == "batch"));
     }
 }
+
+/// Whether `Accept` asks for aggregated discovery; returns the version asked for (`v2` or `v2beta1`).
+pub fn wants_aggregated(accept: &str) -> Option<&'static str> {
+    for part in accept.split(',') {
+        let p = part.replace(' ', "");
+        if p.contains("as=APIGroupDiscoveryList") && p.contains("g=apidiscovery.k8s.io") {
+            if p.contains("v=v2beta1") {
+                return Some("v2beta1");
+            }
+            if p.contains("v=v2") {
+                return Some("v2");
+            }
+        }
+        if p.starts_with("application/json") && !p.contains("as=") {
+            return None;
+        }
+    }
+    None
+}
+
+fn aggregated_group(reg: &Registry, group: &str, versions: &[String]) -> Value {
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| {
+            let resources: Vec<Value> = reg
+                .in_group_version(group, v)
+                .iter()
+                .map(|info| {
+                    let gvk = json!({"group": info.group, "version": info.version, "kind": info.kind});
+                    let mut r = json!({
+                        "resource": info.plural,
+                        "responseKind": gvk,
+                        "scope": if info.namespaced { "Namespaced" } else { "Cluster" },
+                        "singularResource": info.singular,
+                        "verbs": verbs(info),
+                    });
+                    if !info.short_names.is_empty() {
+                        r["shortNames"] = json!(info.short_names);
+                    }
+                    if !info.categories.is_empty() {
+                        r["categories"] = json!(info.categories);
+                    }
+                    if info.status {
+                        r["subresources"] = json!([{"subresource": "status", "responseKind": gvk, "verbs": ["get", "patch", "update"]}]);
+                    }
+                    r
+                })
+                .collect();
+            json!({"version": v, "resources": resources, "freshness": "Current"})
+        })
+        .collect();
+    json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": vs})
+}
+
+/// Aggregated discovery (`apidiscovery.k8s.io` `APIGroupDiscoveryList`) for `/api` (core) or `/apis`.
+pub fn aggregated(reg: &Registry, core: bool, version: &str) -> Value {
+    let items: Vec<Value> = if core {
+        vec![aggregated_group(reg, "", &["v1".to_string()])]
+    } else {
+        reg.groups().iter().map(|(g, vs)| aggregated_group(reg, g, vs)).collect()
+    };
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": format!("apidiscovery.k8s.io/{version}"),
+        "metadata": {},
+        "items": items,
+    })
+}

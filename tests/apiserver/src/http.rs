@@ -125,6 +125,15 @@ async fn route(shared: &Arc<Shared>, path: &str, ctx: Ctx) -> Response<Body> {
     match segs.as_slice() {
         ["version"] if get => json_response(200, &discovery::version()),
         ["healthz" | "livez" | "readyz", ..] if get => full(200, "text/plain", Bytes::from_static(b"ok")),
+        ["api" | "apis"] if get && discovery::wants_aggregated(&ctx.accept).is_some() => {
+            let v = discovery::wants_aggregated(&ctx.accept).unwrap_or("v2");
+            let doc = discovery::aggregated(&registry, segs[0] == "api", v);
+            full(
+                200,
+                &format!("application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList"),
+                Bytes::from(doc.to_string()),
+            )
+        }
         ["api"] if get => json_response(200, &discovery::core_versions(&shared.addr.to_string())),
         ["apis"] if get => json_response(200, &discovery::groups(&registry)),
         ["apis", g] if get => match discovery::group(&registry, g) {

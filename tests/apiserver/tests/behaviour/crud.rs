@@ -210,6 +210,17 @@ async fn discovery_lists_builtin_groups_and_scopes() {
     ] {
         assert!(found.contains(&(kind.to_string(), namespaced)), "{kind} missing from {found:?}");
     }
+    // Aggregated discovery (one request per root) describes the same resources.
+    let aggregated = Discovery::new(client(&server)).run_aggregated().await.unwrap();
+    let mut agg = Vec::new();
+    for group in aggregated.groups() {
+        for (ar, caps) in group.recommended_resources() {
+            agg.push((ar.kind.clone(), caps.scope == Scope::Namespaced));
+        }
+    }
+    found.sort();
+    agg.sort();
+    assert_eq!(found, agg);
     let version = client(&server).apiserver_version().await.unwrap();
     assert_eq!(version.major, "1");
     server.shutdown().await;
