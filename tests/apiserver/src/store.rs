@@ -1194,3 +1194,134 @@ pub fn crd_resources(crd: &Value) -> Vec<ResourceInfo> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (State, Arc<ResourceInfo>, Arc<ResourceInfo>) {
+        let s = State::new(100);
+        let cm = s.registry.get("", "v1", "configmaps").unwrap();
+        let dep = s.registry.get("apps", "v1", "deployments").unwrap();
+        (s, cm, dep)
+    }
+
+    fn opts() -> WriteOpts {
+        WriteOpts { manager: "test".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn resource_versions_are_global_and_no_op_writes_keep_them() {
+        let (mut s, cm, _) = setup();
+        let a = s.create(&cm, "default", json!({"metadata": {"name": "a"}, "data": {"k": "v"}}), &opts()).unwrap();
+        let b = s.create(&cm, "default", json!({"metadata": {"name": "b"}}), &opts()).unwrap();
+        let rv = |o: &Value| rv_of(o).parse::<u64>().unwrap();
+        assert_eq!(rv(&b), rv(&a) + 1);
+        let before = s.rv;
+        let same =
+            s.patch(&cm, "default", "a", PatchType::Merge, &json!({"data": {"k": "v"}}), false, &opts()).unwrap();
+        assert_eq!(rv(&same), rv(&a));
+        assert_eq!(s.rv, before, "no-op write does not consume a resourceVersion");
+        assert!(a.get("metadata").unwrap().get("generation").is_none(), "ConfigMaps have no generation");
+    }
+
+    #[test]
+    fn deleted_event_carries_new_resource_version() {
+        let (mut s, cm, _) = setup();
+        s.create(&cm, "default", json!({"metadata": {"name": "a"}}), &opts()).unwrap();
+        let Deleted::Gone(last) = s.delete(&cm, "default", "a", &DeleteOpts::default()).unwrap() else {
+            panic!("no finalizers: deleted at once");
+        };
+        let ev = s.history.back().unwrap();
+        assert_eq!(ev.kind, EventType::Deleted);
+        assert_eq!(rv_of(&last), s.rv.to_string());
+        assert_eq!(rv_of(&ev.object), s.rv.to_string());
+    }
+
+    #[test]
+    fn history_is_bounded_and_compaction_is_tracked() {
+        let mut s = State::new(3);
+        let cm = s.registry.get("", "v1", "configmaps").unwrap();
+        for i in 0..5 {
+            s.create(&cm, "default", json!({"metadata": {"name": format!("c{i}")}}), &opts()).unwrap();
+        }
+        assert_eq!(s.history.len(), 3);
+        assert_eq!(s.compacted, s.rv - 3);
+        s.compact();
+        assert!(s.history.is_empty());
+        assert_eq!(s.compacted, s.rv);
+    }
+
+    #[test]
+    fn generation_ignores_metadata_and_status() {
+        let (mut s, _, dep) = setup();
+        let body =
+            json!({"metadata": {"name": "d"}, "spec": {"replicas": 1, "template": {}}, "status": {"replicas": 9}});
+        let d = s.create(&dep, "default", body, &opts()).unwrap();
+        assert_eq!(meta::generation(&d), 1);
+        assert!(d.get("status").is_none(), "status dropped on create");
+        let d = s
+            .patch(
+                &dep,
+                "default",
+                "d",
+                PatchType::Merge,
+                &json!({"metadata": {"annotations": {"a": "b"}}}),
+                false,
+                &opts(),
+            )
+            .unwrap();
+        assert_eq!(meta::generation(&d), 1);
+        let status_opts = WriteOpts { subresource: "status".into(), ..opts() };
+        let d = s
+            .patch(
+                &dep,
+                "default",
+                "d",
+                PatchType::Merge,
+                &json!({"status": {"replicas": 1}, "spec": {"replicas": 4}}),
+                false,
+                &status_opts,
+            )
+            .unwrap();
+        assert_eq!(meta::generation(&d), 1);
+        assert_eq!(d["spec"]["replicas"], 1);
+        let d =
+            s.patch(&dep, "default", "d", PatchType::Merge, &json!({"spec": {"replicas": 2}}), false, &opts()).unwrap();
+        assert_eq!(meta::generation(&d), 2);
+        assert_eq!(d["status"]["replicas"], 1);
+    }
+
+    #[test]
+    fn dry_run_persists_nothing() {
+        let (mut s, cm, _) = setup();
+        let dry = WriteOpts { dry_run: true, ..opts() };
+        let before = s.rv;
+        let o = s.create(&cm, "default", json!({"metadata": {"name": "a"}}), &dry).unwrap();
+        assert_eq!(meta::name(&o), "a");
+        assert_eq!(s.rv, before);
+        assert!(s.get(&cm, "default", "a").is_err());
+    }
+
+    #[test]
+    fn crd_registration_serves_and_unserves() {
+        let mut s = State::new(100);
+        let crds = s.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions").unwrap();
+        let crd = json!({
+            "metadata": {"name": "things.example.com"},
+            "spec": {"group": "example.com", "scope": "Cluster", "names": {"plural": "things", "kind": "Thing"},
+                     "versions": [{"name": "v1", "served": true, "storage": true}]}
+        });
+        let made = s.create(&crds, "", crd, &opts()).unwrap();
+        assert_eq!(made["status"]["conditions"][1]["type"], "Established");
+        assert_eq!(made["spec"]["names"]["singular"], "thing");
+        let things = s.registry.get("example.com", "v1", "things").expect("served");
+        assert!(!things.namespaced);
+        s.delete(&crds, "", "things.example.com", &DeleteOpts::default()).unwrap();
+        assert!(s.registry.get("example.com", "v1", "things").is_none());
+
+        let bad = json!({"metadata": {"name": "wrong"}, "spec": {"group": "example.com", "scope": "Cluster",
+            "names": {"plural": "things", "kind": "Thing"}, "versions": [{"name": "v1", "served": true, "storage": true}]}});
+        assert_eq!(s.create(&crds, "", bad, &opts()).unwrap_err().code, 422);
+    }
+}

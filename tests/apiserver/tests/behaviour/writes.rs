@@ -272,3 +272,49 @@ async fn deleting_a_namespace_removes_its_content() {
     assert!(nss.get_opt("tmp").await.unwrap().is_none());
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn kube_runtime_event_recorder_and_lease_concurrency() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+
+    let server = server().await;
+    let c = client(&server);
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    let obj = cms.create(&PostParams::default(), &cm("subject")).await.unwrap();
+    let recorder = Recorder::new(c.clone(), Reporter::from("wasmop-test".to_string()));
+    let ev = KubeEvent {
+        type_: EventType::Normal,
+        reason: "Reconciled".into(),
+        note: Some("all good".into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let reference = obj.object_ref(&());
+    recorder.publish(&ev, &reference).await.unwrap();
+    // The same event again becomes a series (a merge patch of the existing Event).
+    recorder.publish(&ev, &reference).await.unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), "default");
+    let list = events.list(&Default::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    let e = &list.items[0];
+    assert_eq!(e.reason.as_deref(), Some("Reconciled"));
+    assert_eq!(e.regarding.as_ref().and_then(|r| r.name.as_deref()), Some("subject"));
+    assert_eq!(e.series.as_ref().map(|s| s.count), Some(2));
+
+    // Leases: optimistic concurrency as used by leader election.
+    let leases: Api<Lease> = Api::namespaced(c, "default");
+    let lease: Lease = serde_json::from_value(
+        json!({"metadata": {"name": "leader"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}}),
+    )
+    .unwrap();
+    let l = leases.create(&PostParams::default(), &lease).await.unwrap();
+    let mut mine = l.clone();
+    mine.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    leases.replace("leader", &PostParams::default(), &mine).await.unwrap();
+    let mut stale = l;
+    stale.spec.as_mut().unwrap().holder_identity = Some("c".into());
+    let err = status(leases.replace("leader", &PostParams::default(), &stale).await.unwrap_err());
+    assert_eq!(err.code, 409);
+    server.shutdown().await;
+}
