@@ -34,6 +34,7 @@ pub mod selector;
 pub mod simulator;
 pub mod stats;
 pub mod store;
+pub mod typed;
 pub mod watch;
 
 use std::net::SocketAddr;

@@ -531,6 +531,12 @@ impl State {
             }
             tracked = probe;
         }
+        if !info.custom {
+            // Undeclared fields of built-in kinds are dropped before ownership is computed.
+            let mut probe = applied.clone();
+            crate::typed::decode(info, &mut probe, opts.strict)?;
+            tracked = apply::trackable(&probe, info.status, &opts.subresource);
+        }
         let ok = (if info.namespaced { ns.to_string() } else { String::new() }, name.to_string());
         let base = match &old {
             Some(o) => {
@@ -688,6 +694,7 @@ impl State {
         if !managed_done && let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("managedFields");
         }
+        crate::typed::decode(info, &mut new, opts.strict && !managed_done)?;
         builtin_defaults(info, &mut new, old.is_none());
         if info.custom
             && let Some(s) = &info.schema

@@ -153,6 +153,13 @@ async fn kubectl_server_side_apply_get_yaml_and_invalid_object() {
     );
     assert!(err.contains("spec.image: Required value"), "{err}");
 
+    // kubectl validates strictly on the server: a misspelt built-in field is refused.
+    let typo = DEPLOYMENT.replace("replicas: 2", "replicass: 2");
+    let out = k.run(&["apply", "--server-side", "-f", "-"], &typo).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field \"spec.replicass\""), "{err}");
+
     // Client-side apply too (create, then a patch computed by kubectl).
     let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: csa\ndata:\n  a: \"1\"\n";
     k.ok(&["apply", "-f", "-"], cm).await;
