@@ -18,6 +18,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod apply;
+pub mod defaults;
 pub mod discovery;
 pub mod error;
 pub mod faults;

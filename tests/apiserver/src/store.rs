@@ -695,7 +695,7 @@ impl State {
             m.remove("managedFields");
         }
         crate::typed::decode(info, &mut new, opts.strict && !managed_done)?;
-        builtin_defaults(info, &mut new, old.is_none());
+        crate::defaults::apply(info, &mut new, old.is_none());
         if info.custom
             && let Some(s) = &info.schema
         {
@@ -1034,40 +1034,6 @@ fn strict_error(info: &ResourceInfo, pruned: &[String]) -> StatusError {
         info.kind,
         list.join(", ")
     ))
-}
-
-/// Server-side defaults of built-in kinds.
-fn builtin_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool) {
-    if info.custom {
-        return;
-    }
-    match (info.group.as_str(), info.kind.as_str()) {
-        ("", "Namespace") => {
-            if obj.pointer("/spec/finalizers").is_none() {
-                obj["spec"] = json!({"finalizers": ["kubernetes"]});
-            }
-            if creating {
-                obj["status"] = json!({"phase": "Active"});
-            }
-        }
-        ("", "Secret") if obj.get("type").and_then(Value::as_str).unwrap_or("").is_empty() => {
-            obj["type"] = json!("Opaque");
-        }
-        ("", "Service") => {
-            if obj.get("spec").is_none() {
-                obj["spec"] = json!({});
-            }
-            if obj.pointer("/spec/type").is_none() {
-                obj["spec"]["type"] = json!("ClusterIP");
-            }
-        }
-        ("apps", "Deployment" | "StatefulSet" | "ReplicaSet")
-            if obj.get("spec").is_some_and(Value::is_object) && obj.pointer("/spec/replicas").is_none() =>
-        {
-            obj["spec"]["replicas"] = json!(1);
-        }
-        _ => {}
-    }
 }
 
 /// Validates a CRD and fills its status (names accepted, established).
