@@ -85,10 +85,8 @@ pub fn apply(info: &ResourceInfo, obj: &mut Value, creating: bool) {
                 obj["status"] = json!({"phase": "Active"});
             }
         }
-        ("", "Secret") => {
-            if obj.get("type").and_then(Value::as_str).unwrap_or("").is_empty() {
-                obj["type"] = json!("Opaque");
-            }
+        ("", "Secret") if obj.get("type").and_then(Value::as_str).unwrap_or("").is_empty() => {
+            obj["type"] = json!("Opaque");
         }
         ("", "Service") => {
             if !obj.get("spec").is_some_and(Value::is_object) {

@@ -103,23 +103,6 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lists_builtins_with_status_subresources() {
-        let reg = Registry::builtin();
-        let apps = resource_list(&reg, "apps", "v1").unwrap();
-        let names: Vec<&str> =
-            apps["resources"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
-        assert!(names.contains(&"deployments") && names.contains(&"deployments/status"));
-        assert!(resource_list(&reg, "apps", "v9").is_none());
-        let gs = groups(&reg);
-        assert!(gs["groups"].as_array().unwrap().iter().any(|g| g["name"] == "batch"));
-    }
-}
-
 /// Whether `Accept` asks for aggregated discovery; returns the version asked for (`v2` or `v2beta1`).
 pub fn wants_aggregated(accept: &str) -> Option<&'static str> {
     for part in accept.split(',') {
@@ -186,4 +169,21 @@ pub fn aggregated(reg: &Registry, core: bool, version: &str) -> Value {
         "metadata": {},
         "items": items,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_builtins_with_status_subresources() {
+        let reg = Registry::builtin();
+        let apps = resource_list(&reg, "apps", "v1").unwrap();
+        let names: Vec<&str> =
+            apps["resources"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+        assert!(names.contains(&"deployments") && names.contains(&"deployments/status"));
+        assert!(resource_list(&reg, "apps", "v9").is_none());
+        let gs = groups(&reg);
+        assert!(gs["groups"].as_array().unwrap().iter().any(|g| g["name"] == "batch"));
+    }
 }
