@@ -72,8 +72,15 @@ fn key_json(item: &Value, keys: &[String]) -> Option<String> {
     let obj = item.as_object()?;
     let mut k = Map::new();
     for key in keys {
-        if let Some(v) = obj.get(key) {
-            k.insert(key.clone(), v.clone());
+        match obj.get(key) {
+            Some(v) => {
+                k.insert(key.clone(), v.clone());
+            }
+            // Key fields with a schema default (ports' protocol) match as if defaulted.
+            None if key == "protocol" => {
+                k.insert(key.clone(), Value::String("TCP".into()));
+            }
+            None => {}
         }
     }
     (!k.is_empty()).then(|| Value::Object(k).to_string())
@@ -635,6 +642,20 @@ mod tests {
         } else {
             ListType::Atomic
         }
+    }
+
+    #[test]
+    fn defaulted_protocol_key_matches_on_merge() {
+        let ports = |p: &[String]| {
+            if p.last().map(String::as_str) == Some("ports") {
+                ListType::Map(vec!["containerPort".into(), "protocol".into()])
+            } else {
+                ListType::Atomic
+            }
+        };
+        let mut live = json!({"ports": [{"containerPort": 80, "protocol": "TCP", "name": "http"}]});
+        merge_applied(&mut live, &json!({"ports": [{"containerPort": 80, "name": "web"}]}), &mut Vec::new(), &ports);
+        assert_eq!(live, json!({"ports": [{"containerPort": 80, "protocol": "TCP", "name": "web"}]}));
     }
 
     #[test]

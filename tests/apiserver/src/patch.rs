@@ -162,9 +162,11 @@ pub fn json_patch(doc: &mut Value, patch: &Value) -> ApiResult<()> {
     Ok(())
 }
 
+/// The strategic-merge key of a list item: the first list-map key only (the
+/// `patchMergeKey`, e.g. `port` for Service ports, `containerPort` for container ports).
 fn key_of(item: &Value, keys: &[String]) -> Option<Vec<Value>> {
     let obj = item.as_object()?;
-    let k: Vec<Value> = keys.iter().map(|k| obj.get(k).cloned().unwrap_or(Value::Null)).collect();
+    let k: Vec<Value> = keys.iter().take(1).map(|k| obj.get(k).cloned().unwrap_or(Value::Null)).collect();
     k.iter().any(|v| !v.is_null()).then_some(k)
 }
 

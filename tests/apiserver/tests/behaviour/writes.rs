@@ -66,6 +66,24 @@ async fn json_merge_and_strategic_patches() {
         )
         .await
         .unwrap();
+    // kubectl's client-side apply deletes a list item by its merge key alone.
+    let s = deps
+        .patch(
+            "d",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "a", "ports": [{"$patch": "delete", "containerPort": 80}, {"containerPort": 81}]}
+            ]}}}})),
+        )
+        .await
+        .unwrap();
+    let ports: Vec<i32> = s.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.container_port)
+        .collect();
+    assert_eq!(ports, vec![81]);
     let containers = s.spec.unwrap().template.spec.unwrap().containers;
     let images: Vec<(String, Option<String>)> = containers.into_iter().map(|c| (c.name, c.image)).collect();
     assert_eq!(images, vec![("a".into(), Some("a:1".into())), ("b".into(), Some("b:2".into()))]);
