@@ -696,6 +696,20 @@ impl State {
         }
         crate::typed::decode(info, &mut new, opts.strict && !managed_done)?;
         crate::defaults::apply(info, &mut new, old.is_none());
+        if let Some(old) = old
+            && !info.custom
+            && info.kind == "Service"
+        {
+            // Allocated values survive updates that omit them.
+            for f in ["clusterIP", "clusterIPs"] {
+                if new.pointer(&format!("/spec/{f}")).is_none()
+                    && let (Some(v), Some(spec)) =
+                        (old.pointer(&format!("/spec/{f}")), new.get_mut("spec").and_then(Value::as_object_mut))
+                {
+                    spec.insert(f.into(), v.clone());
+                }
+            }
+        }
         if info.custom
             && let Some(s) = &info.schema
         {
