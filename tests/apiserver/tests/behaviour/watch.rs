@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::core::{ObjectMeta, PartialObjectMeta};
@@ -156,17 +156,26 @@ async fn reflector_survives(config: watcher::Config) {
     }
     let (reader, writer) = reflector::store();
     let stream = reflector(writer, watch_fn(api.clone(), config)).default_backoff().touched_objects();
-    let task = tokio::spawn(async move {
-        let _ = stream.try_for_each(|_| async { Ok(()) }).await;
-    });
+    // Errors (the injected 500, the 410) are reported on the stream and the watcher carries on.
+    let task = tokio::spawn(stream.for_each(|_| async {}));
     eventually(10, "initial sync", || async { (store_names(&reader) == ["a", "b", "c"]).then_some(()) }).await;
 
-    // The watch is dropped and history is compacted: the watcher's resume gets 410 and relists.
+    // The watch is dropped and its first re-watch fails, so it resumes only after changes
+    // were made and the history was compacted: the resume gets an in-stream 410 and relists.
+    let watches = server.stats().count("watch", "configmaps");
+    server.faults().fail_next("watch", "configmaps", 1, 500);
     server.faults().drop_watches();
-    server.faults().expire_history();
+    eventually(10, "failed re-watch", || async {
+        (server.stats().count("watch", "configmaps") > watches).then_some(())
+    })
+    .await;
     api.delete("a", &DeleteParams::default()).await.unwrap();
     api.create(&PostParams::default(), &cm("d")).await.unwrap();
+    let lists = server.stats().count("list", "configmaps") + server.stats().count("watch", "configmaps");
+    server.faults().expire_history();
     eventually(15, "resync after 410", || async { (store_names(&reader) == ["b", "c", "d"]).then_some(()) }).await;
+    // Recovering took a new list (or a streaming-list watch) after the expiry.
+    assert!(server.stats().count("list", "configmaps") + server.stats().count("watch", "configmaps") >= lists + 2);
 
     // A plain dropped watch resumes from its last resourceVersion without missing changes.
     server.faults().drop_watches();
