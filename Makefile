@@ -30,9 +30,11 @@ kubectl:
 test: plugins test-plugins kubectl
 	$(CARGO) test --workspace --all-targets $(addprefix --exclude ,$(TEST_PLUGINS))
 
-## The main job on the embedded default. Until the operator host lands this is the offline
-## evaluation of the default plugin on the example.
-dev: eval
+## The main job on the embedded default: in-memory API server, default plugin, examples, live view.
+dev: plugins
+	@mkdir -p .wasmop/plugins
+	cp $(addprefix $(PLUGIN_DIR)/,$(addsuffix .wasm,$(subst -,_,$(PLUGINS)))) .wasmop/plugins/
+	$(CARGO) run -q -p wasmop -- dev --plugins .wasmop/plugins $(DEV_ARGS)
 
 ## Evaluate the default plugin on the example resource, offline.
 eval: plugins

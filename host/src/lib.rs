@@ -1,7 +1,12 @@
 //! wasmop: a Kubernetes operator host whose reconcile logic lives in sandboxed WebAssembly
 //! plugins. See the README for the tour and `wit/plugin.wit` for the plugin contract.
 
+pub mod apply;
+pub mod controller;
 pub mod manifest;
 pub mod names;
+pub mod operator;
 pub mod plugin;
 pub mod policy;
+pub mod reconcile;
+pub mod status;

@@ -1,8 +1,10 @@
 //! Command-line parsing and dispatch; one file per subcommand.
 
 mod crd;
+mod dev;
 mod eval;
 mod inspect;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +48,10 @@ enum Command {
     Eval(eval::Args),
     /// Print the CustomResourceDefinitions that plugins ship.
     Crd(crd::Args),
+    /// Run the operator against a cluster (current kubeconfig or in-cluster config).
+    Run(run::Args),
+    /// Run the embedded API server, the plugins and the examples, with a live view.
+    Dev(dev::Args),
     /// Work with plugin files.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -60,8 +66,12 @@ enum PluginCommand {
 /// Parses arguments, runs the command, and turns an error into one clear line and exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // A long-running operator logs what it does; one-shot commands only warnings.
+    let default_level = if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" };
+    init_logging(cli.log_format, default_level);
     let result = match cli.command {
+        Command::Run(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| block_on(run::run(rt, args))),
+        Command::Dev(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| block_on(dev::run(rt, args))),
         Command::Eval(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| eval::run(&rt, args)),
         Command::Crd(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| crd::run(&rt, args)),
         Command::Plugin(PluginCommand::Inspect(args)) => {
@@ -82,9 +92,13 @@ fn runtime(cache_dir: &Option<PathBuf>, no_cache: bool) -> anyhow::Result<Runtim
     Ok(Runtime::new(RuntimeConfig { cache_dir, ..RuntimeConfig::default() })?)
 }
 
-fn init_logging(format: LogFormat) {
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(future: F) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(future)
+}
+
+fn init_logging(format: LogFormat, default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WASMOP_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_env("WASMOP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -1,0 +1,133 @@
+//! One kube-runtime Controller per operator plugin: watches the parent kind, keeps a cache of
+//! each declared child kind (filtered by the plugin's label) that also triggers the parent's
+//! reconcile, and runs the pipeline.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::Client;
+use kube::api::{Api, DynamicObject};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::discovery::{self, Scope};
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::apply::{MANAGED_BY_LABEL, PLUGIN_LABEL};
+use crate::plugin::{Gvk, OperatorPlugin};
+use crate::policy::PolicyChain;
+use crate::reconcile::{self, ChildKindCache, Context, Stats};
+
+/// How a plugin's controller runs.
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// Only reconcile parents in this namespace; `None` for all.
+    pub namespace: Option<String>,
+    /// Most reconciles running at once for this plugin.
+    pub concurrency: u16,
+    /// Every parent is reconciled again this often even when nothing changed.
+    pub resync: Duration,
+    /// Settings passed to the plugin.
+    pub settings: Option<String>,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        ControllerOptions { namespace: None, concurrency: 8, resync: Duration::from_secs(600), settings: None }
+    }
+}
+
+/// A kind the cluster does not serve, or discovery failed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot find {gvk} in the cluster ({source}); install its CRD (wasmop run --install-crds) or fix the plugin's metadata"
+)]
+pub struct KindNotServed {
+    /// The kind.
+    pub gvk: Gvk,
+    /// Discovery's error.
+    pub source: kube::Error,
+}
+
+/// Looks a kind up in the cluster's discovery: its plural and whether it is namespaced.
+pub async fn resolve(client: &Client, gvk: &Gvk) -> Result<(ApiResource, bool), KindNotServed> {
+    let key = GroupVersionKind::gvk(&gvk.group, &gvk.version, &gvk.kind);
+    match discovery::pinned_kind(client, &key).await {
+        Ok((ar, caps)) => Ok((ar, caps.scope == Scope::Namespaced)),
+        Err(source) => Err(KindNotServed { gvk: gvk.clone(), source }),
+    }
+}
+
+/// Resolves the plugin's kinds and runs its controller until `shutdown` completes.
+pub async fn run_plugin(
+    client: Client,
+    plugin: OperatorPlugin,
+    policies: PolicyChain,
+    options: ControllerOptions,
+    stats: Arc<Stats>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), KindNotServed> {
+    let meta = plugin.metadata().clone();
+    let (parent_ar, _) = resolve(&client, &meta.parent).await?;
+    let selector = format!("{MANAGED_BY_LABEL}=wasmop,{PLUGIN_LABEL}={}", meta.name);
+
+    let parent_api: Api<DynamicObject> = match &options.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &parent_ar),
+        None => Api::all_with(client.clone(), &parent_ar),
+    };
+    let mut controller = Controller::new_with(parent_api, watcher::Config::default(), parent_ar.clone());
+    let mut children = Vec::new();
+    for child in &meta.children {
+        let (ar, namespaced) = resolve(&client, &child.gvk).await?;
+        let api: Api<DynamicObject> = match (&options.namespace, namespaced) {
+            (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &ar),
+            _ => Api::all_with(client.clone(), &ar),
+        };
+        let writer = Writer::new(ar.clone());
+        let store = writer.as_reader();
+        let stream = watcher(api, watcher::Config::default().labels(&selector))
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects();
+        controller = controller.owns_stream_with(stream, ar.clone());
+        children.push(ChildKindCache { resource: ar, store });
+    }
+
+    let reporter = Reporter { controller: "wasmop".into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        plugin,
+        policies,
+        settings: options.settings.clone(),
+        parent: parent_ar,
+        children,
+        recorder: Recorder::new(client, reporter),
+        stats,
+        failures: Mutex::new(Default::default()),
+    });
+    let resync = tokio_stream_interval(options.resync);
+    tracing::info!(plugin = %meta.name, parent = %meta.parent, "controller started");
+    controller
+        .with_config(ControllerConfig::default().concurrency(options.concurrency))
+        .reconcile_all_on(resync)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    tracing::info!(plugin = %meta.name, "controller stopped");
+    Ok(())
+}
+
+/// A stream yielding `()` every `period`, starting one period from now.
+fn tokio_stream_interval(period: Duration) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold((), move |()| async move {
+        tokio::time::sleep(period).await;
+        Some(((), ()))
+    })
+}

@@ -1,0 +1,134 @@
+//! The operator as a whole: the plugins of a directory, their CRDs, and one controller each.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
+
+use crate::apply::FIELD_MANAGER;
+use crate::controller::{self, ControllerOptions};
+use crate::plugin::{LoadedPlugin, OperatorPlugin, PluginError, PolicyPlugin, Runtime};
+use crate::policy::PolicyChain;
+use crate::reconcile::Stats;
+
+/// How long `--install-crds` waits for a CRD to become Established.
+const CRD_ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The plugins found in a directory.
+#[derive(Default)]
+pub struct PluginSet {
+    /// Operator plugins, in file-name order.
+    pub operators: Vec<OperatorPlugin>,
+    /// Policy plugins, in file-name order (the order they review in).
+    pub policies: Vec<PolicyPlugin>,
+    /// Files that could not be loaded, with why. They are reported, never fatal.
+    pub failures: Vec<(PathBuf, PluginError)>,
+}
+
+/// Failure of the operator as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// The plugins directory cannot be read.
+    #[error("cannot read plugins directory {path}: {source}")]
+    PluginsDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A CRD could not be installed.
+    #[error("cannot install the CRD of plugin {plugin}: {reason}")]
+    InstallCrd {
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Loads every `*.wasm` in `dir` (sorted by name). A file that fails to load is logged and
+/// listed in [`PluginSet::failures`]; the others still load.
+pub fn load_dir(rt: &Runtime, dir: &Path) -> Result<PluginSet, OperatorError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|source| OperatorError::PluginsDir { path: dir.to_path_buf(), source })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
+        .collect();
+    files.sort();
+    let mut set = PluginSet::default();
+    for path in files {
+        match rt.load(&path) {
+            Ok(LoadedPlugin::Operator(p)) => {
+                tracing::info!(plugin = %p.metadata().name, file = %path.display(), revision = p.file().revision(), "loaded operator plugin");
+                set.operators.push(p);
+            }
+            Ok(LoadedPlugin::Policy(p)) => {
+                tracing::info!(policy = %p.metadata().name, file = %path.display(), "loaded policy plugin");
+                set.policies.push(p);
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "plugin not loaded");
+                set.failures.push((path, e));
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// Server-side applies the plugin's CRD (if it ships one) and waits until it is Established.
+pub async fn install_crd(client: &Client, plugin: &OperatorPlugin) -> Result<(), OperatorError> {
+    let name = plugin.metadata().name.clone();
+    let Some(crd) = &plugin.metadata().crd else { return Ok(()) };
+    let bad = |reason: String| OperatorError::InstallCrd { plugin: name.clone(), reason };
+    let crd: CustomResourceDefinition = serde_json::from_value(crd.clone()).map_err(|e| bad(e.to_string()))?;
+    let crd_name = crd.metadata.name.clone().unwrap_or_default();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.patch(&crd_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    let established = await_condition(api, &crd_name, conditions::is_crd_established());
+    tokio::time::timeout(CRD_ESTABLISH_TIMEOUT, established)
+        .await
+        .map_err(|_| bad(format!("{crd_name} was not Established within {CRD_ESTABLISH_TIMEOUT:?}")))?
+        .map_err(|e| bad(e.to_string()))?;
+    tracing::info!(plugin = %name, crd = %crd_name, "CRD installed");
+    Ok(())
+}
+
+/// Runs one controller per operator plugin until `shutdown` completes. A plugin whose kinds the
+/// cluster does not serve is reported and skipped; the others run.
+pub async fn run(
+    client: Client,
+    plugins: &PluginSet,
+    options: ControllerOptions,
+    stats: Arc<Stats>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let shutdown = shutdown.boxed().shared();
+    let policies = PolicyChain::new(plugins.policies.iter().map(|p| (p.clone(), None)).collect());
+    let tasks = plugins.operators.iter().map(|plugin| {
+        let name = plugin.metadata().name.clone();
+        let run = controller::run_plugin(
+            client.clone(),
+            plugin.clone(),
+            policies.clone(),
+            options.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        );
+        async move {
+            if let Err(e) = run.await {
+                tracing::error!(plugin = %name, error = %e, "plugin's controller not started");
+            }
+        }
+    });
+    futures::future::join_all(tasks).await;
+}

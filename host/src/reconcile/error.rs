@@ -1,0 +1,74 @@
+//! Why a reconcile failed, and how soon to try again.
+
+use std::time::Duration;
+
+use crate::plugin::PluginError;
+use crate::policy::ReviewError;
+
+/// First retry delay after a failure; doubles per consecutive failure.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Longest retry delay.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// Delay before retrying after a write conflict (someone else changed the object).
+pub const CONFLICT_RETRY: Duration = Duration::from_millis(50);
+
+/// A failed reconcile of one parent.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The plugin failed (timeout, trap, invalid output, asked to retry...).
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// A policy plugin failed.
+    #[error(transparent)]
+    Review(#[from] ReviewError),
+    /// An API call failed.
+    #[error("{action}: {source}")]
+    Api {
+        /// What the host was doing, naming the object.
+        action: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// The parent could not be read as JSON.
+    #[error("cannot encode parent: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The plugin call task was lost (the runtime is shutting down).
+    #[error("plugin call did not complete: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl ReconcileError {
+    /// Whether the failure is a write conflict, retried at once.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ReconcileError::Api { source: kube::Error::Api(status), .. } if status.code == 409)
+    }
+
+    /// The `reason` of the `Ready=False` condition this failure produces.
+    pub fn condition_reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Plugin(e) => e.condition_reason(),
+            ReconcileError::Review(e) => e.condition_reason(),
+            ReconcileError::Api { .. } => "ApplyFailed",
+            ReconcileError::Encode(_) | ReconcileError::Join(_) => "InternalError",
+        }
+    }
+}
+
+/// Exponential backoff for the `failures`-th consecutive failure (1-based), capped.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_CAP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps_at_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(4), Duration::from_secs(4));
+        assert_eq!(backoff(30), Duration::from_secs(300));
+    }
+}
