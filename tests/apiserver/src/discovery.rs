@@ -89,6 +89,17 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
             r["categories"] = json!(info.categories);
         }
         resources.push(r);
+        if info.scale.is_some() {
+            resources.push(json!({
+                "name": format!("{}/scale", info.plural),
+                "singularName": "",
+                "namespaced": info.namespaced,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
         if info.status {
             resources.push(json!({
                 "name": format!("{}/status", info.plural),
@@ -144,8 +155,15 @@ fn aggregated_group(reg: &Registry, group: &str, versions: &[String]) -> Value {
                     if !info.categories.is_empty() {
                         r["categories"] = json!(info.categories);
                     }
+                    let mut subs = Vec::new();
                     if info.status {
-                        r["subresources"] = json!([{"subresource": "status", "responseKind": gvk, "verbs": ["get", "patch", "update"]}]);
+                        subs.push(json!({"subresource": "status", "responseKind": gvk, "verbs": ["get", "patch", "update"]}));
+                    }
+                    if info.scale.is_some() {
+                        subs.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
+                    }
+                    if !subs.is_empty() {
+                        r["subresources"] = json!(subs);
                     }
                     r
                 })

@@ -241,9 +241,15 @@ async fn resource_route(
         return error_response(&StatusError::from_code(code, format!("injected fault: {verb} {resource}")));
     }
     if let Some(sub) = &target.sub
-        && !(sub == "status" && target.info.status)
+        && !((sub == "status" && target.info.status) || (sub == "scale" && target.info.scale.is_some()))
     {
         return not_found_page();
+    }
+    if target.sub.as_deref() == Some("scale") {
+        return match do_scale(shared, &target, verb, &ctx) {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
     }
     let result = match verb {
         "get" => do_get(shared, &target, &ctx),
@@ -425,6 +431,50 @@ fn do_watch(shared: &Arc<Shared>, t: Target, ctx: &Ctx) -> Response<Body> {
             response
         }
     }
+}
+
+fn do_scale(shared: &Shared, t: &Target, verb: &str, ctx: &Ctx) -> HResult {
+    let name = t.name.as_deref().unwrap_or("");
+    let mut st = lock(shared)?;
+    let obj = st.get(&t.info, ns_of(t), name)?;
+    let current = crate::scale::view(&t.info, &obj)?;
+    let desired = match verb {
+        "get" => return Ok(json_response(200, &current)),
+        "update" => parse_json(ctx)?,
+        "patch" => {
+            let body: Value = serde_json::from_slice(&ctx.body)
+                .map_err(|e| StatusError::bad_request(format!("error decoding patch: {e}")))?;
+            let mut doc = current.clone();
+            match ctx.content_type.split(';').next().unwrap_or("").trim() {
+                "application/json-patch+json" => crate::patch::json_patch(&mut doc, &body)?,
+                _ => crate::patch::merge_patch(&mut doc, &body),
+            }
+            doc
+        }
+        _ => return Err(StatusError::method_not_allowed(format!("{verb} is not allowed on scale"))),
+    };
+    let want_rv = desired.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("");
+    if !want_rv.is_empty() && Some(want_rv) != obj.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+        return Err(StatusError::conflict(&t.info.group, &t.info.plural, name, StatusError::MODIFIED));
+    }
+    let replicas = desired.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
+    if !replicas.is_i64() || replicas.as_i64().is_some_and(|r| r < 0) {
+        return Err(StatusError::invalid(
+            "autoscaling",
+            "Scale",
+            name,
+            vec![crate::error::Cause::new(
+                "FieldValueInvalid",
+                "spec.replicas",
+                format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+            )],
+        ));
+    }
+    let mut opts = write_opts(ctx, t);
+    opts.subresource = String::new();
+    let patch = crate::scale::replicas_patch(&t.info, &replicas);
+    let updated = st.patch(&t.info, ns_of(t), name, PatchType::Merge, &patch, false, &opts)?;
+    Ok(json_response(200, &crate::scale::view(&t.info, &updated)?))
 }
 
 fn do_create(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {

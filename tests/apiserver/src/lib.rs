@@ -30,6 +30,7 @@ pub mod output;
 pub mod patch;
 pub mod proto;
 pub mod resources;
+pub mod scale;
 pub mod schema;
 pub mod selector;
 pub mod simulator;

@@ -36,6 +36,8 @@ pub struct ResourceInfo {
     pub storage_version: String,
     /// CRD additionalPrinterColumns (name, type, jsonPath).
     pub printer_columns: Vec<(String, String, String)>,
+    /// The `/scale` subresource: (specReplicasPath, statusReplicasPath, labelSelectorPath).
+    pub scale: Option<(String, String, Option<String>)>,
 }
 
 impl ResourceInfo {
@@ -149,6 +151,9 @@ impl Registry {
                 schema: None,
                 custom: false,
                 printer_columns: Vec::new(),
+                scale: matches!(bi.kind, "Deployment" | "StatefulSet" | "ReplicaSet").then(|| {
+                    (".spec.replicas".to_string(), ".status.replicas".to_string(), Some(".status.selector".to_string()))
+                }),
             });
         }
         r

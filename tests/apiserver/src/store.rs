@@ -1166,6 +1166,14 @@ pub fn crd_resources(crd: &Value) -> Vec<ResourceInfo> {
             schema: v.pointer("/schema/openAPIV3Schema").cloned(),
             custom: true,
             storage_version: storage_version.clone(),
+            scale: v.pointer("/subresources/scale").map(|sc| {
+                let f = |k: &str| sc.get(k).and_then(Value::as_str).map(str::to_string);
+                (
+                    f("specReplicasPath").unwrap_or_else(|| ".spec.replicas".into()),
+                    f("statusReplicasPath").unwrap_or_else(|| ".status.replicas".into()),
+                    f("labelSelectorPath"),
+                )
+            }),
             printer_columns: v
                 .get("additionalPrinterColumns")
                 .and_then(Value::as_array)

@@ -293,3 +293,26 @@ async fn built_in_objects_are_decoded_and_defaulted_like_the_real_server() {
     assert!(err.message.contains("unknown field \"spec\""), "{}", err.message);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn scale_subresource() {
+    let server = server().await;
+    let api: Api<Deployment> = Api::namespaced(client(&server), "default");
+    api.create(&PostParams::default(), &deployment("sc", 2)).await.unwrap();
+    let scale = api.get_scale("sc").await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(2));
+    assert_eq!(scale.status.unwrap().selector.as_deref(), Some("app=sc"));
+    let scaled =
+        api.patch_scale("sc", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}}))).await.unwrap();
+    assert_eq!(scaled.spec.unwrap().replicas, Some(5));
+    let d = api.get("sc").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(5));
+    assert_eq!(d.metadata.generation, Some(2));
+    let err = status(
+        api.patch_scale("sc", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": -1}})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    server.shutdown().await;
+}

@@ -58,7 +58,7 @@ async fn json_merge_and_strategic_patches() {
     }))
     .unwrap();
     deps.create(&PostParams::default(), &d).await.unwrap();
-    let s = deps
+    deps
         .patch(
             "d",
             &PatchParams::default(),
