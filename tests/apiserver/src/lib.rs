@@ -16,6 +16,7 @@
 // `StatusError` carries the full Status (causes, details); boxing it would only obscure the
 // handlers, and errors are not on any hot path.
 #![allow(clippy::result_large_err)]
+#![warn(missing_docs)]
 
 pub mod apply;
 pub mod defaults;

@@ -58,14 +58,13 @@ async fn json_merge_and_strategic_patches() {
     }))
     .unwrap();
     deps.create(&PostParams::default(), &d).await.unwrap();
-    deps
-        .patch(
-            "d",
-            &PatchParams::default(),
-            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "b:2"}]}}}})),
-        )
-        .await
-        .unwrap();
+    deps.patch(
+        "d",
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "b:2"}]}}}})),
+    )
+    .await
+    .unwrap();
     // kubectl's client-side apply deletes a list item by its merge key alone.
     let s = deps
         .patch(
