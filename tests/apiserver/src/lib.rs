@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod convert;
 pub mod defaults;
 pub mod discovery;
 pub mod error;

@@ -140,7 +140,35 @@ fn builtin_columns(info: &ResourceInfo) -> Vec<(&'static str, &'static str, Cell
     }
 }
 
+fn is_core_event(info: &ResourceInfo) -> bool {
+    !info.custom && info.group.is_empty() && info.kind == "Event"
+}
+
+fn event_last_seen(o: &Value) -> Value {
+    let ts = ["/lastTimestamp", "/eventTime", "/series/lastObservedTime", "/metadata/creationTimestamp"]
+        .iter()
+        .find_map(|p| o.pointer(p).and_then(Value::as_str));
+    json!(age(ts))
+}
+
+fn event_object(o: &Value) -> Value {
+    let kind = o.pointer("/involvedObject/kind").and_then(Value::as_str).unwrap_or("").to_lowercase();
+    let name = o.pointer("/involvedObject/name").and_then(Value::as_str).unwrap_or("");
+    json!(format!("{kind}/{name}"))
+}
+
 fn columns(info: &ResourceInfo) -> Vec<Value> {
+    if is_core_event(info) {
+        let col = |n: &str, p: u8| json!({"name": n, "type": "string", "format": if n == "Name" { "name" } else { "" }, "description": "", "priority": p});
+        return vec![
+            col("Last Seen", 0),
+            col("Type", 0),
+            col("Reason", 0),
+            col("Object", 0),
+            col("Message", 0),
+            col("Name", 1),
+        ];
+    }
     let mut cols = vec![
         json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
     ];
@@ -161,6 +189,17 @@ fn columns(info: &ResourceInfo) -> Vec<Value> {
 }
 
 fn row(info: &ResourceInfo, obj: &Value) -> Value {
+    if is_core_event(info) {
+        let cells = vec![
+            event_last_seen(obj),
+            text(obj, "/type"),
+            text(obj, "/reason"),
+            event_object(obj),
+            text(obj, "/message"),
+            obj.pointer("/metadata/name").cloned().unwrap_or(json!("")),
+        ];
+        return json!({"cells": cells, "object": partial(obj)});
+    }
     let created = obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str);
     let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
     for (_, _, cell) in builtin_columns(info) {

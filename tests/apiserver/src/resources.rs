@@ -48,7 +48,7 @@ impl ResourceInfo {
 
     /// Storage key: (group, plural).
     pub fn key(&self) -> ResKey {
-        (self.group.clone(), self.plural.clone())
+        (crate::convert::storage_group(&self.group, &self.kind, self.custom), self.plural.clone())
     }
 
     /// `Kind.group` for error messages.

@@ -214,11 +214,7 @@ impl State {
 
     /// Converts a stored object to the version `info` serves.
     pub fn present(info: &ResourceInfo, obj: &Value) -> Value {
-        let mut o = obj.clone();
-        if info.version != info.storage_version {
-            o["apiVersion"] = json!(info.api_version());
-        }
-        o
+        crate::convert::to_request(info, obj)
     }
 
     fn list_type_fn(info: &ResourceInfo) -> impl Fn(&[String]) -> ListType + '_ {
@@ -275,7 +271,13 @@ impl State {
         let mut cont_token = None;
         let mut remaining = None;
         let limit = limit.filter(|l| *l > 0);
-        let mut iter = range.filter(|(k, o)| ns.is_none_or(|n| k.0 == n) && labels.matches(o) && fields.matches(o));
+        let converts = info.key().0 != info.group;
+        let mut iter = range.filter(|(k, o)| {
+            ns.is_none_or(|n| k.0 == n)
+                && labels.matches(o)
+                && (fields.is_empty()
+                    || if converts { fields.matches(&Self::present(info, o)) } else { fields.matches(o) })
+        });
         for (k, o) in iter.by_ref() {
             items.push(Self::present(info, o));
             last = Some(k.clone());
@@ -602,6 +604,9 @@ impl State {
     ) -> ApiResult<Value> {
         let sub = opts.subresource.as_str();
         let name = meta::name(&new).to_string();
+        // Compare and carry over in the request's version.
+        let old_presented = old.map(|o| Self::present(info, o));
+        let old = old_presented.as_ref();
         // Clients may not set managedFields through ordinary writes in this server.
         let managed_in = new.get("metadata").and_then(|m| m.get("managedFields")).cloned();
         match old {
@@ -749,10 +754,7 @@ impl State {
                 &lt,
             );
         }
-        // Store with the storage apiVersion.
-        if info.version != info.storage_version {
-            new["apiVersion"] = json!(format!("{}/{}", info.group, info.storage_version));
-        }
+        crate::convert::to_storage(info, &mut new);
         Ok(new)
     }
 

@@ -38,7 +38,12 @@ impl WatchSpec {
     fn matches(&self, obj: &Value) -> bool {
         self.namespace.as_deref().is_none_or(|n| crate::meta::namespace(obj) == n)
             && self.labels.matches(obj)
-            && self.fields.matches(obj)
+            && (self.fields.is_empty()
+                || if self.info.key().0 != self.info.group {
+                    self.fields.matches(&State::present(&self.info, obj))
+                } else {
+                    self.fields.matches(obj)
+                })
     }
 
     /// The event this watcher sees for a store event, if any (selector transitions turn

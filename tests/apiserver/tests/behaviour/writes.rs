@@ -318,6 +318,12 @@ async fn kube_runtime_event_recorder_and_lease_concurrency() {
     assert_eq!(e.reason.as_deref(), Some("Reconciled"));
     assert_eq!(e.regarding.as_ref().and_then(|r| r.name.as_deref()), Some("subject"));
     assert_eq!(e.series.as_ref().map(|s| s.count), Some(2));
+    // The same Event through core/v1, as `kubectl get events` and `describe` read it.
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c.clone(), "default");
+    let listed = core.list(&kube::api::ListParams::default().fields("involvedObject.name=subject")).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].message.as_deref(), Some("all good"));
+    assert_eq!(listed.items[0].involved_object.kind.as_deref(), Some("ConfigMap"));
 
     // Leases: optimistic concurrency as used by leader election.
     let leases: Api<Lease> = Api::namespaced(c, "default");
