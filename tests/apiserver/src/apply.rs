@@ -262,6 +262,14 @@ impl FieldSet {
     }
 }
 
+/// Whether a list item has the given key values (a missing `protocol` counts as its default, TCP).
+fn key_matches(item: &Value, want: &Map<String, Value>) -> bool {
+    want.iter().all(|(k, v)| match item.get(k) {
+        Some(x) => x == v,
+        None => k == "protocol" && v == "TCP",
+    })
+}
+
 /// The value at a field path in an object.
 pub fn value_at<'a>(obj: &'a Value, path: &[PathElement]) -> Option<&'a Value> {
     let mut cur = obj;
@@ -275,7 +283,7 @@ pub fn value_at<'a>(obj: &'a Value, path: &[PathElement]) -> Option<&'a Value> {
             }
             PathElement::Key(k) => {
                 let want: Map<String, Value> = serde_json::from_str(k).ok()?;
-                cur.as_array()?.iter().find(|x| want.iter().all(|(kk, vv)| x.get(kk) == Some(vv)))?
+                cur.as_array()?.iter().find(|x| key_matches(x, &want))?
             }
         };
     }
@@ -298,8 +306,7 @@ pub fn remove_at(obj: &mut Value, path: &[PathElement]) {
             }
             PathElement::Key(k) => {
                 let want: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
-                cur.as_array_mut()
-                    .and_then(|a| a.iter_mut().find(|x| want.iter().all(|(kk, vv)| x.get(kk) == Some(vv))))
+                cur.as_array_mut().and_then(|a| a.iter_mut().find(|x| key_matches(x, &want)))
             }
         };
         match next {
@@ -329,7 +336,7 @@ pub fn remove_at(obj: &mut Value, path: &[PathElement]) {
         PathElement::Key(k) => {
             let want: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
             if let Some(a) = cur.as_array_mut() {
-                a.retain(|x| !want.iter().all(|(kk, vv)| x.get(kk) == Some(vv)));
+                a.retain(|x| !key_matches(x, &want));
             }
         }
     }
@@ -656,6 +663,12 @@ mod tests {
         let mut live = json!({"ports": [{"containerPort": 80, "protocol": "TCP", "name": "http"}]});
         merge_applied(&mut live, &json!({"ports": [{"containerPort": 80, "name": "web"}]}), &mut Vec::new(), &ports);
         assert_eq!(live, json!({"ports": [{"containerPort": 80, "protocol": "TCP", "name": "web"}]}));
+        // Same value through a defaulted key: no conflict with another manager.
+        let applied = json!({"ports": [{"containerPort": 80, "name": "web"}]});
+        let set = FieldSet::from_value(&applied, &ports);
+        for p in set.members() {
+            assert_eq!(value_at(&applied, &p).is_some(), value_at(&live, &p).is_some(), "{p:?}");
+        }
     }
 
     #[test]

@@ -166,6 +166,22 @@ async fn kubectl_server_side_apply_get_yaml_and_invalid_object() {
     k.ok(&["apply", "-f", "-"], &cm.replace("\"1\"", "\"2\"")).await;
     let got = Api::<ConfigMap>::namespaced(client(&server), "default").get("csa").await.unwrap();
     assert_eq!(got.data.unwrap()["a"], "2");
+
+    // Moving from client-side to server-side apply: only the changed field conflicts.
+    k.ok(&["apply", "-f", "-"], DEPLOYMENT).await;
+    let scaled = DEPLOYMENT.replace("replicas: 2", "replicas: 3");
+    let out = k.run(&["apply", "--server-side", "-f", "-"], &scaled).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas"
+        ),
+        "{err}"
+    );
+    k.ok(&["apply", "--server-side", "--force-conflicts", "-f", "-"], &scaled).await;
+    let d = Api::<Deployment>::namespaced(client(&server), "default").get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(3));
     server.shutdown().await;
 }
 
