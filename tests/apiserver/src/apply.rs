@@ -262,6 +262,17 @@ impl FieldSet {
     }
 }
 
+/// Whether the path ends at a key field of an associative list item (`[name=x].name`), which
+/// stays as long as the item does.
+fn is_key_field(path: &[PathElement]) -> bool {
+    match path {
+        [.., PathElement::Key(k), PathElement::Field(f)] => {
+            serde_json::from_str::<Map<String, Value>>(k).is_ok_and(|m| m.contains_key(f))
+        }
+        _ => false,
+    }
+}
+
 /// Whether a list item has the given key values (a missing `protocol` counts as its default, TCP).
 fn key_matches(item: &Value, want: &Map<String, Value>) -> bool {
     want.iter().all(|(k, v)| match item.get(k) {
@@ -554,9 +565,14 @@ pub fn apply(live: &Value, req: &ApplyRequest<'_>, lt: &dyn Fn(&[String]) -> Lis
         others.union(&e.set);
     }
     if let Some(prev) = entries.iter().find(|e| is_mine(e)) {
-        let mut gone: Vec<Vec<PathElement>> =
-            prev.set.members().into_iter().filter(|p| !applied_set.has(p) && !others.has_under(p)).collect();
-        gone.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        let mut gone: Vec<Vec<PathElement>> = prev
+            .set
+            .members()
+            .into_iter()
+            .filter(|p| !applied_set.has(p) && !others.has_under(p) && !is_key_field(p))
+            .collect();
+        // Whole list items first (their fields go with them), then single fields.
+        gone.sort_by_key(Vec::len);
         for p in gone {
             remove_at(&mut result, &p);
         }
@@ -669,6 +685,19 @@ mod tests {
         for p in set.members() {
             assert_eq!(value_at(&applied, &p).is_some(), value_at(&live, &p).is_some(), "{p:?}");
         }
+    }
+
+    #[test]
+    fn dropping_a_list_item_removes_it_whole() {
+        let base = json!({"metadata": {"name": "d"}});
+        let both = json!({"spec": {"containers": [{"name": "a", "image": "a"}, {"name": "b", "image": "b"}]}});
+        let live = apply(&base, &req(&both, "m", false), &lt).unwrap();
+        // Server-side defaults add unowned fields to the items.
+        let mut live = live;
+        live["spec"]["containers"][1]["imagePullPolicy"] = json!("Always");
+        let one = json!({"spec": {"containers": [{"name": "a", "image": "a"}]}});
+        let live = apply(&live, &req(&one, "m", false), &lt).unwrap();
+        assert_eq!(live["spec"]["containers"], json!([{"name": "a", "image": "a"}]));
     }
 
     #[test]

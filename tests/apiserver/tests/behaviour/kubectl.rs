@@ -182,6 +182,24 @@ async fn kubectl_server_side_apply_get_yaml_and_invalid_object() {
     k.ok(&["apply", "--server-side", "--force-conflicts", "-f", "-"], &scaled).await;
     let d = Api::<Deployment>::namespaced(client(&server), "default").get("web").await.unwrap();
     assert_eq!(d.spec.unwrap().replicas, Some(3));
+
+    // A container dropped from the applied manifest disappears entirely (defaults and all),
+    // so kubectl's own strategic-merge edits keep working.
+    let two = DEPLOYMENT.replace(
+        "      - {name: web, image: nginx}",
+        "      - {name: web, image: nginx}\n      - {name: side, image: redis}",
+    );
+    k.ok(&["apply", "--server-side", "--force-conflicts", "-f", "-"], &two).await;
+    k.ok(&["apply", "--server-side", "--force-conflicts", "-f", "-"], &scaled).await;
+    let d = Api::<Deployment>::namespaced(client(&server), "default").get("web").await.unwrap();
+    let names: Vec<String> = d.spec.unwrap().template.spec.unwrap().containers.into_iter().map(|c| c.name).collect();
+    assert_eq!(names, vec!["web"]);
+    let mut edit = k.command(&["edit", "deployment", "web"]);
+    edit.env("EDITOR", "sed -i s/image:.nginx$/image:\\ nginx:2/");
+    let out = tokio::task::spawn_blocking(move || edit.output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d = Api::<Deployment>::namespaced(client(&server), "default").get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().template.spec.unwrap().containers[0].image.as_deref(), Some("nginx:2"));
     server.shutdown().await;
 }
 
