@@ -159,3 +159,32 @@ async fn deleting_a_crd_removes_its_resources() {
     assert_eq!(err.code, 404);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn server_side_apply_of_custom_resource_status() {
+    let server = server().await;
+    let c = client(&server);
+    install(&c).await;
+    let api: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &widget_resource("v1"));
+    api.patch("s", &PatchParams::apply("user"), &Patch::Apply(widget("s", json!({"image": "x"})))).await.unwrap();
+    let status = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "s"},
+        "status": {"ready": true, "conditions": [{"type": "Ready", "status": "True"}]}});
+    let st = api.patch_status("s", &PatchParams::apply("operator").force(), &Patch::Apply(status)).await.unwrap();
+    assert_eq!(st.data["status"]["ready"], true);
+    assert_eq!(st.data["spec"]["image"], "x");
+    assert_eq!(st.metadata.generation, Some(1));
+    let entries: Vec<(String, String)> = st
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.manager.unwrap_or_default(), m.subresource.unwrap_or_default()))
+        .collect();
+    assert!(entries.contains(&("operator".into(), "status".into())), "{entries:?}");
+    assert!(entries.contains(&("user".into(), String::new())), "{entries:?}");
+    // Re-applying the same spec and status is a no-op: no new resourceVersion.
+    let again =
+        api.patch("s", &PatchParams::apply("user"), &Patch::Apply(widget("s", json!({"image": "x"})))).await.unwrap();
+    assert_eq!(again.metadata.resource_version, st.metadata.resource_version);
+    server.shutdown().await;
+}
