@@ -90,7 +90,7 @@ pub async fn run_plugin(
         let stream = watcher(api, watcher::Config::default().labels(&selector))
             .default_backoff()
             .reflect(writer)
-            .applied_objects();
+            .touched_objects();
         controller = controller.owns_stream_with(stream, ar.clone());
         children.push(ChildKindCache { resource: ar, store });
     }

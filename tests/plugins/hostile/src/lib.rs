@@ -3,11 +3,14 @@
 //! misbehaviour:
 //!
 //! - `ok`: one ConfigMap named after the parent (the well-behaved baseline)
+//! - `empty`: no children (what was there is pruned)
 //! - `loop`: never returns
 //! - `oom`: allocates without bound
 //! - `panic`: panics with `spec.message`
 //! - `huge`: returns a child of `spec.mebibytes` MiB (default 100)
 //! - `bad-json`, `undeclared-kind`, `other-namespace`: break the output contract
+//!
+//! It declares a finalizer; when finalizing it answers `finalized` unless `spec.holdFinalizer`.
 
 use wasmop_sdk::bindings::operator::exports::wasmop::plugin::reconciler::{
     ChildKind, Error, Guest, OperatorMetadata, Request, Response,
@@ -40,7 +43,7 @@ impl Guest for Hostile {
             parent: gvk("test.wasmop.dev", "v1", "Hostile"),
             children: vec![ChildKind { gvk: gvk("", "v1", "ConfigMap"), cluster_scoped: false }],
             crd: None,
-            finalizer: false,
+            finalizer: true,
         }
     }
 
@@ -48,8 +51,19 @@ impl Guest for Hostile {
         let parent: serde_json::Value = serde_json::from_str(&req.parent).map_err(|e| Error::Invalid(e.to_string()))?;
         let name = parent["metadata"]["name"].as_str().unwrap_or("hostile").to_string();
         let spec = &parent["spec"];
+        if req.finalizing {
+            let finalized = !spec["holdFinalizer"].as_bool().unwrap_or(false);
+            return Ok(Response {
+                children: vec![],
+                status: None,
+                conditions: vec![],
+                requeue_after_seconds: Some(1),
+                finalized,
+            });
+        }
         let children = match spec["mode"].as_str().unwrap_or("ok") {
             "ok" => vec![config_map(&name, None, "fine")],
+            "empty" => vec![],
             "loop" => {
                 let mut n: u64 = 0;
                 loop {
