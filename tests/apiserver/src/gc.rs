@@ -129,3 +129,27 @@ pub fn collect(state: &mut State) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::meta;
+    use crate::store::{DeleteOpts, State, WriteOpts};
+
+    #[test]
+    fn chains_of_dependents_are_collected() {
+        let mut s = State::new(100);
+        let cm = s.registry.get("", "v1", "configmaps").unwrap();
+        let opts = WriteOpts::default();
+        let a = s.create(&cm, "default", json!({"metadata": {"name": "a"}}), &opts).unwrap();
+        let owner = |o: &serde_json::Value| json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": meta::name(o), "uid": meta::uid_of(o)}]);
+        let b =
+            s.create(&cm, "default", json!({"metadata": {"name": "b", "ownerReferences": owner(&a)}}), &opts).unwrap();
+        s.create(&cm, "default", json!({"metadata": {"name": "c", "ownerReferences": owner(&b)}}), &opts).unwrap();
+        s.delete(&cm, "default", "a", &DeleteOpts::default()).unwrap();
+        for n in ["a", "b", "c"] {
+            assert!(s.get(&cm, "default", n).is_err(), "{n} collected");
+        }
+    }
+}

@@ -603,3 +603,38 @@ fn do_delete_collection(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
         &json!({"apiVersion": t.info.api_version(), "kind": format!("{}List", t.info.kind), "metadata": {"resourceVersion": rv}, "items": items}),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::Registry;
+
+    fn target(rest: &[&str], group: &str) -> Option<(String, Option<String>, Option<String>, Option<String>)> {
+        let reg = Registry::builtin();
+        let version = "v1";
+        resolve(&reg, group, version, rest).map(|t| (t.info.plural.clone(), t.ns, t.name, t.sub))
+    }
+
+    #[test]
+    fn resolves_namespaced_cluster_and_subresource_paths() {
+        assert_eq!(
+            target(&["namespaces", "default", "configmaps", "a"], ""),
+            Some(("configmaps".into(), Some("default".into()), Some("a".into()), None))
+        );
+        assert_eq!(target(&["configmaps"], ""), Some(("configmaps".into(), None, None, None)));
+        assert_eq!(
+            target(&["namespaces", "default", "deployments", "d", "status"], "apps"),
+            Some(("deployments".into(), Some("default".into()), Some("d".into()), Some("status".into())))
+        );
+        // The namespace object itself and its status.
+        assert_eq!(target(&["namespaces", "x"], ""), Some(("namespaces".into(), None, Some("x".into()), None)));
+        assert_eq!(
+            target(&["namespaces", "x", "status"], ""),
+            Some(("namespaces".into(), None, Some("x".into()), Some("status".into())))
+        );
+        // A named namespaced object needs its namespace; cluster-scoped ones have none.
+        assert_eq!(target(&["configmaps", "a"], ""), None);
+        assert_eq!(target(&["namespaces", "default", "clusterroles"], "rbac.authorization.k8s.io"), None);
+        assert_eq!(target(&["nope"], ""), None);
+    }
+}

@@ -187,3 +187,69 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::Registry;
+
+    fn spec(labels: &str) -> WatchSpec {
+        WatchSpec {
+            info: Registry::builtin().get("", "v1", "configmaps").unwrap(),
+            namespace: Some("default".into()),
+            labels: LabelSelector::parse(labels).unwrap(),
+            fields: FieldSelector::default(),
+            bookmarks: true,
+            shape: Shape::Full,
+            timeout: Duration::from_secs(1),
+            bookmark_interval: Duration::from_secs(1),
+        }
+    }
+
+    fn event(kind: EventType, new_labels: Value, old_labels: Option<Value>, ns: &str) -> Event {
+        let obj = |l: Value| Arc::new(json!({"metadata": {"name": "a", "namespace": ns, "labels": l}}));
+        Event {
+            rv: 5,
+            kind,
+            res: ("".into(), "configmaps".into()),
+            object: obj(new_labels),
+            old: old_labels.map(obj),
+            line: std::sync::OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn selector_transitions() {
+        let s = spec("app=x");
+        let t = |e: Event| s.translate(&e).map(|(k, _)| k);
+        assert_eq!(t(event(EventType::Added, json!({"app": "x"}), None, "default")), Some(EventType::Added));
+        assert_eq!(t(event(EventType::Added, json!({"app": "y"}), None, "default")), None);
+        assert_eq!(
+            t(event(EventType::Modified, json!({"app": "x"}), Some(json!({})), "default")),
+            Some(EventType::Added)
+        );
+        assert_eq!(
+            t(event(EventType::Modified, json!({}), Some(json!({"app": "x"})), "default")),
+            Some(EventType::Deleted)
+        );
+        assert_eq!(
+            t(event(EventType::Modified, json!({"app": "x"}), Some(json!({"app": "x"})), "default")),
+            Some(EventType::Modified)
+        );
+        assert_eq!(t(event(EventType::Added, json!({"app": "x"}), None, "other")), None);
+    }
+
+    #[test]
+    fn bookmark_and_error_framing() {
+        let s = spec("");
+        let b: Value = serde_json::from_slice(&s.bookmark(42, true)).unwrap();
+        assert_eq!(b["type"], "BOOKMARK");
+        assert_eq!(b["object"]["kind"], "ConfigMap");
+        assert_eq!(b["object"]["apiVersion"], "v1");
+        assert_eq!(b["object"]["metadata"]["resourceVersion"], "42");
+        assert_eq!(b["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+        let line = error_line(&json!({"code": 410}));
+        assert!(line.ends_with(b"\n"));
+        assert_eq!(serde_json::from_slice::<Value>(&line).unwrap()["type"], "ERROR");
+    }
+}
