@@ -208,6 +208,19 @@ async fn appoperator_lifecycle_create_ready_scale_heal_delete() {
     })
     .await;
 
+    // Each change to a child was recorded as an Event on the parent.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "default");
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.contains(&"Created".to_string()) && reasons.contains(&"Updated".to_string()), "{reasons:?}");
+
     // Parent deleted: garbage collection takes the children.
     apps.delete("web", &DeleteParams::default()).await.unwrap();
     eventually("deployment collected", || async { deployments.get_opt("web").await.unwrap().is_none() }).await;
