@@ -609,7 +609,9 @@ mod tests {
     use super::*;
     use crate::resources::Registry;
 
-    fn target(rest: &[&str], group: &str) -> Option<(String, Option<String>, Option<String>, Option<String>)> {
+    type Resolved = (String, Option<String>, Option<String>, Option<String>);
+
+    fn target(rest: &[&str], group: &str) -> Option<Resolved> {
         let reg = Registry::builtin();
         let version = "v1";
         resolve(&reg, group, version, rest).map(|t| (t.info.plural.clone(), t.ns, t.name, t.sub))
