@@ -39,6 +39,7 @@ pub mod simulator;
 pub mod stats;
 pub mod store;
 pub mod typed;
+pub mod validation;
 pub mod watch;
 
 use std::net::SocketAddr;

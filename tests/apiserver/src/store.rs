@@ -715,6 +715,12 @@ impl State {
                 }
             }
         }
+        if !info.custom && sub != "status" {
+            let causes = crate::validation::validate(info, &new);
+            if !causes.is_empty() {
+                return Err(StatusError::invalid(&info.group, &info.kind, &name, causes));
+            }
+        }
         if info.custom
             && let Some(s) = &info.schema
         {
@@ -1252,8 +1258,8 @@ mod tests {
     #[test]
     fn generation_ignores_metadata_and_status() {
         let (mut s, _, dep) = setup();
-        let body =
-            json!({"metadata": {"name": "d"}, "spec": {"replicas": 1, "template": {}}, "status": {"replicas": 9}});
+        let body = json!({"metadata": {"name": "d"}, "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}},
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}, "status": {"replicas": 9}});
         let d = s.create(&dep, "default", body, &opts()).unwrap();
         assert_eq!(meta::generation(&d), 1);
         assert!(d.get("status").is_none(), "status dropped on create");

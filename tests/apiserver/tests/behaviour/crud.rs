@@ -316,3 +316,21 @@ async fn scale_subresource() {
     assert_eq!(err.code, 422);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn invalid_built_in_objects_are_422() {
+    let server = server().await;
+    let api: Api<Deployment> = Api::namespaced(client(&server), "default");
+    let mut d = deployment("mismatch", 1);
+    d.spec.as_mut().unwrap().selector.match_labels = Some(BTreeMap::from([("app".to_string(), "other".to_string())]));
+    let err = status(api.create(&PostParams::default(), &d).await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    let causes = err.details.unwrap().causes;
+    assert_eq!(causes.len(), 1);
+    assert_eq!(causes[0].field, "spec.template.metadata.labels");
+    assert!(causes[0].message.contains("`selector` does not match template `labels`"));
+    let cms: Api<ConfigMap> = Api::namespaced(client(&server), "default");
+    let err = status(cms.create(&PostParams::default(), &cm("bad-label", &[("app", "not valid")])).await.unwrap_err());
+    assert_eq!(err.code, 422);
+    server.shutdown().await;
+}
