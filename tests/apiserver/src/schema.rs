@@ -61,6 +61,13 @@ pub fn prune(value: &mut Value, schema: &Value, path: &str, pruned: &mut Vec<Str
                 let child_path = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
                 let child_schema = props.and_then(|p| p.get(&k)).or(ap.filter(|a| a.is_object()));
                 match child_schema {
+                    // A null where the schema is not nullable is dropped (then defaulted).
+                    Some(s)
+                        if m.get(&k).is_some_and(Value::is_null)
+                            && !s.get("nullable").and_then(Value::as_bool).unwrap_or(false) =>
+                    {
+                        m.remove(&k);
+                    }
                     Some(s) => {
                         if let Some(c) = m.get_mut(&k) {
                             prune(c, s, &child_path, pruned);
@@ -294,8 +301,8 @@ pub fn process(obj: &mut Value, schema: &Value) -> (Vec<String>, Vec<Cause>) {
     if let Some(req) = root.get_mut("required").and_then(Value::as_array_mut) {
         req.retain(|r| !matches!(r.as_str(), Some("metadata" | "apiVersion" | "kind")));
     }
-    apply_defaults(&mut body, &root);
     prune(&mut body, &root, "", &mut pruned);
+    apply_defaults(&mut body, &root);
     validate(&body, &root, "", &mut causes);
     let mut out: Map<String, Value> = match body {
         Value::Object(b) => b,
@@ -343,7 +350,7 @@ mod tests {
     #[test]
     fn defaults_and_prunes() {
         let mut o = json!({"apiVersion": "x/v1", "kind": "W", "metadata": {"name": "a"},
-            "spec": {"name": "ab", "junk": 1, "extra": {"any": true}, "port": "http", "note": null}, "top": 1});
+            "spec": {"name": "ab", "junk": 1, "extra": {"any": true}, "port": "http", "note": null, "replicas": null}, "top": 1});
         let (pruned, causes) = process(&mut o, &schema());
         assert!(causes.is_empty(), "{causes:?}");
         assert_eq!(o["spec"]["replicas"], 1);

@@ -188,3 +188,123 @@ async fn server_side_apply_of_custom_resource_status() {
     assert_eq!(again.metadata.resource_version, st.metadata.resource_version);
     server.shutdown().await;
 }
+
+mod derived {
+    use std::collections::BTreeMap;
+
+    use kube::CustomResource;
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+
+    /// Tier of an app.
+    #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+    pub enum Tier {
+        /// Web.
+        Web,
+        /// Worker.
+        Worker,
+    }
+
+    /// Port spec.
+    #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+    pub struct Port {
+        /// Name.
+        pub name: String,
+        /// Number.
+        pub port: i32,
+    }
+
+    /// An app, as a kube-derive user would write it.
+    #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+    #[kube(
+        group = "wasmop.dev",
+        version = "v1alpha1",
+        kind = "App",
+        namespaced,
+        status = "AppStatus",
+        shortname = "app"
+    )]
+    #[serde(rename_all = "camelCase")]
+    pub struct AppSpec {
+        /// Image.
+        pub image: String,
+        /// Replicas.
+        pub replicas: Option<i32>,
+        /// Tier.
+        pub tier: Option<Tier>,
+        /// Env.
+        #[serde(default)]
+        pub env: BTreeMap<String, String>,
+        /// Ports.
+        #[serde(default)]
+        pub ports: Vec<Port>,
+        /// Free-form settings.
+        #[serde(default)]
+        #[schemars(schema_with = "free_form")]
+        pub settings: Option<serde_json::Value>,
+        /// Ratio.
+        pub ratio: Option<f64>,
+    }
+
+    fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        serde_json::from_value(serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}))
+            .expect("schema")
+    }
+
+    /// Status.
+    #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+    #[serde(rename_all = "camelCase")]
+    pub struct AppStatus {
+        /// Ready replicas.
+        pub ready_replicas: Option<i32>,
+        /// Observed generation.
+        pub observed_generation: Option<i64>,
+    }
+}
+
+#[tokio::test]
+async fn kube_derive_crd_round_trips_typed_objects() {
+    use derived::{App, AppSpec, AppStatus, Port, Tier};
+    use kube::CustomResourceExt;
+
+    let server = server().await;
+    let c = client(&server);
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    crds.patch("apps.wasmop.dev", &PatchParams::apply("test").force(), &Patch::Apply(App::crd())).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        await_condition(crds, "apps.wasmop.dev", conditions::is_crd_established()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let apps: Api<App> = Api::namespaced(c, "default");
+    let spec = AppSpec {
+        image: "nginx:1".into(),
+        replicas: Some(2),
+        tier: Some(Tier::Web),
+        env: [("A".to_string(), "1".to_string())].into(),
+        ports: vec![Port { name: "http".into(), port: 80 }],
+        settings: Some(json!({"nested": {"deep": [1, 2]}})),
+        ratio: Some(0.5),
+    };
+    let made = apps.create(&PostParams::default(), &App::new("demo", spec.clone())).await.unwrap();
+    assert_eq!(made.spec, spec);
+    let st = apps
+        .patch_status(
+            "demo",
+            &PatchParams::apply("op").force(),
+            &Patch::Apply(json!({"apiVersion": "wasmop.dev/v1alpha1", "kind": "App", "status": AppStatus { ready_replicas: Some(2), observed_generation: Some(1) }})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.status.unwrap().ready_replicas, Some(2));
+    // The generated schema is enforced: an enum value outside the list is refused.
+    let bad = json!({"apiVersion": "wasmop.dev/v1alpha1", "kind": "App", "metadata": {"name": "bad"}, "spec": {"image": "x", "tier": "Batch"}});
+    let err = status(apps.patch("bad", &PatchParams::apply("t"), &Patch::Apply(bad)).await.unwrap_err());
+    assert_eq!(err.code, 422);
+    let causes = err.details.unwrap().causes;
+    assert_eq!(causes.len(), 1, "{causes:?}");
+    assert_eq!(causes[0].field, "spec.tier");
+    server.shutdown().await;
+}
