@@ -193,6 +193,31 @@ pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Caus
             ));
         }
     }
+    if let (Some(n), Some(m)) = (value.as_f64(), schema.get("multipleOf").and_then(Value::as_f64))
+        && m > 0.0
+        && (n / m).fract().abs() > 1e-9
+    {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            path,
+            format!(
+                "Invalid value: {}: {path} in body should be a multiple of {}",
+                show(value),
+                show(&schema["multipleOf"])
+            ),
+        ));
+    }
+    if schema.get("format").and_then(Value::as_str) == Some("int32")
+        && let Some(n) = value.as_i64()
+        && i32::try_from(n).is_err()
+    {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            path,
+            format!("Invalid value: {n}: {path} in body must be of type int32: \"{n}\""),
+        ));
+    }
+    combinators(value, schema, path, causes);
     if let Some(s) = value.as_str() {
         let len = s.chars().count() as u64;
         if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
@@ -271,8 +296,75 @@ pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Caus
                     validate(it, is, &format!("{path}[{i}]"), causes);
                 }
             }
+            duplicates(items, schema, path, causes);
         }
         _ => {}
+    }
+}
+
+/// `allOf`, `anyOf`, `oneOf` and `not` (value validations in structural schemas).
+fn combinators(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let passes = |sub: &Value| {
+        let mut c = Vec::new();
+        validate(value, sub, path, &mut c);
+        c.is_empty()
+    };
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        for sub in all {
+            validate(value, sub, path, causes);
+        }
+    }
+    if let Some(any) = schema.get("anyOf").and_then(Value::as_array)
+        && !any.iter().any(passes)
+    {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            path,
+            format!("Invalid value: {}: {path} in body must validate at least one schema (anyOf)", show(value)),
+        ));
+    }
+    if let Some(one) = schema.get("oneOf").and_then(Value::as_array)
+        && one.iter().filter(|s| passes(s)).count() != 1
+    {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            path,
+            format!("Invalid value: {}: {path} in body must validate one and only one schema (oneOf)", show(value)),
+        ));
+    }
+    if let Some(not) = schema.get("not")
+        && passes(not)
+    {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            path,
+            format!("Invalid value: {}: {path} in body must not validate the schema (not)", show(value)),
+        ));
+    }
+}
+
+/// Duplicate items of `x-kubernetes-list-type: set` lists and duplicate keys of `map` lists.
+fn duplicates(items: &[Value], schema: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let keys: Option<Vec<String>> = match crate::resources::schema_list_type(schema) {
+        crate::resources::ListType::Set => None,
+        crate::resources::ListType::Map(k) => Some(k),
+        crate::resources::ListType::Atomic => return,
+    };
+    let mut seen: Vec<Value> = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        let id = match &keys {
+            None => it.clone(),
+            Some(ks) => Value::Object(ks.iter().filter_map(|k| it.get(k).map(|v| (k.clone(), v.clone()))).collect()),
+        };
+        if seen.contains(&id) {
+            let shown = match &keys {
+                None => show(&id),
+                Some(_) => format!("map[string]interface {{}}{id}"),
+            };
+            causes.push(Cause::new("FieldValueDuplicate", format!("{path}[{i}]"), format!("Duplicate value: {shown}")));
+        } else {
+            seen.push(id);
+        }
     }
 }
 
@@ -359,6 +451,39 @@ mod tests {
         assert_eq!(o["spec"]["extra"]["any"], true);
         assert_eq!(pruned, vec!["spec.junk".to_string(), "top".to_string()]);
         assert_eq!(o["metadata"]["name"], "a");
+    }
+
+    #[test]
+    fn combinators_multiples_formats_and_duplicates() {
+        let schema = json!({"type": "object", "properties": {
+            "n": {"type": "integer", "multipleOf": 5, "format": "int32"},
+            "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+            "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                      "items": {"type": "object", "properties": {"name": {"type": "string"}}}},
+            "either": {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": true},
+            "exclusive": {"type": "object", "oneOf": [{"required": ["a"]}, {"required": ["b"]}]},
+        }});
+        let mut c = Vec::new();
+        validate(
+            &json!({"n": 10, "tags": ["a", "b"], "ports": [{"name": "x"}], "either": "s", "exclusive": {"a": 1}}),
+            &schema,
+            "spec",
+            &mut c,
+        );
+        assert!(c.is_empty(), "{c:?}");
+        let mut c = Vec::new();
+        validate(
+            &json!({"n": 7, "tags": ["a", "a"], "ports": [{"name": "x"}, {"name": "x"}], "exclusive": {"a": 1, "b": 2}}),
+            &schema,
+            "spec",
+            &mut c,
+        );
+        let fields: Vec<&str> = c.iter().map(|x| x.field.as_str()).collect();
+        assert_eq!(fields, vec!["spec.exclusive", "spec.n", "spec.ports[1]", "spec.tags[1]"]);
+        let mut c = Vec::new();
+        validate(&json!({"n": 5_000_000_000_i64}), &schema, "spec", &mut c);
+        assert_eq!(c.len(), 1);
+        assert!(c[0].message.contains("int32"));
     }
 
     #[test]
