@@ -21,7 +21,7 @@ use crate::output::{self, Shape};
 use crate::resources::ResourceInfo;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::stats::RequestStats;
-use crate::store::{DeleteOpts, Deleted, EventType, PatchType, State, WriteOpts};
+use crate::store::{DeleteOpts, Deleted, PatchType, State, WriteOpts};
 use crate::watch::{self as watchmod, WatchSpec};
 use crate::{Config, discovery, openapi};
 
@@ -329,33 +329,47 @@ fn do_list(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
         let st = lock(shared)?;
         st.list(&t.info, t.ns.as_deref(), &labels, &fields, limit, ctx.q("continue"))?
     };
+    // Serialize outside the lock, straight from the stored objects.
     let shape = output::negotiate(&ctx.accept);
     let rv = page.rv.to_string();
-    let body = match shape {
+    let mut md = json!({"resourceVersion": rv});
+    if let Some(c) = &page.cont {
+        md["continue"] = json!(c);
+    }
+    if let Some(r) = page.remaining {
+        md["remainingItemCount"] = json!(r);
+    }
+    let converts = t.info.version != t.info.storage_version || t.info.key().0 != t.info.group;
+    let (api_version, kind) = match shape {
         Shape::Table => {
-            output::table(&t.info, &page.items, &rv, page.cont.as_deref(), ctx.q("includeObject") != Some("None"))
+            let presented: Vec<Value> = page.items.iter().map(|o| State::present(&t.info, o)).collect();
+            let table =
+                output::table(&t.info, &presented, &rv, page.cont.as_deref(), ctx.q("includeObject") != Some("None"));
+            return Ok(json_response(200, &table));
         }
-        _ => {
-            let mut md = json!({"resourceVersion": rv});
-            if let Some(c) = &page.cont {
-                md["continue"] = json!(c);
-            }
-            if let Some(r) = page.remaining {
-                md["remainingItemCount"] = json!(r);
-            }
-            let (api_version, kind, items) = if shape == Shape::Metadata {
-                (
-                    "meta.k8s.io/v1".to_string(),
-                    "PartialObjectMetadataList".to_string(),
-                    page.items.iter().map(output::partial).collect::<Vec<_>>(),
-                )
-            } else {
-                (t.info.api_version(), format!("{}List", t.info.kind), page.items)
-            };
-            json!({"apiVersion": api_version, "kind": kind, "metadata": md, "items": items})
-        }
+        Shape::Metadata => ("meta.k8s.io/v1".to_string(), "PartialObjectMetadataList".to_string()),
+        Shape::Full => (t.info.api_version(), format!("{}List", t.info.kind)),
     };
-    Ok(json_response(200, &body))
+    let mut out = String::with_capacity(128 + page.items.len() * 512);
+    out.push_str(&format!(
+        "{{\"apiVersion\":{},\"kind\":{},\"metadata\":{},\"items\":[",
+        json!(api_version),
+        json!(kind),
+        md
+    ));
+    for (i, o) in page.items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let item = match shape {
+            Shape::Metadata => output::partial(o).to_string(),
+            _ if converts => State::present(&t.info, o).to_string(),
+            _ => o.to_string(),
+        };
+        out.push_str(&item);
+    }
+    out.push_str("]}");
+    Ok(full(200, "application/json", Bytes::from(out)))
 }
 
 fn do_watch(shared: &Arc<Shared>, t: Target, ctx: &Ctx) -> Response<Body> {
@@ -389,19 +403,14 @@ fn do_watch(shared: &Arc<Shared>, t: Target, ctx: &Ctx) -> Response<Body> {
     let setup = (|| -> Result<_, StatusError> {
         let mut st = lock(shared)?;
         let mut initial = Vec::new();
+        let mut initial_end = None;
         let mut backlog = Vec::new();
         let from;
         if send_initial || rv_param.is_empty() || rv_param == "0" {
             let page = st.list(&t.info, t.ns.as_deref(), &labels, &fields, None, None)?;
-            let mut first = true;
-            for o in &page.items {
-                initial.push(spec.line(EventType::Added, o, first));
-                first = false;
-            }
             from = st.rv;
-            if send_initial {
-                initial.push(spec.bookmark(from, true));
-            }
+            initial = page.items;
+            initial_end = send_initial.then_some(from);
         } else {
             let n: u64 = rv_param
                 .parse()
@@ -414,7 +423,7 @@ fn do_watch(shared: &Arc<Shared>, t: Target, ctx: &Ctx) -> Response<Body> {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         st.watchers.push(tx);
-        Ok(Ok((initial, backlog, rx, from)))
+        Ok(Ok((initial, initial_end, backlog, rx, from)))
     })();
     match setup {
         Err(e) => error_response(&e),
@@ -425,9 +434,15 @@ fn do_watch(shared: &Arc<Shared>, t: Target, ctx: &Ctx) -> Response<Body> {
             });
             response
         }
-        Ok(Ok((initial, backlog, rx, from))) => {
+        Ok(Ok((initial, initial_end, backlog, rx, from))) => {
             let signals = watchmod::Signals { drop: shared.faults.drop_receiver(), shutdown: shared.shutdown.clone() };
-            tokio::spawn(watchmod::run(spec, initial, backlog, rx, from, out_tx, signals));
+            tokio::spawn(watchmod::run(
+                spec,
+                watchmod::Start { initial, initial_end, backlog, from },
+                rx,
+                out_tx,
+                signals,
+            ));
             response
         }
     }

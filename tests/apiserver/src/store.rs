@@ -108,8 +108,8 @@ pub enum Deleted {
 /// A page of a list.
 #[derive(Debug)]
 pub struct ListPage {
-    /// Items, converted to the requested version.
-    pub items: Vec<Value>,
+    /// Items in their stored form (see [`State::present`] for the requested version's form).
+    pub items: Vec<Arc<Value>>,
     /// List resourceVersion.
     pub rv: u64,
     /// Continue token, when more items remain.
@@ -279,7 +279,7 @@ impl State {
                     || if converts { fields.matches(&Self::present(info, o)) } else { fields.matches(o) })
         });
         for (k, o) in iter.by_ref() {
-            items.push(Self::present(info, o));
+            items.push(o.clone());
             last = Some(k.clone());
             if limit.is_some_and(|l| items.len() >= l) {
                 break;

@@ -117,24 +117,40 @@ pub struct Signals {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Drives one watch: sends `initial` lines, then translated events from `rx` after `from`,
+/// Where a watch starts.
+pub struct Start {
+    /// Objects sent as synthetic ADDED events first (stored form).
+    pub initial: Vec<Arc<Value>>,
+    /// For `sendInitialEvents`: the resourceVersion of the `initial-events-end` bookmark.
+    pub initial_end: Option<u64>,
+    /// Retained events after the requested resourceVersion.
+    pub backlog: Vec<Arc<Event>>,
+    /// Events at or before this resourceVersion are not sent.
+    pub from: u64,
+}
+
+/// Drives one watch: sends the initial objects, the backlog, then translated events from `rx`,
 /// with bookmarks, until timeout, a drop, shutdown, or the client going away.
 pub async fn run(
     spec: WatchSpec,
-    initial: Vec<Bytes>,
-    backlog: Vec<Arc<Event>>,
+    start: Start,
     mut rx: mpsc::UnboundedReceiver<Arc<Event>>,
-    from: u64,
     out: mpsc::Sender<Bytes>,
     mut signals: Signals,
 ) {
+    let Start { initial, initial_end, backlog, from } = start;
     let mut first = true;
     let mut last_rv = from;
-    for line in initial {
-        if out.send(line).await.is_err() {
+    for obj in initial {
+        if out.send(spec.line(EventType::Added, &obj, first)).await.is_err() {
             return;
         }
         first = false;
+    }
+    if let Some(rv) = initial_end
+        && out.send(spec.bookmark(rv, true)).await.is_err()
+    {
+        return;
     }
     for ev in backlog {
         last_rv = last_rv.max(ev.rv);
