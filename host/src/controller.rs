@@ -16,9 +16,9 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::apply::{MANAGED_BY_LABEL, PLUGIN_LABEL};
-use crate::plugin::{Gvk, OperatorPlugin};
+use crate::plugin::Gvk;
 use crate::policy::PolicyChain;
-use crate::reconcile::{self, ChildKindCache, Context, Stats};
+use crate::reconcile::{self, ChildKindCache, Context, Reconciler, Stats};
 
 /// How a plugin's controller runs.
 #[derive(Clone, Debug)]
@@ -63,7 +63,7 @@ pub async fn resolve(client: &Client, gvk: &Gvk) -> Result<(ApiResource, bool), 
 /// Resolves the plugin's kinds and runs its controller until `shutdown` completes.
 pub async fn run_plugin(
     client: Client,
-    plugin: OperatorPlugin,
+    plugin: Arc<dyn Reconciler>,
     policies: PolicyChain,
     options: ControllerOptions,
     stats: Arc<Stats>,

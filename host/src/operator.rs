@@ -118,7 +118,7 @@ pub async fn run(
         let name = plugin.metadata().name.clone();
         let run = controller::run_plugin(
             client.clone(),
-            plugin.clone(),
+            Arc::new(plugin.clone()),
             policies.clone(),
             options.clone(),
             stats.clone(),

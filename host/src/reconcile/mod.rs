@@ -20,7 +20,9 @@ use tracing::{Instrument, info_span};
 pub use error::{BACKOFF_CAP, ReconcileError, backoff};
 
 use crate::apply::{self, Owner};
-use crate::plugin::{Condition, ConditionStatus, OperatorPlugin, PluginError, ReconcileRequest};
+use crate::plugin::{
+    Condition, ConditionStatus, Desired, OperatorMetadata, OperatorPlugin, PluginError, ReconcileRequest,
+};
 use crate::policy::{PolicyChain, ReviewError, describe};
 use crate::status::{self, Report};
 
@@ -28,6 +30,29 @@ use crate::status::{self, Report};
 pub const FINALIZER: &str = "wasmop.dev/finalizer";
 /// How soon to ask a finalizing plugin again when it has not finished and gave no hint.
 const FINALIZE_RETRY: Duration = Duration::from_secs(5);
+
+/// The logic that computes a parent's desired state: a WebAssembly plugin in production, the
+/// native build of the same logic in benchmarks.
+pub trait Reconciler: Send + Sync + 'static {
+    /// What the logic declares (parent and child kinds, finalizer, CRD).
+    fn metadata(&self) -> &OperatorMetadata;
+    /// Revision recorded on every child it computes.
+    fn revision(&self) -> &str;
+    /// Computes the checked desired state of one parent.
+    fn reconcile(&self, req: &ReconcileRequest) -> Result<Desired, PluginError>;
+}
+
+impl Reconciler for OperatorPlugin {
+    fn metadata(&self) -> &OperatorMetadata {
+        OperatorPlugin::metadata(self)
+    }
+    fn revision(&self) -> &str {
+        self.file().revision()
+    }
+    fn reconcile(&self, req: &ReconcileRequest) -> Result<Desired, PluginError> {
+        OperatorPlugin::reconcile(self, req)
+    }
+}
 
 /// A child kind the plugin declared, with the cache of its objects.
 pub struct ChildKindCache {
@@ -69,8 +94,8 @@ impl Stats {
 pub struct Context {
     /// The API client.
     pub client: Client,
-    /// The operator plugin.
-    pub plugin: OperatorPlugin,
+    /// The operator plugin (or native logic).
+    pub plugin: Arc<dyn Reconciler>,
     /// Policies reviewing its children.
     pub policies: PolicyChain,
     /// Settings passed to the plugin.
@@ -179,7 +204,7 @@ async fn reconcile_inner(parent: &DynamicObject, ctx: &Context) -> Result<Action
     };
 
     let owner = owner_of(parent, ctx);
-    let revision = ctx.plugin.file().revision().to_string();
+    let revision = ctx.plugin.revision().to_string();
     let mut applied = 0usize;
     for mut child in desired.children.clone() {
         apply::mark_child(&mut child, &owner, &meta.name, &revision);
@@ -277,7 +302,7 @@ fn owner_of(parent: &DynamicObject, ctx: &Context) -> Owner {
 }
 
 /// Calls the plugin off the async threads, then the policy chain.
-async fn compute(ctx: &Context, request: ReconcileRequest) -> Result<crate::plugin::Desired, ReconcileError> {
+async fn compute(ctx: &Context, request: ReconcileRequest) -> Result<Desired, ReconcileError> {
     Stats::bump(&ctx.stats.plugin_calls);
     let plugin = ctx.plugin.clone();
     let parent = request.parent.clone();
