@@ -61,6 +61,9 @@ pub fn group(reg: &Registry, name: &str) -> Option<Value> {
 }
 
 fn verbs(info: &ResourceInfo) -> Vec<&'static str> {
+    if info.is_review() {
+        return vec!["create"];
+    }
     vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
         .into_iter()
         .filter(|v| info.kind != "Namespace" || *v != "deletecollection")

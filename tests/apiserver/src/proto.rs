@@ -232,6 +232,10 @@ pub fn decode(raw: &[u8]) -> ApiResult<Value> {
             _ => {}
         }
     }
+    if kind.ends_with("Review") {
+        // Reviews are answered from their kind alone (this server authorizes everything).
+        return Ok(json!({"apiVersion": api_version, "kind": kind, "spec": {}}));
+    }
     if !matches!(kind.as_str(), "Namespace" | "ConfigMap" | "Secret" | "ServiceAccount") {
         return Err(StatusError::unsupported_media_type(format!(
             "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (protobuf is supported only for Namespace, ConfigMap, Secret and ServiceAccount; got {kind})"

@@ -51,6 +51,12 @@ impl ResourceInfo {
         (crate::convert::storage_group(&self.group, &self.kind, self.custom), self.plural.clone())
     }
 
+    /// Whether this is a create-only review (access reviews, token reviews): the server
+    /// answers it and stores nothing.
+    pub fn is_review(&self) -> bool {
+        !self.custom && self.kind.ends_with("Review")
+    }
+
     /// `Kind.group` for error messages.
     pub fn qualified_kind(&self) -> String {
         if self.group.is_empty() { self.kind.clone() } else { format!("{}.{}", self.kind, self.group) }
@@ -116,6 +122,21 @@ const BUILTINS: &[Builtin] = &[
         &["crd", "crds"],
         false,
     ),
+    // Create-only reviews: answered, never stored (see `ResourceInfo::is_review`).
+    b(
+        "authorization.k8s.io/v1",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        false,
+        false,
+        false,
+        &[],
+        false,
+    ),
+    b("authorization.k8s.io/v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", false, false, false, &[], false),
+    b("authorization.k8s.io/v1", "SubjectAccessReview", "subjectaccessreviews", false, false, false, &[], false),
+    b("authentication.k8s.io/v1", "SelfSubjectReview", "selfsubjectreviews", false, false, false, &[], false),
+    b("authentication.k8s.io/v1", "TokenReview", "tokenreviews", false, false, false, &[], false),
 ];
 
 /// All served resources, indexed by group, version and plural.

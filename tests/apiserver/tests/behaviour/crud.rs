@@ -334,3 +334,20 @@ async fn invalid_built_in_objects_are_422() {
     assert_eq!(err.code, 422);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn access_reviews_are_answered_not_stored() {
+    use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+    let server = server().await;
+    let api: Api<SelfSubjectAccessReview> = Api::all(client(&server));
+    let review: SelfSubjectAccessReview = serde_json::from_value(json!({
+        "spec": {"resourceAttributes": {"verb": "create", "group": "apps", "resource": "deployments", "namespace": "default"}}
+    }))
+    .unwrap();
+    let answer = api.create(&PostParams::default(), &review).await.unwrap();
+    assert!(answer.status.unwrap().allowed);
+    assert_eq!(answer.spec.resource_attributes.unwrap().resource.as_deref(), Some("deployments"));
+    let err = status(api.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!(err.code, 405);
+    server.shutdown().await;
+}

@@ -324,6 +324,9 @@ async fn kubectl_typed_create_commands_work() {
     let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c, "team").get("creds").await.unwrap();
     assert_eq!(secret.data.unwrap()["password"].0, b"s3cret");
     assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    // Access reviews: this server authorizes everything.
+    assert_eq!(k.ok(&["auth", "can-i", "create", "deployments"], "").await.trim(), "yes");
+    assert!(k.ok(&["auth", "whoami"], "").await.contains("wasmop"));
     // Kinds whose protobuf form is not decoded are refused clearly, not misread.
     let out = k.run(&["create", "deployment", "web", "--image=nginx"], "").await;
     assert!(!out.status.success());
