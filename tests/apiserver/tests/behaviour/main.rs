@@ -5,5 +5,6 @@ mod crd;
 mod crud;
 mod faults;
 mod kubectl;
+mod operator;
 mod watch;
 mod writes;
