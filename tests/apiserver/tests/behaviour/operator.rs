@@ -130,13 +130,12 @@ async fn operator_end_to_end() {
     assert_eq!(d.owner_references()[0].name, "blog");
 
     // Idle: no more writes once everything has settled.
-    let settled = eventually(10, "writes settle", || async {
+    eventually(10, "writes settle", || async {
         let before = server.stats();
         tokio::time::sleep(Duration::from_millis(500)).await;
         (server.stats().since(&before).writes("*") == 0).then_some(())
     })
     .await;
-    let _ = settled;
 
     // A spec change flows through: generation 2 observed, ready again.
     sites.patch("blog", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}}))).await.unwrap();
