@@ -40,11 +40,13 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.kubeconfig {
         server.write_kubeconfig(path).with_context(|| format!("writing kubeconfig to {}", path.display()))?;
     }
+    // Handlers are installed before the URL is printed: whoever reads it may signal at once.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     println!("{}", server.url());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing SIGTERM handler")?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     server.shutdown().await;

@@ -158,6 +158,112 @@ fn object_meta(b: &[u8]) -> ApiResult<Value> {
     Ok(Value::Object(m))
 }
 
+fn string_map(b: &[u8], out: &mut Map<String, Value>) -> ApiResult<()> {
+    let (k, v) = entry(b, false)?;
+    out.insert(k, v);
+    Ok(())
+}
+
+fn label_selector(b: &[u8]) -> ApiResult<Value> {
+    let mut r = Reader::new(b);
+    let mut labels = Map::new();
+    while let Some((n, f)) = r.next()? {
+        if let (1, Field::Bytes(x)) = (n, f) {
+            string_map(x, &mut labels)?;
+        }
+    }
+    Ok(json!({"matchLabels": labels}))
+}
+
+fn container(b: &[u8]) -> ApiResult<Value> {
+    let mut r = Reader::new(b);
+    let mut m = Map::new();
+    let (mut command, mut args, mut ports, mut env) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    while let Some((n, f)) = r.next()? {
+        match (n, f) {
+            (1, Field::Bytes(x)) => insert_str(&mut m, "name", x)?,
+            (2, Field::Bytes(x)) => insert_str(&mut m, "image", x)?,
+            (3, Field::Bytes(x)) => command.push(json!(string(x)?)),
+            (4, Field::Bytes(x)) => args.push(json!(string(x)?)),
+            (6, Field::Bytes(x)) => {
+                let mut p = Reader::new(x);
+                let mut port = Map::new();
+                while let Some((n, f)) = p.next()? {
+                    match (n, f) {
+                        (1, Field::Bytes(y)) => insert_str(&mut port, "name", y)?,
+                        (3, Field::Varint(v)) => drop(port.insert("containerPort".into(), json!(v))),
+                        (4, Field::Bytes(y)) => insert_str(&mut port, "protocol", y)?,
+                        _ => {}
+                    }
+                }
+                ports.push(Value::Object(port));
+            }
+            (7, Field::Bytes(x)) => {
+                let mut e = Reader::new(x);
+                let mut var = Map::new();
+                while let Some((n, f)) = e.next()? {
+                    match (n, f) {
+                        (1, Field::Bytes(y)) => insert_str(&mut var, "name", y)?,
+                        (2, Field::Bytes(y)) => insert_str(&mut var, "value", y)?,
+                        _ => {}
+                    }
+                }
+                env.push(Value::Object(var));
+            }
+            (14, Field::Bytes(x)) => insert_str(&mut m, "imagePullPolicy", x)?,
+            _ => {}
+        }
+    }
+    for (k, v) in [("command", command), ("args", args), ("ports", ports), ("env", env)] {
+        if !v.is_empty() {
+            m.insert(k.into(), Value::Array(v));
+        }
+    }
+    Ok(Value::Object(m))
+}
+
+fn pod_template(b: &[u8]) -> ApiResult<Value> {
+    let mut r = Reader::new(b);
+    let mut t = Map::new();
+    while let Some((n, f)) = r.next()? {
+        match (n, f) {
+            (1, Field::Bytes(x)) => drop(t.insert("metadata".into(), object_meta(x)?)),
+            (2, Field::Bytes(x)) => {
+                let mut p = Reader::new(x);
+                let mut containers = Vec::new();
+                let mut spec = Map::new();
+                while let Some((n, f)) = p.next()? {
+                    match (n, f) {
+                        (2, Field::Bytes(y)) => containers.push(container(y)?),
+                        (3, Field::Bytes(y)) => insert_str(&mut spec, "restartPolicy", y)?,
+                        (8, Field::Bytes(y)) => insert_str(&mut spec, "serviceAccountName", y)?,
+                        _ => {}
+                    }
+                }
+                spec.insert("containers".into(), Value::Array(containers));
+                t.insert("spec".into(), Value::Object(spec));
+            }
+            _ => {}
+        }
+    }
+    Ok(Value::Object(t))
+}
+
+/// The fields of a DeploymentSpec that `kubectl create deployment` sets.
+fn deployment_spec(b: &[u8]) -> ApiResult<Value> {
+    let mut r = Reader::new(b);
+    let mut spec = Map::new();
+    while let Some((n, f)) = r.next()? {
+        match (n, f) {
+            (1, Field::Varint(v)) => drop(spec.insert("replicas".into(), json!(v as i32))),
+            (2, Field::Bytes(x)) => drop(spec.insert("selector".into(), label_selector(x)?)),
+            (3, Field::Bytes(x)) => drop(spec.insert("template".into(), pod_template(x)?)),
+            _ => {}
+        }
+    }
+    Ok(Value::Object(spec))
+}
+
 fn body(kind: &str, raw: &[u8]) -> ApiResult<Value> {
     let mut r = Reader::new(raw);
     let mut obj = Map::new();
@@ -185,6 +291,7 @@ fn body(kind: &str, raw: &[u8]) -> ApiResult<Value> {
                 let (k, v) = entry(x, false)?;
                 maps[2].insert(k, v);
             }
+            ("Deployment", 2, Field::Bytes(x)) => drop(obj.insert("spec".into(), deployment_spec(x)?)),
             ("Namespace", 2, Field::Bytes(x)) => {
                 let mut s = Reader::new(x);
                 let mut fins = Vec::new();
@@ -236,9 +343,9 @@ pub fn decode(raw: &[u8]) -> ApiResult<Value> {
         // Reviews are answered from their kind alone (this server authorizes everything).
         return Ok(json!({"apiVersion": api_version, "kind": kind, "spec": {}}));
     }
-    if !matches!(kind.as_str(), "Namespace" | "ConfigMap" | "Secret" | "ServiceAccount") {
+    if !matches!(kind.as_str(), "Namespace" | "ConfigMap" | "Secret" | "ServiceAccount" | "Deployment") {
         return Err(StatusError::unsupported_media_type(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (protobuf is supported only for Namespace, ConfigMap, Secret and ServiceAccount; got {kind})"
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (protobuf is supported only for Namespace, ConfigMap, Secret, ServiceAccount and Deployment; got {kind})"
         )));
     }
     let mut obj = body(&kind, inner.unwrap_or_default())?;
@@ -272,7 +379,7 @@ mod tests {
 
     #[test]
     fn other_kinds_are_415() {
-        let tm = [field(1, b"apps/v1"), field(2, b"Deployment")].concat();
+        let tm = [field(1, b"batch/v1"), field(2, b"Job")].concat();
         let body = [MAGIC.to_vec(), field(1, &tm)].concat();
         assert_eq!(decode(&body).unwrap_err().code, 415);
         assert_eq!(decode(b"nope").unwrap_err().code, 400);

@@ -327,8 +327,16 @@ async fn kubectl_typed_create_commands_work() {
     // Access reviews: this server authorizes everything.
     assert_eq!(k.ok(&["auth", "can-i", "create", "deployments"], "").await.trim(), "yes");
     assert!(k.ok(&["auth", "whoami"], "").await.contains("wasmop"));
+    k.ok(&["create", "deployment", "web", "--image=nginx:1.27", "--port=80", "--replicas=2"], "").await;
+    let d = Api::<Deployment>::namespaced(client(&server), "default").get("web").await.unwrap();
+    assert_eq!(d.labels().get("app").map(String::as_str), Some("web"));
+    let spec = d.spec.unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let c = &spec.template.spec.unwrap().containers[0];
+    assert_eq!((c.name.as_str(), c.image.as_deref()), ("nginx", Some("nginx:1.27")));
+    assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 80);
     // Kinds whose protobuf form is not decoded are refused clearly, not misread.
-    let out = k.run(&["create", "deployment", "web", "--image=nginx"], "").await;
+    let out = k.run(&["create", "job", "once", "--image=busybox"], "").await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("protobuf is supported only for"));
     server.shutdown().await;
