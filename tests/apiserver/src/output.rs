@@ -140,6 +140,10 @@ fn builtin_columns(info: &ResourceInfo) -> Vec<(&'static str, &'static str, Cell
     }
 }
 
+fn is_crd(info: &ResourceInfo) -> bool {
+    !info.custom && info.kind == "CustomResourceDefinition"
+}
+
 fn is_core_event(info: &ResourceInfo) -> bool {
     !info.custom && info.group.is_empty() && info.kind == "Event"
 }
@@ -158,6 +162,12 @@ fn event_object(o: &Value) -> Value {
 }
 
 fn columns(info: &ResourceInfo) -> Vec<Value> {
+    if is_crd(info) {
+        return vec![
+            json!({"name": "Name", "type": "string", "format": "name", "description": "", "priority": 0}),
+            json!({"name": "Created At", "type": "date", "format": "", "description": "", "priority": 0}),
+        ];
+    }
     if is_core_event(info) {
         let col = |n: &str, p: u8| json!({"name": n, "type": "string", "format": if n == "Name" { "name" } else { "" }, "description": "", "priority": p});
         return vec![
@@ -189,6 +199,13 @@ fn columns(info: &ResourceInfo) -> Vec<Value> {
 }
 
 fn row(info: &ResourceInfo, obj: &Value) -> Value {
+    if is_crd(info) {
+        let cells = vec![
+            obj.pointer("/metadata/name").cloned().unwrap_or(json!("")),
+            obj.pointer("/metadata/creationTimestamp").cloned().unwrap_or(json!("")),
+        ];
+        return json!({"cells": cells, "object": partial(obj)});
+    }
     if is_core_event(info) {
         let cells = vec![
             event_last_seen(obj),
