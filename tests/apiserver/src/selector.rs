@@ -43,10 +43,9 @@ fn split_top_level(s: &str) -> Vec<String> {
 }
 
 fn parse_set(s: &str) -> ApiResult<Vec<String>> {
-    let inner =
-        s.trim().strip_prefix('(').and_then(|r| r.strip_suffix(')')).ok_or_else(|| {
-            StatusError::bad_request(format!("unable to parse requirement: found '{s}', expected: '('"))
-        })?;
+    let inner = s.trim().strip_prefix('(').and_then(|r| r.strip_suffix(')')).ok_or_else(|| {
+        StatusError::bad_request(format!("unable to parse requirement: found '{s}', expected: '(' values ')'"))
+    })?;
     Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
 }
 
