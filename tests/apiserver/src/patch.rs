@@ -191,18 +191,21 @@ pub fn strategic_merge(
         *target = Value::Object(Map::new());
     }
     let Value::Object(t) = target else { return };
+    let mut orders: Vec<(&str, &Vec<Value>)> = Vec::new();
     for (k, v) in p {
-        if k.starts_with('$') {
-            continue;
-        }
         if let Some(field) = k.strip_prefix("$setElementOrder/") {
-            let _ = field;
+            if let Some(order) = v.as_array() {
+                orders.push((field, order));
+            }
             continue;
         }
         if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
             if let (Some(Value::Array(live)), Some(del)) = (t.get_mut(field), v.as_array()) {
                 live.retain(|x| !del.contains(x));
             }
+            continue;
+        }
+        if k.starts_with('$') {
             continue;
         }
         if v.is_null() {
@@ -269,6 +272,27 @@ pub fn strategic_merge(
         }
         path.pop();
     }
+    // `$setElementOrder/<field>`: the listed items first, in that order; others keep theirs.
+    for (field, order) in orders {
+        path.push(field.to_string());
+        let keys = match list_type(path) {
+            ListType::Map(keys) => Some(keys),
+            _ => None,
+        };
+        path.pop();
+        if let Some(Value::Array(live)) = t.get_mut(field) {
+            let rank = |item: &Value| {
+                order.iter().position(|o| match &keys {
+                    Some(ks) => key_of(o, ks).is_some() && key_of(o, ks) == key_of(item, ks),
+                    None => o == item,
+                })
+            };
+            let mut indexed: Vec<(usize, Value)> =
+                live.drain(..).enumerate().map(|(i, v)| (rank(&v).unwrap_or(order.len() + i), v)).collect();
+            indexed.sort_by_key(|(r, _)| *r);
+            live.extend(indexed.into_iter().map(|(_, v)| v));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -315,6 +339,28 @@ mod tests {
         .unwrap();
         assert_eq!(d, json!({"x": [2, 3], "y": 2}));
         assert!(json_patch(&mut d, &json!([{"op": "replace", "path": "/nope", "value": 1}])).is_err());
+    }
+
+    #[test]
+    fn strategic_merge_directives() {
+        let lt = |p: &[String]| match p.last().map(String::as_str) {
+            Some("containers") => ListType::Map(vec!["name".into()]),
+            Some("finalizers") => ListType::Set,
+            _ => ListType::Atomic,
+        };
+        let mut d = json!({"finalizers": ["a", "b", "c"], "containers": [{"name": "x"}, {"name": "y"}]});
+        strategic_merge(
+            &mut d,
+            &json!({
+                "$deleteFromPrimitiveList/finalizers": ["b"],
+                "$setElementOrder/containers": [{"name": "z"}, {"name": "y"}, {"name": "x"}],
+                "containers": [{"name": "z", "image": "z"}],
+            }),
+            &mut Vec::new(),
+            &lt,
+        );
+        assert_eq!(d["finalizers"], json!(["a", "c"]));
+        assert_eq!(d["containers"], json!([{"name": "z", "image": "z"}, {"name": "y"}, {"name": "x"}]));
     }
 
     #[test]
