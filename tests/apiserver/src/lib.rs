@@ -62,9 +62,9 @@ pub use stats::RequestStats;
 pub struct Config {
     /// Port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
-    /// Run the Deployment status simulator.
+    /// Run the workload status simulator (Deployments and StatefulSets become ready).
     pub simulate_deployments: bool,
-    /// Delay before the simulator reports a Deployment ready.
+    /// Delay before the simulator reports a workload ready.
     pub simulate_delay: Duration,
     /// Number of events retained for watches; older resourceVersions get 410 Expired.
     pub history_size: usize,

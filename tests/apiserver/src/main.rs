@@ -15,10 +15,10 @@ struct Args {
     /// Write a kubeconfig pointing at the server to this file.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// Simulate Deployment status (replicas become ready after a short delay).
+    /// Simulate Deployment and StatefulSet status (replicas become ready after a short delay).
     #[arg(long)]
     simulate_deployments: bool,
-    /// Delay in milliseconds before simulated Deployments become ready.
+    /// Delay in milliseconds before simulated workloads become ready.
     #[arg(long, default_value_t = 500)]
     simulate_delay_ms: u64,
 }

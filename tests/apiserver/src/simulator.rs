@@ -1,5 +1,5 @@
-//! A kwok-like Deployment status simulator: after a delay, a Deployment's status reports all
-//! replicas ready and available for its current generation.
+//! A kwok-like workload status simulator: after a delay, a Deployment's or StatefulSet's
+//! status reports all replicas ready and available for its current generation.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,19 +8,20 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::meta;
+use crate::resources::ResKey;
 use crate::store::{ObjKey, State};
 
 /// Manager name the simulator writes status with.
 pub const MANAGER: &str = "kube-controller-manager";
 
 /// Runs the simulator until the channel closes.
-pub async fn run(state: Arc<Mutex<State>>, mut rx: mpsc::UnboundedReceiver<ObjKey>, delay: Duration) {
-    while let Some(ok) = rx.recv().await {
+pub async fn run(state: Arc<Mutex<State>>, mut rx: mpsc::UnboundedReceiver<(ResKey, ObjKey)>, delay: Duration) {
+    while let Some((key, ok)) = rx.recv().await {
         let state = state.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let Ok(mut s) = state.lock() else { return };
-            let key = ("apps".to_string(), "deployments".to_string());
+            let statefulset = key.1 == "statefulsets";
             s.write_internal(&key, &ok, MANAGER, "status", |d| {
                 if meta::is_deleting(d) {
                     return;
@@ -33,6 +34,21 @@ pub async fn run(state: Arc<Mutex<State>>, mut rx: mpsc::UnboundedReceiver<ObjKe
                     return;
                 }
                 let now = meta::now();
+                if statefulset {
+                    let revision = format!("{}-{:x}", meta::name(d), generation);
+                    d["status"] = json!({
+                        "observedGeneration": generation,
+                        "replicas": replicas,
+                        "readyReplicas": replicas,
+                        "currentReplicas": replicas,
+                        "updatedReplicas": replicas,
+                        "availableReplicas": replicas,
+                        "currentRevision": revision,
+                        "updateRevision": revision,
+                        "collisionCount": 0,
+                    });
+                    return;
+                }
                 d["status"] = json!({
                     "observedGeneration": generation,
                     "replicas": replicas,

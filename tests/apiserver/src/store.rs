@@ -135,7 +135,7 @@ pub struct State {
     /// Served resources.
     pub registry: Registry,
     /// Notified of Deployment writes (status simulator).
-    pub deployment_hook: Option<mpsc::UnboundedSender<ObjKey>>,
+    pub deployment_hook: Option<mpsc::UnboundedSender<(ResKey, ObjKey)>>,
     gc_pending: bool,
     in_gc: bool,
 }
@@ -821,11 +821,12 @@ impl State {
         if key == crd_key() {
             self.register_crd(&arc);
         }
-        if key == ("apps".to_string(), "deployments".to_string())
+        if key.0 == "apps"
+            && matches!(key.1.as_str(), "deployments" | "statefulsets")
             && old.as_ref().is_none_or(|o| meta::generation(o) != meta::generation(&arc))
             && let Some(hook) = &self.deployment_hook
         {
-            let _ = hook.send(ok);
+            let _ = hook.send((key.clone(), ok.clone()));
         }
         self.emit(kind, key, arc.clone(), old);
         if meta::is_deleting(&arc) || self.gc_pending {

@@ -94,6 +94,27 @@ async fn deployment_simulator_reports_ready_replicas() {
         .unwrap();
     assert_eq!(got.status.as_ref().unwrap().ready_replicas, Some(5));
     assert_eq!(got.status.unwrap().observed_generation, Some(2));
+
+    // StatefulSets too.
+    let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client(&server), "default");
+    let s: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "db"},
+        "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"a": "db"}},
+                 "template": {"metadata": {"labels": {"a": "db"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}
+    }))
+    .unwrap();
+    sts.create(&PostParams::default(), &s).await.unwrap();
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        await_condition(sts, "db", |s: Option<&k8s_openapi::api::apps::v1::StatefulSet>| {
+            s.and_then(|s| s.status.as_ref()).is_some_and(|st| st.ready_replicas == Some(2))
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    assert_eq!(got.status.unwrap().observed_generation, Some(1));
     server.shutdown().await;
 }
 
