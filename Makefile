@@ -21,6 +21,8 @@ plugins: wasm-target
 	@ls -l $(addprefix $(PLUGIN_DIR)/,$(addsuffix .wasm,$(subst -,_,$(PLUGINS))))
 
 test-plugins: wasm-target
+	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) -p hostile --features v2
+	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_v2.wasm
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) $(addprefix -p ,$(TEST_PLUGINS))
 
 kubectl:

@@ -9,4 +9,5 @@ pub mod operator;
 pub mod plugin;
 pub mod policy;
 pub mod reconcile;
+pub mod reload;
 pub mod status;

@@ -2,36 +2,22 @@
 
 mod common;
 
-use std::future::Future;
+use common::cluster::*;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wasmop::controller::ControllerOptions;
 use wasmop::operator::{self, PluginSet};
 use wasmop::plugin::{Limits, OperatorPlugin};
 use wasmop::reconcile::Stats;
-use wasmop_apiserver::{ApiServer, Config};
-
-const WAIT: Duration = Duration::from_secs(30);
-
-async fn server() -> ApiServer {
-    let config = Config { simulate_deployments: true, simulate_delay: Duration::from_millis(200), ..Config::default() };
-    ApiServer::start(config).await.expect("api server")
-}
-
-fn client(server: &ApiServer) -> Client {
-    Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap()
-}
 
 /// A running operator that stops when dropped.
 struct Running {
@@ -80,73 +66,6 @@ fn hostile(timeout: Duration) -> OperatorPlugin {
 
 fn fast() -> ControllerOptions {
     ControllerOptions { resync: Duration::from_secs(600), ..ControllerOptions::default() }
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-fn app_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("tools.wasmop.dev", "v1beta1", "Appoperator"),
-        "appoperators",
-    )
-}
-
-fn hostile_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("test.wasmop.dev", "v1", "Hostile"), "hostiles")
-}
-
-async fn install_hostile_crd(client: &Client) {
-    let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "hostiles.test.wasmop.dev"},
-        "spec": {
-            "group": "test.wasmop.dev", "scope": "Namespaced",
-            "names": {"plural": "hostiles", "singular": "hostile", "kind": "Hostile"},
-            "versions": [{"name": "v1", "served": true, "storage": true,
-                "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}],
-        },
-    }))
-    .unwrap();
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.create(&PostParams::default(), &crd).await.unwrap();
-    await_condition(api, "hostiles.test.wasmop.dev", conditions::is_crd_established()).await.unwrap();
-}
-
-async fn create(client: &Client, ar: &ApiResource, ns: &str, name: &str, spec: Value) -> DynamicObject {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
-    let obj: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": ar.api_version, "kind": ar.kind,
-        "metadata": {"name": name, "namespace": ns},
-        "spec": spec,
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap()
-}
-
-async fn get(client: &Client, ar: &ApiResource, ns: &str, name: &str) -> Option<DynamicObject> {
-    Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar).get_opt(name).await.unwrap()
-}
-
-fn ready(obj: &DynamicObject) -> Option<(String, String, String)> {
-    wasmop::status::ready_of(&obj.data["status"])
-}
-
-async fn ready_is(client: &Client, ar: &ApiResource, ns: &str, name: &str, status: &str, reason: &str) -> bool {
-    get(client, ar, ns, name).await.and_then(|o| ready(&o)).is_some_and(|(s, r, _)| s == status && r == reason)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! `wasmop dev`: the embedded in-memory API server (with the Deployment status simulator), the
-//! plugins' CRDs, the example resources, and the operator, with a live table of parents.
+//! plugins' CRDs, the example resources, and the operator, with a live table of parents. The
+//! plugins directory is watched, so rebuilding a plugin into it reloads it.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -17,6 +18,7 @@ use wasmop::manifest::read_objects;
 use wasmop::operator;
 use wasmop::plugin::{Gvk, Runtime};
 use wasmop::reconcile::Stats;
+use wasmop::reload::{ReloadStats, Supervisor};
 use wasmop::status::ready_of;
 use wasmop_apiserver::{ApiServer, Config as ServerConfig};
 
@@ -94,17 +96,14 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
     let options = ControllerOptions { resync: Duration::from_secs(60), ..ControllerOptions::default() };
+    drop(plugins);
+    let reloads = Arc::new(ReloadStats::default());
+    let supervisor = Supervisor::new(client.clone(), Arc::new(rt), args.plugins.clone(), options, true, stats, reloads);
     let operator_task = {
-        let (client, stats) = (client.clone(), stats.clone());
         let mut rx = stop_rx.clone();
-        let plugin_set = Arc::new(plugins);
-        let set = plugin_set.clone();
-        tokio::spawn(async move {
-            operator::run(client, &set, options, stats, async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })
-            .await
-        })
+        tokio::spawn(supervisor.run(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }))
     };
 
     let code = if args.once {

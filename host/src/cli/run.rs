@@ -12,6 +12,7 @@ use wasmop::controller::ControllerOptions;
 use wasmop::operator;
 use wasmop::plugin::Runtime;
 use wasmop::reconcile::Stats;
+use wasmop::reload::{ReloadStats, Supervisor};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -54,14 +55,28 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
         resync: Duration::from_secs(args.resync_seconds),
         ..ControllerOptions::default()
     };
+    drop(plugins);
     let stats = Arc::new(Stats::default());
+    let reloads = Arc::new(ReloadStats::default());
+    let runtime = Arc::new(rt);
     let namespaces: Vec<Option<String>> =
         if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
     let runs = namespaces.into_iter().map(|namespace| {
         let options = ControllerOptions { namespace, ..options.clone() };
-        operator::run(client.clone(), &plugins, options, stats.clone(), shutdown_signal())
+        let supervisor = Supervisor::new(
+            client.clone(),
+            runtime.clone(),
+            args.plugins.clone(),
+            options,
+            args.install_crds,
+            stats.clone(),
+            reloads.clone(),
+        );
+        supervisor.run(shutdown_signal())
     });
-    futures::future::join_all(runs).await;
+    for result in futures::future::join_all(runs).await {
+        result?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

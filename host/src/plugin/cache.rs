@@ -50,8 +50,8 @@ impl Hasher for ShaHasher {
     }
 }
 
-/// Hex sha256 of `bytes`.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+/// Hex sha256 of `bytes`: the identity of a plugin build.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 

@@ -15,7 +15,7 @@ mod policy;
 mod runtime;
 mod sandbox;
 
-pub use cache::{CacheOutcome, CacheStats};
+pub use cache::{CacheOutcome, CacheStats, sha256_hex};
 pub use contract::{
     ChildKind, Condition, ConditionStatus, Desired, Gvk, OperatorMetadata, PolicyMetadata, ReconcileRequest, Verdict,
 };

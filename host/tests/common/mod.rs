@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::PathBuf;
 
 use wasmop::plugin::{Runtime, RuntimeConfig};

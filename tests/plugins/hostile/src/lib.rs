@@ -23,10 +23,13 @@ fn gvk(group: &str, version: &str, kind: &str) -> Gvk {
     Gvk { group: group.into(), version: version.into(), kind: kind.into() }
 }
 
+/// Which build this is: the hot-reload tests swap one for the other.
+const VARIANT: &str = if cfg!(feature = "v2") { "v2" } else { "v1" };
+
 fn config_map(name: &str, namespace: Option<&str>, payload: &str) -> String {
     let mut cm = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": {"wasmop.test/variant": VARIANT}},
         "data": {"payload": payload},
     });
     if let Some(ns) = namespace {

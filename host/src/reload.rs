@@ -1,0 +1,307 @@
+//! Hot reload: the plugins directory is watched, and a changed file reaches every parent of its
+//! plugin without a restart.
+//!
+//! Every burst of file-system events (debounced) triggers a rescan of the directory, so editors
+//! and `cp` writing in several steps, write-to-temp-then-rename, and the `..data` symlink swap by
+//! which Kubernetes updates a mounted ConfigMap all end in one reload of the final bytes. A file
+//! whose content hash is unchanged is left alone. A new or changed operator plugin is compiled
+//! and checked off the async threads; only then is its controller restarted on the new version
+//! (reconciles in flight finish on the old one, and the restart reconciles every parent). A file
+//! that fails any check leaves the old version serving and is reported in the log, the failure
+//! counter and a Kubernetes Event. A removed file stops its controller; its children stay.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::controller::{self, ControllerOptions};
+use crate::operator::{self, OperatorError};
+use crate::plugin::{LoadedPlugin, OperatorPlugin, PluginError, PolicyPlugin, Runtime};
+use crate::policy::PolicyChain;
+use crate::reconcile::Stats;
+
+/// Quiet time after the last file event before the directory is rescanned.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Counters of reloads, for tests, logs and metrics.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    /// Plugin versions started (the first load counts too).
+    pub loads: AtomicU64,
+    /// Files that failed to load; the previous version, if any, kept serving.
+    pub failures: AtomicU64,
+    /// Plugins stopped because their file was removed.
+    pub removals: AtomicU64,
+}
+
+/// A running controller of one plugin file.
+struct Running {
+    sha256: String,
+    plugin: OperatorPlugin,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Watches a plugins directory and keeps one controller per operator plugin running on the
+/// latest good version of its file.
+pub struct Supervisor {
+    client: Client,
+    runtime: Arc<Runtime>,
+    dir: PathBuf,
+    options: ControllerOptions,
+    install_crds: bool,
+    stats: Arc<Stats>,
+    reloads: Arc<ReloadStats>,
+    recorder: Recorder,
+    running: HashMap<PathBuf, Running>,
+    policies: HashMap<PathBuf, (String, PolicyPlugin)>,
+    /// Content hash of the last bad bytes seen per file, so a broken file is reported once.
+    failed: HashMap<PathBuf, String>,
+}
+
+impl Supervisor {
+    /// A supervisor of `dir`; nothing runs until [`Supervisor::run`].
+    pub fn new(
+        client: Client,
+        runtime: Arc<Runtime>,
+        dir: PathBuf,
+        options: ControllerOptions,
+        install_crds: bool,
+        stats: Arc<Stats>,
+        reloads: Arc<ReloadStats>,
+    ) -> Self {
+        let reporter = Reporter { controller: "wasmop".into(), instance: std::env::var("POD_NAME").ok() };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Supervisor {
+            client,
+            runtime,
+            dir,
+            options,
+            install_crds,
+            stats,
+            reloads,
+            recorder,
+            running: HashMap::new(),
+            policies: HashMap::new(),
+            failed: HashMap::new(),
+        }
+    }
+
+    /// Loads the directory, starts the controllers, and follows changes until `shutdown`.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), OperatorError> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.send(());
+            }
+        })
+        .map_err(|e| self.watch_error(e))?;
+        watcher.watch(&self.dir, RecursiveMode::NonRecursive).map_err(|e| self.watch_error(e))?;
+        self.rescan().await;
+
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                event = rx.recv() => {
+                    if event.is_none() {
+                        break;
+                    }
+                    // Wait for the burst to end: the last write wins.
+                    while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+                    self.rescan().await;
+                }
+            }
+        }
+        for (_, running) in self.running.drain() {
+            stop(running).await;
+        }
+        Ok(())
+    }
+
+    fn watch_error(&self, e: notify::Error) -> OperatorError {
+        OperatorError::PluginsDir { path: self.dir.clone(), source: std::io::Error::other(e) }
+    }
+
+    /// Brings the controllers in line with the directory's current content.
+    async fn rescan(&mut self) {
+        let files = match wasm_files(&self.dir) {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "cannot read plugins directory");
+                return;
+            }
+        };
+        let mut policies_changed = false;
+        let mut to_start = Vec::new();
+        for path in &files {
+            let Ok(bytes) = std::fs::read(path) else { continue };
+            let sha = crate::plugin::sha256_hex(&bytes);
+            let known = self.running.get(path).map(|r| &r.sha256).or_else(|| self.policies.get(path).map(|p| &p.0));
+            if known == Some(&sha) || self.failed.get(path) == Some(&sha) {
+                continue;
+            }
+            let runtime = self.runtime.clone();
+            let file = path.clone();
+            let loaded = match tokio::task::spawn_blocking(move || runtime.load(&file)).await {
+                Ok(loaded) => loaded,
+                Err(e) => Err(PluginError::Trap { plugin: path.display().to_string(), message: e.to_string() }),
+            };
+            match loaded {
+                Ok(LoadedPlugin::Operator(plugin)) if plugin.file().sha256 == sha => {
+                    self.failed.remove(path);
+                    to_start.push((path.clone(), sha, plugin));
+                }
+                // The file changed again while it compiled: the next event brings the rest.
+                Ok(LoadedPlugin::Operator(_)) => {}
+                Ok(LoadedPlugin::Policy(policy)) => {
+                    self.failed.remove(path);
+                    tracing::info!(policy = %policy.metadata().name, file = %path.display(), "policy loaded");
+                    self.policies.insert(path.clone(), (sha, policy));
+                    policies_changed = true;
+                }
+                Err(e) => self.report_failure(path, sha, &e).await,
+            }
+        }
+
+        let removed: Vec<PathBuf> = self.running.keys().filter(|p| !files.contains(p)).cloned().collect();
+        for path in removed {
+            if let Some(running) = self.running.remove(&path) {
+                tracing::info!(plugin = %running.plugin.metadata().name, file = %path.display(),
+                    "plugin file removed: controller stopped; its children and the parents' last status stay");
+                self.reloads.removals.fetch_add(1, Ordering::Relaxed);
+                stop(running).await;
+            }
+        }
+        let before = self.policies.len();
+        self.policies.retain(|p, _| files.contains(p));
+        policies_changed |= self.policies.len() != before;
+
+        for (path, sha, plugin) in to_start {
+            if self.install_crds
+                && let Err(e) = operator::install_crd(&self.client, &plugin).await
+            {
+                tracing::error!(file = %path.display(), error = %e, "new plugin version not started");
+                continue;
+            }
+            let old = self.running.remove(&path);
+            if let Some(old) = &old {
+                tracing::info!(plugin = %plugin.metadata().name, from = old.plugin.file().revision(),
+                    to = plugin.file().revision(), "plugin reloaded");
+            }
+            if let Some(old) = old {
+                stop(old).await;
+            }
+            let running = self.start(plugin, sha);
+            self.running.insert(path, running);
+        }
+        if policies_changed {
+            let restart: Vec<PathBuf> = self.running.keys().cloned().collect();
+            for path in restart {
+                if let Some(old) = self.running.remove(&path) {
+                    let (plugin, sha) = (old.plugin.clone(), old.sha256.clone());
+                    stop(old).await;
+                    let running = self.start(plugin, sha);
+                    self.running.insert(path, running);
+                }
+            }
+        }
+    }
+
+    fn chain(&self) -> PolicyChain {
+        let mut policies: Vec<(&PathBuf, &PolicyPlugin)> = self.policies.iter().map(|(p, (_, pol))| (p, pol)).collect();
+        policies.sort_by(|a, b| a.0.cmp(b.0));
+        PolicyChain::new(policies.into_iter().map(|(_, p)| (p.clone(), None)).collect())
+    }
+
+    fn start(&self, plugin: OperatorPlugin, sha256: String) -> Running {
+        let (stop, mut rx) = watch::channel(false);
+        self.reloads.loads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(plugin = %plugin.metadata().name, revision = plugin.file().revision(), "starting controller");
+        let run = controller::run_plugin(
+            self.client.clone(),
+            Arc::new(plugin.clone()),
+            self.chain(),
+            self.options.clone(),
+            self.stats.clone(),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        );
+        let name = plugin.metadata().name.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = run.await {
+                tracing::error!(plugin = %name, error = %e, "plugin's controller not started");
+            }
+        });
+        Running { sha256, plugin, stop, task }
+    }
+
+    async fn report_failure(&mut self, path: &Path, sha: String, e: &PluginError) {
+        self.reloads.failures.fetch_add(1, Ordering::Relaxed);
+        let serving = self.running.get(path).map(|r| r.plugin.file().revision().to_string());
+        tracing::error!(file = %path.display(), error = %e, serving = ?serving,
+            "plugin file rejected; the previous version (if any) keeps serving");
+        self.failed.insert(path.to_path_buf(), sha);
+        let note = format!("{}: {e}", path.display());
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "PluginRejected".into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reload".into(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &operator_reference()).await {
+            tracing::debug!(error = %err, "cannot publish reload event");
+        }
+    }
+}
+
+/// The object reload Events are about: the operator's own Pod when in-cluster (POD_NAME and
+/// POD_NAMESPACE from the downward API), else the `wasmop` name in the operator's namespace.
+fn operator_reference() -> ObjectReference {
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+    match std::env::var("POD_NAME") {
+        Ok(name) => ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(name),
+            namespace: Some(namespace),
+            ..ObjectReference::default()
+        },
+        Err(_) => ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Namespace".into()),
+            name: Some(namespace),
+            ..ObjectReference::default()
+        },
+    }
+}
+
+async fn stop(running: Running) {
+    let _ = running.stop.send(true);
+    if let Err(e) = running.task.await {
+        tracing::warn!(error = %e, "controller task ended abnormally");
+    }
+}
+
+/// The `*.wasm` files of `dir` (symlinks followed), sorted.
+fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}

@@ -1,0 +1,180 @@
+//! Hot reload against the in-memory API server: real files, real notify events, real plugins.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use wasmop::controller::ControllerOptions;
+use wasmop::plugin::sha256_hex;
+use wasmop::reconcile::Stats;
+use wasmop::reload::{ReloadStats, Supervisor};
+
+use common::cluster::*;
+
+struct Supervised {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    reloads: Arc<ReloadStats>,
+}
+
+fn supervise(client: &Client, dir: &Path) -> Supervised {
+    let (stop, mut rx) = watch::channel(false);
+    let reloads = Arc::new(ReloadStats::default());
+    let options = ControllerOptions { resync: Duration::from_secs(600), ..ControllerOptions::default() };
+    let supervisor = Supervisor::new(
+        client.clone(),
+        Arc::new(common::runtime()),
+        dir.to_path_buf(),
+        options,
+        true,
+        Arc::new(Stats::default()),
+        reloads.clone(),
+    );
+    let task = tokio::spawn(async move {
+        supervisor
+            .run(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+            .expect("supervisor");
+    });
+    Supervised { stop, task, reloads }
+}
+
+fn revision(plugin: &str) -> String {
+    sha256_hex(&std::fs::read(common::plugin(plugin)).unwrap())[..12].to_string()
+}
+
+/// Writes `bytes` to `path` the way careful tools do: a temp file, then a rename.
+fn replace(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn hostile_v2() -> PathBuf {
+    common::plugin("hostile").with_file_name("hostile_v2.wasm")
+}
+
+async fn all_carry(config_maps: &Api<ConfigMap>, names: &[&str], variant: &str, revision: &str) -> bool {
+    let Ok(list) = config_maps.list(&ListParams::default()).await else { return false };
+    names.iter().all(|name| {
+        list.items.iter().any(|cm| {
+            cm.name_any() == *name
+                && cm.labels().get("wasmop.test/variant").map(String::as_str) == Some(variant)
+                && cm.annotations().get("wasmop.dev/plugin-revision").map(String::as_str) == Some(revision)
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_break_recover_and_remove_a_plugin_without_restart() {
+    let server = server().await;
+    let client = client(&server);
+    install_hostile_crd(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hostile.wasm");
+    let v1 = std::fs::read(common::plugin("hostile")).unwrap();
+    let v2 = std::fs::read(hostile_v2()).unwrap();
+    let (rev1, rev2) = (revision("hostile"), sha256_hex(&v2)[..12].to_string());
+    std::fs::write(&file, &v1).unwrap();
+    let running = supervise(&client, dir.path());
+    let ar = hostile_resource();
+    for name in ["a", "b", "c"] {
+        create(&client, &ar, "default", name, json!({"mode": "ok"})).await;
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    eventually("v1 children", || all_carry(&config_maps, &["a", "b", "c"], "v1", &rev1)).await;
+
+    // v2 replaces v1: every existing child gets v2's label and revision.
+    replace(&file, &v2);
+    eventually("v2 reaches every child", || all_carry(&config_maps, &["a", "b", "c"], "v2", &rev2)).await;
+
+    // Broken files: v2 keeps serving, each failure is counted.
+    let failures = || running.reloads.failures.load(Ordering::Relaxed);
+    std::fs::write(&file, &v1[..v1.len() / 3]).unwrap();
+    eventually("truncated file rejected", || async { failures() >= 1 }).await;
+    std::fs::write(&file, wat::parse_str("(module)").unwrap()).unwrap();
+    eventually("core module rejected", || async { failures() >= 2 }).await;
+    std::fs::copy(common::plugin("contract-v2"), &file).unwrap();
+    eventually("other contract rejected", || async { failures() >= 3 }).await;
+    create(&client, &ar, "default", "d", json!({"mode": "ok"})).await;
+    eventually("old version still reconciles", || all_carry(&config_maps, &["d"], "v2", &rev2)).await;
+
+    // Fixing the file recovers without a restart.
+    replace(&file, &v1);
+    eventually("fixed file serves", || all_carry(&config_maps, &["a", "b", "c", "d"], "v1", &rev1)).await;
+
+    // 20 rapid writes: the last one wins, one controller.
+    for i in 0..20 {
+        std::fs::write(&file, if i % 2 == 0 { &v2 } else { &v1 }).unwrap();
+    }
+    std::fs::write(&file, &v2).unwrap();
+    eventually("last write wins", || all_carry(&config_maps, &["a", "b", "c", "d"], "v2", &rev2)).await;
+
+    // Removal stops reconciliation of that kind; children stay.
+    std::fs::remove_file(&file).unwrap();
+    eventually("removal noticed", || async { running.reloads.removals.load(Ordering::Relaxed) == 1 }).await;
+    create(&client, &ar, "default", "late", json!({"mode": "ok"})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(config_maps.get_opt("late").await.unwrap().is_none(), "a removed plugin still reconciles");
+    assert!(config_maps.get_opt("a").await.unwrap().is_some(), "children must stay");
+
+    // A new file starts a new kind (its CRD installed on the way).
+    std::fs::copy(common::plugin("appoperator"), dir.path().join("appoperator.wasm")).unwrap();
+    eventually("appoperator kind served", || async {
+        wasmop::controller::resolve(&client, &wasmop::plugin::Gvk::new("tools.wasmop.dev", "v1beta1", "Appoperator"))
+            .await
+            .is_ok()
+    })
+    .await;
+    create(&client, &app_resource(), "default", "web", json!({"image": "nginx:1.27"})).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    eventually("new plugin reconciles", || async { deployments.get_opt("web").await.unwrap().is_some() }).await;
+
+    let _ = running.stop.send(true);
+    let _ = running.task.await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_style_data_symlink_swap_triggers_a_reload() {
+    let server = server().await;
+    let client = client(&server);
+    install_hostile_crd(&client).await;
+    // The layout kubelet gives a mounted ConfigMap: NAME -> ..data/NAME, ..data -> ..<timestamp>/
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("..2026_11_24_a"), dir.path().join("..2026_11_24_b"));
+    std::fs::create_dir(&old).unwrap();
+    std::fs::copy(common::plugin("hostile"), old.join("hostile.wasm")).unwrap();
+    std::os::unix::fs::symlink("..2026_11_24_a", dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/hostile.wasm", dir.path().join("hostile.wasm")).unwrap();
+    let running = supervise(&client, dir.path());
+    create(&client, &hostile_resource(), "default", "x", json!({"mode": "ok"})).await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let rev1 = revision("hostile");
+    eventually("v1 child", || all_carry(&config_maps, &["x"], "v1", &rev1)).await;
+
+    // The swap: a new timestamped dir, a temp symlink to it, renamed over ..data.
+    std::fs::create_dir(&new).unwrap();
+    std::fs::copy(hostile_v2(), new.join("hostile.wasm")).unwrap();
+    std::os::unix::fs::symlink("..2026_11_24_b", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    std::fs::remove_dir_all(&old).unwrap();
+    let rev2 = sha256_hex(&std::fs::read(hostile_v2()).unwrap())[..12].to_string();
+    eventually("v2 after the swap", || all_carry(&config_maps, &["x"], "v2", &rev2)).await;
+
+    let _ = running.stop.send(true);
+    let _ = running.task.await;
+    server.shutdown().await;
+}
