@@ -79,4 +79,25 @@ fn main() {
     println!("  wasm (fresh instance per call): {:>8.2} µs", wasm.as_secs_f64() * 1e6);
     println!("  native (same logic and JSON):   {:>8.2} µs", nat.as_secs_f64() * 1e6);
     println!("  ratio wasm/native:              {:>8.2}x", wasm.as_secs_f64() / nat.as_secs_f64());
+
+    // Loading the plugin with a cold compiled-code cache (compile with Cranelift) and a warm one
+    // (deserialize the cached code), each with a fresh runtime.
+    let cache = tempfile::tempdir().expect("temp dir");
+    let load = || {
+        let rt =
+            Runtime::new(RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..RuntimeConfig::default() })
+                .expect("runtime");
+        let started = Instant::now();
+        let plugin = rt.load_operator(&plugin_path, Limits::default()).expect("load");
+        (started.elapsed(), plugin.file().cache)
+    };
+    let (cold, cold_outcome) = load();
+    let (warm, warm_outcome) = load();
+    println!();
+    println!(
+        "loading appoperator.wasm ({} KiB):",
+        std::fs::metadata(&plugin_path).map(|m| m.len() / 1024).unwrap_or(0)
+    );
+    println!("  cold cache ({cold_outcome:?}): {:>8.1} ms", cold.as_secs_f64() * 1e3);
+    println!("  warm cache ({warm_outcome:?}):  {:>8.1} ms", warm.as_secs_f64() * 1e3);
 }
