@@ -106,6 +106,7 @@ pub async fn run_plugin(
         recorder: Recorder::new(client, reporter),
         stats,
         failures: Mutex::new(Default::default()),
+        invalid: Mutex::new(Default::default()),
     });
     let resync = tokio_stream_interval(options.resync);
     tracing::info!(plugin = %meta.name, parent = %meta.parent, "controller started");

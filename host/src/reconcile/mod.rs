@@ -110,6 +110,9 @@ pub struct Context {
     pub stats: Arc<Stats>,
     /// Consecutive failures per parent, for backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Generation of each parent whose spec this plugin version called invalid: not retried
+    /// until the generation changes (or the plugin is reloaded, which makes a new context).
+    pub invalid: Mutex<HashMap<String, i64>>,
 }
 
 fn key(parent: &DynamicObject) -> String {
@@ -174,7 +177,7 @@ async fn reconcile_inner(parent: &DynamicObject, ctx: &Context) -> Result<Action
         // Garbage collection takes the children.
         return Ok(Action::await_change());
     }
-    if invalid_spec_already_reported(parent) {
+    if invalid_spec_already_reported(parent, ctx) {
         // The spec has not changed since the plugin called it invalid: nothing to retry.
         return Ok(Action::await_change());
     }
@@ -196,8 +199,13 @@ async fn reconcile_inner(parent: &DynamicObject, ctx: &Context) -> Result<Action
             publish(ctx, parent, EventType::Warning, reason, "Reconcile", e.to_string()).await;
             report(ctx, parent, &Report::failure(reason, e.to_string())).await?;
             return match e {
-                ReconcileError::Plugin(PluginError::InvalidSpec { .. })
-                | ReconcileError::Review(ReviewError::Denied { .. }) => Ok(Action::await_change()),
+                ReconcileError::Plugin(PluginError::InvalidSpec { .. }) => {
+                    if let Ok(mut invalid) = ctx.invalid.lock() {
+                        invalid.insert(key(parent), parent.meta().generation.unwrap_or_default());
+                    }
+                    Ok(Action::await_change())
+                }
+                ReconcileError::Review(ReviewError::Denied { .. }) => Ok(Action::await_change()),
                 other => Err(other),
             };
         }
@@ -315,10 +323,9 @@ async fn compute(ctx: &Context, request: ReconcileRequest) -> Result<Desired, Re
     Ok(desired)
 }
 
-fn invalid_spec_already_reported(parent: &DynamicObject) -> bool {
-    let status = &parent.data["status"];
-    let same_generation = status["observedGeneration"].as_i64() == parent.meta().generation;
-    same_generation && status::ready_of(status).is_some_and(|(_, reason, _)| reason == "InvalidSpec")
+fn invalid_spec_already_reported(parent: &DynamicObject, ctx: &Context) -> bool {
+    let generation = parent.meta().generation.unwrap_or_default();
+    ctx.invalid.lock().map(|m| m.get(&key(parent)) == Some(&generation)).unwrap_or(false)
 }
 
 /// Writes the parent's status when it differs from what is there.
