@@ -10,4 +10,5 @@ pub mod plugin;
 pub mod policy;
 pub mod reconcile;
 pub mod reload;
+pub mod sidecar;
 pub mod status;

@@ -27,8 +27,10 @@ use tokio::task::JoinHandle;
 use crate::controller::{self, ControllerOptions};
 use crate::operator::{self, OperatorError};
 use crate::plugin::{LoadedPlugin, OperatorPlugin, PluginError, PolicyPlugin, Runtime};
+use crate::plugin::{ReconcileRequest, sha256_hex};
 use crate::policy::PolicyChain;
 use crate::reconcile::Stats;
+use crate::sidecar;
 
 /// Quiet time after the last file event before the directory is rescanned.
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -46,7 +48,9 @@ pub struct ReloadStats {
 
 /// A running controller of one plugin file.
 struct Running {
-    sha256: String,
+    /// sha256 of the plugin file and of its sidecar: a change to either reloads.
+    fingerprint: String,
+    settings: Option<String>,
     plugin: OperatorPlugin,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -64,7 +68,7 @@ pub struct Supervisor {
     reloads: Arc<ReloadStats>,
     recorder: Recorder,
     running: HashMap<PathBuf, Running>,
-    policies: HashMap<PathBuf, (String, PolicyPlugin)>,
+    policies: HashMap<PathBuf, (String, PolicyPlugin, Option<String>)>,
     /// Content hash of the last bad bytes seen per file, so a broken file is reported once.
     failed: HashMap<PathBuf, String>,
 }
@@ -146,31 +150,45 @@ impl Supervisor {
         let mut to_start = Vec::new();
         for path in &files {
             let Ok(bytes) = std::fs::read(path) else { continue };
-            let sha = crate::plugin::sha256_hex(&bytes);
-            let known = self.running.get(path).map(|r| &r.sha256).or_else(|| self.policies.get(path).map(|p| &p.0));
-            if known == Some(&sha) || self.failed.get(path) == Some(&sha) {
+            let wasm_sha = sha256_hex(&bytes);
+            let sidecar = match sidecar::read(path) {
+                Ok(sidecar) => sidecar,
+                Err(e) => {
+                    let fingerprint = format!("{wasm_sha}:unreadable-sidecar");
+                    if self.failed.get(path) != Some(&fingerprint) {
+                        self.report_failure(path, fingerprint, &e).await;
+                    }
+                    continue;
+                }
+            };
+            let fingerprint = format!("{wasm_sha}:{}", sha256_hex(&sidecar.bytes));
+            let known =
+                self.running.get(path).map(|r| &r.fingerprint).or_else(|| self.policies.get(path).map(|p| &p.0));
+            if known == Some(&fingerprint) || self.failed.get(path) == Some(&fingerprint) {
                 continue;
             }
             let runtime = self.runtime.clone();
             let file = path.clone();
-            let loaded = match tokio::task::spawn_blocking(move || runtime.load(&file)).await {
-                Ok(loaded) => loaded,
-                Err(e) => Err(PluginError::Trap { plugin: path.display().to_string(), message: e.to_string() }),
-            };
+            let limits = sidecar.limits;
+            let loaded = tokio::task::spawn_blocking(move || runtime.load_with(&file, limits).and_then(smoke_test))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(PluginError::Trap { plugin: path.display().to_string(), message: e.to_string() })
+                });
             match loaded {
-                Ok(LoadedPlugin::Operator(plugin)) if plugin.file().sha256 == sha => {
+                Ok(LoadedPlugin::Operator(plugin)) if plugin.file().sha256 == wasm_sha => {
                     self.failed.remove(path);
-                    to_start.push((path.clone(), sha, plugin));
+                    to_start.push((path.clone(), fingerprint, plugin, sidecar.settings));
                 }
                 // The file changed again while it compiled: the next event brings the rest.
                 Ok(LoadedPlugin::Operator(_)) => {}
                 Ok(LoadedPlugin::Policy(policy)) => {
                     self.failed.remove(path);
                     tracing::info!(policy = %policy.metadata().name, file = %path.display(), "policy loaded");
-                    self.policies.insert(path.clone(), (sha, policy));
+                    self.policies.insert(path.clone(), (fingerprint, policy, sidecar.settings));
                     policies_changed = true;
                 }
-                Err(e) => self.report_failure(path, sha, &e).await,
+                Err(e) => self.report_failure(path, fingerprint, &e).await,
             }
         }
 
@@ -187,7 +205,7 @@ impl Supervisor {
         self.policies.retain(|p, _| files.contains(p));
         policies_changed |= self.policies.len() != before;
 
-        for (path, sha, plugin) in to_start {
+        for (path, fingerprint, plugin, settings) in to_start {
             if self.install_crds
                 && let Err(e) = operator::install_crd(&self.client, &plugin).await
             {
@@ -202,16 +220,17 @@ impl Supervisor {
             if let Some(old) = old {
                 stop(old).await;
             }
-            let running = self.start(plugin, sha);
+            let running = self.start(plugin, fingerprint, settings);
             self.running.insert(path, running);
         }
         if policies_changed {
             let restart: Vec<PathBuf> = self.running.keys().cloned().collect();
             for path in restart {
                 if let Some(old) = self.running.remove(&path) {
-                    let (plugin, sha) = (old.plugin.clone(), old.sha256.clone());
+                    let (plugin, fingerprint, settings) =
+                        (old.plugin.clone(), old.fingerprint.clone(), old.settings.clone());
                     stop(old).await;
-                    let running = self.start(plugin, sha);
+                    let running = self.start(plugin, fingerprint, settings);
                     self.running.insert(path, running);
                 }
             }
@@ -219,12 +238,12 @@ impl Supervisor {
     }
 
     fn chain(&self) -> PolicyChain {
-        let mut policies: Vec<(&PathBuf, &PolicyPlugin)> = self.policies.iter().map(|(p, (_, pol))| (p, pol)).collect();
+        let mut policies: Vec<_> = self.policies.iter().collect();
         policies.sort_by(|a, b| a.0.cmp(b.0));
-        PolicyChain::new(policies.into_iter().map(|(_, p)| (p.clone(), None)).collect())
+        PolicyChain::new(policies.into_iter().map(|(_, (_, p, settings))| (p.clone(), settings.clone())).collect())
     }
 
-    fn start(&self, plugin: OperatorPlugin, sha256: String) -> Running {
+    fn start(&self, plugin: OperatorPlugin, fingerprint: String, settings: Option<String>) -> Running {
         let (stop, mut rx) = watch::channel(false);
         self.reloads.loads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(plugin = %plugin.metadata().name, revision = plugin.file().revision(), "starting controller");
@@ -232,7 +251,7 @@ impl Supervisor {
             self.client.clone(),
             Arc::new(plugin.clone()),
             self.chain(),
-            self.options.clone(),
+            ControllerOptions { settings: settings.clone(), ..self.options.clone() },
             self.stats.clone(),
             async move {
                 let _ = rx.wait_for(|s| *s).await;
@@ -244,15 +263,15 @@ impl Supervisor {
                 tracing::error!(plugin = %name, error = %e, "plugin's controller not started");
             }
         });
-        Running { sha256, plugin, stop, task }
+        Running { fingerprint, settings, plugin, stop, task }
     }
 
-    async fn report_failure(&mut self, path: &Path, sha: String, e: &PluginError) {
+    async fn report_failure(&mut self, path: &Path, fingerprint: String, e: &(dyn std::fmt::Display + Sync)) {
         self.reloads.failures.fetch_add(1, Ordering::Relaxed);
         let serving = self.running.get(path).map(|r| r.plugin.file().revision().to_string());
         tracing::error!(file = %path.display(), error = %e, serving = ?serving,
             "plugin file rejected; the previous version (if any) keeps serving");
-        self.failed.insert(path.to_path_buf(), sha);
+        self.failed.insert(path.to_path_buf(), fingerprint);
         let note = format!("{}: {e}", path.display());
         let event = Event {
             type_: EventType::Warning,
@@ -264,6 +283,32 @@ impl Supervisor {
         if let Err(err) = self.recorder.publish(&event, &operator_reference()).await {
             tracing::debug!(error = %err, "cannot publish reload event");
         }
+    }
+}
+
+/// Calls a new operator plugin once on a minimal parent of its kind before it replaces the old
+/// version: any answer (even `invalid`) passes; a crash, timeout or memory blow-up rejects it.
+fn smoke_test(loaded: LoadedPlugin) -> Result<LoadedPlugin, PluginError> {
+    let LoadedPlugin::Operator(plugin) = &loaded else { return Ok(loaded) };
+    let parent = &plugin.metadata().parent;
+    let request = ReconcileRequest {
+        parent: serde_json::json!({
+            "apiVersion": parent.api_version(), "kind": parent.kind,
+            "metadata": {"name": "wasmop-smoke-test", "namespace": "default", "uid": "00000000-0000-0000-0000-000000000000", "generation": 1},
+            "spec": {},
+        }),
+        children: vec![],
+        finalizing: false,
+        settings: None,
+    };
+    match plugin.reconcile(&request) {
+        Err(e @ (PluginError::Timeout { .. } | PluginError::OutOfMemory { .. } | PluginError::Trap { .. })) => {
+            Err(PluginError::Trap {
+                plugin: plugin.metadata().name.clone(),
+                message: format!("smoke test on an empty parent failed: {e}"),
+            })
+        }
+        _ => Ok(loaded),
     }
 }
 

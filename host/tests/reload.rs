@@ -115,6 +115,32 @@ async fn replace_break_recover_and_remove_a_plugin_without_restart() {
     replace(&file, &v1);
     eventually("fixed file serves", || all_carry(&config_maps, &["a", "b", "c", "d"], "v1", &rev1)).await;
 
+    // Each rejection was recorded as an Event (no Pod here: on the operator's namespace).
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "default");
+    // The recorder folds repeats into one Event with a series count.
+    let rejected: i32 = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("PluginRejected"))
+        .inspect(|e| assert!(e.note.as_deref().unwrap_or("").contains("hostile.wasm"), "{:?}", e.note))
+        .map(|e| e.series.map_or(1, |s| s.count))
+        .sum();
+    assert!(rejected >= 3, "PluginRejected events: {rejected}");
+
+    // The sidecar: a change to it reloads the plugin; a bad one is refused like a bad plugin.
+    let loads = || running.reloads.loads.load(Ordering::Relaxed);
+    let sidecar = dir.path().join("hostile.toml");
+    let before = loads();
+    std::fs::write(&sidecar, "[limits]\ntimeout_ms = 300\n\n[settings]\nowner = \"team-a\"\n").unwrap();
+    eventually("sidecar change reloads", || async { loads() > before }).await;
+    std::fs::write(&sidecar, "[limits]\nbogus = 1\n").unwrap();
+    eventually("bad sidecar rejected", || async { failures() >= 4 }).await;
+    std::fs::remove_file(&sidecar).unwrap();
+    eventually("sidecar removal reloads", || async { loads() > before + 1 }).await;
+
     // 20 rapid writes: the last one wins, one controller.
     for i in 0..20 {
         std::fs::write(&file, if i % 2 == 0 { &v2 } else { &v1 }).unwrap();
