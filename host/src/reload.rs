@@ -44,6 +44,25 @@ pub struct ReloadStats {
     pub failures: AtomicU64,
     /// Plugins stopped because their file was removed.
     pub removals: AtomicU64,
+    /// Revision serving now, by plugin name.
+    pub serving: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl ReloadStats {
+    /// One line for humans: what serves, and how many reloads and rejections so far.
+    pub fn summary(&self) -> String {
+        let serving = self
+            .serving
+            .lock()
+            .map(|m| m.iter().map(|(name, rev)| format!("{name}@{rev}")).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default();
+        format!(
+            "plugins: {serving}  (loads {}, rejected {}, removed {})",
+            self.loads.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+            self.removals.load(Ordering::Relaxed)
+        )
+    }
 }
 
 /// A running controller of one plugin file.
@@ -198,6 +217,9 @@ impl Supervisor {
                 tracing::info!(plugin = %running.plugin.metadata().name, file = %path.display(),
                     "plugin file removed: controller stopped; its children and the parents' last status stay");
                 self.reloads.removals.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut serving) = self.reloads.serving.lock() {
+                    serving.remove(&running.plugin.metadata().name);
+                }
                 stop(running).await;
             }
         }
@@ -205,6 +227,20 @@ impl Supervisor {
         self.policies.retain(|p, _| files.contains(p));
         policies_changed |= self.policies.len() != before;
 
+        if policies_changed {
+            // Controllers about to start on a new version get the new chain anyway.
+            let restart: Vec<PathBuf> =
+                self.running.keys().filter(|p| !to_start.iter().any(|(s, ..)| s == *p)).cloned().collect();
+            for path in restart {
+                if let Some(old) = self.running.remove(&path) {
+                    let (plugin, fingerprint, settings) =
+                        (old.plugin.clone(), old.fingerprint.clone(), old.settings.clone());
+                    stop(old).await;
+                    let running = self.start(plugin, fingerprint, settings);
+                    self.running.insert(path, running);
+                }
+            }
+        }
         for (path, fingerprint, plugin, settings) in to_start {
             if self.install_crds
                 && let Err(e) = operator::install_crd(&self.client, &plugin).await
@@ -223,18 +259,6 @@ impl Supervisor {
             let running = self.start(plugin, fingerprint, settings);
             self.running.insert(path, running);
         }
-        if policies_changed {
-            let restart: Vec<PathBuf> = self.running.keys().cloned().collect();
-            for path in restart {
-                if let Some(old) = self.running.remove(&path) {
-                    let (plugin, fingerprint, settings) =
-                        (old.plugin.clone(), old.fingerprint.clone(), old.settings.clone());
-                    stop(old).await;
-                    let running = self.start(plugin, fingerprint, settings);
-                    self.running.insert(path, running);
-                }
-            }
-        }
     }
 
     fn chain(&self) -> PolicyChain {
@@ -246,6 +270,9 @@ impl Supervisor {
     fn start(&self, plugin: OperatorPlugin, fingerprint: String, settings: Option<String>) -> Running {
         let (stop, mut rx) = watch::channel(false);
         self.reloads.loads.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut serving) = self.reloads.serving.lock() {
+            serving.insert(plugin.metadata().name.clone(), plugin.file().revision().to_string());
+        }
         tracing::info!(plugin = %plugin.metadata().name, revision = plugin.file().revision(), "starting controller");
         let run = controller::run_plugin(
             self.client.clone(),
@@ -333,10 +360,19 @@ fn operator_reference() -> ObjectReference {
     }
 }
 
-async fn stop(running: Running) {
+/// How long a stopping controller may take to finish its reconciles in flight.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+async fn stop(mut running: Running) {
     let _ = running.stop.send(true);
-    if let Err(e) = running.task.await {
-        tracing::warn!(error = %e, "controller task ended abnormally");
+    match tokio::time::timeout(STOP_GRACE, &mut running.task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "controller task ended abnormally"),
+        // A controller stopped before its caches synced does not finish on its own.
+        Err(_) => {
+            tracing::warn!(plugin = %running.plugin.metadata().name, "controller did not stop in time; aborted");
+            running.task.abort();
+        }
     }
 }
 

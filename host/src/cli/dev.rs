@@ -98,7 +98,8 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     let options = ControllerOptions { resync: Duration::from_secs(60), ..ControllerOptions::default() };
     drop(plugins);
     let reloads = Arc::new(ReloadStats::default());
-    let supervisor = Supervisor::new(client.clone(), Arc::new(rt), args.plugins.clone(), options, true, stats, reloads);
+    let supervisor =
+        Supervisor::new(client.clone(), Arc::new(rt), args.plugins.clone(), options, true, stats, reloads.clone());
     let operator_task = {
         let mut rx = stop_rx.clone();
         tokio::spawn(supervisor.run(async move {
@@ -109,7 +110,7 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     let code = if args.once {
         wait_until_ready(&client, &examples, Duration::from_secs(args.timeout)).await
     } else {
-        live_table(&client, &examples).await;
+        live_table(&client, &examples, &reloads).await;
         ExitCode::SUCCESS
     };
     let _ = stop_tx.send(true);
@@ -217,12 +218,12 @@ async fn wait_until_ready(client: &Client, examples: &[(Gvk, Option<String>, Str
     }
 }
 
-async fn live_table(client: &Client, examples: &[(Gvk, Option<String>, String)]) {
+async fn live_table(client: &Client, examples: &[(Gvk, Option<String>, String)], reloads: &ReloadStats) {
     let tty = std::io::stdout().is_terminal();
     let mut last = None;
     let mut shutdown = std::pin::pin!(super::run::shutdown_signal());
     loop {
-        let table = render(&rows(client, examples).await);
+        let table = format!("{}\n{}", reloads.summary(), render(&rows(client, examples).await));
         if last.as_ref() != Some(&table) {
             if tty {
                 print!("\x1b[2J\x1b[H");
