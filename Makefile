@@ -46,7 +46,7 @@ eval: plugins
 manifests: plugins
 	$(CARGO) run -q -p wasmop -- crd --plugin $(PLUGIN_DIR)/appoperator.wasm > deploy/crds/appoperator.yaml
 
-bench: plugins
+bench: plugins test-plugins
 	$(CARGO) bench -p wasmop
 
 fmt:
