@@ -23,6 +23,8 @@ plugins: wasm-target
 test-plugins: wasm-target
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) -p hostile --features v2
 	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_v2.wasm
+	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) -p hostile --features kind2
+	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_kind2.wasm
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) $(addprefix -p ,$(TEST_PLUGINS))
 
 kubectl:

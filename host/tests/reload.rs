@@ -204,3 +204,34 @@ async fn configmap_style_data_symlink_swap_triggers_a_reload() {
     let _ = running.task.await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_with_another_parent_kind_moves_the_controller() {
+    let server = server().await;
+    let client = client(&server);
+    install_hostile_crd(&client).await;
+    install_hostile_crd_of(&client, "Hostile2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hostile.wasm");
+    std::fs::copy(common::plugin("hostile"), &file).unwrap();
+    let running = supervise(&client, dir.path());
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    create(&client, &hostile_resource(), "default", "old-kind", json!({"mode": "ok"})).await;
+    eventually("old kind reconciled", || async { config_maps.get_opt("old-kind").await.unwrap().is_some() }).await;
+
+    replace(&file, &std::fs::read(common::plugin("hostile").with_file_name("hostile_kind2.wasm")).unwrap());
+    let kind2 = kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("test.wasmop.dev", "v1", "Hostile2"),
+        "hostile2s",
+    );
+    create(&client, &kind2, "default", "new-kind", json!({"mode": "ok"})).await;
+    eventually("new kind reconciled", || async { config_maps.get_opt("new-kind").await.unwrap().is_some() }).await;
+    // The old kind is no longer reconciled.
+    create(&client, &hostile_resource(), "default", "old-kind-late", json!({"mode": "ok"})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(config_maps.get_opt("old-kind-late").await.unwrap().is_none());
+
+    let _ = running.stop.send(true);
+    let _ = running.task.await;
+    server.shutdown().await;
+}

@@ -50,12 +50,19 @@ pub fn hostile_resource() -> ApiResource {
 }
 
 pub async fn install_hostile_crd(client: &Client) {
+    install_hostile_crd_of(client, "Hostile").await;
+}
+
+/// Installs the CRD of the test plugin's parent kind `kind` (`Hostile` or `Hostile2`).
+pub async fn install_hostile_crd_of(client: &Client, kind: &str) {
+    let plural = format!("{}s", kind.to_lowercase());
+    let name = format!("{plural}.test.wasmop.dev");
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "hostiles.test.wasmop.dev"},
+        "metadata": {"name": name},
         "spec": {
             "group": "test.wasmop.dev", "scope": "Namespaced",
-            "names": {"plural": "hostiles", "singular": "hostile", "kind": "Hostile"},
+            "names": {"plural": plural, "singular": kind.to_lowercase(), "kind": kind},
             "versions": [{"name": "v1", "served": true, "storage": true,
                 "subresources": {"status": {}},
                 "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}],
@@ -64,7 +71,7 @@ pub async fn install_hostile_crd(client: &Client) {
     .unwrap();
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     api.create(&PostParams::default(), &crd).await.unwrap();
-    await_condition(api, "hostiles.test.wasmop.dev", conditions::is_crd_established()).await.unwrap();
+    await_condition(api, &name, conditions::is_crd_established()).await.unwrap();
 }
 
 pub async fn create(client: &Client, ar: &ApiResource, ns: &str, name: &str, spec: Value) -> DynamicObject {

@@ -43,7 +43,7 @@ impl Guest for Hostile {
         OperatorMetadata {
             name: "hostile".into(),
             version: "0.0.1".into(),
-            parent: gvk("test.wasmop.dev", "v1", "Hostile"),
+            parent: gvk("test.wasmop.dev", "v1", if cfg!(feature = "kind2") { "Hostile2" } else { "Hostile" }),
             children: vec![ChildKind { gvk: gvk("", "v1", "ConfigMap"), cluster_scoped: false }],
             crd: None,
             finalizer: true,
