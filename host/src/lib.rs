@@ -12,3 +12,4 @@ pub mod reconcile;
 pub mod reload;
 pub mod sidecar;
 pub mod status;
+pub mod telemetry;

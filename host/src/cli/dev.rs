@@ -20,6 +20,7 @@ use wasmop::plugin::{Gvk, Runtime};
 use wasmop::reconcile::Stats;
 use wasmop::reload::{ReloadStats, Supervisor};
 use wasmop::status::ready_of;
+use wasmop::telemetry::{self, Telemetry};
 use wasmop_apiserver::{ApiServer, Config as ServerConfig};
 
 #[derive(clap::Args)]
@@ -98,6 +99,9 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     let options = ControllerOptions { resync: Duration::from_secs(60), ..ControllerOptions::default() };
     drop(plugins);
     let reloads = Arc::new(ReloadStats::default());
+    let telemetry = Telemetry { stats: stats.clone(), reloads: reloads.clone() };
+    let (metrics_addr, metrics_task) = telemetry::serve("127.0.0.1:0".parse()?, telemetry).await?;
+    println!("  metrics:  http://{metrics_addr}/metrics");
     let supervisor =
         Supervisor::new(client.clone(), Arc::new(rt), args.plugins.clone(), options, true, stats, reloads.clone());
     let operator_task = {
@@ -115,6 +119,7 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     };
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), operator_task).await;
+    metrics_task.abort();
     server.shutdown().await;
     Ok(code)
 }

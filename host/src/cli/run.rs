@@ -13,6 +13,7 @@ use wasmop::operator;
 use wasmop::plugin::Runtime;
 use wasmop::reconcile::Stats;
 use wasmop::reload::{ReloadStats, Supervisor};
+use wasmop::telemetry::{self, Telemetry};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -37,6 +38,12 @@ pub(crate) struct Args {
     /// Reconcile every parent again this often (seconds) even when nothing changed.
     #[arg(long, default_value_t = 600)]
     resync_seconds: u64,
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+    /// Do not serve metrics and health endpoints.
+    #[arg(long)]
+    no_metrics: bool,
 }
 
 pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
@@ -59,6 +66,18 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     let stats = Arc::new(Stats::default());
     let reloads = Arc::new(ReloadStats::default());
     let runtime = Arc::new(rt);
+    let _metrics = if args.no_metrics {
+        None
+    } else {
+        let telemetry = Telemetry { stats: stats.clone(), reloads: reloads.clone() };
+        match telemetry::serve(args.metrics_addr, telemetry).await {
+            Ok((_, task)) => Some(task),
+            Err(e) => {
+                tracing::error!(addr = %args.metrics_addr, error = %e, "cannot serve metrics; pass --metrics-addr or --no-metrics");
+                None
+            }
+        }
+    };
     let namespaces: Vec<Option<String>> =
         if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
     let runs = namespaces.into_iter().map(|namespace| {
