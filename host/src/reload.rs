@@ -194,6 +194,19 @@ impl Supervisor {
                 .unwrap_or_else(|e| {
                     Err(PluginError::Trap { plugin: path.display().to_string(), message: e.to_string() })
                 });
+            let switched = match &loaded {
+                Ok(LoadedPlugin::Policy(_)) if self.running.contains_key(path) => Some(("operator", "policy")),
+                Ok(LoadedPlugin::Operator(_)) if self.policies.contains_key(path) => Some(("policy", "operator")),
+                _ => None,
+            };
+            if let Some((was, now)) = switched {
+                let reason = format!(
+                    "the file switched from world {was} to world {now}; the {was} keeps serving. \
+                     Give the {now} plugin a file of its own"
+                );
+                self.report_failure(path, fingerprint, &reason).await;
+                continue;
+            }
             match loaded {
                 Ok(LoadedPlugin::Operator(plugin)) if plugin.file().sha256 == wasm_sha => {
                     self.failed.remove(path);

@@ -108,6 +108,8 @@ async fn replace_break_recover_and_remove_a_plugin_without_restart() {
     eventually("core module rejected", || async { failures() >= 2 }).await;
     std::fs::copy(common::plugin("contract-v2"), &file).unwrap();
     eventually("other contract rejected", || async { failures() >= 3 }).await;
+    std::fs::copy(common::plugin("deny-latest-tag"), &file).unwrap();
+    eventually("component of another world rejected", || async { failures() >= 4 }).await;
     create(&client, &ar, "default", "d", json!({"mode": "ok"})).await;
     eventually("old version still reconciles", || all_carry(&config_maps, &["d"], "v2", &rev2)).await;
 
@@ -128,7 +130,7 @@ async fn replace_break_recover_and_remove_a_plugin_without_restart() {
         .inspect(|e| assert!(e.note.as_deref().unwrap_or("").contains("hostile.wasm"), "{:?}", e.note))
         .map(|e| e.series.map_or(1, |s| s.count))
         .sum();
-    assert!(rejected >= 3, "PluginRejected events: {rejected}");
+    assert!(rejected >= 4, "PluginRejected events: {rejected}");
 
     // The sidecar: a change to it reloads the plugin; a bad one is refused like a bad plugin.
     let loads = || running.reloads.loads.load(Ordering::Relaxed);
@@ -137,7 +139,7 @@ async fn replace_break_recover_and_remove_a_plugin_without_restart() {
     std::fs::write(&sidecar, "[limits]\ntimeout_ms = 300\n\n[settings]\nowner = \"team-a\"\n").unwrap();
     eventually("sidecar change reloads", || async { loads() > before }).await;
     std::fs::write(&sidecar, "[limits]\nbogus = 1\n").unwrap();
-    eventually("bad sidecar rejected", || async { failures() >= 4 }).await;
+    eventually("bad sidecar rejected", || async { failures() >= 5 }).await;
     std::fs::remove_file(&sidecar).unwrap();
     eventually("sidecar removal reloads", || async { loads() > before + 1 }).await;
 
