@@ -32,6 +32,9 @@ use crate::policy::PolicyChain;
 use crate::reconcile::Stats;
 use crate::sidecar;
 
+/// How soon a controller whose kinds the cluster does not serve yet is tried again.
+const START_RETRY: Duration = Duration::from_secs(5);
+
 /// Quiet time after the last file event before the directory is rescanned.
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
@@ -287,20 +290,32 @@ impl Supervisor {
             serving.insert(plugin.metadata().name.clone(), plugin.file().revision().to_string());
         }
         tracing::info!(plugin = %plugin.metadata().name, revision = plugin.file().revision(), "starting controller");
-        let run = controller::run_plugin(
-            self.client.clone(),
-            Arc::new(plugin.clone()),
-            self.chain(),
-            ControllerOptions { settings: settings.clone(), ..self.options.clone() },
-            self.stats.clone(),
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            },
-        );
+        let (client, logic, chain, stats) =
+            (self.client.clone(), Arc::new(plugin.clone()), self.chain(), self.stats.clone());
+        let options = ControllerOptions { settings: settings.clone(), ..self.options.clone() };
         let name = plugin.metadata().name.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = run.await {
-                tracing::error!(plugin = %name, error = %e, "plugin's controller not started");
+            loop {
+                let mut stop_rx = rx.clone();
+                let stopped = async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                };
+                let run = controller::run_plugin(
+                    client.clone(),
+                    logic.clone(),
+                    chain.clone(),
+                    options.clone(),
+                    stats.clone(),
+                    stopped,
+                );
+                let Err(e) = run.await else { return };
+                // Typically the parent kind is not served yet (its CRD is being installed by
+                // someone else): try again until it is, or until this version is stopped.
+                tracing::error!(plugin = %name, error = %e, "plugin's controller not started; retrying in {:?}", START_RETRY);
+                tokio::select! {
+                    _ = rx.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(START_RETRY) => {}
+                }
             }
         });
         Running { fingerprint, settings, plugin, stop, task }

@@ -237,3 +237,23 @@ async fn a_new_version_with_another_parent_kind_moves_the_controller() {
     let _ = running.task.await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_whose_kind_is_not_served_yet_starts_once_it_is() {
+    let server = server().await;
+    let client = client(&server);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(common::plugin("hostile"), dir.path().join("hostile.wasm")).unwrap();
+    let running = supervise(&client, dir.path());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    install_hostile_crd(&client).await;
+    create(&client, &hostile_resource(), "default", "late-crd", json!({"mode": "ok"})).await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    eventually("reconciled after the CRD appeared", || async {
+        config_maps.get_opt("late-crd").await.unwrap().is_some()
+    })
+    .await;
+    let _ = running.stop.send(true);
+    let _ = running.task.await;
+    server.shutdown().await;
+}
