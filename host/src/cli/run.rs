@@ -48,14 +48,11 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     let client = client(args.kubeconfig.as_deref(), args.context.clone()).await?;
+    // Fail fast on a directory with no usable operator; the supervisor then loads (from the
+    // compiled-code cache), installs CRDs when asked, and follows changes.
     let plugins = operator::load_dir(&rt, &args.plugins)?;
     if plugins.operators.is_empty() {
         bail!("no operator plugin could be loaded from {}; build one with `make plugins`", args.plugins.display());
-    }
-    if args.install_crds {
-        for plugin in &plugins.operators {
-            operator::install_crd(&client, plugin).await?;
-        }
     }
     let options = ControllerOptions {
         concurrency: args.concurrency,

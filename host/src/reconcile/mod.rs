@@ -186,9 +186,11 @@ async fn reconcile_inner(parent: &DynamicObject, ctx: &Context) -> Result<Action
     }
 
     let observed = observe(parent, ctx);
+    let observed_json: Vec<Value> =
+        observed.iter().map(|(_, o)| serde_json::to_value(&**o)).collect::<Result<_, _>>()?;
     let request = ReconcileRequest {
         parent: parent_json.clone(),
-        children: observed.iter().map(|(_, o)| serde_json::to_value(&**o)).collect::<Result<_, _>>()?,
+        children: observed_json.clone(),
         finalizing: false,
         settings: ctx.settings.clone(),
     };
@@ -217,14 +219,12 @@ async fn reconcile_inner(parent: &DynamicObject, ctx: &Context) -> Result<Action
     for mut child in desired.children.clone() {
         apply::mark_child(&mut child, &owner, &meta.name, &revision);
         let Some(kind) = child_kind(ctx, &child) else { continue };
-        let existing = observed.iter().find(|(k, o)| {
+        let existing = observed.iter().position(|(k, o)| {
             k.resource.kind == kind.resource.kind
                 && o.meta().name.as_deref() == child["metadata"]["name"].as_str()
                 && o.meta().namespace.as_deref() == child["metadata"]["namespace"].as_str()
         });
-        if let Some((_, current)) = existing
-            && apply::already_applied(&child, &serde_json::to_value(&**current)?)
-        {
+        if existing.is_some_and(|i| apply::already_applied(&child, &observed_json[i])) {
             continue;
         }
         if let Err(source) = apply::apply_child(&ctx.client, &kind.resource, &child).await {
