@@ -138,6 +138,11 @@ async fn replace_break_recover_and_remove_a_plugin_without_restart() {
     let before = loads();
     std::fs::write(&sidecar, "[limits]\ntimeout_ms = 300\n\n[settings]\nowner = \"team-a\"\n").unwrap();
     eventually("sidecar change reloads", || async { loads() > before }).await;
+    eventually("sidecar settings reach the plugin", || async {
+        let cm = config_maps.get("a").await.unwrap();
+        cm.data.unwrap_or_default().get("payload").map(String::as_str) == Some(r#"{"owner":"team-a"}"#)
+    })
+    .await;
     std::fs::write(&sidecar, "[limits]\nbogus = 1\n").unwrap();
     eventually("bad sidecar rejected", || async { failures() >= 5 }).await;
     std::fs::remove_file(&sidecar).unwrap();

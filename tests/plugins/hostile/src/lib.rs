@@ -2,7 +2,8 @@
 //! safe helpers) so it can break the contract on purpose. The parent's `spec.mode` picks the
 //! misbehaviour:
 //!
-//! - `ok`: one ConfigMap named after the parent (the well-behaved baseline)
+//! - `ok`: one ConfigMap named after the parent (the well-behaved baseline), whose payload is
+//!   the plugin's settings when it has any
 //! - `empty`: no children (what was there is pruned)
 //! - `loop`: never returns
 //! - `oom`: allocates without bound
@@ -65,7 +66,8 @@ impl Guest for Hostile {
             });
         }
         let children = match spec["mode"].as_str().unwrap_or("ok") {
-            "ok" => vec![config_map(&name, None, "fine")],
+            // The operator's settings (from the sidecar), if any, become the payload.
+            "ok" => vec![config_map(&name, None, req.settings.as_deref().unwrap_or("fine"))],
             "empty" => vec![],
             "loop" => {
                 let mut n: u64 = 0;
