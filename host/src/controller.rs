@@ -2,7 +2,7 @@
 //! each declared child kind (filtered by the plugin's label) that also triggers the parent's
 //! reconcile, and runs the pipeline.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -78,6 +78,7 @@ pub async fn run_plugin(
         None => Api::all_with(client.clone(), &parent_ar),
     };
     let mut controller = Controller::new_with(parent_api, watcher::Config::default(), parent_ar.clone());
+    let parents = controller.store();
     let mut children = Vec::new();
     for child in &meta.children {
         let (ar, namespaced) = resolve(&client, &child.gvk).await?;
@@ -102,11 +103,11 @@ pub async fn run_plugin(
         policies,
         settings: options.settings.clone(),
         parent: parent_ar,
+        parents,
         children,
         recorder: Recorder::new(client, reporter),
         stats,
-        failures: Mutex::new(Default::default()),
-        invalid: Mutex::new(Default::default()),
+        state: Default::default(),
     });
     let resync = tokio_stream_interval(options.resync);
     tracing::info!(plugin = %meta.name, parent = %meta.parent, "controller started");

@@ -1,21 +1,16 @@
-//! The operator as a whole: the plugins of a directory, their CRDs, and one controller each.
+//! The plugins of a directory and their CRDs. Controllers are started by the supervisor
+//! ([`crate::reload::Supervisor`]), the one start path of `wasmop run`, `wasmop dev` and the tests.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 
 use crate::apply::FIELD_MANAGER;
-use crate::controller::{self, ControllerOptions};
 use crate::plugin::{LoadedPlugin, OperatorPlugin, PluginError, PolicyPlugin, Runtime};
-use crate::policy::PolicyChain;
-use crate::reconcile::Stats;
 
 /// How long `--install-crds` waits for a CRD to become Established.
 const CRD_ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,14 +50,7 @@ pub enum OperatorError {
 /// Loads every `*.wasm` in `dir` (sorted by name). A file that fails to load is logged and
 /// listed in [`PluginSet::failures`]; the others still load.
 pub fn load_dir(rt: &Runtime, dir: &Path) -> Result<PluginSet, OperatorError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|source| OperatorError::PluginsDir { path: dir.to_path_buf(), source })?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
-        .collect();
-    files.sort();
+    let files = plugin_files(dir).map_err(|source| OperatorError::PluginsDir { path: dir.to_path_buf(), source })?;
     let mut set = PluginSet::default();
     for path in files {
         match rt.load(&path) {
@@ -103,32 +91,14 @@ pub async fn install_crd(client: &Client, plugin: &OperatorPlugin) -> Result<(),
     Ok(())
 }
 
-/// Runs one controller per operator plugin until `shutdown` completes. A plugin whose kinds the
-/// cluster does not serve is reported and skipped; the others run.
-pub async fn run(
-    client: Client,
-    plugins: &PluginSet,
-    options: ControllerOptions,
-    stats: Arc<Stats>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    let shutdown = shutdown.boxed().shared();
-    let policies = PolicyChain::new(plugins.policies.iter().map(|p| (p.clone(), None)).collect());
-    let tasks = plugins.operators.iter().map(|plugin| {
-        let name = plugin.metadata().name.clone();
-        let run = controller::run_plugin(
-            client.clone(),
-            Arc::new(plugin.clone()),
-            policies.clone(),
-            options.clone(),
-            stats.clone(),
-            shutdown.clone(),
-        );
-        async move {
-            if let Err(e) = run.await {
-                tracing::error!(plugin = %name, error = %e, "plugin's controller not started");
-            }
-        }
-    });
-    futures::future::join_all(tasks).await;
+/// The `*.wasm` files of `dir` (symlinks followed), sorted by name: the one scanner of the
+/// plugins directory.
+pub fn plugin_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
 }

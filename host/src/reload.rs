@@ -10,7 +10,7 @@
 //! that fails any check leaves the old version serving and is reported in the log, the failure
 //! counter and a Kubernetes Event. A removed file stops its controller; its children stay.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +30,7 @@ use crate::plugin::{LoadedPlugin, OperatorPlugin, PluginError, PolicyPlugin, Run
 use crate::plugin::{ReconcileRequest, sha256_hex};
 use crate::policy::PolicyChain;
 use crate::reconcile::Stats;
+use crate::reconcile::finalizer as finalizers;
 use crate::sidecar;
 
 /// How soon a controller whose kinds the cluster does not serve yet is tried again.
@@ -68,14 +69,33 @@ impl ReloadStats {
     }
 }
 
-/// A running controller of one plugin file.
-struct Running {
+/// A loaded operator plugin version: serving, about to serve, or held as a refused duplicate.
+#[derive(Clone)]
+struct Candidate {
     /// sha256 of the plugin file and of its sidecar: a change to either reloads.
     fingerprint: String,
-    settings: Option<String>,
     plugin: OperatorPlugin,
+    settings: Option<String>,
+}
+
+/// A running controller of one plugin file.
+struct Running {
+    candidate: Candidate,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+/// A plugin file as read from the directory.
+struct Scanned {
+    path: PathBuf,
+    wasm_sha: String,
+    sidecar: Result<sidecar::Sidecar, sidecar::SidecarError>,
+}
+
+/// The parent kind a plugin serves, as (group, kind): one file serves each.
+fn kind_key(plugin: &OperatorPlugin) -> (String, String) {
+    let parent = &plugin.metadata().parent;
+    (parent.group.clone(), parent.kind.clone())
 }
 
 /// Watches a plugins directory and keeps one controller per operator plugin running on the
@@ -90,6 +110,9 @@ pub struct Supervisor {
     reloads: Arc<ReloadStats>,
     recorder: Recorder,
     running: HashMap<PathBuf, Running>,
+    /// Operator plugins refused because another file serves their kind; one takes over when
+    /// that file goes.
+    held: HashMap<PathBuf, Candidate>,
     policies: HashMap<PathBuf, (String, PolicyPlugin, Option<String>)>,
     /// Content hash of the last bad bytes seen per file, so a broken file is reported once.
     failed: HashMap<PathBuf, String>,
@@ -118,6 +141,7 @@ impl Supervisor {
             reloads,
             recorder,
             running: HashMap::new(),
+            held: HashMap::new(),
             policies: HashMap::new(),
             failed: HashMap::new(),
         }
@@ -159,120 +183,269 @@ impl Supervisor {
         OperatorError::PluginsDir { path: self.dir.clone(), source: std::io::Error::other(e) }
     }
 
-    /// Brings the controllers in line with the directory's current content.
+    /// Brings the controllers in line with the directory's current content, in four steps:
+    /// read the files, load what changed, switch (decide which file serves each parent kind,
+    /// stop what no longer serves), start the new versions.
     async fn rescan(&mut self) {
-        let files = match wasm_files(&self.dir) {
+        let Some(files) = self.read() else { return };
+        let (loaded, policies_changed) = self.load(&files).await;
+        let to_start = self.switch(&files, loaded).await;
+        self.start_all(to_start, policies_changed).await;
+    }
+
+    /// Step 1: the `*.wasm` files with their content hash and sidecar.
+    fn read(&self) -> Option<Vec<Scanned>> {
+        let files = match operator::plugin_files(&self.dir) {
             Ok(files) => files,
             Err(e) => {
                 tracing::error!(dir = %self.dir.display(), error = %e, "cannot read plugins directory");
-                return;
+                return None;
             }
         };
+        let scanned = files
+            .into_iter()
+            .filter_map(|path| {
+                let bytes = std::fs::read(&path).ok()?;
+                Some(Scanned { wasm_sha: sha256_hex(&bytes), sidecar: sidecar::read(&path), path })
+            })
+            .collect();
+        Some(scanned)
+    }
+
+    /// The fingerprint of the version of `path` that serves (or is held, or reviews).
+    fn known(&self, path: &Path) -> Option<&String> {
+        self.running
+            .get(path)
+            .map(|r| &r.candidate.fingerprint)
+            .or_else(|| self.held.get(path).map(|c| &c.fingerprint))
+            .or_else(|| self.policies.get(path).map(|p| &p.0))
+    }
+
+    /// Step 2: compiles and smoke-tests every file whose bytes or sidecar changed. Returns the
+    /// new operator versions, and whether the policy chain changed.
+    async fn load(&mut self, files: &[Scanned]) -> (Vec<(PathBuf, Candidate)>, bool) {
+        let mut loaded = Vec::new();
         let mut policies_changed = false;
-        let mut to_start = Vec::new();
-        for path in &files {
-            let Ok(bytes) = std::fs::read(path) else { continue };
-            let wasm_sha = sha256_hex(&bytes);
-            let sidecar = match sidecar::read(path) {
+        for file in files {
+            let path = &file.path;
+            let sidecar = match &file.sidecar {
                 Ok(sidecar) => sidecar,
                 Err(e) => {
-                    let fingerprint = format!("{wasm_sha}:unreadable-sidecar");
+                    let fingerprint = format!("{}:unreadable-sidecar", file.wasm_sha);
                     if self.failed.get(path) != Some(&fingerprint) {
-                        self.report_failure(path, fingerprint, &e).await;
+                        self.report_failure(path, fingerprint, e).await;
                     }
                     continue;
                 }
             };
-            let fingerprint = format!("{wasm_sha}:{}", sha256_hex(&sidecar.bytes));
-            let known =
-                self.running.get(path).map(|r| &r.fingerprint).or_else(|| self.policies.get(path).map(|p| &p.0));
-            if known == Some(&fingerprint) || self.failed.get(path) == Some(&fingerprint) {
+            let fingerprint = format!("{}:{}", file.wasm_sha, sha256_hex(&sidecar.bytes));
+            if self.known(path) == Some(&fingerprint) || self.failed.get(path) == Some(&fingerprint) {
                 continue;
             }
-            let runtime = self.runtime.clone();
-            let file = path.clone();
-            let limits = sidecar.limits;
-            let loaded = tokio::task::spawn_blocking(move || runtime.load_with(&file, limits).and_then(smoke_test))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(PluginError::Trap { plugin: path.display().to_string(), message: e.to_string() })
-                });
-            let switched = match &loaded {
-                Ok(LoadedPlugin::Policy(_)) if self.running.contains_key(path) => Some(("operator", "policy")),
-                Ok(LoadedPlugin::Operator(_)) if self.policies.contains_key(path) => Some(("policy", "operator")),
-                _ => None,
-            };
-            if let Some((was, now)) = switched {
-                let reason = format!(
-                    "the file switched from world {was} to world {now}; the {was} keeps serving. \
-                     Give the {now} plugin a file of its own"
-                );
+            let (runtime, file_path, limits) = (self.runtime.clone(), path.clone(), sidecar.limits);
+            let result =
+                tokio::task::spawn_blocking(move || runtime.load_with(&file_path, limits).and_then(smoke_test))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(PluginError::Trap { plugin: path.display().to_string(), message: e.to_string() })
+                    });
+            if let Some(reason) = self.world_switch(path, &result) {
                 self.report_failure(path, fingerprint, &reason).await;
                 continue;
             }
-            match loaded {
-                Ok(LoadedPlugin::Operator(plugin)) if plugin.file().sha256 == wasm_sha => {
+            match result {
+                Ok(LoadedPlugin::Operator(plugin)) if plugin.file().sha256 == file.wasm_sha => {
                     self.failed.remove(path);
-                    to_start.push((path.clone(), fingerprint, plugin, sidecar.settings));
+                    loaded.push((path.clone(), Candidate { fingerprint, plugin, settings: sidecar.settings.clone() }));
                 }
                 // The file changed again while it compiled: the next event brings the rest.
                 Ok(LoadedPlugin::Operator(_)) => {}
                 Ok(LoadedPlugin::Policy(policy)) => {
                     self.failed.remove(path);
                     tracing::info!(policy = %policy.metadata().name, file = %path.display(), "policy loaded");
-                    self.policies.insert(path.clone(), (fingerprint, policy, sidecar.settings));
+                    self.policies.insert(path.clone(), (fingerprint, policy, sidecar.settings.clone()));
                     policies_changed = true;
                 }
                 Err(e) => self.report_failure(path, fingerprint, &e).await,
             }
         }
+        let before = self.policies.len();
+        self.policies.retain(|p, _| files.iter().any(|f| &f.path == p));
+        policies_changed |= self.policies.len() != before;
+        policies_changed |= self.refuse_duplicate_policies().await;
+        (loaded, policies_changed)
+    }
 
-        let removed: Vec<PathBuf> = self.running.keys().filter(|p| !files.contains(p)).cloned().collect();
-        for path in removed {
-            if let Some(running) = self.running.remove(&path) {
-                tracing::info!(plugin = %running.plugin.metadata().name, file = %path.display(),
+    /// Why a file that switched between the operator and policy worlds is refused, if it did.
+    fn world_switch(&self, path: &Path, result: &Result<LoadedPlugin, PluginError>) -> Option<String> {
+        let (was, now) = match result {
+            Ok(LoadedPlugin::Policy(_)) if self.running.contains_key(path) || self.held.contains_key(path) => {
+                ("operator", "policy")
+            }
+            Ok(LoadedPlugin::Operator(_)) if self.policies.contains_key(path) => ("policy", "operator"),
+            _ => return None,
+        };
+        Some(format!(
+            "the file switched from world {was} to world {now}; the {was} keeps serving. Give the {now} plugin a file of its own"
+        ))
+    }
+
+    /// One name per policy: of two files declaring the same policy name, the first in
+    /// file-name order reviews; the other is refused. Returns whether any was dropped.
+    async fn refuse_duplicate_policies(&mut self) -> bool {
+        let mut paths: Vec<PathBuf> = self.policies.keys().cloned().collect();
+        paths.sort();
+        let mut first: HashMap<String, PathBuf> = HashMap::new();
+        let mut dropped = false;
+        for path in paths {
+            let Some((fingerprint, policy, _)) = self.policies.get(&path) else { continue };
+            let name = policy.metadata().name.clone();
+            match first.get(&name) {
+                None => {
+                    first.insert(name, path);
+                }
+                Some(owner) => {
+                    let reason = format!(
+                        "policy {name} is already loaded from {} (the first file in name order wins); remove one of the two files",
+                        owner.display()
+                    );
+                    let fingerprint = fingerprint.clone();
+                    self.policies.remove(&path);
+                    self.report_failure(&path, fingerprint, &reason).await;
+                    dropped = true;
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Step 3: decides which file serves each parent kind — the first in file-name order, so
+    /// the choice is the same after a restart — stops controllers that no longer serve (file
+    /// removed, replaced, or outranked), holds refused duplicates (reported once) so they can
+    /// take over when the serving file goes, and releases the finalizer of parents whose kind
+    /// lost its plugin. Returns the versions to start.
+    async fn switch(&mut self, files: &[Scanned], loaded: Vec<(PathBuf, Candidate)>) -> Vec<(PathBuf, Candidate)> {
+        let present: HashSet<&PathBuf> = files.iter().map(|f| &f.path).collect();
+        self.held.retain(|p, _| present.contains(p));
+        let mut fresh: HashMap<PathBuf, Candidate> = loaded.into_iter().collect();
+        // Every file that could serve, by parent kind, in file-name order.
+        let mut by_kind: BTreeMap<(String, String), Vec<PathBuf>> = BTreeMap::new();
+        let candidates =
+            self.running.keys().chain(self.held.keys()).chain(fresh.keys()).cloned().collect::<HashSet<_>>();
+        for path in candidates.into_iter().filter(|p| present.contains(p)) {
+            let Some(plugin) = self.candidate(&fresh, &path) else { continue };
+            by_kind.entry(kind_key(plugin)).or_default().push(path);
+        }
+        let mut owners: HashMap<(String, String), PathBuf> = HashMap::new();
+        for (kind, mut paths) in by_kind {
+            paths.sort();
+            for other in paths.iter().skip(1) {
+                self.refuse_duplicate(other, &paths[0], &mut fresh).await;
+            }
+            owners.insert(kind, paths[0].clone());
+        }
+        self.stop_outranked(&owners, &present, &fresh).await;
+        let mut to_start = Vec::new();
+        for owner in owners.values() {
+            if let Some(candidate) = fresh.remove(owner).or_else(|| self.held.remove(owner)) {
+                to_start.push((owner.clone(), candidate));
+            }
+        }
+        to_start.sort_by(|a, b| a.0.cmp(&b.0));
+        to_start
+    }
+
+    /// The plugin a path would serve: its fresh version, else what runs or is held.
+    fn candidate<'a>(&'a self, fresh: &'a HashMap<PathBuf, Candidate>, path: &Path) -> Option<&'a OperatorPlugin> {
+        fresh
+            .get(path)
+            .or_else(|| self.running.get(path).map(|r| &r.candidate))
+            .or_else(|| self.held.get(path))
+            .map(|c| &c.plugin)
+    }
+
+    /// Refuses `path` because `owner` serves the same parent kind; its version is held.
+    async fn refuse_duplicate(&mut self, path: &Path, owner: &Path, fresh: &mut HashMap<PathBuf, Candidate>) {
+        let Some(candidate) = fresh.remove(path) else {
+            // Already held (reported when it arrived), or serving and about to be outranked.
+            if let Some(running) = self.running.get(path) {
+                self.held.insert(path.to_path_buf(), running.candidate.clone());
+            }
+            return;
+        };
+        let parent = candidate.plugin.metadata().parent.clone();
+        let reason = format!(
+            "parent kind {parent} is already served by {} (the first file in name order serves a kind); \
+             remove one of the two files",
+            owner.display()
+        );
+        self.reject(path, &reason).await;
+        self.held.insert(path.to_path_buf(), candidate);
+    }
+
+    /// Stops every controller whose file is gone, replaced by a fresh version, or outranked by
+    /// another file for its kind; releases finalizers of kinds left without a plugin.
+    async fn stop_outranked(
+        &mut self,
+        owners: &HashMap<(String, String), PathBuf>,
+        present: &HashSet<&PathBuf>,
+        fresh: &HashMap<PathBuf, Candidate>,
+    ) {
+        let serving: Vec<PathBuf> = self.running.keys().cloned().collect();
+        for path in serving {
+            let Some(running) = self.running.get(&path) else { continue };
+            let kind = kind_key(&running.candidate.plugin);
+            let stays = present.contains(&path) && !fresh.contains_key(&path) && owners.get(&kind) == Some(&path);
+            if stays {
+                continue;
+            }
+            let Some(running) = self.running.remove(&path) else { continue };
+            let plugin = running.candidate.plugin.clone();
+            if !present.contains(&path) {
+                tracing::info!(plugin = %plugin.metadata().name, file = %path.display(),
                     "plugin file removed: controller stopped; its children and the parents' last status stay");
                 self.reloads.removals.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut serving) = self.reloads.serving.lock() {
-                    serving.remove(&running.plugin.metadata().name);
+                    serving.remove(&plugin.metadata().name);
                 }
-                stop(running).await;
+            }
+            stop(running).await;
+            let successor = owners.get(&kind).and_then(|owner| self.candidate(fresh, owner));
+            if plugin.metadata().finalizer && !successor.is_some_and(|s| s.metadata().finalizer) {
+                let why = format!("the plugin that declared it ({}) no longer serves this kind", path.display());
+                finalizers::release_all(&self.client, &self.recorder, &plugin, self.options.namespace.as_deref(), &why)
+                    .await;
             }
         }
-        let before = self.policies.len();
-        self.policies.retain(|p, _| files.contains(p));
-        policies_changed |= self.policies.len() != before;
+    }
 
+    /// Step 4: installs CRDs and starts each new version; restarts the others on a new policy
+    /// chain when it changed.
+    async fn start_all(&mut self, to_start: Vec<(PathBuf, Candidate)>, policies_changed: bool) {
         if policies_changed {
-            // Controllers about to start on a new version get the new chain anyway.
-            let restart: Vec<PathBuf> =
-                self.running.keys().filter(|p| !to_start.iter().any(|(s, ..)| s == *p)).cloned().collect();
+            let restart: Vec<PathBuf> = self.running.keys().cloned().collect();
             for path in restart {
                 if let Some(old) = self.running.remove(&path) {
-                    let (plugin, fingerprint, settings) =
-                        (old.plugin.clone(), old.fingerprint.clone(), old.settings.clone());
+                    let candidate = old.candidate.clone();
                     stop(old).await;
-                    let running = self.start(plugin, fingerprint, settings);
+                    let running = self.start(candidate);
                     self.running.insert(path, running);
                 }
             }
         }
-        for (path, fingerprint, plugin, settings) in to_start {
+        for (path, candidate) in to_start {
             if self.install_crds
-                && let Err(e) = operator::install_crd(&self.client, &plugin).await
+                && let Err(e) = operator::install_crd(&self.client, &candidate.plugin).await
             {
                 tracing::error!(file = %path.display(), error = %e, "new plugin version not started");
                 continue;
             }
-            let old = self.running.remove(&path);
-            if let Some(old) = &old {
-                tracing::info!(plugin = %plugin.metadata().name, from = old.plugin.file().revision(),
-                    to = plugin.file().revision(), "plugin reloaded");
-            }
-            if let Some(old) = old {
+            if let Some(old) = self.running.remove(&path) {
+                tracing::info!(plugin = %candidate.plugin.metadata().name, from = old.candidate.plugin.file().revision(),
+                    to = candidate.plugin.file().revision(), "plugin reloaded");
                 stop(old).await;
             }
-            let running = self.start(plugin, fingerprint, settings);
+            let running = self.start(candidate);
             self.running.insert(path, running);
         }
     }
@@ -283,7 +456,8 @@ impl Supervisor {
         PolicyChain::new(policies.into_iter().map(|(_, (_, p, settings))| (p.clone(), settings.clone())).collect())
     }
 
-    fn start(&self, plugin: OperatorPlugin, fingerprint: String, settings: Option<String>) -> Running {
+    fn start(&self, candidate: Candidate) -> Running {
+        let plugin = candidate.plugin.clone();
         let (stop, mut rx) = watch::channel(false);
         self.reloads.loads.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut serving) = self.reloads.serving.lock() {
@@ -292,7 +466,7 @@ impl Supervisor {
         tracing::info!(plugin = %plugin.metadata().name, revision = plugin.file().revision(), "starting controller");
         let (client, logic, chain, stats) =
             (self.client.clone(), Arc::new(plugin.clone()), self.chain(), self.stats.clone());
-        let options = ControllerOptions { settings: settings.clone(), ..self.options.clone() };
+        let options = ControllerOptions { settings: candidate.settings.clone(), ..self.options.clone() };
         let name = plugin.metadata().name.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -318,15 +492,21 @@ impl Supervisor {
                 }
             }
         });
-        Running { fingerprint, settings, plugin, stop, task }
+        Running { candidate, stop, task }
     }
 
+    /// Rejects a broken file: reported once per content (its fingerprint is remembered).
     async fn report_failure(&mut self, path: &Path, fingerprint: String, e: &(dyn std::fmt::Display + Sync)) {
+        self.reject(path, e).await;
+        self.failed.insert(path.to_path_buf(), fingerprint);
+    }
+
+    /// Logs, counts and records a `PluginRejected` Event for `path`.
+    async fn reject(&self, path: &Path, e: &(dyn std::fmt::Display + Sync)) {
         self.reloads.failures.fetch_add(1, Ordering::Relaxed);
-        let serving = self.running.get(path).map(|r| r.plugin.file().revision().to_string());
+        let serving = self.running.get(path).map(|r| r.candidate.plugin.file().revision().to_string());
         tracing::error!(file = %path.display(), error = %e, serving = ?serving,
             "plugin file rejected; the previous version (if any) keeps serving");
-        self.failed.insert(path.to_path_buf(), fingerprint);
         let note = format!("{}: {e}", path.display());
         let event = Event {
             type_: EventType::Warning,
@@ -335,7 +515,7 @@ impl Supervisor {
             action: "Reload".into(),
             secondary: None,
         };
-        if let Err(err) = self.recorder.publish(&event, &operator_reference()).await {
+        if let Err(err) = self.recorder.publish(&event, &operator_reference(self.options.namespace.as_deref())).await {
             tracing::debug!(error = %err, "cannot publish reload event");
         }
     }
@@ -368,9 +548,10 @@ fn smoke_test(loaded: LoadedPlugin) -> Result<LoadedPlugin, PluginError> {
 }
 
 /// The object reload Events are about: the operator's own Pod when in-cluster (POD_NAME and
-/// POD_NAMESPACE from the downward API), else the `wasmop` name in the operator's namespace.
-fn operator_reference() -> ObjectReference {
-    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+/// POD_NAMESPACE from the downward API), else the namespace the operator is limited to
+/// (`--namespace`), else `default`.
+fn operator_reference(watched: Option<&str>) -> ObjectReference {
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| watched.unwrap_or("default").to_string());
     match std::env::var("POD_NAME") {
         Ok(name) => ObjectReference {
             api_version: Some("v1".into()),
@@ -382,6 +563,8 @@ fn operator_reference() -> ObjectReference {
         Err(_) => ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Namespace".into()),
+            // The Event is written into this namespace too (not `default`).
+            namespace: Some(namespace.clone()),
             name: Some(namespace),
             ..ObjectReference::default()
         },
@@ -398,19 +581,8 @@ async fn stop(mut running: Running) {
         Ok(Err(e)) => tracing::warn!(error = %e, "controller task ended abnormally"),
         // A controller stopped before its caches synced does not finish on its own.
         Err(_) => {
-            tracing::warn!(plugin = %running.plugin.metadata().name, "controller did not stop in time; aborted");
+            tracing::warn!(plugin = %running.candidate.plugin.metadata().name, "controller did not stop in time; aborted");
             running.task.abort();
         }
     }
-}
-
-/// The `*.wasm` files of `dir` (symlinks followed), sorted.
-fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
-        .collect();
-    files.sort();
-    Ok(files)
 }

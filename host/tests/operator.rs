@@ -1,10 +1,12 @@
-//! The operator end to end against the in-memory API server: real plugins, real HTTP, kube-rs.
+//! The operator end to end, on both API server backends (the in-memory one and the real control
+//! plane): real plugins, real HTTP, kube-rs, driven through the production start path.
 
 mod common;
 
 use common::cluster::*;
+use common::operator::{Operator, plugins_dir, quiet};
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -12,72 +14,27 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use wasmop::controller::ControllerOptions;
-use wasmop::operator::{self, PluginSet};
-use wasmop::plugin::{Limits, OperatorPlugin};
 use wasmop::reconcile::Stats;
 
-/// A running operator that stops when dropped.
-struct Running {
-    stop: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
-    stats: Arc<Stats>,
-}
+on_both_backends!(
+    appoperator_lifecycle_create_ready_scale_heal_delete,
+    idle_resync_makes_zero_writes,
+    invalid_spec_is_reported_without_a_retry_storm,
+    a_timing_out_object_does_not_stall_the_others_and_pruning_and_finalizers_work,
+);
 
-impl Running {
-    async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-        }
-    }
-}
+/// The hostile test plugin with a 100 ms time limit, from its sidecar.
+const HOSTILE_100MS: &str = "[limits]\ntimeout_ms = 100\n";
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-fn start(client: &Client, plugin: &OperatorPlugin, options: ControllerOptions) -> Running {
-    let (stop, mut rx) = watch::channel(false);
-    let stats = Arc::new(Stats::default());
-    let set = PluginSet { operators: vec![plugin.clone()], policies: vec![], failures: vec![] };
-    let (client, task_stats) = (client.clone(), stats.clone());
-    let task = tokio::spawn(async move {
-        operator::run(client, &set, options, task_stats, async move {
-            let _ = rx.wait_for(|s| *s).await;
-        })
-        .await
-    });
-    Running { stop, task: Some(task), stats }
-}
-
-fn appoperator() -> OperatorPlugin {
-    common::runtime().load_operator(&common::plugin("appoperator"), Limits::default()).unwrap()
-}
-
-fn hostile(timeout: Duration) -> OperatorPlugin {
-    let limits = Limits { timeout, ..Limits::default() };
-    common::runtime().load_operator(&common::plugin("hostile"), limits).unwrap()
-}
-
-fn fast() -> ControllerOptions {
-    ControllerOptions { resync: Duration::from_secs(600), ..ControllerOptions::default() }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn appoperator_lifecycle_create_ready_scale_heal_delete() {
-    let server = server().await;
-    let client = client(&server);
-    let plugin = appoperator();
-    operator::install_crd(&client, &plugin).await.unwrap();
-    let running = start(&client, &plugin, fast());
+async fn appoperator_lifecycle_create_ready_scale_heal_delete(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
+    let dir = plugins_dir(&[("appoperator", None)]);
+    let running = Operator::start(&cluster, dir.path(), quiet());
     let ar = app_resource();
-    let parent = create(&client, &ar, "default", "web", json!({"image": "nginx:1.27", "replicas": 3})).await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    wait_served(&client, &ar).await;
+    let parent = create(&client, &ar, ns, "web", json!({"image": "nginx:1.27", "replicas": 3})).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
 
     // Create: the Deployment with the right spec, ownership and labels.
     eventually("deployment created", || async { deployments.get_opt("web").await.unwrap().is_some() }).await;
@@ -90,23 +47,23 @@ async fn appoperator_lifecycle_create_ready_scale_heal_delete() {
     assert_eq!((owner.controller, owner.block_owner_deletion), (Some(true), Some(true)));
     assert_eq!(d.labels()["app.kubernetes.io/managed-by"], "wasmop");
     assert_eq!(d.labels()["wasmop.dev/plugin"], "appoperator");
-    assert_eq!(d.annotations()["wasmop.dev/plugin-revision"], plugin.file().revision());
+    assert_eq!(d.annotations()["wasmop.dev/plugin-revision"], revision("appoperator"));
 
     // Ready once the simulator marks the replicas available, for the current generation.
-    eventually("Ready=True", || ready_is(&client, &ar, "default", "web", "True", "Available")).await;
-    let obj = get(&client, &ar, "default", "web").await.unwrap();
+    eventually("Ready=True", || ready_is(&client, &ar, ns, "web", "True", "Available")).await;
+    let obj = get(&client, &ar, ns, "web").await.unwrap();
     assert_eq!(obj.data["status"]["observedGeneration"].as_i64(), obj.metadata.generation);
     assert_eq!(obj.data["status"]["conditions"][0]["message"], "3/3 replicas available");
 
     // Scale.
-    let apps: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let apps: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
     apps.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}}))).await.unwrap();
     eventually("deployment scaled", || async {
         deployments.get("web").await.unwrap().spec.unwrap().replicas == Some(5)
     })
     .await;
     eventually("Ready for generation 2", || async {
-        let o = get(&client, &ar, "default", "web").await.unwrap();
+        let o = get(&client, &ar, ns, "web").await.unwrap();
         o.data["status"]["observedGeneration"] == 2
             && ready(&o).is_some_and(|(s, _, m)| s == "True" && m == "5/5 replicas available")
     })
@@ -128,7 +85,7 @@ async fn appoperator_lifecycle_create_ready_scale_heal_delete() {
     .await;
 
     // Each change to a child was recorded as an Event on the parent.
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "default");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
     let reasons: Vec<String> = events
         .list(&ListParams::default())
         .await
@@ -140,124 +97,160 @@ async fn appoperator_lifecycle_create_ready_scale_heal_delete() {
         .collect();
     assert!(reasons.contains(&"Created".to_string()) && reasons.contains(&"Updated".to_string()), "{reasons:?}");
 
-    // Parent deleted: garbage collection takes the children.
+    // Parent deleted: garbage collection (kube-controller-manager's on the real control plane)
+    // takes the children.
     apps.delete("web", &DeleteParams::default()).await.unwrap();
     eventually("deployment collected", || async { deployments.get_opt("web").await.unwrap().is_none() }).await;
     running.stop().await;
-    server.shutdown().await;
+    cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_resync_makes_zero_writes() {
-    let server = server().await;
-    let client = client(&server);
-    let plugin = appoperator();
-    operator::install_crd(&client, &plugin).await.unwrap();
+async fn idle_resync_makes_zero_writes(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
+    let dir = plugins_dir(&[("appoperator", None)]);
     let options = ControllerOptions { resync: Duration::from_millis(500), ..ControllerOptions::default() };
-    let running = start(&client, &plugin, options);
+    let running = Operator::start(&cluster, dir.path(), options);
     let ar = app_resource();
+    wait_served(&client, &ar).await;
     for i in 0..3 {
-        create(&client, &ar, "default", &format!("app-{i}"), json!({"image": "nginx:1.27", "replicas": 2})).await;
+        create(&client, &ar, ns, &format!("app-{i}"), json!({"image": "nginx:1.27", "replicas": 2})).await;
     }
     for i in 0..3 {
         let name = format!("app-{i}");
-        eventually("all Ready", || ready_is(&client, &ar, "default", &name, "True", "Available")).await;
+        eventually("all Ready", || ready_is(&client, &ar, ns, &name, "True", "Available")).await;
     }
-    // Let the last status write's own watch event settle, then watch a few resyncs go by.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = server.stats();
+    // Settled once two resyncs in a row change nothing; then watch two more go by.
+    let mut before = versions(&client, &ar, ns).await;
+    loop {
+        let reconciles = Stats::get(&running.stats.reconciles);
+        eventually("a resync of every parent", || async { Stats::get(&running.stats.reconciles) >= reconciles + 3 })
+            .await;
+        let now = versions(&client, &ar, ns).await;
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let requests = cluster.memory_server().map(|s| s.stats());
     let reconciles = Stats::get(&running.stats.reconciles);
     eventually("two resyncs of every parent", || async { Stats::get(&running.stats.reconciles) >= reconciles + 6 })
         .await;
-    let during = server.stats().since(&before);
-    assert_eq!(during.writes("*"), 0, "writes during idle resyncs: {during:?}");
+    assert_eq!(versions(&client, &ar, ns).await, before, "objects changed during idle resyncs");
+    if let (Some(server), Some(requests)) = (cluster.memory_server(), requests) {
+        let during = server.stats().since(&requests);
+        assert_eq!(during.writes("*"), 0, "writes during idle resyncs: {during:?}");
+    }
     running.stop().await;
-    server.shutdown().await;
+    cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_spec_is_reported_without_a_retry_storm() {
-    let server = server().await;
-    let client = client(&server);
-    let plugin = appoperator();
-    operator::install_crd(&client, &plugin).await.unwrap();
+/// resourceVersion of every parent and Deployment in `ns`, by kind and name.
+async fn versions(client: &Client, ar: &kube::core::ApiResource, ns: &str) -> BTreeMap<String, String> {
+    let parents: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let mut out = BTreeMap::new();
+    for p in parents.list(&ListParams::default()).await.unwrap() {
+        out.insert(format!("parent/{}", p.name_any()), p.resource_version().unwrap_or_default());
+    }
+    for d in deployments.list(&ListParams::default()).await.unwrap() {
+        out.insert(format!("deployment/{}", d.name_any()), d.resource_version().unwrap_or_default());
+    }
+    out
+}
+
+async fn invalid_spec_is_reported_without_a_retry_storm(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
+    let dir = plugins_dir(&[("appoperator", None)]);
     let options = ControllerOptions { resync: Duration::from_millis(300), ..ControllerOptions::default() };
-    let running = start(&client, &plugin, options);
+    let running = Operator::start(&cluster, dir.path(), options);
     let ar = app_resource();
+    wait_served(&client, &ar).await;
     // Passes the CRD schema (non-empty) but the plugin refuses whitespace.
-    create(&client, &ar, "default", "blank", json!({"image": "   "})).await;
-    eventually("InvalidSpec reported", || ready_is(&client, &ar, "default", "blank", "False", "InvalidSpec")).await;
+    create(&client, &ar, ns, "blank", json!({"image": "   "})).await;
+    eventually("InvalidSpec reported", || ready_is(&client, &ar, ns, "blank", "False", "InvalidSpec")).await;
+    // Several resyncs go by without calling the plugin again for the unchanged invalid spec.
     let calls = Stats::get(&running.stats.plugin_calls);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reconciles = Stats::get(&running.stats.reconciles);
+    eventually("five resyncs", || async { Stats::get(&running.stats.reconciles) >= reconciles + 5 }).await;
     assert!(Stats::get(&running.stats.plugin_calls) <= calls + 1, "plugin called again for an unchanged invalid spec");
-    let obj = get(&client, &ar, "default", "blank").await.unwrap();
+    let obj = get(&client, &ar, ns, "blank").await.unwrap();
     assert!(ready(&obj).unwrap().2.contains("spec.image"), "{:?}", ready(&obj));
 
     // Fixing the spec (a new generation) reconciles again.
-    let apps: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let apps: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
     apps.patch("blank", &PatchParams::default(), &Patch::Merge(json!({"spec": {"image": "nginx:1.27"}})))
         .await
         .unwrap();
-    eventually("fixed spec becomes Ready", || ready_is(&client, &ar, "default", "blank", "True", "Available")).await;
+    eventually("fixed spec becomes Ready", || ready_is(&client, &ar, ns, "blank", "True", "Available")).await;
     running.stop().await;
-    server.shutdown().await;
+    cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_timing_out_object_does_not_stall_the_others_and_pruning_and_finalizers_work() {
-    let server = server().await;
-    let client = client(&server);
+async fn a_timing_out_object_does_not_stall_the_others_and_pruning_and_finalizers_work(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
     install_hostile_crd(&client).await;
-    let plugin = hostile(Duration::from_millis(100));
-    let running = start(&client, &plugin, fast());
+    let dir = plugins_dir(&[("hostile", Some(HOSTILE_100MS))]);
+    let running = Operator::start(&cluster, dir.path(), quiet());
     let ar = hostile_resource();
-    create(&client, &ar, "default", "stuck", json!({"mode": "loop"})).await;
+    create(&client, &ar, ns, "stuck", json!({"mode": "loop"})).await;
     for i in 0..3 {
-        create(&client, &ar, "default", &format!("fine-{i}"), json!({"mode": "ok"})).await;
+        create(&client, &ar, ns, &format!("fine-{i}"), json!({"mode": "ok"})).await;
     }
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     for i in 0..3 {
         let name = format!("fine-{i}");
-        eventually("healthy objects converge", || ready_is(&client, &ar, "default", &name, "True", "Reconciled")).await;
+        eventually("healthy objects converge", || ready_is(&client, &ar, ns, &name, "True", "Reconciled")).await;
         assert!(config_maps.get_opt(&name).await.unwrap().is_some());
     }
-    eventually("timeout reported", || ready_is(&client, &ar, "default", "stuck", "False", "PluginTimeout")).await;
+    eventually("timeout reported", || ready_is(&client, &ar, ns, "stuck", "False", "PluginTimeout")).await;
 
     // A plugin that stops returning a child: it is pruned.
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
     api.patch("fine-0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"mode": "empty"}}))).await.unwrap();
     eventually("child pruned", || async { config_maps.get_opt("fine-0").await.unwrap().is_none() }).await;
 
     // Finalizer: present before deletion; the plugin's finalize call releases the parent.
-    let obj = get(&client, &ar, "default", "fine-1").await.unwrap();
+    let obj = get(&client, &ar, ns, "fine-1").await.unwrap();
     assert!(obj.finalizers().contains(&"wasmop.dev/finalizer".to_string()));
     api.delete("fine-1", &DeleteParams::default()).await.unwrap();
-    eventually("finalized parent gone", || async { get(&client, &ar, "default", "fine-1").await.is_none() }).await;
+    eventually("finalized parent gone", || async { get(&client, &ar, ns, "fine-1").await.is_none() }).await;
     eventually("its child collected", || async { config_maps.get_opt("fine-1").await.unwrap().is_none() }).await;
 
     // A plugin that holds its finalizer keeps the parent (deleting) until it lets go.
     api.patch("fine-2", &PatchParams::default(), &Patch::Merge(json!({"spec": {"holdFinalizer": true}})))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("new spec observed", || async {
+        get(&client, &ar, ns, "fine-2").await.is_some_and(|o| o.data["status"]["observedGeneration"] == 2)
+    })
+    .await;
     api.delete("fine-2", &DeleteParams::default()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let held = get(&client, &ar, "default", "fine-2").await.expect("held by its finalizer");
+    // The host reports Finalizing only after the plugin, called with `finalizing`, answered
+    // that it is not finished: the call happened and the deletion waits for it.
+    eventually("finalizing reported", || ready_is(&client, &ar, ns, "fine-2", "False", "Finalizing")).await;
+    let held = get(&client, &ar, ns, "fine-2").await.expect("held by its finalizer");
     assert!(held.metadata.deletion_timestamp.is_some());
+    // Letting go releases it.
+    api.patch("fine-2", &PatchParams::default(), &Patch::Merge(json!({"spec": {"holdFinalizer": false}})))
+        .await
+        .unwrap();
+    eventually("released parent gone", || async { get(&client, &ar, ns, "fine-2").await.is_none() }).await;
     running.stop().await;
-    server.shutdown().await;
+    cluster.shutdown().await;
 }
 
+/// Faults only the in-memory server can inject: failing patches, 409s, dropped watches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converges_through_faults_and_a_restart_without_duplicates_or_orphans() {
-    let server = server().await;
-    let client = client(&server);
-    let plugin = appoperator();
-    operator::install_crd(&client, &plugin).await.unwrap();
+    let cluster = Cluster::memory().await;
+    let server = cluster.memory_server().unwrap();
+    let client = cluster.client.clone();
+    let dir = plugins_dir(&[("appoperator", None)]);
     let ar = app_resource();
     server.faults().fail_next("patch", "deployments", 3, 500);
     server.faults().fail_next("patch", "deployments", 2, 409);
-    let first = start(&client, &plugin, fast());
+    let first = Operator::start(&cluster, dir.path(), quiet());
+    wait_served(&client, &ar).await;
     for i in 0..4 {
         create(&client, &ar, "default", &format!("svc-{i}"), json!({"image": "app:1", "replicas": 1})).await;
     }
@@ -268,7 +261,7 @@ async fn converges_through_faults_and_a_restart_without_duplicates_or_orphans() 
     for i in 4..6 {
         create(&client, &ar, "default", &format!("svc-{i}"), json!({"image": "app:1", "replicas": 1})).await;
     }
-    let second = start(&client, &plugin, fast());
+    let second = Operator::start(&cluster, dir.path(), quiet());
     for i in 0..6 {
         let name = format!("svc-{i}");
         eventually("all Ready", || ready_is(&client, &ar, "default", &name, "True", "Available")).await;
@@ -280,11 +273,21 @@ async fn converges_through_faults_and_a_restart_without_duplicates_or_orphans() 
     assert_eq!(names, (0..6).map(|i| format!("svc-{i}")).collect::<Vec<_>>());
     assert!(list.items.iter().all(|d| d.owner_references().len() == 1));
     second.stop().await;
-    server.shutdown().await;
+    cluster.shutdown().await;
 }
 
 #[test]
-fn wasmop_dev_once_exits_zero_on_the_examples() {
+fn wasmop_dev_once_exits_zero_on_the_examples_in_memory() {
+    dev_once("memory");
+}
+
+#[test]
+fn wasmop_dev_once_exits_zero_on_the_examples_on_the_real_control_plane() {
+    dev_once("real");
+}
+
+/// `wasmop dev --once --control-plane BACKEND` on the shipped plugins and examples.
+fn dev_once(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
@@ -292,7 +295,7 @@ fn wasmop_dev_once_exits_zero_on_the_examples() {
         std::fs::copy(common::plugin(p), plugins.join(format!("{p}.wasm"))).unwrap();
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmop"))
-        .args(["dev", "--once", "--timeout", "30", "--plugins"])
+        .args(["dev", "--once", "--timeout", "90", "--control-plane", backend, "--plugins"])
         .arg(&plugins)
         .arg("--examples")
         .arg(common::workspace().join("examples"))
@@ -303,6 +306,27 @@ fn wasmop_dev_once_exits_zero_on_the_examples() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("API server at https://") == (backend == "real"), "{stdout}");
     assert!(stdout.contains("default/web") && stdout.contains("True"), "{stdout}");
     assert!(dir.path().join("kubeconfig").exists());
+}
+
+/// kubectl against the real control plane reports the version pinned in tools/controlplane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_reports_the_real_servers_version() {
+    let cluster = Cluster::real().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml().await).unwrap();
+    let out = std::process::Command::new("kubectl")
+        .args(["version", "-o", "json", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .expect("kubectl (make test installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let version: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let go_mod = std::fs::read_to_string(common::workspace().join("tools/controlplane/go.mod")).unwrap();
+    let pinned = go_mod.lines().find_map(|l| l.trim().strip_prefix("k8s.io/kubernetes ")).unwrap();
+    let pinned = pinned.split_whitespace().next().unwrap();
+    assert_eq!(version["serverVersion"]["gitVersion"], pinned, "{version}");
 }

@@ -1,58 +1,29 @@
-//! Hot reload against the in-memory API server: real files, real notify events, real plugins.
+//! Hot reload on both API server backends: real files, real notify events, real plugins.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use kube::{Client, ResourceExt};
 use serde_json::json;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use wasmop::controller::ControllerOptions;
 use wasmop::plugin::sha256_hex;
-use wasmop::reconcile::Stats;
-use wasmop::reload::{ReloadStats, Supervisor};
 
 use common::cluster::*;
+use common::operator::{Operator, quiet};
 
-struct Supervised {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-    reloads: Arc<ReloadStats>,
-}
+on_both_backends!(
+    replace_break_recover_and_remove_a_plugin_without_restart,
+    configmap_style_data_symlink_swap_triggers_a_reload,
+    a_new_version_with_another_parent_kind_moves_the_controller,
+);
 
-fn supervise(client: &Client, dir: &Path) -> Supervised {
-    let (stop, mut rx) = watch::channel(false);
-    let reloads = Arc::new(ReloadStats::default());
-    let options = ControllerOptions { resync: Duration::from_secs(600), ..ControllerOptions::default() };
-    let supervisor = Supervisor::new(
-        client.clone(),
-        Arc::new(common::runtime()),
-        dir.to_path_buf(),
-        options,
-        true,
-        Arc::new(Stats::default()),
-        reloads.clone(),
-    );
-    let task = tokio::spawn(async move {
-        supervisor
-            .run(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
-            .expect("supervisor");
-    });
-    Supervised { stop, task, reloads }
-}
-
-fn revision(plugin: &str) -> String {
-    sha256_hex(&std::fs::read(common::plugin(plugin)).unwrap())[..12].to_string()
+fn supervise(cluster: &Cluster, dir: &Path) -> Operator {
+    Operator::start(cluster, dir, quiet())
 }
 
 /// Writes `bytes` to `path` the way careful tools do: a temp file, then a rename.
@@ -77,10 +48,8 @@ async fn all_carry(config_maps: &Api<ConfigMap>, names: &[&str], variant: &str, 
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replace_break_recover_and_remove_a_plugin_without_restart() {
-    let server = server().await;
-    let client = client(&server);
+async fn replace_break_recover_and_remove_a_plugin_without_restart(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
     install_hostile_crd(&client).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hostile.wasm");
@@ -88,12 +57,12 @@ async fn replace_break_recover_and_remove_a_plugin_without_restart() {
     let v2 = std::fs::read(hostile_v2()).unwrap();
     let (rev1, rev2) = (revision("hostile"), sha256_hex(&v2)[..12].to_string());
     std::fs::write(&file, &v1).unwrap();
-    let running = supervise(&client, dir.path());
+    let running = supervise(&cluster, dir.path());
     let ar = hostile_resource();
     for name in ["a", "b", "c"] {
-        create(&client, &ar, "default", name, json!({"mode": "ok"})).await;
+        create(&client, &ar, ns, name, json!({"mode": "ok"})).await;
     }
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     eventually("v1 children", || all_carry(&config_maps, &["a", "b", "c"], "v1", &rev1)).await;
 
     // v2 replaces v1: every existing child gets v2's label and revision.
@@ -110,7 +79,7 @@ async fn replace_break_recover_and_remove_a_plugin_without_restart() {
     eventually("other contract rejected", || async { failures() >= 3 }).await;
     std::fs::copy(common::plugin("deny-latest-tag"), &file).unwrap();
     eventually("component of another world rejected", || async { failures() >= 4 }).await;
-    create(&client, &ar, "default", "d", json!({"mode": "ok"})).await;
+    create(&client, &ar, ns, "d", json!({"mode": "ok"})).await;
     eventually("old version still reconciles", || all_carry(&config_maps, &["d"], "v2", &rev2)).await;
 
     // Fixing the file recovers without a restart.
@@ -118,7 +87,7 @@ async fn replace_break_recover_and_remove_a_plugin_without_restart() {
     eventually("fixed file serves", || all_carry(&config_maps, &["a", "b", "c", "d"], "v1", &rev1)).await;
 
     // Each rejection was recorded as an Event (no Pod here: on the operator's namespace).
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "default");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
     // The recorder folds repeats into one Event with a series count.
     let rejected: i32 = events
         .list(&ListParams::default())
@@ -158,32 +127,24 @@ async fn replace_break_recover_and_remove_a_plugin_without_restart() {
     // Removal stops reconciliation of that kind; children stay.
     std::fs::remove_file(&file).unwrap();
     eventually("removal noticed", || async { running.reloads.removals.load(Ordering::Relaxed) == 1 }).await;
-    create(&client, &ar, "default", "late", json!({"mode": "ok"})).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(config_maps.get_opt("late").await.unwrap().is_none(), "a removed plugin still reconciles");
-    assert!(config_maps.get_opt("a").await.unwrap().is_some(), "children must stay");
+    create(&client, &ar, ns, "late", json!({"mode": "ok"})).await;
 
     // A new file starts a new kind (its CRD installed on the way).
     std::fs::copy(common::plugin("appoperator"), dir.path().join("appoperator.wasm")).unwrap();
-    eventually("appoperator kind served", || async {
-        wasmop::controller::resolve(&client, &wasmop::plugin::Gvk::new("tools.wasmop.dev", "v1beta1", "Appoperator"))
-            .await
-            .is_ok()
-    })
-    .await;
-    create(&client, &app_resource(), "default", "web", json!({"image": "nginx:1.27"})).await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    wait_served(&client, &app_resource()).await;
+    create(&client, &app_resource(), ns, "web", json!({"image": "nginx:1.27"})).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     eventually("new plugin reconciles", || async { deployments.get_opt("web").await.unwrap().is_some() }).await;
+    // By now the new plugin has reconciled a parent created after "late": the removed one did not.
+    assert!(config_maps.get_opt("late").await.unwrap().is_none(), "a removed plugin still reconciles");
+    assert!(config_maps.get_opt("a").await.unwrap().is_some(), "children must stay");
 
-    let _ = running.stop.send(true);
-    let _ = running.task.await;
-    server.shutdown().await;
+    running.stop().await;
+    cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn configmap_style_data_symlink_swap_triggers_a_reload() {
-    let server = server().await;
-    let client = client(&server);
+async fn configmap_style_data_symlink_swap_triggers_a_reload(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
     install_hostile_crd(&client).await;
     // The layout kubelet gives a mounted ConfigMap: NAME -> ..data/NAME, ..data -> ..<timestamp>/
     let dir = tempfile::tempdir().unwrap();
@@ -192,9 +153,9 @@ async fn configmap_style_data_symlink_swap_triggers_a_reload() {
     std::fs::copy(common::plugin("hostile"), old.join("hostile.wasm")).unwrap();
     std::os::unix::fs::symlink("..2026_11_24_a", dir.path().join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/hostile.wasm", dir.path().join("hostile.wasm")).unwrap();
-    let running = supervise(&client, dir.path());
-    create(&client, &hostile_resource(), "default", "x", json!({"mode": "ok"})).await;
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let running = supervise(&cluster, dir.path());
+    create(&client, &hostile_resource(), ns, "x", json!({"mode": "ok"})).await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let rev1 = revision("hostile");
     eventually("v1 child", || all_carry(&config_maps, &["x"], "v1", &rev1)).await;
 
@@ -207,23 +168,20 @@ async fn configmap_style_data_symlink_swap_triggers_a_reload() {
     let rev2 = sha256_hex(&std::fs::read(hostile_v2()).unwrap())[..12].to_string();
     eventually("v2 after the swap", || all_carry(&config_maps, &["x"], "v2", &rev2)).await;
 
-    let _ = running.stop.send(true);
-    let _ = running.task.await;
-    server.shutdown().await;
+    running.stop().await;
+    cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_version_with_another_parent_kind_moves_the_controller() {
-    let server = server().await;
-    let client = client(&server);
+async fn a_new_version_with_another_parent_kind_moves_the_controller(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
     install_hostile_crd(&client).await;
     install_hostile_crd_of(&client, "Hostile2").await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hostile.wasm");
     std::fs::copy(common::plugin("hostile"), &file).unwrap();
-    let running = supervise(&client, dir.path());
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    create(&client, &hostile_resource(), "default", "old-kind", json!({"mode": "ok"})).await;
+    let running = supervise(&cluster, dir.path());
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    create(&client, &hostile_resource(), ns, "old-kind", json!({"mode": "ok"})).await;
     eventually("old kind reconciled", || async { config_maps.get_opt("old-kind").await.unwrap().is_some() }).await;
 
     replace(&file, &std::fs::read(common::plugin("hostile").with_file_name("hostile_kind2.wasm")).unwrap());
@@ -231,34 +189,34 @@ async fn a_new_version_with_another_parent_kind_moves_the_controller() {
         &kube::core::GroupVersionKind::gvk("test.wasmop.dev", "v1", "Hostile2"),
         "hostile2s",
     );
-    create(&client, &kind2, "default", "new-kind", json!({"mode": "ok"})).await;
+    wait_served(&client, &kind2).await;
+    eventually("old kind's controller stopped", || async { running.reloads.loads.load(Ordering::Relaxed) >= 2 }).await;
+    create(&client, &hostile_resource(), ns, "old-kind-late", json!({"mode": "ok"})).await;
+    create(&client, &kind2, ns, "new-kind", json!({"mode": "ok"})).await;
     eventually("new kind reconciled", || async { config_maps.get_opt("new-kind").await.unwrap().is_some() }).await;
-    // The old kind is no longer reconciled.
-    create(&client, &hostile_resource(), "default", "old-kind-late", json!({"mode": "ok"})).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The new kind's parent, created after the old kind's, is reconciled: the old kind is not.
     assert!(config_maps.get_opt("old-kind-late").await.unwrap().is_none());
 
-    let _ = running.stop.send(true);
-    let _ = running.task.await;
-    server.shutdown().await;
+    running.stop().await;
+    cluster.shutdown().await;
 }
 
+/// In-memory only: on the shared real control plane the CRD is already installed by other tests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_whose_kind_is_not_served_yet_starts_once_it_is() {
-    let server = server().await;
-    let client = client(&server);
+    let cluster = Cluster::memory().await;
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(common::plugin("hostile"), dir.path().join("hostile.wasm")).unwrap();
-    let running = supervise(&client, dir.path());
+    let running = supervise(&cluster, dir.path());
     tokio::time::sleep(Duration::from_millis(500)).await;
     install_hostile_crd(&client).await;
-    create(&client, &hostile_resource(), "default", "late-crd", json!({"mode": "ok"})).await;
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    create(&client, &hostile_resource(), ns, "late-crd", json!({"mode": "ok"})).await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     eventually("reconciled after the CRD appeared", || async {
         config_maps.get_opt("late-crd").await.unwrap().is_some()
     })
     .await;
-    let _ = running.stop.send(true);
-    let _ = running.task.await;
-    server.shutdown().await;
+    running.stop().await;
+    cluster.shutdown().await;
 }

@@ -1,6 +1,7 @@
-//! `wasmop dev`: the embedded in-memory API server (with the Deployment status simulator), the
-//! plugins' CRDs, the example resources, and the operator, with a live table of parents. The
-//! plugins directory is watched, so rebuilding a plugin into it reloads it.
+//! `wasmop dev`: an API server — the embedded in-memory one (with the Deployment status
+//! simulator) or the real control plane built by `make controlplane` — the plugins' CRDs, the
+//! example resources, and the operator, with a live table of parents. The plugins directory is
+//! watched, so rebuilding a plugin into it reloads it.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -22,6 +23,7 @@ use wasmop::reload::{ReloadStats, Supervisor};
 use wasmop::status::ready_of;
 use wasmop::telemetry::{self, Telemetry};
 use wasmop_apiserver::{ApiServer, Config as ServerConfig};
+use wasmop_controlplane::ControlPlane;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -43,6 +45,86 @@ pub(crate) struct Args {
     /// Seconds `--once` waits.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// Which API server: the embedded in-memory one, or a real control plane (etcd,
+    /// kube-apiserver, kube-controller-manager, kube-scheduler, kwok) built by `make controlplane`.
+    #[arg(long, value_enum, default_value_t = Backend::Memory)]
+    control_plane: Backend,
+    /// Directory of the real control plane's binaries (default: $WASMOP_CONTROLPLANE_BIN, else
+    /// target/controlplane/bin).
+    #[arg(long)]
+    control_plane_bin: Option<PathBuf>,
+    /// Start only the API server (with the plugins' CRDs installed) and keep it up until
+    /// Ctrl-C, for `wasmop run` processes and kubectl.
+    #[arg(long)]
+    no_operator: bool,
+}
+
+/// The API server `wasmop dev` runs on.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Backend {
+    /// The embedded in-memory API server.
+    Memory,
+    /// The real control plane built from source.
+    Real,
+}
+
+/// A running API server of either backend.
+enum Server {
+    Memory(ApiServer),
+    Real(Box<ControlPlane>),
+}
+
+impl Server {
+    async fn start(args: &Args) -> anyhow::Result<Server> {
+        match args.control_plane {
+            Backend::Memory => {
+                let config = ServerConfig { port: args.port, simulate_deployments: true, ..ServerConfig::default() };
+                let server = ApiServer::start(config).await.context("cannot start the in-memory API server")?;
+                Ok(Server::Memory(server))
+            }
+            Backend::Real => {
+                anyhow::ensure!(args.port == 0, "--port applies to the in-memory API server only");
+                let mut builder = ControlPlane::builder();
+                if let Some(dir) = &args.control_plane_bin {
+                    builder = builder.bin_dir(dir);
+                }
+                println!(
+                    "wasmop dev: starting the real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)"
+                );
+                let plane = builder.start().await.context("cannot start the real control plane")?;
+                Ok(Server::Real(Box::new(plane)))
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Server::Memory(s) => s.url(),
+            Server::Real(p) => p.url().to_string(),
+        }
+    }
+
+    fn write_kubeconfig(&self, path: &Path) -> anyhow::Result<()> {
+        match self {
+            Server::Memory(s) => s.write_kubeconfig(path)?,
+            Server::Real(p) => p.write_kubeconfig(path)?,
+        }
+        Ok(())
+    }
+
+    async fn client(&self) -> anyhow::Result<Client> {
+        match self {
+            Server::Memory(s) => Ok(Client::try_from(kube::Config::new(s.url().parse()?))?),
+            Server::Real(p) => Ok(p.client().await?),
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Server::Memory(s) => s.shutdown().await,
+            Server::Real(p) => drop(tokio::task::spawn_blocking(move || drop(p)).await),
+        }
+    }
 }
 
 /// One row of the live table.
@@ -56,15 +138,19 @@ struct Row {
 }
 
 pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
-    let server =
-        ApiServer::start(ServerConfig { port: args.port, simulate_deployments: true, ..ServerConfig::default() })
-            .await
-            .context("cannot start the in-memory API server")?;
+    let server = Server::start(&args).await?;
+    let result = serve(rt, &args, &server).await;
+    server.shutdown().await;
+    result
+}
+
+/// Everything `wasmop dev` does once its API server is up.
+async fn serve(rt: Runtime, args: &Args, server: &Server) -> anyhow::Result<ExitCode> {
     if let Some(dir) = args.kubeconfig.parent() {
         std::fs::create_dir_all(dir)?;
     }
     server.write_kubeconfig(&args.kubeconfig)?;
-    let client = Client::try_from(kube::Config::new(server.url().parse()?))?;
+    let client = server.client().await?;
 
     let plugins = operator::load_dir(&rt, &args.plugins)?;
     anyhow::ensure!(
@@ -75,8 +161,6 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     for plugin in &plugins.operators {
         operator::install_crd(&client, plugin).await?;
     }
-    let examples = apply_examples(&client, &args.examples).await?;
-
     println!("wasmop dev: API server at {}", server.url());
     println!("  kubectl:  export KUBECONFIG={}", args.kubeconfig.display());
     println!("            kubectl get appoperators,deployments -A");
@@ -92,12 +176,27 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     for p in &plugins.policies {
         println!("  policy:   {} {}", p.metadata().name, p.metadata().version);
     }
+    drop(plugins);
+    if args.no_operator {
+        println!("  CRDs installed; no operator and no examples (--no-operator). Ctrl-C to stop.");
+        super::run::shutdown_signal().await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let examples = apply_examples(&client, &args.examples).await?;
     println!("  examples: {} applied from {}", examples.len(), args.examples.display());
+    run_operator(rt, args, client, &examples).await
+}
 
+/// Runs the operator (the supervisor, as `wasmop run` does) beside the live table or `--once`.
+async fn run_operator(
+    rt: Runtime,
+    args: &Args,
+    client: Client,
+    examples: &[(Gvk, Option<String>, String)],
+) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
     let options = ControllerOptions { resync: Duration::from_secs(60), ..ControllerOptions::default() };
-    drop(plugins);
     let reloads = Arc::new(ReloadStats::default());
     let telemetry = Telemetry { stats: stats.clone(), reloads: reloads.clone() };
     let (metrics_addr, metrics_task) = telemetry::serve("127.0.0.1:0".parse()?, telemetry).await?;
@@ -112,15 +211,14 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     };
 
     let code = if args.once {
-        wait_until_ready(&client, &examples, Duration::from_secs(args.timeout)).await
+        wait_until_ready(&client, examples, Duration::from_secs(args.timeout)).await
     } else {
-        live_table(&client, &examples, &reloads).await;
+        live_table(&client, examples, &reloads).await;
         ExitCode::SUCCESS
     };
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), operator_task).await;
     metrics_task.abort();
-    server.shutdown().await;
     Ok(code)
 }
 

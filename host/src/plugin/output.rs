@@ -96,6 +96,17 @@ fn check_child(
             ),
         ));
     };
+    for field in ["ownerReferences", "finalizers"] {
+        if obj.get("metadata").and_then(|m| m.get(field)).is_some_and(|v| !v.is_null()) {
+            return Err(invalid(
+                meta,
+                label,
+                format!(
+                    "metadata.{field} is the host's alone (it owns children by their parent and deletes them with it); drop it"
+                ),
+            ));
+        }
+    }
     let child_ns = obj.get("metadata").and_then(|m| m.get("namespace")).and_then(Value::as_str);
     let placed_ns = match (kind_decl.cluster_scoped, child_ns, parent_ns) {
         (true, Some(ns), _) => {
@@ -232,6 +243,16 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "kube-system"}});
         let err = check_response(&meta(), &parent(), response(vec![cm]), &Limits::default()).unwrap_err();
         assert!(err.to_string().contains("not the parent's namespace"), "{err}");
+    }
+
+    #[test]
+    fn owner_references_and_finalizers_on_children_are_refused() {
+        for field in ["ownerReferences", "finalizers"] {
+            let value = if field == "finalizers" { json!(["x/y"]) } else { json!([{"uid": "forged"}]) };
+            let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", field: value}});
+            let err = check_response(&meta(), &parent(), response(vec![cm]), &Limits::default()).unwrap_err();
+            assert!(err.to_string().contains(&format!("metadata.{field} is the host's alone")), "{err}");
+        }
     }
 
     #[test]

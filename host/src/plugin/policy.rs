@@ -88,7 +88,8 @@ impl PolicyPlugin {
     }
 
     /// Reviews one desired child of `parent`. A mutation may not change the child's identity
-    /// (apiVersion, kind, name, namespace).
+    /// (apiVersion, kind, name, namespace) nor what is the host's alone (ownerReferences,
+    /// finalizers); the host's labels and annotations are applied after every policy.
     pub fn review(&self, parent: &Value, child: &Value, settings: Option<&str>) -> Result<Verdict, PluginError> {
         let inner = &*self.inner;
         let (p, c, s) = (parent.to_string(), child.to_string(), settings.map(str::to_string));
@@ -112,7 +113,14 @@ impl PolicyPlugin {
                 }
                 let mutated: Value = serde_json::from_str(&raw)
                     .map_err(|e| self.invalid(child, format!("mutation is not valid JSON: {e}")))?;
-                for pointer in ["/apiVersion", "/kind", "/metadata/name", "/metadata/namespace"] {
+                for pointer in [
+                    "/apiVersion",
+                    "/kind",
+                    "/metadata/name",
+                    "/metadata/namespace",
+                    "/metadata/ownerReferences",
+                    "/metadata/finalizers",
+                ] {
                     if mutated.pointer(pointer) != child.pointer(pointer) {
                         return Err(self.invalid(child, format!("a mutation may not change {pointer}")));
                     }

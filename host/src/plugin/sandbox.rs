@@ -133,18 +133,6 @@ fn panic_message(stderr: &str) -> Option<String> {
     Some(format!("panicked at {location}: {}", message.join("\n").trim()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::panic_message;
-
-    #[test]
-    fn extracts_rust_panic_message() {
-        let stderr = "\nthread '<unnamed>' panicked at src/lib.rs:10:5:\nboom\nnote: run with `RUST_BACKTRACE=1`";
-        assert_eq!(panic_message(stderr).as_deref(), Some("panicked at src/lib.rs:10:5: boom"));
-        assert_eq!(panic_message("plain text"), None);
-    }
-}
-
 /// Runs one call in a fresh Store and instance: instantiate, call, log the guest's output, and
 /// classify any failure. Nothing survives the call.
 pub(crate) fn run_call<I, R>(
@@ -159,4 +147,16 @@ pub(crate) fn run_call<I, R>(
     let result = instantiate(&mut store).and_then(|instance| call(&mut store, &instance));
     drain_output(&store);
     result.map_err(|e| classify(e, &store, limits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::panic_message;
+
+    #[test]
+    fn extracts_rust_panic_message() {
+        let stderr = "\nthread '<unnamed>' panicked at src/lib.rs:10:5:\nboom\nnote: run with `RUST_BACKTRACE=1`";
+        assert_eq!(panic_message(stderr).as_deref(), Some("panicked at src/lib.rs:10:5: boom"));
+        assert_eq!(panic_message("plain text"), None);
+    }
 }

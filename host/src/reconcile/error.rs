@@ -29,6 +29,19 @@ pub enum ReconcileError {
         /// The API error.
         source: kube::Error,
     },
+    /// A desired child's apiVersion and kind match none of the watched child kinds (e.g. an
+    /// apiVersion spelled differently from the declaration).
+    #[error("{object}: its apiVersion and kind match none of the plugin's declared child kinds exactly")]
+    UnknownChildKind {
+        /// `Kind namespace/name` of the child.
+        object: String,
+    },
+    /// A desired child exists and belongs to someone else; it was not written.
+    #[error("not written, someone else's: {message}")]
+    ChildConflict {
+        /// Each object and its owner.
+        message: String,
+    },
     /// The parent could not be read as JSON.
     #[error("cannot encode parent: {0}")]
     Encode(#[from] serde_json::Error),
@@ -49,6 +62,8 @@ impl ReconcileError {
             ReconcileError::Plugin(e) => e.condition_reason(),
             ReconcileError::Review(e) => e.condition_reason(),
             ReconcileError::Api { .. } => "ApplyFailed",
+            ReconcileError::UnknownChildKind { .. } => "InvalidPluginOutput",
+            ReconcileError::ChildConflict { .. } => "ChildConflict",
             ReconcileError::Encode(_) | ReconcileError::Join(_) => "InternalError",
         }
     }

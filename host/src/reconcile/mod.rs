@@ -1,11 +1,15 @@
-//! The reconcile pipeline of one parent: observe → compute → review → apply → prune → report.
-//! See DESIGN.md section 4.
+//! The reconcile pipeline of one parent, in six steps: observe (its children in the caches),
+//! compute (the plugin), review (the policies), apply (server-side apply of what changed),
+//! prune (what is no longer desired), report (status and Events). See
+//! `docs/architecture.md` for the state each step keeps and the ownership rules.
 
 mod error;
+pub mod finalizer;
+mod state;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::api::{DynamicObject, Patch, PatchParams};
@@ -18,16 +22,16 @@ use serde_json::{Value, json};
 use tracing::{Instrument, info_span};
 
 pub use error::{BACKOFF_CAP, ReconcileError, backoff};
+pub use finalizer::FINALIZER;
+pub use state::ParentState;
 
-use crate::apply::{self, Owner};
+use crate::apply::{self, ChildKey, Owner, Ownership};
 use crate::plugin::{
     Condition, ConditionStatus, Desired, OperatorMetadata, OperatorPlugin, PluginError, ReconcileRequest,
 };
 use crate::policy::{PolicyChain, ReviewError, describe};
 use crate::status::{self, Report};
 
-/// The finalizer the host puts on parents of plugins that declare one.
-pub const FINALIZER: &str = "wasmop.dev/finalizer";
 /// How soon to ask a finalizing plugin again when it has not finished and gave no hint.
 const FINALIZE_RETRY: Duration = Duration::from_secs(5);
 
@@ -102,21 +106,24 @@ pub struct Context {
     pub settings: Option<String>,
     /// The parent kind.
     pub parent: ApiResource,
+    /// The parents the controller watches (to forget the state of deleted ones).
+    pub parents: Store<DynamicObject>,
     /// The declared child kinds with their caches.
     pub children: Vec<ChildKindCache>,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
     /// Counters.
     pub stats: Arc<Stats>,
-    /// Consecutive failures per parent, for backoff.
-    pub failures: Mutex<HashMap<String, u32>>,
-    /// Generation of each parent whose spec this plugin version called invalid: not retried
-    /// until the generation changes (or the plugin is reloaded, which makes a new context).
-    pub invalid: Mutex<HashMap<String, i64>>,
+    /// Per-parent memory (backoff, invalid specs), keyed by UID.
+    pub state: ParentState,
 }
 
 fn key(parent: &DynamicObject) -> String {
-    format!("{}/{}", parent.namespace().unwrap_or_default(), parent.name_any())
+    finalizer::describe(parent)
+}
+
+fn uid(parent: &DynamicObject) -> String {
+    parent.uid().unwrap_or_default()
 }
 
 /// Reconciles one parent. Errors are reported on the parent's status before they are returned,
@@ -129,19 +136,19 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         generation = parent.meta().generation.unwrap_or_default(),
     );
     Stats::bump(&ctx.stats.reconciles);
-    let result = reconcile_inner(&parent, &ctx).instrument(span.clone()).await;
+    let result = pipeline(&parent, &ctx).instrument(span.clone()).await;
     let _entered = span.enter();
     match &result {
-        Ok(_) => {
-            if let Ok(mut failures) = ctx.failures.lock() {
-                failures.remove(&key(&parent));
-            }
+        Ok(_) if !ctx.state.is_reported_invalid(&uid(&parent), parent.meta().generation.unwrap_or_default()) => {
+            ctx.state.forget(&uid(&parent));
         }
+        Ok(_) => {}
         Err(e) => {
             Stats::bump(&ctx.stats.failures);
             tracing::warn!(error = %e, "reconcile failed");
         }
     }
+    ctx.state.sweep(ctx.parents.len(), || ctx.parents.state().iter().map(|p| uid(p)).collect());
     result
 }
 
@@ -151,146 +158,259 @@ pub fn error_policy(parent: Arc<DynamicObject>, err: &ReconcileError, ctx: Arc<C
     if err.is_conflict() {
         return Action::requeue(error::CONFLICT_RETRY);
     }
-    let failures = match ctx.failures.lock() {
-        Ok(mut map) => {
-            let n = map.entry(key(&parent)).or_insert(0);
-            *n += 1;
-            *n
-        }
-        Err(_) => 1,
-    };
-    Action::requeue(backoff(failures))
+    Action::requeue(backoff(ctx.state.record_failure(&uid(&parent))))
 }
 
-async fn reconcile_inner(parent: &DynamicObject, ctx: &Context) -> Result<Action, ReconcileError> {
+/// The six steps, with the finalizer handling around them.
+async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, ReconcileError> {
     let meta = ctx.plugin.metadata();
-    let mut parent_json = serde_json::to_value(parent)?;
-    parent_json["apiVersion"] = json!(ctx.parent.api_version);
-    parent_json["kind"] = json!(ctx.parent.kind);
     let deleting = parent.meta().deletion_timestamp.is_some();
-    let has_finalizer = parent.finalizers().iter().any(|f| f == FINALIZER);
-
-    if deleting {
-        if meta.finalizer && has_finalizer {
-            return finalize(parent, parent_json, ctx).await;
-        }
-        // Garbage collection takes the children.
+    if !meta.finalizer && finalizer::has_finalizer(parent) {
+        // This plugin (version) does not declare the finalizer: release the parent.
+        release_finalizer(parent, ctx, "the plugin does not declare a finalizer").await?;
         return Ok(Action::await_change());
     }
-    if invalid_spec_already_reported(parent, ctx) {
+    if deleting {
+        if finalizer::has_finalizer(parent) {
+            return finalize(parent, ctx).await;
+        }
+        // Garbage collection takes the children.
+        ctx.state.forget(&uid(parent));
+        return Ok(Action::await_change());
+    }
+    if ctx.state.is_reported_invalid(&uid(parent), parent.meta().generation.unwrap_or_default()) {
         // The spec has not changed since the plugin called it invalid: nothing to retry.
         return Ok(Action::await_change());
     }
-    if meta.finalizer && !has_finalizer {
+    if meta.finalizer {
         add_finalizer(parent, ctx).await?;
     }
-
     let observed = observe(parent, ctx);
-    let observed_json: Vec<Value> =
-        observed.iter().map(|(_, o)| serde_json::to_value(&**o)).collect::<Result<_, _>>()?;
+    let desired = match compute(parent, ctx, &observed, false).await {
+        Ok(d) => review(parent, ctx, d).await,
+        Err(e) => Err(e),
+    };
+    let desired = match desired {
+        Ok(d) => d,
+        Err(e) => return report_failure(parent, ctx, e).await,
+    };
+    let conflicts = apply(parent, ctx, &desired, &observed).await?;
+    prune(parent, ctx, &desired, &observed).await?;
+    report(parent, ctx, &desired, &conflicts).await
+}
+
+/// A parent's children as the caches hold them, keyed by full identity.
+pub struct Observed {
+    children: HashMap<ChildKey, (usize, Arc<DynamicObject>)>,
+}
+
+impl Observed {
+    /// The children as JSON, for the plugin.
+    fn to_json(&self) -> Result<Vec<Value>, serde_json::Error> {
+        let mut children: Vec<(&ChildKey, &Arc<DynamicObject>)> =
+            self.children.iter().map(|(k, (_, o))| (k, o)).collect();
+        children.sort_by(|a, b| a.0.cmp(b.0));
+        children.into_iter().map(|(_, o)| serde_json::to_value(&**o)).collect()
+    }
+}
+
+/// Step 1, observe: children in the caches whose controller ownerReference is this parent.
+fn observe(parent: &DynamicObject, ctx: &Context) -> Observed {
+    let uid = uid(parent);
+    let mut children = HashMap::new();
+    for (index, kind) in ctx.children.iter().enumerate() {
+        for child in kind.store.state() {
+            if child.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == uid) {
+                let key = ChildKey {
+                    api_version: kind.resource.api_version.clone(),
+                    kind: kind.resource.kind.clone(),
+                    namespace: child.namespace().unwrap_or_default(),
+                    name: child.name_any(),
+                };
+                children.insert(key, (index, child));
+            }
+        }
+    }
+    Observed { children }
+}
+
+/// The parent as the plugin sees it (apiVersion and kind always set).
+fn parent_json(parent: &DynamicObject, ctx: &Context) -> Result<Value, ReconcileError> {
+    let mut json = serde_json::to_value(parent)?;
+    json["apiVersion"] = json!(ctx.parent.api_version);
+    json["kind"] = json!(ctx.parent.kind);
+    Ok(json)
+}
+
+/// Step 2, compute: calls the plugin off the async threads.
+async fn compute(
+    parent: &DynamicObject,
+    ctx: &Context,
+    observed: &Observed,
+    finalizing: bool,
+) -> Result<Desired, ReconcileError> {
     let request = ReconcileRequest {
-        parent: parent_json.clone(),
-        children: observed_json.clone(),
-        finalizing: false,
+        parent: parent_json(parent, ctx)?,
+        children: observed.to_json()?,
+        finalizing,
         settings: ctx.settings.clone(),
     };
-    let desired = match compute(ctx, request).await {
-        Ok(d) => d,
-        Err(e) => {
-            let reason = e.condition_reason();
-            publish(ctx, parent, EventType::Warning, reason, "Reconcile", e.to_string()).await;
-            report(ctx, parent, &Report::failure(reason, e.to_string())).await?;
-            return match e {
-                ReconcileError::Plugin(PluginError::InvalidSpec { .. }) => {
-                    if let Ok(mut invalid) = ctx.invalid.lock() {
-                        invalid.insert(key(parent), parent.meta().generation.unwrap_or_default());
-                    }
-                    Ok(Action::await_change())
-                }
-                ReconcileError::Review(ReviewError::Denied { .. }) => Ok(Action::await_change()),
-                other => Err(other),
-            };
-        }
-    };
+    Stats::bump(&ctx.stats.plugin_calls);
+    let plugin = ctx.plugin.clone();
+    Ok(tokio::task::spawn_blocking(move || plugin.reconcile(&request)).await??)
+}
 
-    let owner = owner_of(parent, ctx);
-    let revision = ctx.plugin.revision().to_string();
-    let mut applied = 0usize;
-    for mut child in desired.children.clone() {
-        apply::mark_child(&mut child, &owner, &meta.name, &revision);
-        let Some(kind) = child_kind(ctx, &child) else { continue };
-        let existing = observed.iter().position(|(k, o)| {
-            k.resource.kind == kind.resource.kind
-                && o.meta().name.as_deref() == child["metadata"]["name"].as_str()
-                && o.meta().namespace.as_deref() == child["metadata"]["namespace"].as_str()
-        });
-        if existing.is_some_and(|i| apply::already_applied(&child, &observed_json[i])) {
-            continue;
+/// Step 3, review: the policy chain may allow, mutate or deny each child.
+async fn review(parent: &DynamicObject, ctx: &Context, mut desired: Desired) -> Result<Desired, ReconcileError> {
+    if ctx.policies.is_empty() {
+        return Ok(desired);
+    }
+    let (policies, parent) = (ctx.policies.clone(), parent_json(parent, ctx)?);
+    let children = std::mem::take(&mut desired.children);
+    desired.children = tokio::task::spawn_blocking(move || policies.review(&parent, children)).await??;
+    Ok(desired)
+}
+
+/// Reports a failed compute or review on the parent; an invalid spec or a denial waits for a
+/// change, anything else is retried with backoff.
+async fn report_failure(parent: &DynamicObject, ctx: &Context, e: ReconcileError) -> Result<Action, ReconcileError> {
+    let reason = e.condition_reason();
+    publish(ctx, parent, EventType::Warning, reason, "Reconcile", e.to_string()).await;
+    write_status(parent, ctx, &Report::failure(reason, e.to_string())).await?;
+    match e {
+        ReconcileError::Plugin(PluginError::InvalidSpec { .. }) => {
+            ctx.state.record_invalid(&uid(parent), parent.meta().generation.unwrap_or_default());
+            Ok(Action::await_change())
         }
+        ReconcileError::Review(ReviewError::Denied { .. }) => Ok(Action::await_change()),
+        other => Err(other),
+    }
+}
+
+/// A desired child the host may not write, with why.
+pub struct Conflict {
+    /// `Kind namespace/name`.
+    pub object: String,
+    /// Who controls it instead.
+    pub owner: String,
+}
+
+/// Step 4, apply: marks each desired child and server-side applies the ones that changed.
+/// An existing object this parent does not control is never written (see [`Ownership`]); it
+/// is returned as a conflict.
+async fn apply(
+    parent: &DynamicObject,
+    ctx: &Context,
+    desired: &Desired,
+    observed: &Observed,
+) -> Result<Vec<Conflict>, ReconcileError> {
+    let (owner, meta) = (owner_of(parent, ctx), ctx.plugin.metadata());
+    let mut conflicts = Vec::new();
+    for mut child in desired.children.clone() {
+        apply::mark_child(&mut child, &owner, &meta.name, ctx.plugin.revision());
+        let Some(kind) = child_kind(ctx, &child) else {
+            return Err(ReconcileError::UnknownChildKind { object: describe(&child) });
+        };
+        let verb = match observed.children.get(&ChildKey::of(&child)) {
+            Some((_, current)) if apply::already_applied(&child, &serde_json::to_value(&**current)?) => continue,
+            Some(_) => "Updated",
+            None => match existing_ownership(ctx, kind, &child, &owner.uid).await? {
+                None => "Created",
+                Some(Ownership::Ours) => "Updated",
+                Some(Ownership::Adoptable) => "Adopted",
+                Some(Ownership::Conflict(owner)) => {
+                    conflicts.push(Conflict { object: describe(&child), owner });
+                    continue;
+                }
+            },
+        };
         if let Err(source) = apply::apply_child(&ctx.client, &kind.resource, &child).await {
             let err = ReconcileError::Api { action: format!("applying {}", describe(&child)), source };
             if !err.is_conflict() {
                 publish(ctx, parent, EventType::Warning, "ApplyFailed", "Apply", err.to_string()).await;
-                report(ctx, parent, &Report::failure("ApplyFailed", err.to_string())).await?;
+                write_status(parent, ctx, &Report::failure("ApplyFailed", err.to_string())).await?;
             }
             return Err(err);
         }
         Stats::bump(&ctx.stats.applies);
-        applied += 1;
-        let verb = if existing.is_some() { "Updated" } else { "Created" };
         publish(ctx, parent, EventType::Normal, verb, "Apply", format!("{verb} {}", describe(&child))).await;
     }
+    Ok(conflicts)
+}
 
-    for (kind, child) in &observed {
-        let wanted = desired.children.iter().any(|d| {
-            d["kind"].as_str() == Some(kind.resource.kind.as_str())
-                && d["metadata"]["name"].as_str() == child.meta().name.as_deref()
-                && d["metadata"]["namespace"].as_str() == child.meta().namespace.as_deref()
-        });
-        if wanted {
+/// Who controls an object the caches do not show as this parent's: `None` if it does not exist.
+async fn existing_ownership(
+    ctx: &Context,
+    kind: &ChildKindCache,
+    child: &Value,
+    parent_uid: &str,
+) -> Result<Option<Ownership>, ReconcileError> {
+    let name = child["metadata"]["name"].as_str().unwrap_or_default();
+    let api = apply::api_for(&ctx.client, &kind.resource, child["metadata"]["namespace"].as_str());
+    match api.get_opt(name).await {
+        Ok(None) => Ok(None),
+        Ok(Some(existing)) => Ok(Some(apply::ownership(&existing, parent_uid))),
+        Err(source) => Err(ReconcileError::Api { action: format!("reading {}", describe(child)), source }),
+    }
+}
+
+/// Step 5, prune: deletes observed children no longer desired — only objects the host created
+/// for this parent ([`apply::prunable`]).
+async fn prune(
+    parent: &DynamicObject,
+    ctx: &Context,
+    desired: &Desired,
+    observed: &Observed,
+) -> Result<(), ReconcileError> {
+    let wanted: HashSet<ChildKey> = desired.children.iter().map(ChildKey::of).collect();
+    let uid = uid(parent);
+    for (key, (index, child)) in &observed.children {
+        if wanted.contains(key) || !apply::prunable(child, &uid) {
             continue;
         }
-        let what = format!("{} {}", kind.resource.kind, key(child));
+        let kind = &ctx.children[*index];
+        let what = format!("{} {}", kind.resource.kind, finalizer::describe(child));
         if let Err(source) = apply::prune_child(&ctx.client, &kind.resource, child).await {
             return Err(ReconcileError::Api { action: format!("pruning {what}"), source });
         }
         Stats::bump(&ctx.stats.prunes);
         publish(ctx, parent, EventType::Normal, "Deleted", "Prune", format!("Deleted {what}, no longer desired")).await;
     }
+    Ok(())
+}
 
+/// Step 6, report: the plugin's status and conditions (a default `Ready=True` when it gave
+/// none), or `Ready=False/ChildConflict` naming each object the host may not write.
+async fn report(
+    parent: &DynamicObject,
+    ctx: &Context,
+    desired: &Desired,
+    conflicts: &[Conflict],
+) -> Result<Action, ReconcileError> {
     let mut conditions = desired.conditions.clone();
-    if !conditions.iter().any(|c| c.type_ == "Ready") {
-        conditions.insert(
-            0,
-            Condition {
-                type_: "Ready".into(),
-                status: ConditionStatus::True,
-                reason: "Reconciled".into(),
-                message: format!("{} children in sync", desired.children.len()),
-            },
-        );
+    if !conflicts.is_empty() {
+        let message = conflicts.iter().map(|c| format!("{} exists and is {}", c.object, c.owner)).collect::<Vec<_>>();
+        let message = message.join("; ");
+        conditions.retain(|c| c.type_ != "Ready");
+        conditions.insert(0, ready(ConditionStatus::False, "ChildConflict", message.clone()));
+        publish(ctx, parent, EventType::Warning, "ChildConflict", "Apply", message.clone()).await;
+        let fields = Some(desired.status.clone().unwrap_or_default());
+        write_status(parent, ctx, &Report { fields, conditions }).await?;
+        return Err(ReconcileError::ChildConflict { message });
     }
-    report(ctx, parent, &Report { fields: Some(desired.status.clone().unwrap_or_default()), conditions }).await?;
-    tracing::debug!(applied, desired = desired.children.len(), "reconciled");
+    if !conditions.iter().any(|c| c.type_ == "Ready") {
+        let message = format!("{} children in sync", desired.children.len());
+        conditions.insert(0, ready(ConditionStatus::True, "Reconciled", message));
+    }
+    write_status(parent, ctx, &Report { fields: Some(desired.status.clone().unwrap_or_default()), conditions }).await?;
     Ok(match desired.requeue_after {
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
     })
 }
 
-/// Children in the caches whose controller ownerReference is this parent.
-fn observe<'a>(parent: &DynamicObject, ctx: &'a Context) -> Vec<(&'a ChildKindCache, Arc<DynamicObject>)> {
-    let Some(uid) = parent.uid() else { return Vec::new() };
-    ctx.children
-        .iter()
-        .flat_map(|kind| {
-            kind.store
-                .state()
-                .into_iter()
-                .filter(|child| child.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == uid))
-                .map(move |child| (kind, child))
-        })
-        .collect()
+fn ready(status: ConditionStatus, reason: &str, message: String) -> Condition {
+    Condition { type_: "Ready".into(), status, reason: reason.into(), message }
 }
 
 fn child_kind<'a>(ctx: &'a Context, child: &Value) -> Option<&'a ChildKindCache> {
@@ -305,38 +425,21 @@ fn owner_of(parent: &DynamicObject, ctx: &Context) -> Owner {
         api_version: ctx.parent.api_version.clone(),
         kind: ctx.parent.kind.clone(),
         name: parent.name_any(),
-        uid: parent.uid().unwrap_or_default(),
+        uid: uid(parent),
     }
 }
 
-/// Calls the plugin off the async threads, then the policy chain.
-async fn compute(ctx: &Context, request: ReconcileRequest) -> Result<Desired, ReconcileError> {
-    Stats::bump(&ctx.stats.plugin_calls);
-    let plugin = ctx.plugin.clone();
-    let parent = request.parent.clone();
-    let mut desired = tokio::task::spawn_blocking(move || plugin.reconcile(&request)).await??;
-    if !ctx.policies.is_empty() {
-        let policies = ctx.policies.clone();
-        let children = std::mem::take(&mut desired.children);
-        desired.children = tokio::task::spawn_blocking(move || policies.review(&parent, children)).await??;
-    }
-    Ok(desired)
-}
-
-fn invalid_spec_already_reported(parent: &DynamicObject, ctx: &Context) -> bool {
-    let generation = parent.meta().generation.unwrap_or_default();
-    ctx.invalid.lock().map(|m| m.get(&key(parent)) == Some(&generation)).unwrap_or(false)
-}
-
-/// Writes the parent's status when it differs from what is there.
-async fn report(ctx: &Context, parent: &DynamicObject, report: &Report) -> Result<(), ReconcileError> {
+/// Writes the parent's status with server-side apply (field manager `wasmop`), when it differs
+/// from what is there: a field the plugin stops returning goes away.
+async fn write_status(parent: &DynamicObject, ctx: &Context, report: &Report) -> Result<(), ReconcileError> {
     let current = &parent.data["status"];
     let Some(next) = status::next_status(current, parent.meta().generation, report, &status::now()) else {
         return Ok(());
     };
     let api = apply::api_for(&ctx.client, &ctx.parent, parent.namespace().as_deref());
-    let patch = json!({ "status": next });
-    match api.patch_status(&parent.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+    let patch = json!({ "apiVersion": ctx.parent.api_version, "kind": ctx.parent.kind, "status": next });
+    let params = PatchParams::apply(apply::FIELD_MANAGER).force();
+    match api.patch_status(&parent.name_any(), &params, &Patch::Apply(&patch)).await {
         Ok(_) => {
             Stats::bump(&ctx.stats.status_writes);
             Ok(())
@@ -347,56 +450,52 @@ async fn report(ctx: &Context, parent: &DynamicObject, report: &Report) -> Resul
 }
 
 async fn add_finalizer(parent: &DynamicObject, ctx: &Context) -> Result<(), ReconcileError> {
+    if finalizer::has_finalizer(parent) {
+        return Ok(());
+    }
     let api = apply::api_for(&ctx.client, &ctx.parent, parent.namespace().as_deref());
-    let mut finalizers = parent.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_string());
-    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": parent.resource_version() } });
-    api.patch(&parent.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+    finalizer::patch(&api, parent, finalizer::add_patch(parent))
         .await
-        .map(drop)
         .map_err(|source| ReconcileError::Api { action: format!("adding the finalizer to {}", key(parent)), source })
 }
 
-async fn finalize(parent: &DynamicObject, parent_json: Value, ctx: &Context) -> Result<Action, ReconcileError> {
+/// Removes the host's finalizer (and only it) from `parent`, with an Event saying why.
+async fn release_finalizer(parent: &DynamicObject, ctx: &Context, why: &str) -> Result<(), ReconcileError> {
+    let Some(ops) = finalizer::remove_patch(parent) else { return Ok(()) };
+    let api = apply::api_for(&ctx.client, &ctx.parent, parent.namespace().as_deref());
+    finalizer::patch(&api, parent, ops).await.map_err(|source| ReconcileError::Api {
+        action: format!("removing the finalizer from {}", key(parent)),
+        source,
+    })?;
+    tracing::info!(why, "finalizer {FINALIZER} removed");
+    let note = format!("finalizer {FINALIZER} removed: {why}");
+    publish(ctx, parent, EventType::Normal, "FinalizerRemoved", "Finalize", note).await;
+    Ok(())
+}
+
+/// A deleting parent with the host's finalizer: the plugin is called with `finalizing`; the
+/// finalizer is removed once it answers `finalized`, otherwise it is asked again later.
+async fn finalize(parent: &DynamicObject, ctx: &Context) -> Result<Action, ReconcileError> {
     let observed = observe(parent, ctx);
-    let request = ReconcileRequest {
-        parent: parent_json,
-        children: observed.iter().map(|(_, o)| serde_json::to_value(&**o)).collect::<Result<_, _>>()?,
-        finalizing: true,
-        settings: ctx.settings.clone(),
-    };
-    Stats::bump(&ctx.stats.plugin_calls);
-    let plugin = ctx.plugin.clone();
-    let answer = tokio::task::spawn_blocking(move || plugin.reconcile(&request)).await?;
-    let desired = match answer {
+    let desired = match compute(parent, ctx, &observed, true).await {
         Ok(d) => d,
         Err(e) => {
             publish(ctx, parent, EventType::Warning, e.condition_reason(), "Finalize", e.to_string()).await;
-            return Err(e.into());
+            return Err(e);
         }
     };
     if !desired.finalized {
+        let message = "the plugin is cleaning up; deletion waits for it".to_string();
+        write_status(
+            parent,
+            ctx,
+            &Report { fields: None, conditions: vec![ready(ConditionStatus::False, "Finalizing", message)] },
+        )
+        .await?;
         return Ok(Action::requeue(desired.requeue_after.unwrap_or(FINALIZE_RETRY)));
     }
-    let api = apply::api_for(&ctx.client, &ctx.parent, parent.namespace().as_deref());
-    let remaining: Vec<&String> = parent.finalizers().iter().filter(|f| *f != FINALIZER).collect();
-    let patch = json!({ "metadata": { "finalizers": remaining, "resourceVersion": parent.resource_version() } });
-    match api.patch(&parent.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(source) => {
-            return Err(ReconcileError::Api { action: format!("removing the finalizer from {}", key(parent)), source });
-        }
-    }
-    publish(
-        ctx,
-        parent,
-        EventType::Normal,
-        "Finalized",
-        "Finalize",
-        "plugin finished cleanup; finalizer removed".into(),
-    )
-    .await;
+    release_finalizer(parent, ctx, "the plugin finished its cleanup").await?;
+    ctx.state.forget(&uid(parent));
     Ok(Action::await_change())
 }
 

@@ -1,26 +1,123 @@
-//! Helpers for tests against the in-memory API server.
+//! The cluster the end-to-end tests run on: the in-memory API server or the real control plane
+//! (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, built by
+//! `make controlplane`), behind one [`Cluster`] so the same test code runs on both. Each test
+//! gets its own in-memory server, or its own namespace on the one real control plane shared by
+//! the test binary.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
-use kube::api::{Api, DynamicObject, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::{Value, json};
 use wasmop_apiserver::{ApiServer, Config};
+use wasmop_controlplane::ControlPlane;
 
 /// How long `eventually` waits.
-pub const WAIT: Duration = Duration::from_secs(30);
+pub const WAIT: Duration = Duration::from_secs(60);
 
-pub async fn server() -> ApiServer {
-    let config = Config { simulate_deployments: true, simulate_delay: Duration::from_millis(200), ..Config::default() };
-    ApiServer::start(config).await.expect("api server")
+/// Which API server a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `tests/apiserver`, one per test.
+    Memory,
+    /// The real control plane, one per test binary.
+    Real,
 }
 
-pub fn client(server: &ApiServer) -> Client {
-    Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap()
+/// A test's API server, client and namespace.
+pub struct Cluster {
+    /// Which backend.
+    pub backend: Backend,
+    /// An admin client.
+    pub client: Client,
+    /// The test's namespace: `default` on the in-memory server, a fresh one on the real one.
+    pub ns: String,
+    memory: Option<ApiServer>,
+}
+
+impl Cluster {
+    /// A fresh in-memory API server with the Deployment simulator.
+    pub async fn memory() -> Cluster {
+        let config =
+            Config { simulate_deployments: true, simulate_delay: Duration::from_millis(200), ..Config::default() };
+        let server = ApiServer::start(config).await.expect("api server");
+        let client = Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+        Cluster { backend: Backend::Memory, client, ns: "default".into(), memory: Some(server) }
+    }
+
+    /// A fresh namespace on the test binary's real control plane.
+    pub async fn real() -> Cluster {
+        let plane = match ControlPlane::shared().await {
+            Ok(plane) => plane,
+            Err(e) => panic!("the real control plane did not start: {e}"),
+        };
+        let client = plane.client().await.expect("client");
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let ns = format!("t{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.unwrap();
+        Cluster { backend: Backend::Real, client, ns, memory: None }
+    }
+
+    /// Starts a cluster of `backend`.
+    pub async fn start(backend: Backend) -> Cluster {
+        match backend {
+            Backend::Memory => Cluster::memory().await,
+            Backend::Real => Cluster::real().await,
+        }
+    }
+
+    /// The in-memory server, for what only it can do (faults, request counts).
+    pub fn memory_server(&self) -> Option<&ApiServer> {
+        self.memory.as_ref()
+    }
+
+    /// The API server's URL.
+    pub async fn url(&self) -> String {
+        match &self.memory {
+            Some(server) => server.url(),
+            None => ControlPlane::shared().await.unwrap().url().to_string(),
+        }
+    }
+
+    /// A kubeconfig for kubectl or a `wasmop` process.
+    pub async fn kubeconfig_yaml(&self) -> String {
+        match &self.memory {
+            Some(server) => server.kubeconfig_yaml(),
+            None => ControlPlane::shared().await.unwrap().kubeconfig_yaml().to_string(),
+        }
+    }
+
+    /// Stops an in-memory server (the real control plane lives until the binary exits).
+    pub async fn shutdown(self) {
+        if let Some(server) = self.memory {
+            server.shutdown().await;
+        }
+    }
+}
+
+/// Runs the async scenario `$name(cluster: Cluster)` as two tests, `$name::memory` and
+/// `$name::real`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$name(super::common::cluster::Cluster::memory().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn real() {
+                super::$name(super::common::cluster::Cluster::real().await).await
+            }
+        }
+    )+};
 }
 
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -70,7 +167,8 @@ pub async fn install_hostile_crd_of(client: &Client, kind: &str) {
     }))
     .unwrap();
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.create(&PostParams::default(), &crd).await.unwrap();
+    // Server-side apply: tests sharing a real control plane install the same CRD.
+    api.patch(&name, &PatchParams::apply("wasmop-tests").force(), &Patch::Apply(&crd)).await.unwrap();
     await_condition(api, &name, conditions::is_crd_established()).await.unwrap();
 }
 
@@ -95,4 +193,15 @@ pub fn ready(obj: &DynamicObject) -> Option<(String, String, String)> {
 
 pub async fn ready_is(client: &Client, ar: &ApiResource, ns: &str, name: &str, status: &str, reason: &str) -> bool {
     get(client, ar, ns, name).await.and_then(|o| ready(&o)).is_some_and(|(s, r, _)| s == status && r == reason)
+}
+
+/// Waits until the API server serves `ar`'s kind (its CRD installed by the operator).
+pub async fn wait_served(client: &Client, ar: &ApiResource) {
+    let gvk = wasmop::plugin::Gvk::new(&ar.group, &ar.version, &ar.kind);
+    eventually("kind served", || async { wasmop::controller::resolve(client, &gvk).await.is_ok() }).await;
+}
+
+/// The revision (hash prefix) of a built plugin, as children carry it.
+pub fn revision(plugin: &str) -> String {
+    wasmop::plugin::sha256_hex(&std::fs::read(super::plugin(plugin)).unwrap())[..12].to_string()
 }

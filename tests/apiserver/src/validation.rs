@@ -138,9 +138,33 @@ fn workload(obj: &Value, template_ptr: &str, template_path: &str, causes: &mut V
     }
 }
 
-/// Validates a built-in object; returns one cause per invalid field.
+/// At most one ownerReference may be the controller (every kind, as the real server checks).
+fn owner_references(obj: &Value, causes: &mut Vec<Cause>) {
+    let controllers: Vec<String> = obj
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
+        .map(|o| format!("{}/{}", o["kind"].as_str().unwrap_or(""), o["name"].as_str().unwrap_or("")))
+        .collect();
+    if controllers.len() > 1 {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            "metadata.ownerReferences",
+            format!(
+                "Invalid value: only one reference can have Controller set to true. Found \"true\" in references for {}",
+                controllers.join(" and ")
+            ),
+        ));
+    }
+}
+
+/// Validates an object; returns one cause per invalid field. Custom resources get only the
+/// checks every kind gets (their schema is validated elsewhere).
 pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
+    owner_references(obj, &mut causes);
     if info.custom {
         return causes;
     }
@@ -219,6 +243,15 @@ mod tests {
     fn fields(group: &str, plural: &str, obj: Value) -> Vec<String> {
         let info = Registry::builtin().get(group, "v1", plural).unwrap();
         validate(&info, &obj).into_iter().map(|c| c.field).collect()
+    }
+
+    #[test]
+    fn two_controller_owner_references_are_refused() {
+        let owner = |name: &str| json!({"apiVersion": "v1", "kind": "Thing", "name": name, "uid": name, "controller": true});
+        let cm = json!({"metadata": {"name": "c", "ownerReferences": [owner("a"), owner("b")]}});
+        assert_eq!(fields("", "configmaps", cm), ["metadata.ownerReferences"]);
+        let one = json!({"metadata": {"name": "c", "ownerReferences": [owner("a")]}});
+        assert!(fields("", "configmaps", one).is_empty());
     }
 
     #[test]

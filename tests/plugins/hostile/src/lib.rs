@@ -10,8 +10,12 @@
 //! - `panic`: panics with `spec.message`
 //! - `huge`: returns a child of `spec.mebibytes` MiB (default 100)
 //! - `bad-json`, `undeclared-kind`, `other-namespace`: break the output contract
+//! - `given`: returns `spec.children` (objects, verbatim) and `spec.status` as they are, so a
+//!   test can make it return exactly what a defect needs (stripped labels, a name someone else
+//!   owns, a field that goes away)
 //!
-//! It declares a finalizer; when finalizing it answers `finalized` unless `spec.holdFinalizer`.
+//! It declares a finalizer (not with the `nofinalizer` feature); when finalizing it answers
+//! `finalized` unless `spec.holdFinalizer`.
 
 use wasmop_sdk::bindings::operator::exports::wasmop::plugin::reconciler::{
     ChildKind, Error, Guest, OperatorMetadata, Request, Response,
@@ -47,7 +51,7 @@ impl Guest for Hostile {
             parent: gvk("test.wasmop.dev", "v1", if cfg!(feature = "kind2") { "Hostile2" } else { "Hostile" }),
             children: vec![ChildKind { gvk: gvk("", "v1", "ConfigMap"), cluster_scoped: false }],
             crd: None,
-            finalizer: true,
+            finalizer: !cfg!(feature = "nofinalizer"),
         }
     }
 
@@ -92,6 +96,18 @@ impl Guest for Hostile {
                 vec![serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}}).to_string()]
             }
             "other-namespace" => vec![config_map(&name, Some("kube-system"), "escape")],
+            "given" => {
+                let children = spec["children"].as_array().cloned().unwrap_or_default();
+                let status = spec.get("status").filter(|s| s.is_object()).map(|s| s.to_string());
+                let children = children.iter().map(|c| c.to_string()).collect();
+                return Ok(Response {
+                    children,
+                    status,
+                    conditions: vec![],
+                    requeue_after_seconds: None,
+                    finalized: false,
+                });
+            }
             other => return Err(Error::Invalid(format!("unknown spec.mode {other:?}"))),
         };
         Ok(Response { children, status: None, conditions: vec![], requeue_after_seconds: None, finalized: false })

@@ -1,0 +1,112 @@
+//! What the pipeline remembers between reconciles of one parent, keyed by the parent's UID so a
+//! parent deleted and created again under the same name starts clean. See
+//! `docs/architecture.md` ("State the pipeline keeps").
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+/// Entries beyond the number of live parents kept before a sweep drops those of deleted ones.
+const SWEEP_SLACK: usize = 256;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Entry {
+    /// Consecutive failed reconciles, for backoff.
+    failures: u32,
+    /// The generation whose spec the plugin called invalid: not retried until it changes.
+    invalid_generation: Option<i64>,
+}
+
+/// Per-parent memory of one controller: consecutive failures (backoff) and the generation of a
+/// spec the plugin called invalid. An entry is dropped when its parent reconciles successfully
+/// and, for parents deleted meanwhile, by a sweep that keeps the map within a fixed slack of
+/// the number of live parents.
+#[derive(Debug, Default)]
+pub struct ParentState {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl ParentState {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Entry>) -> T) -> T {
+        match self.entries.lock() {
+            Ok(mut map) => f(&mut map),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Counts one more consecutive failure of `uid`; returns how many in a row.
+    pub fn record_failure(&self, uid: &str) -> u32 {
+        self.with(|map| {
+            let entry = map.entry(uid.to_string()).or_default();
+            entry.failures = entry.failures.saturating_add(1);
+            entry.failures
+        })
+    }
+
+    /// Remembers that the plugin called generation `generation` of `uid` invalid.
+    pub fn record_invalid(&self, uid: &str, generation: i64) {
+        self.with(|map| map.entry(uid.to_string()).or_default().invalid_generation = Some(generation));
+    }
+
+    /// Whether the plugin already called this generation of `uid` invalid.
+    pub fn is_reported_invalid(&self, uid: &str, generation: i64) -> bool {
+        self.with(|map| map.get(uid).and_then(|e| e.invalid_generation) == Some(generation))
+    }
+
+    /// Forgets `uid`: it reconciled successfully, or it is gone.
+    pub fn forget(&self, uid: &str) {
+        self.with(|map| map.remove(uid));
+    }
+
+    /// Number of parents remembered.
+    pub fn len(&self) -> usize {
+        self.with(|map| map.len())
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops the entries of parents that no longer exist, when the map has grown past the live
+    /// count plus a slack; `live` is asked for the live UIDs only then.
+    pub fn sweep(&self, live_count: usize, live: impl FnOnce() -> HashSet<String>) {
+        if self.len() <= live_count + SWEEP_SLACK {
+            return;
+        }
+        let live = live();
+        self.with(|map| map.retain(|uid, _| live.contains(uid)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_is_per_uid_and_cleared_on_success() {
+        let state = ParentState::default();
+        state.record_invalid("uid-1", 1);
+        assert!(state.is_reported_invalid("uid-1", 1));
+        // The same name created again has a new UID: nothing carries over.
+        assert!(!state.is_reported_invalid("uid-2", 1));
+        assert_eq!(state.record_failure("uid-2"), 1);
+        assert_eq!(state.record_failure("uid-2"), 2);
+        state.forget("uid-2");
+        assert_eq!(state.record_failure("uid-2"), 1);
+    }
+
+    #[test]
+    fn churn_of_100k_deleted_parents_stays_bounded() {
+        let state = ParentState::default();
+        let mut live: HashSet<String> = HashSet::new();
+        for i in 0..100_000 {
+            let uid = format!("uid-{i}");
+            live.insert(uid.clone());
+            state.record_invalid(&uid, 1);
+            state.sweep(live.len(), || live.clone());
+            // Deleted right after its reconcile.
+            live.remove(&uid);
+        }
+        assert!(state.len() <= SWEEP_SLACK + 1, "{} entries remembered", state.len());
+    }
+}
