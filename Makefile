@@ -10,7 +10,11 @@ TEST_PLUGINS := hostile contract-v2 mutator
 # Backend of `make dev`: memory (the embedded in-memory API server) or real (make controlplane).
 CONTROL_PLANE ?= memory
 
-.PHONY: all dev plugins test-plugins manifests test eval bench fmt clippy wasm-target kubectl controlplane
+# Image that `make docker-build` builds and deploy/ runs.
+IMG ?= wasmop:0.1.0
+
+.PHONY: all dev plugins test-plugins manifests test eval bench fmt clippy wasm-target kubectl controlplane \
+	install uninstall deploy undeploy docker-build
 
 all: plugins
 	$(CARGO) build --workspace
@@ -58,9 +62,13 @@ dev: plugins $(if $(filter real,$(CONTROL_PLANE)),controlplane)
 eval: plugins
 	$(CARGO) run -q -p wasmop -- eval --plugin $(PLUGIN_DIR)/appoperator.wasm examples/appoperator.yaml
 
-## Regenerate deploy/ manifests from the plugins (the CRD is checked by a test).
+## Regenerate deploy/ manifests from the plugins: the CRD and the least-privilege RBAC (tests
+## fail when the checked-in files drift from the plugins).
 manifests: plugins
 	$(CARGO) run -q -p wasmop -- crd --plugin $(PLUGIN_DIR)/appoperator.wasm > deploy/crds/appoperator.yaml
+	@rm -rf target/shipped-plugins && mkdir -p target/shipped-plugins
+	cp $(addprefix $(PLUGIN_DIR)/,$(addsuffix .wasm,$(subst -,_,$(PLUGINS)))) target/shipped-plugins/
+	$(CARGO) run -q -p wasmop -- rbac --plugins target/shipped-plugins > deploy/rbac.yaml
 
 bench: plugins test-plugins
 	$(CARGO) bench -p wasmop
@@ -70,3 +78,23 @@ fmt:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Install the CRDs of the shipped plugins into the current kubeconfig's cluster.
+install: kubectl
+	kubectl apply --server-side -f deploy/crds/
+
+## Remove the CRDs (and with them every custom resource of those kinds).
+uninstall: kubectl
+	kubectl delete --ignore-not-found -f deploy/crds/
+
+## Install the operator: namespace, CRDs, ServiceAccount, generated RBAC, Deployment, Service.
+deploy: kubectl
+	kubectl apply --server-side -k deploy/
+
+## Remove what `make deploy` installed (the CRDs too).
+undeploy: kubectl
+	kubectl delete --ignore-not-found -k deploy/
+
+## Build the operator image (needs a Docker engine; none runs on the development machines).
+docker-build:
+	docker build -t $(IMG) .

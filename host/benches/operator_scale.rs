@@ -102,14 +102,15 @@ async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
 
     let (stop, mut rx) = tokio::sync::watch::channel(false);
-    let stats = Arc::new(Stats::default());
+    let telemetry = wasmop::telemetry::Telemetry::new();
+    let stats = telemetry.stats.clone();
     let options = ControllerOptions { concurrency: 16, ..ControllerOptions::default() };
     let task = tokio::spawn(controller::run_plugin(
         client.clone(),
         logic,
         PolicyChain::default(),
         options,
-        stats.clone(),
+        telemetry,
         async move {
             let _ = rx.wait_for(|s| *s).await;
         },

@@ -18,7 +18,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use crate::apply::{MANAGED_BY_LABEL, PLUGIN_LABEL};
 use crate::plugin::Gvk;
 use crate::policy::PolicyChain;
-use crate::reconcile::{self, ChildKindCache, Context, Reconciler, Stats};
+use crate::reconcile::{self, ChildKindCache, Context, Reconciler};
+use crate::telemetry::{Health, Telemetry};
 
 /// How a plugin's controller runs.
 #[derive(Clone, Debug)]
@@ -60,13 +61,15 @@ pub async fn resolve(client: &Client, gvk: &Gvk) -> Result<(ApiResource, bool), 
     }
 }
 
-/// Resolves the plugin's kinds and runs its controller until `shutdown` completes.
+/// Resolves the plugin's kinds and runs its controller until `shutdown` completes. The caller
+/// marks the controller unsynced in the health before; it is marked synced once its caches are
+/// (and when it stops).
 pub async fn run_plugin(
     client: Client,
     plugin: Arc<dyn Reconciler>,
     policies: PolicyChain,
     options: ControllerOptions,
-    stats: Arc<Stats>,
+    telemetry: Telemetry,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), KindNotServed> {
     let meta = plugin.metadata().clone();
@@ -106,12 +109,15 @@ pub async fn run_plugin(
         parents,
         children,
         recorder: Recorder::new(client, reporter),
-        stats,
+        stats: telemetry.stats.clone(),
+        metrics: telemetry.metrics.clone(),
         state: Default::default(),
     });
+    let health = telemetry.health.clone();
+    let synced = wait_for_caches(ctx.clone(), health.clone(), meta.name.clone());
     let resync = tokio_stream_interval(options.resync);
     tracing::info!(plugin = %meta.name, parent = %meta.parent, "controller started");
-    controller
+    let run = controller
         .with_config(ControllerConfig::default().concurrency(options.concurrency))
         .reconcile_all_on(resync)
         .graceful_shutdown_on(shutdown)
@@ -120,10 +126,40 @@ pub async fn run_plugin(
             if let Err(e) = result {
                 tracing::debug!(error = %e, "controller event");
             }
-        })
-        .await;
+        });
+    let synced = tokio::spawn(synced);
+    run.await;
+    synced.abort();
+    health.set_synced(&meta.name, true);
     tracing::info!(plugin = %meta.name, "controller stopped");
     Ok(())
+}
+
+/// Marks the controller synced in `health` once the parent cache and every child cache have
+/// their first full list.
+async fn wait_for_caches(ctx: Arc<Context>, health: Arc<Health>, name: String) {
+    if !ready(&ctx.parents).await {
+        return;
+    }
+    for child in &ctx.children {
+        if !ready(&child.store).await {
+            return;
+        }
+    }
+    tracing::info!(plugin = %name, "caches synced");
+    health.set_synced(&name, true);
+}
+
+/// Whether `store` got its first full list (false if its writer is gone). kube-runtime's
+/// readiness signal wakes only its latest waiter, and the controller waits on the parent store
+/// too, so this asks again every 100 ms instead of waiting once.
+async fn ready(store: &kube::runtime::reflector::Store<DynamicObject>) -> bool {
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
+            Ok(result) => return result.is_ok(),
+            Err(_) => continue,
+        }
+    }
 }
 
 /// A stream yielding `()` every `period`, starting one period from now.

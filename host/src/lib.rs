@@ -3,11 +3,13 @@
 
 pub mod apply;
 pub mod controller;
+pub mod leader;
 pub mod manifest;
 pub mod names;
 pub mod operator;
 pub mod plugin;
 pub mod policy;
+pub mod rbac;
 pub mod reconcile;
 pub mod reload;
 pub mod sidecar;

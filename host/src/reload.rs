@@ -29,12 +29,19 @@ use crate::operator::{self, OperatorError};
 use crate::plugin::{LoadedPlugin, OperatorPlugin, PluginError, PolicyPlugin, Runtime};
 use crate::plugin::{ReconcileRequest, sha256_hex};
 use crate::policy::PolicyChain;
-use crate::reconcile::Stats;
+use crate::rbac;
 use crate::reconcile::finalizer as finalizers;
 use crate::sidecar;
+use crate::telemetry::Telemetry;
 
 /// How soon a controller whose kinds the cluster does not serve yet is tried again.
 const START_RETRY: Duration = Duration::from_secs(5);
+
+/// The most a ConfigMap holds: a larger plugin cannot have come from one intact.
+const CONFIGMAP_LIMIT: usize = 1 << 20;
+
+/// How often a plugin refused for missing permissions is checked again.
+const ACCESS_RETRY: Duration = Duration::from_secs(10);
 
 /// Quiet time after the last file event before the directory is rescanned.
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -89,6 +96,7 @@ struct Running {
 struct Scanned {
     path: PathBuf,
     wasm_sha: String,
+    size: usize,
     sidecar: Result<sidecar::Sidecar, sidecar::SidecarError>,
 }
 
@@ -106,44 +114,86 @@ pub struct Supervisor {
     dir: PathBuf,
     options: ControllerOptions,
     install_crds: bool,
-    stats: Arc<Stats>,
+    telemetry: Telemetry,
     reloads: Arc<ReloadStats>,
     recorder: Recorder,
     running: HashMap<PathBuf, Running>,
     /// Operator plugins refused because another file serves their kind; one takes over when
     /// that file goes.
     held: HashMap<PathBuf, Candidate>,
+    /// Operator plugins whose rules the operator's identity lacks, with the refusal reported;
+    /// checked again every [`ACCESS_RETRY`].
+    blocked: HashMap<PathBuf, Candidate>,
+    /// The last refusal reported per file, so a retry that fails the same way is not reported again.
+    access_reported: HashMap<PathBuf, String>,
     policies: HashMap<PathBuf, (String, PolicyPlugin, Option<String>)>,
     /// Content hash of the last bad bytes seen per file, so a broken file is reported once.
     failed: HashMap<PathBuf, String>,
 }
 
-impl Supervisor {
-    /// A supervisor of `dir`; nothing runs until [`Supervisor::run`].
-    pub fn new(
-        client: Client,
-        runtime: Arc<Runtime>,
-        dir: PathBuf,
-        options: ControllerOptions,
-        install_crds: bool,
-        stats: Arc<Stats>,
-        reloads: Arc<ReloadStats>,
-    ) -> Self {
+/// How to build a [`Supervisor`]: the client, runtime and directory, then optional settings.
+#[must_use]
+pub struct SupervisorBuilder {
+    client: Client,
+    runtime: Arc<Runtime>,
+    dir: PathBuf,
+    options: ControllerOptions,
+    install_crds: bool,
+    telemetry: Telemetry,
+}
+
+impl SupervisorBuilder {
+    /// Options of every controller (namespace, concurrency, resync).
+    pub fn options(mut self, options: ControllerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Server-side apply each plugin's CRD before starting its controller.
+    pub fn install_crds(mut self, install: bool) -> Self {
+        self.install_crds = install;
+        self
+    }
+
+    /// Counters, metrics and health to record into (default: fresh ones).
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
+    /// The supervisor; nothing runs until [`Supervisor::run`].
+    pub fn build(self) -> Supervisor {
         let reporter = Reporter { controller: "wasmop".into(), instance: std::env::var("POD_NAME").ok() };
-        let recorder = Recorder::new(client.clone(), reporter);
+        let recorder = Recorder::new(self.client.clone(), reporter);
         Supervisor {
-            client,
-            runtime,
-            dir,
-            options,
-            install_crds,
-            stats,
-            reloads,
+            reloads: self.telemetry.reloads.clone(),
+            client: self.client,
+            runtime: self.runtime,
+            dir: self.dir,
+            options: self.options,
+            install_crds: self.install_crds,
+            telemetry: self.telemetry,
             recorder,
             running: HashMap::new(),
             held: HashMap::new(),
+            blocked: HashMap::new(),
+            access_reported: HashMap::new(),
             policies: HashMap::new(),
             failed: HashMap::new(),
+        }
+    }
+}
+
+impl Supervisor {
+    /// A builder for a supervisor of `dir`.
+    pub fn builder(client: Client, runtime: Arc<Runtime>, dir: PathBuf) -> SupervisorBuilder {
+        SupervisorBuilder {
+            client,
+            runtime,
+            dir,
+            options: ControllerOptions::default(),
+            install_crds: false,
+            telemetry: Telemetry::new(),
         }
     }
 
@@ -158,11 +208,22 @@ impl Supervisor {
         .map_err(|e| self.watch_error(e))?;
         watcher.watch(&self.dir, RecursiveMode::NonRecursive).map_err(|e| self.watch_error(e))?;
         self.rescan().await;
+        self.telemetry.health.set_loaded();
 
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
+            let retry = async {
+                if self.blocked.is_empty() {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(ACCESS_RETRY).await;
+            };
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = retry => {
+                    let blocked: Vec<(PathBuf, Candidate)> = self.blocked.drain().collect();
+                    self.start_all(blocked, false).await;
+                }
                 event = rx.recv() => {
                     if event.is_none() {
                         break;
@@ -206,7 +267,7 @@ impl Supervisor {
             .into_iter()
             .filter_map(|path| {
                 let bytes = std::fs::read(&path).ok()?;
-                Some(Scanned { wasm_sha: sha256_hex(&bytes), sidecar: sidecar::read(&path), path })
+                Some(Scanned { wasm_sha: sha256_hex(&bytes), size: bytes.len(), sidecar: sidecar::read(&path), path })
             })
             .collect();
         Some(scanned)
@@ -218,6 +279,7 @@ impl Supervisor {
             .get(path)
             .map(|r| &r.candidate.fingerprint)
             .or_else(|| self.held.get(path).map(|c| &c.fingerprint))
+            .or_else(|| self.blocked.get(path).map(|c| &c.fingerprint))
             .or_else(|| self.policies.get(path).map(|p| &p.0))
     }
 
@@ -240,6 +302,15 @@ impl Supervisor {
             };
             let fingerprint = format!("{}:{}", file.wasm_sha, sha256_hex(&sidecar.bytes));
             if self.known(path) == Some(&fingerprint) || self.failed.get(path) == Some(&fingerprint) {
+                continue;
+            }
+            if file.size > CONFIGMAP_LIMIT && self.dir.join("..data").exists() {
+                let reason = format!(
+                    "{} MiB is over the 1 MiB a ConfigMap can hold, and this directory is mounted from one \
+                     (it has ..data); ship a plugin this large in the image instead",
+                    file.size.div_ceil(1 << 20)
+                );
+                self.report_failure(path, fingerprint, &reason).await;
                 continue;
             }
             let (runtime, file_path, limits) = (self.runtime.clone(), path.clone(), sidecar.limits);
@@ -327,6 +398,12 @@ impl Supervisor {
     async fn switch(&mut self, files: &[Scanned], loaded: Vec<(PathBuf, Candidate)>) -> Vec<(PathBuf, Candidate)> {
         let present: HashSet<&PathBuf> = files.iter().map(|f| &f.path).collect();
         self.held.retain(|p, _| present.contains(p));
+        // Plugins waiting for permissions are decided again with the rest.
+        for (path, candidate) in std::mem::take(&mut self.blocked) {
+            if present.contains(&path) {
+                self.held.insert(path, candidate);
+            }
+        }
         let mut fresh: HashMap<PathBuf, Candidate> = loaded.into_iter().collect();
         // Every file that could serve, by parent kind, in file-name order.
         let mut by_kind: BTreeMap<(String, String), Vec<PathBuf>> = BTreeMap::new();
@@ -405,11 +482,14 @@ impl Supervisor {
                 tracing::info!(plugin = %plugin.metadata().name, file = %path.display(),
                     "plugin file removed: controller stopped; its children and the parents' last status stay");
                 self.reloads.removals.fetch_add(1, Ordering::Relaxed);
+                self.telemetry.metrics.reload("removed");
+                self.telemetry.metrics.plugin_serving(&plugin.metadata().name, None);
                 if let Ok(mut serving) = self.reloads.serving.lock() {
                     serving.remove(&plugin.metadata().name);
                 }
             }
             stop(running).await;
+            self.telemetry.health.set_synced(&plugin.metadata().name, true);
             let successor = owners.get(&kind).and_then(|owner| self.candidate(fresh, owner));
             if plugin.metadata().finalizer && !successor.is_some_and(|s| s.metadata().finalizer) {
                 let why = format!("the plugin that declared it ({}) no longer serves this kind", path.display());
@@ -434,6 +514,10 @@ impl Supervisor {
             }
         }
         for (path, candidate) in to_start {
+            if !self.allowed(&path, &candidate).await {
+                self.blocked.insert(path, candidate);
+                continue;
+            }
             if self.install_crds
                 && let Err(e) = operator::install_crd(&self.client, &candidate.plugin).await
             {
@@ -450,6 +534,32 @@ impl Supervisor {
         }
     }
 
+    /// Whether the operator's identity may do everything the plugin needs (SelfSubjectAccess
+    /// Reviews); if not, the plugin is refused with a `PluginRejected` Event naming the missing
+    /// rules, once per distinct answer. A review that cannot be made lets the plugin start.
+    async fn allowed(&mut self, path: &Path, candidate: &Candidate) -> bool {
+        let meta = candidate.plugin.metadata();
+        let mut rules = rbac::plugin_rules(meta);
+        rules.extend(rbac::host_rules(std::slice::from_ref(meta), self.install_crds));
+        let missing = match rbac::check(&self.client, &rules, self.options.namespace.as_deref()).await {
+            Ok(missing) => missing,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot review the operator's permissions; starting anyway");
+                return true;
+            }
+        };
+        if missing.is_empty() {
+            self.access_reported.remove(path);
+            return true;
+        }
+        let reason = missing.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        if self.access_reported.get(path) != Some(&reason) {
+            self.reject(path, &reason).await;
+            self.access_reported.insert(path.to_path_buf(), reason);
+        }
+        false
+    }
+
     fn chain(&self) -> PolicyChain {
         let mut policies: Vec<_> = self.policies.iter().collect();
         policies.sort_by(|a, b| a.0.cmp(b.0));
@@ -464,8 +574,13 @@ impl Supervisor {
             serving.insert(plugin.metadata().name.clone(), plugin.file().revision().to_string());
         }
         tracing::info!(plugin = %plugin.metadata().name, revision = plugin.file().revision(), "starting controller");
-        let (client, logic, chain, stats) =
-            (self.client.clone(), Arc::new(plugin.clone()), self.chain(), self.stats.clone());
+        let (client, logic, chain, telemetry) =
+            (self.client.clone(), Arc::new(plugin.clone()), self.chain(), self.telemetry.clone());
+        let meta = plugin.metadata();
+        telemetry.metrics.plugin_serving(&meta.name, Some((&meta.version, plugin.file().revision())));
+        // Not ready until its caches sync (a kind not served yet keeps it unready).
+        telemetry.health.set_synced(&meta.name, false);
+        telemetry.metrics.reload("loaded");
         let options = ControllerOptions { settings: candidate.settings.clone(), ..self.options.clone() };
         let name = plugin.metadata().name.clone();
         let task = tokio::spawn(async move {
@@ -479,15 +594,22 @@ impl Supervisor {
                     logic.clone(),
                     chain.clone(),
                     options.clone(),
-                    stats.clone(),
+                    telemetry.clone(),
                     stopped,
                 );
                 let Err(e) = run.await else { return };
+                if *rx.borrow() {
+                    telemetry.health.set_synced(&name, true);
+                    return;
+                }
                 // Typically the parent kind is not served yet (its CRD is being installed by
                 // someone else): try again until it is, or until this version is stopped.
                 tracing::error!(plugin = %name, error = %e, "plugin's controller not started; retrying in {:?}", START_RETRY);
                 tokio::select! {
-                    _ = rx.wait_for(|s| *s) => return,
+                    _ = rx.wait_for(|s| *s) => {
+                        telemetry.health.set_synced(&name, true);
+                        return;
+                    }
                     _ = tokio::time::sleep(START_RETRY) => {}
                 }
             }
@@ -504,6 +626,7 @@ impl Supervisor {
     /// Logs, counts and records a `PluginRejected` Event for `path`.
     async fn reject(&self, path: &Path, e: &(dyn std::fmt::Display + Sync)) {
         self.reloads.failures.fetch_add(1, Ordering::Relaxed);
+        self.telemetry.metrics.reload("rejected");
         let serving = self.running.get(path).map(|r| r.candidate.plugin.file().revision().to_string());
         tracing::error!(file = %path.display(), error = %e, serving = ?serving,
             "plugin file rejected; the previous version (if any) keeps serving");

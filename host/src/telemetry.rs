@@ -1,11 +1,18 @@
 //! Metrics and health over HTTP: `/metrics` (Prometheus text format, via prometheus-client),
-//! `/healthz` and `/readyz`. The counters live where the work happens (reconcile and reload
-//! stats); a scrape reads them, so the hot path never touches the metrics registry.
+//! `/healthz` and `/readyz`.
+//!
+//! [`Metrics`] owns the one registry: it is created at the top (the command) and handed down to
+//! the supervisor, the controllers and the pipeline, which record into its families; nothing
+//! is global and nothing is read upward. Names follow controller-runtime where it has one
+//! (`controller_runtime_reconcile_total{controller,result}`, `..._errors_total`,
+//! `..._time_seconds`, `..._active_workers`, `workqueue_depth`, `leader_election_master_status`);
+//! wasmop's own are `wasmop_*`. [`Health`] says when `/readyz` is ready.
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -14,27 +21,265 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::reconcile::Stats;
 use crate::reload::ReloadStats;
 
-/// What `/metrics` reports.
+/// Labels of a metric family: (name, value) pairs.
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn seconds_histogram() -> Histogram {
+    // 0.5 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The metric families, registered once in one registry.
+pub struct Metrics {
+    registry: Registry,
+    reconcile_total: Family<Labels, Counter>,
+    reconcile_errors: Family<Labels, Counter>,
+    reconcile_time: Family<Labels, Histogram, fn() -> Histogram>,
+    active_workers: Family<Labels, Gauge>,
+    workqueue_depth: Family<Labels, Gauge>,
+    leader: Family<Labels, Gauge>,
+    plugin_call_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    plugin_failures: Family<Labels, Counter>,
+    policy_denials: Family<Labels, Counter>,
+    reloads: Family<Labels, Counter>,
+    children_applied: Family<Labels, Counter>,
+    children_pruned: Family<Labels, Counter>,
+    plugin_info: Family<Labels, Gauge>,
+    /// The `plugin_info` labels set per plugin, to remove them on a change.
+    served: Mutex<std::collections::HashMap<String, Labels>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Every family, registered.
+    pub fn new() -> Metrics {
+        let histogram = || Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(seconds_histogram);
+        let m = Metrics {
+            registry: Registry::default(),
+            reconcile_total: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_time: histogram(),
+            active_workers: Family::default(),
+            workqueue_depth: Family::default(),
+            leader: Family::default(),
+            plugin_call_duration: histogram(),
+            plugin_failures: Family::default(),
+            policy_denials: Family::default(),
+            reloads: Family::default(),
+            children_applied: Family::default(),
+            children_pruned: Family::default(),
+            plugin_info: Family::default(),
+            served: Mutex::default(),
+        };
+        let mut registry = Registry::default();
+        registry.register(
+            "controller_runtime_reconcile",
+            "Reconciles per controller and result",
+            m.reconcile_total.clone(),
+        );
+        registry.register(
+            "controller_runtime_reconcile_errors",
+            "Reconcile errors per controller",
+            m.reconcile_errors.clone(),
+        );
+        registry.register("controller_runtime_reconcile_time_seconds", "Time per reconcile", m.reconcile_time.clone());
+        registry.register("controller_runtime_active_workers", "Reconciles running now", m.active_workers.clone());
+        registry.register(
+            "workqueue_depth",
+            "Parents with a retry or requeue scheduled, not yet started",
+            m.workqueue_depth.clone(),
+        );
+        registry.register("leader_election_master_status", "1 while this replica leads", m.leader.clone());
+        registry.register(
+            "wasmop_plugin_call_duration_seconds",
+            "Time per plugin call",
+            m.plugin_call_duration.clone(),
+        );
+        registry.register("wasmop_plugin_failures", "Plugin calls that failed, by reason", m.plugin_failures.clone());
+        registry.register("wasmop_policy_denials", "Children denied, by policy", m.policy_denials.clone());
+        registry.register("wasmop_reloads", "Plugin files loaded, rejected or removed", m.reloads.clone());
+        registry.register(
+            "wasmop_children_applied",
+            "Children written with server-side apply",
+            m.children_applied.clone(),
+        );
+        registry.register("wasmop_children_pruned", "Children deleted as no longer desired", m.children_pruned.clone());
+        registry.register(
+            "wasmop_plugin_info",
+            "The version and revision each plugin serves (value 1)",
+            m.plugin_info.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// A reconcile of `controller` ended with `result` (`success`, `requeue_after`, `error`)
+    /// after `seconds`.
+    pub fn reconciled(&self, controller: &str, result: &str, seconds: f64) {
+        self.reconcile_total.get_or_create(&labels(&[("controller", controller), ("result", result)])).inc();
+        if result == "error" {
+            self.reconcile_errors.get_or_create(&labels(&[("controller", controller)])).inc();
+        }
+        self.reconcile_time.get_or_create(&labels(&[("controller", controller)])).observe(seconds);
+    }
+
+    /// Reconciles of `controller` running now.
+    pub fn active_workers(&self, controller: &str) -> Gauge {
+        self.active_workers.get_or_create(&labels(&[("controller", controller)])).clone()
+    }
+
+    /// Parents of `controller` waiting for a scheduled retry or requeue.
+    pub fn set_workqueue_depth(&self, controller: &str, depth: usize) {
+        self.workqueue_depth.get_or_create(&labels(&[("name", controller)])).set(depth as i64);
+    }
+
+    /// Whether this replica leads (`lease` names the election).
+    pub fn set_leader(&self, lease: &str, leading: bool) {
+        self.leader.get_or_create(&labels(&[("name", lease)])).set(i64::from(leading));
+    }
+
+    /// One plugin call took `seconds`; `world` is `operator` or `policy`.
+    pub fn plugin_call(&self, plugin: &str, world: &str, seconds: f64) {
+        self.plugin_call_duration.get_or_create(&labels(&[("plugin", plugin), ("world", world)])).observe(seconds);
+    }
+
+    /// A plugin call failed for `reason` (`timeout`, `memory`, `trap`, `invalid_output`, ...).
+    pub fn plugin_failure(&self, plugin: &str, reason: &str) {
+        self.plugin_failures.get_or_create(&labels(&[("plugin", plugin), ("reason", reason)])).inc();
+    }
+
+    /// A policy denied a child.
+    pub fn policy_denial(&self, policy: &str) {
+        self.policy_denials.get_or_create(&labels(&[("policy", policy)])).inc();
+    }
+
+    /// A reload ended with `result` (`loaded`, `rejected`, `removed`).
+    pub fn reload(&self, result: &str) {
+        self.reloads.get_or_create(&labels(&[("result", result)])).inc();
+    }
+
+    /// A child of `kind` was applied (or, with `pruned`, deleted) for `plugin`.
+    pub fn child_written(&self, plugin: &str, kind: &str, pruned: bool) {
+        let family = if pruned { &self.children_pruned } else { &self.children_applied };
+        family.get_or_create(&labels(&[("plugin", plugin), ("kind", kind)])).inc();
+    }
+
+    /// `plugin` serves `version` at `revision` (or, with `None`, no longer serves).
+    pub fn plugin_serving(&self, plugin: &str, version_revision: Option<(&str, &str)>) {
+        let mut served = match self.served.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(old) = served.remove(plugin) {
+            self.plugin_info.remove(&old);
+        }
+        if let Some((version, revision)) = version_revision {
+            let info = labels(&[("plugin", plugin), ("version", version), ("revision", revision)]);
+            self.plugin_info.get_or_create(&info).set(1);
+            served.insert(plugin.to_string(), info);
+        }
+    }
+
+    /// The registry in the text exposition format.
+    fn encode(&self, out: &mut String) {
+        // Writing into a String cannot fail.
+        let _ = encode(out, &self.registry);
+    }
+}
+
+/// What `/readyz` reports: ready once the plugins are loaded and every started controller's
+/// watch caches have synced — or at once on a standby replica, which is healthy and idle.
+#[derive(Debug, Default)]
+pub struct Health {
+    loaded: AtomicBool,
+    standby: AtomicBool,
+    unsynced: Mutex<BTreeSet<String>>,
+}
+
+impl Health {
+    /// The plugins directory has been read and its plugins started.
+    pub fn set_loaded(&self) {
+        self.loaded.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this replica waits for the leadership (ready and idle).
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::Relaxed);
+    }
+
+    /// `controller`'s caches are filling (`false`) or have synced or stopped (`true`).
+    pub fn set_synced(&self, controller: &str, synced: bool) {
+        let mut unsynced = match self.unsynced.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if synced {
+            unsynced.remove(controller);
+        } else {
+            unsynced.insert(controller.to_string());
+        }
+    }
+
+    /// `Ok` when ready, else what it waits for.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.standby.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if !self.loaded.load(Ordering::Relaxed) {
+            return Err("plugins not loaded yet".into());
+        }
+        let unsynced = self.unsynced.lock().map(|u| u.iter().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        if unsynced.is_empty() { Ok(()) } else { Err(format!("caches not synced: {}", unsynced.join(", "))) }
+    }
+}
+
+/// What `/metrics`, `/healthz` and `/readyz` report.
 #[derive(Clone)]
 pub struct Telemetry {
     /// Reconcile counters.
     pub stats: Arc<Stats>,
     /// Reload counters and serving revisions.
     pub reloads: Arc<ReloadStats>,
+    /// The registry.
+    pub metrics: Arc<Metrics>,
+    /// Readiness.
+    pub health: Arc<Health>,
 }
 
 impl Telemetry {
-    /// The metrics in the Prometheus text exposition format.
+    /// Fresh counters, registry and health.
+    pub fn new() -> Telemetry {
+        Telemetry {
+            stats: Arc::default(),
+            reloads: Arc::default(),
+            metrics: Arc::new(Metrics::new()),
+            health: Arc::default(),
+        }
+    }
+
+    /// The metrics in the Prometheus text exposition format: the registry, then the plain
+    /// `wasmop_*_total` counters.
     pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.metrics.encode(&mut out);
         let mut registry = Registry::with_prefix("wasmop");
         let s = &self.stats;
         for (name, help, value) in [
@@ -55,18 +300,19 @@ impl Telemetry {
         ] {
             registry.register(name, help, ConstCounter::new(value.load(Ordering::Relaxed)));
         }
-        let info = Family::<Vec<(String, String)>, Gauge>::default();
-        if let Ok(serving) = r.serving.lock() {
-            for (plugin, revision) in serving.iter() {
-                info.get_or_create(&vec![("plugin".into(), plugin.clone()), ("revision".into(), revision.clone())])
-                    .set(1);
-            }
+        // The registry above ends with `# EOF`; the plain counters go before it.
+        if out.ends_with("# EOF\n") {
+            out.truncate(out.len() - "# EOF\n".len());
         }
-        registry.register("plugin_info", "The revision each plugin serves (value 1)", info);
-        let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &registry);
         out
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new()
     }
 }
 
@@ -102,7 +348,11 @@ fn respond(req: &Request<Incoming>, telemetry: &Telemetry) -> Response<Full<Byte
         "/metrics" => {
             (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", telemetry.render())
         }
-        "/healthz" | "/readyz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/readyz" => match telemetry.health.ready() {
+            Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            Err(waiting) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {waiting}\n")),
+        },
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz or /readyz\n".to_string()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -120,10 +370,12 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_endpoint_reports_counters_and_revisions() {
-        let telemetry = Telemetry { stats: Arc::new(Stats::default()), reloads: Arc::new(ReloadStats::default()) };
+        let telemetry = Telemetry::new();
         telemetry.stats.reconciles.fetch_add(3, Ordering::Relaxed);
         telemetry.reloads.failures.fetch_add(1, Ordering::Relaxed);
-        telemetry.reloads.serving.lock().unwrap().insert("appoperator".into(), "1746eea1de96".into());
+        telemetry.metrics.reconciled("appoperator", "success", 0.002);
+        telemetry.metrics.plugin_serving("appoperator", Some(("0.1.0", "1746eea1de96")));
+        telemetry.metrics.plugin_serving("appoperator", Some(("0.2.0", "aaaaaaaaaaaa")));
         let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), telemetry).await.unwrap();
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
@@ -132,7 +384,18 @@ mod tests {
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
         assert!(body.contains("wasmop_reconciles_total 3"), "{body}");
         assert!(body.contains("wasmop_plugin_load_failures_total 1"), "{body}");
-        assert!(body.contains(r#"wasmop_plugin_info{plugin="appoperator",revision="1746eea1de96"} 1"#), "{body}");
+        assert!(
+            body.contains(r#"controller_runtime_reconcile_total{controller="appoperator",result="success"} 1"#),
+            "{body}"
+        );
+        assert!(
+            body.contains(r#"controller_runtime_reconcile_time_seconds_count{controller="appoperator"} 1"#),
+            "{body}"
+        );
+        // A new version replaces the info series instead of adding one.
+        assert!(body.contains(r#"wasmop_plugin_info{plugin="appoperator",version="0.2.0",revision="aaaaaaaaaaaa"} 1"#));
+        assert!(!body.contains("1746eea1de96"), "{body}");
+        assert_eq!(body.matches("# EOF").count(), 1, "{body}");
         task.abort();
     }
 }

@@ -170,6 +170,23 @@ fn policies_review_the_desired_children() {
 }
 
 #[test]
+fn checked_in_rbac_matches_the_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    for p in ["appoperator", "deny-latest-tag"] {
+        std::fs::copy(common::plugin(p), dir.path().join(format!("{}.wasm", p.replace('-', "_")))).unwrap();
+    }
+    let generated = stdout(&wasmop(&["rbac", "--plugins", dir.path().to_str().unwrap()]));
+    let path = common::workspace().join("deploy/rbac.yaml");
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        generated == checked_in,
+        "{} is out of date with the plugins; regenerate it with `make manifests`",
+        path.display()
+    );
+    assert!(!generated.contains('*'), "a wildcard in the generated RBAC:\n{generated}");
+}
+
+#[test]
 fn checked_in_crd_matches_the_plugin() {
     let plugin = appoperator();
     let generated = stdout(&wasmop(&["crd", "--plugin", &plugin]));

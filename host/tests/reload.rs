@@ -4,7 +4,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -168,6 +167,20 @@ async fn configmap_style_data_symlink_swap_triggers_a_reload(cluster: Cluster) {
     let rev2 = sha256_hex(&std::fs::read(hostile_v2()).unwrap())[..12].to_string();
     eventually("v2 after the swap", || all_carry(&config_maps, &["x"], "v2", &rev2)).await;
 
+    // A plugin over a ConfigMap's 1 MiB in such a directory is refused, saying so.
+    std::fs::write(new.join("big.wasm"), vec![0u8; 3 << 19]).unwrap();
+    std::os::unix::fs::symlink("..data/big.wasm", dir.path().join("big.wasm")).unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    eventually("big plugin refused", || async {
+        events.list(&ListParams::default()).await.unwrap().items.iter().any(|e| {
+            e.reason.as_deref() == Some("PluginRejected")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("big.wasm") && n.contains("over the 1 MiB a ConfigMap can hold"))
+        })
+    })
+    .await;
+
     running.stop().await;
     cluster.shutdown().await;
 }
@@ -209,8 +222,12 @@ async fn a_plugin_whose_kind_is_not_served_yet_starts_once_it_is() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(common::plugin("hostile"), dir.path().join("hostile.wasm")).unwrap();
     let running = supervise(&cluster, dir.path());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("unready: its kind is not served", || async {
+        running.health.ready().is_err_and(|waiting| waiting.contains("caches not synced: hostile"))
+    })
+    .await;
     install_hostile_crd(&client).await;
+    eventually("ready once its caches synced", || async { running.health.ready().is_ok() }).await;
     create(&client, &hostile_resource(), ns, "late-crd", json!({"mode": "ok"})).await;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     eventually("reconciled after the CRD appeared", || async {

@@ -18,7 +18,6 @@ use wasmop::controller::{ControllerOptions, resolve};
 use wasmop::manifest::read_objects;
 use wasmop::operator;
 use wasmop::plugin::{Gvk, Runtime};
-use wasmop::reconcile::Stats;
 use wasmop::reload::{ReloadStats, Supervisor};
 use wasmop::status::ready_of;
 use wasmop::telemetry::{self, Telemetry};
@@ -195,14 +194,16 @@ async fn run_operator(
     examples: &[(Gvk, Option<String>, String)],
 ) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stats = Arc::new(Stats::default());
     let options = ControllerOptions { resync: Duration::from_secs(60), ..ControllerOptions::default() };
-    let reloads = Arc::new(ReloadStats::default());
-    let telemetry = Telemetry { stats: stats.clone(), reloads: reloads.clone() };
-    let (metrics_addr, metrics_task) = telemetry::serve("127.0.0.1:0".parse()?, telemetry).await?;
+    let telemetry = Telemetry::new();
+    let reloads = telemetry.reloads.clone();
+    let (metrics_addr, metrics_task) = telemetry::serve("127.0.0.1:0".parse()?, telemetry.clone()).await?;
     println!("  metrics:  http://{metrics_addr}/metrics");
-    let supervisor =
-        Supervisor::new(client.clone(), Arc::new(rt), args.plugins.clone(), options, true, stats, reloads.clone());
+    let supervisor = Supervisor::builder(client.clone(), Arc::new(rt), args.plugins.clone())
+        .options(options)
+        .install_crds(true)
+        .telemetry(telemetry)
+        .build();
     let operator_task = {
         let mut rx = stop_rx.clone();
         tokio::spawn(supervisor.run(async move {

@@ -4,6 +4,7 @@ mod crd;
 mod dev;
 mod eval;
 mod inspect;
+mod rbac;
 mod run;
 
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ enum Command {
     Eval(eval::Args),
     /// Print the CustomResourceDefinitions that plugins ship.
     Crd(crd::Args),
+    /// Print the least-privilege RBAC the plugins of a directory need.
+    Rbac(rbac::Args),
     /// Run the operator against a cluster (current kubeconfig or in-cluster config).
     Run(run::Args),
     /// Run the embedded API server, the plugins and the examples, with a live view.
@@ -74,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::Dev(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| block_on(dev::run(rt, args))),
         Command::Eval(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| eval::run(&rt, args)),
         Command::Crd(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| crd::run(&rt, args)),
+        Command::Rbac(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| rbac::run(&rt, args)),
         Command::Plugin(PluginCommand::Inspect(args)) => {
             runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| inspect::run(&rt, args))
         }

@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::sync::watch;
 use wasmop::controller::ControllerOptions;
+use wasmop::leader::{self, LeaderSettings};
 use wasmop::operator;
 use wasmop::plugin::Runtime;
-use wasmop::reconcile::Stats;
-use wasmop::reload::{ReloadStats, Supervisor};
+use wasmop::reload::Supervisor;
 use wasmop::telemetry::{self, Telemetry};
 
 #[derive(clap::Args)]
@@ -44,6 +45,58 @@ pub(crate) struct Args {
     /// Do not serve metrics and health endpoints.
     #[arg(long)]
     no_metrics: bool,
+    #[command(flatten)]
+    leader: LeaderArgs,
+}
+
+/// Leader election flags, with controller-runtime's names and defaults.
+#[derive(clap::Args)]
+struct LeaderArgs {
+    /// Run controllers only while holding the leader Lease (for several replicas).
+    #[arg(long)]
+    leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "wasmop-leader")]
+    leader_elect_id: String,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else `default`).
+    #[arg(long)]
+    leader_elect_namespace: Option<String>,
+    /// How long a Lease is valid after its last renewal.
+    #[arg(long, default_value = "15s", value_parser = leader::parse_duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long the leader keeps leading without a confirmed renewal; shorter than the duration.
+    #[arg(long, default_value = "10s", value_parser = leader::parse_duration)]
+    leader_elect_renew_deadline: Duration,
+    /// How often the leader renews and a standby tries.
+    #[arg(long, default_value = "2s", value_parser = leader::parse_duration)]
+    leader_elect_retry_period: Duration,
+}
+
+impl LeaderArgs {
+    /// The validated settings, or `None` without `--leader-elect`.
+    fn settings(&self) -> anyhow::Result<Option<LeaderSettings>> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let settings = LeaderSettings {
+            lease_name: self.leader_elect_id.clone(),
+            namespace: self
+                .leader_elect_namespace
+                .clone()
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| "default".into()),
+            identity,
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
+        };
+        settings.validate()?;
+        Ok(Some(settings))
+    }
 }
 
 pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
@@ -54,46 +107,101 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     if plugins.operators.is_empty() {
         bail!("no operator plugin could be loaded from {}; build one with `make plugins`", args.plugins.display());
     }
+    drop(plugins);
+    let leader = args.leader.settings()?;
+    let telemetry = Telemetry::new();
+    let _metrics = serve_metrics(&args, &telemetry).await;
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+
+    let leadership = match &leader {
+        None => None,
+        Some(settings) => {
+            telemetry.health.set_standby(true);
+            telemetry.metrics.set_leader(&settings.lease_name, false);
+            tokio::select! {
+                leadership = leader::acquire(&client, settings) => Some(leadership?),
+                _ = &mut shutdown => return Ok(ExitCode::SUCCESS),
+            }
+        }
+    };
+    telemetry.health.set_standby(false);
+    if let Some(settings) = &leader {
+        telemetry.metrics.set_leader(&settings.lease_name, true);
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let supervisors = supervise(client, Arc::new(rt), &args, telemetry, stop_rx);
+    let mut supervisors = std::pin::pin!(supervisors);
+    let lost = async {
+        match &leadership {
+            Some(l) => l.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = &mut supervisors => result?,
+        _ = &mut shutdown => {
+            // Stop taking new work, let reconciles in flight finish (bounded per controller),
+            // then release the Lease so the next leader starts at once.
+            let _ = stop_tx.send(true);
+            supervisors.await?;
+            if let Some(l) = leadership {
+                l.release().await;
+            }
+        }
+        lost = lost => {
+            // Like controller-runtime: stop at once and exit non-zero; the controllers' tasks
+            // end with the runtime, before another replica may take over.
+            return Err(lost.into());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One supervisor per watched namespace (or one for all), until `stop` turns true.
+async fn supervise(
+    client: Client,
+    runtime: Arc<Runtime>,
+    args: &Args,
+    telemetry: Telemetry,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let options = ControllerOptions {
         concurrency: args.concurrency,
         resync: Duration::from_secs(args.resync_seconds),
         ..ControllerOptions::default()
     };
-    drop(plugins);
-    let stats = Arc::new(Stats::default());
-    let reloads = Arc::new(ReloadStats::default());
-    let runtime = Arc::new(rt);
-    let _metrics = if args.no_metrics {
-        None
-    } else {
-        let telemetry = Telemetry { stats: stats.clone(), reloads: reloads.clone() };
-        match telemetry::serve(args.metrics_addr, telemetry).await {
-            Ok((_, task)) => Some(task),
-            Err(e) => {
-                tracing::error!(addr = %args.metrics_addr, error = %e, "cannot serve metrics; pass --metrics-addr or --no-metrics");
-                None
-            }
-        }
-    };
     let namespaces: Vec<Option<String>> =
         if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
     let runs = namespaces.into_iter().map(|namespace| {
-        let options = ControllerOptions { namespace, ..options.clone() };
-        let supervisor = Supervisor::new(
-            client.clone(),
-            runtime.clone(),
-            args.plugins.clone(),
-            options,
-            args.install_crds,
-            stats.clone(),
-            reloads.clone(),
-        );
-        supervisor.run(shutdown_signal())
+        let supervisor = Supervisor::builder(client.clone(), runtime.clone(), args.plugins.clone())
+            .options(ControllerOptions { namespace, ..options.clone() })
+            .install_crds(args.install_crds)
+            .telemetry(telemetry.clone())
+            .build();
+        let mut stop = stop.clone();
+        supervisor.run(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
     });
     for result in futures::future::join_all(runs).await {
         result?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// Serves /metrics, /healthz and /readyz unless `--no-metrics`; a port in use is logged, not fatal.
+async fn serve_metrics(args: &Args, telemetry: &Telemetry) -> Option<tokio::task::JoinHandle<()>> {
+    if args.no_metrics {
+        return None;
+    }
+    match telemetry::serve(args.metrics_addr, telemetry.clone()).await {
+        Ok((_, task)) => Some(task),
+        Err(e) => {
+            tracing::error!(addr = %args.metrics_addr, error = %e, "cannot serve metrics; pass --metrics-addr or --no-metrics");
+            None
+        }
+    }
 }
 
 /// A client from an explicit kubeconfig file, or inferred (KUBECONFIG, ~/.kube/config, in-cluster).

@@ -113,6 +113,18 @@ impl PluginError {
         }
     }
 
+    /// The `reason` label of `wasmop_plugin_failures_total`.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            PluginError::InvalidSpec { .. } => "invalid_spec",
+            PluginError::Timeout { .. } => "timeout",
+            PluginError::OutOfMemory { .. } => "memory",
+            PluginError::Trap { .. } => "trap",
+            PluginError::InvalidOutput { .. } | PluginError::OutputTooLarge { .. } => "invalid_output",
+            _ => "other",
+        }
+    }
+
     /// Whether retrying the same input can help (false for an invalid spec: wait for a new one).
     pub fn is_retryable(&self) -> bool {
         !matches!(self, PluginError::InvalidSpec { .. })

@@ -31,6 +31,7 @@ use crate::plugin::{
 };
 use crate::policy::{PolicyChain, ReviewError, describe};
 use crate::status::{self, Report};
+use crate::telemetry::Metrics;
 
 /// How soon to ask a finalizing plugin again when it has not finished and gave no hint.
 const FINALIZE_RETRY: Duration = Duration::from_secs(5);
@@ -114,6 +115,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// The metrics registry's families.
+    pub metrics: Arc<Metrics>,
     /// Per-parent memory (backoff, invalid specs), keyed by UID.
     pub state: ParentState,
 }
@@ -136,7 +139,25 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         generation = parent.meta().generation.unwrap_or_default(),
     );
     Stats::bump(&ctx.stats.reconciles);
+    let controller = ctx.plugin.metadata().name.clone();
+    ctx.state.started(&uid(&parent));
+    ctx.metrics.set_workqueue_depth(&controller, ctx.state.scheduled());
+    let workers = ctx.metrics.active_workers(&controller);
+    workers.inc();
+    let started = std::time::Instant::now();
     let result = pipeline(&parent, &ctx).instrument(span.clone()).await;
+    workers.dec();
+    let outcome = match &result {
+        Ok(action) if *action == Action::await_change() => "success",
+        Ok(_) => "requeue_after",
+        Err(_) => "error",
+    };
+    ctx.metrics.reconciled(&controller, outcome, started.elapsed().as_secs_f64());
+    if let Ok(action) = &result
+        && *action != Action::await_change()
+    {
+        ctx.state.schedule(&uid(&parent));
+    }
     let _entered = span.enter();
     match &result {
         Ok(_) if !ctx.state.is_reported_invalid(&uid(&parent), parent.meta().generation.unwrap_or_default()) => {
@@ -155,6 +176,8 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
 /// Decides when to retry a failed reconcile: conflicts at once, everything else with
 /// exponential backoff per parent, capped at five minutes.
 pub fn error_policy(parent: Arc<DynamicObject>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.state.schedule(&uid(&parent));
+    ctx.metrics.set_workqueue_depth(&ctx.plugin.metadata().name, ctx.state.scheduled());
     if err.is_conflict() {
         return Action::requeue(error::CONFLICT_RETRY);
     }
@@ -257,7 +280,14 @@ async fn compute(
     };
     Stats::bump(&ctx.stats.plugin_calls);
     let plugin = ctx.plugin.clone();
-    Ok(tokio::task::spawn_blocking(move || plugin.reconcile(&request)).await??)
+    let started = std::time::Instant::now();
+    let answer = tokio::task::spawn_blocking(move || plugin.reconcile(&request)).await?;
+    let name = &ctx.plugin.metadata().name;
+    ctx.metrics.plugin_call(name, "operator", started.elapsed().as_secs_f64());
+    if let Err(e) = &answer {
+        ctx.metrics.plugin_failure(name, e.metric_reason());
+    }
+    Ok(answer?)
 }
 
 /// Step 3, review: the policy chain may allow, mutate or deny each child.
@@ -275,6 +305,9 @@ async fn review(parent: &DynamicObject, ctx: &Context, mut desired: Desired) -> 
 /// change, anything else is retried with backoff.
 async fn report_failure(parent: &DynamicObject, ctx: &Context, e: ReconcileError) -> Result<Action, ReconcileError> {
     let reason = e.condition_reason();
+    if let ReconcileError::Review(ReviewError::Denied { policy, .. }) = &e {
+        ctx.metrics.policy_denial(policy);
+    }
     publish(ctx, parent, EventType::Warning, reason, "Reconcile", e.to_string()).await;
     write_status(parent, ctx, &Report::failure(reason, e.to_string())).await?;
     match e {
@@ -333,6 +366,7 @@ async fn apply(
             return Err(err);
         }
         Stats::bump(&ctx.stats.applies);
+        ctx.metrics.child_written(&meta.name, &kind.resource.kind, false);
         publish(ctx, parent, EventType::Normal, verb, "Apply", format!("{verb} {}", describe(&child))).await;
     }
     Ok(conflicts)
@@ -374,6 +408,7 @@ async fn prune(
             return Err(ReconcileError::Api { action: format!("pruning {what}"), source });
         }
         Stats::bump(&ctx.stats.prunes);
+        ctx.metrics.child_written(&ctx.plugin.metadata().name, &kind.resource.kind, true);
         publish(ctx, parent, EventType::Normal, "Deleted", "Prune", format!("Deleted {what}, no longer desired")).await;
     }
     Ok(())

@@ -23,6 +23,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct ParentState {
     entries: Mutex<HashMap<String, Entry>>,
+    /// Parents with a retry or requeue scheduled that has not started yet (`workqueue_depth`).
+    scheduled: Mutex<HashSet<String>>,
 }
 
 impl ParentState {
@@ -52,6 +54,25 @@ impl ParentState {
         self.with(|map| map.get(uid).and_then(|e| e.invalid_generation) == Some(generation))
     }
 
+    /// A retry or requeue of `uid` was scheduled.
+    pub fn schedule(&self, uid: &str) {
+        if let Ok(mut scheduled) = self.scheduled.lock() {
+            scheduled.insert(uid.to_string());
+        }
+    }
+
+    /// A reconcile of `uid` started.
+    pub fn started(&self, uid: &str) {
+        if let Ok(mut scheduled) = self.scheduled.lock() {
+            scheduled.remove(uid);
+        }
+    }
+
+    /// How many parents wait for a scheduled retry or requeue.
+    pub fn scheduled(&self) -> usize {
+        self.scheduled.lock().map(|s| s.len()).unwrap_or_default()
+    }
+
     /// Forgets `uid`: it reconciled successfully, or it is gone.
     pub fn forget(&self, uid: &str) {
         self.with(|map| map.remove(uid));
@@ -75,6 +96,9 @@ impl ParentState {
         }
         let live = live();
         self.with(|map| map.retain(|uid, _| live.contains(uid)));
+        if let Ok(mut scheduled) = self.scheduled.lock() {
+            scheduled.retain(|uid| live.contains(uid));
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use wasmop::controller::ControllerOptions;
 use wasmop::reconcile::Stats;
 use wasmop::reload::{ReloadStats, Supervisor};
+use wasmop::telemetry::Telemetry;
 
 use super::cluster::Cluster;
 
@@ -22,6 +23,8 @@ pub struct Operator {
     pub stats: Arc<Stats>,
     /// Reload counters.
     pub reloads: Arc<ReloadStats>,
+    /// Readiness, as `/readyz` reports it.
+    pub health: Arc<wasmop::telemetry::Health>,
 }
 
 impl Operator {
@@ -33,17 +36,13 @@ impl Operator {
     /// Supervises `dir` with exactly `options`.
     pub fn start_with(client: &Client, dir: &Path, options: ControllerOptions) -> Operator {
         let (stop, mut rx) = watch::channel(false);
-        let stats = Arc::new(Stats::default());
-        let reloads = Arc::new(ReloadStats::default());
-        let supervisor = Supervisor::new(
-            client.clone(),
-            Arc::new(super::runtime()),
-            dir.to_path_buf(),
-            options,
-            true,
-            stats.clone(),
-            reloads.clone(),
-        );
+        let telemetry = Telemetry::new();
+        let (stats, reloads, health) = (telemetry.stats.clone(), telemetry.reloads.clone(), telemetry.health.clone());
+        let supervisor = Supervisor::builder(client.clone(), Arc::new(super::runtime()), dir.to_path_buf())
+            .options(options)
+            .install_crds(true)
+            .telemetry(telemetry)
+            .build();
         let task = tokio::spawn(async move {
             supervisor
                 .run(async move {
@@ -52,7 +51,7 @@ impl Operator {
                 .await
                 .expect("supervisor");
         });
-        Operator { stop, task: Some(task), stats, reloads }
+        Operator { stop, task: Some(task), stats, reloads, health }
     }
 
     /// Stops the operator and waits for it.

@@ -247,7 +247,8 @@ mod tests {
 
     #[test]
     fn two_controller_owner_references_are_refused() {
-        let owner = |name: &str| json!({"apiVersion": "v1", "kind": "Thing", "name": name, "uid": name, "controller": true});
+        let owner =
+            |name: &str| json!({"apiVersion": "v1", "kind": "Thing", "name": name, "uid": name, "controller": true});
         let cm = json!({"metadata": {"name": "c", "ownerReferences": [owner("a"), owner("b")]}});
         assert_eq!(fields("", "configmaps", cm), ["metadata.ownerReferences"]);
         let one = json!({"metadata": {"name": "c", "ownerReferences": [owner("a")]}});

@@ -1,0 +1,369 @@
+//! In-cluster deployment on the real control plane, where RBAC and Leases are enforced:
+//! `kubectl apply -k deploy/`, `wasmop run` processes with the deploy/ ServiceAccount's token and
+//! exactly the generated RBAC, leader election, a clear failure per missing rule, and the
+//! metrics and health endpoints.
+
+mod common;
+
+use common::cluster::*;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use wasmop_controlplane::ControlPlane;
+
+/// A `wasmop run` process, killed on drop, its stderr in a file.
+struct Wasmop {
+    child: Child,
+    log: PathBuf,
+    metrics: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Wasmop {
+    /// Starts `wasmop run` with `kubeconfig` (YAML), the shipped plugins and `extra` flags.
+    fn start(name: &str, kubeconfig: &str, plugins: &Path, extra: &[&str]) -> Wasmop {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("kubeconfig");
+        std::fs::write(&config, kubeconfig).unwrap();
+        let log = dir.path().join("stderr.log");
+        let metrics = free_addr();
+        let child = Command::new(env!("CARGO_BIN_EXE_wasmop"))
+            .args(["run", "--plugins"])
+            .arg(plugins)
+            .arg("--kubeconfig")
+            .arg(&config)
+            .arg(format!("--metrics-addr={metrics}"))
+            .args(extra)
+            .env("POD_NAME", name)
+            .env("POD_NAMESPACE", "wasmop-system")
+            .env("WASMOP_CACHE_DIR", common::workspace().join("target/test-code-cache"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Wasmop { child, log, metrics, _dir: dir }
+    }
+
+    fn log(&self) -> String {
+        let mut text = String::new();
+        let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut text));
+        text
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.metrics, path).await
+    }
+
+    /// The value of a sample line starting with `series` in /metrics, if present.
+    async fn sample(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await?;
+        body.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    async fn leading(&self) -> bool {
+        self.sample("leader_election_master_status{name=\"wasmop-leader\"}").await == Some(1.0)
+    }
+
+    /// Reconciles this process has run, over every controller and result.
+    async fn reconciles(&self) -> f64 {
+        let Some((_, body)) = self.get("/metrics").await else { return 0.0 };
+        body.lines()
+            .filter(|l| l.starts_with("controller_runtime_reconcile_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: a plain syscall on our own child process.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+}
+
+impl Drop for Wasmop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: wasmop\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+fn shipped_plugins() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for p in ["appoperator", "deny-latest-tag"] {
+        std::fs::copy(common::plugin(p), dir.path().join(format!("{}.wasm", p.replace('-', "_")))).unwrap();
+    }
+    dir
+}
+
+fn kubectl(kubeconfig: &str, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kubeconfig");
+    std::fs::write(&config, kubeconfig).unwrap();
+    let out = Command::new("kubectl")
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&config)
+        .current_dir(common::workspace())
+        .output()
+        .expect("kubectl (make test installs it)");
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Installs deploy/ once per test binary (server-side apply is idempotent).
+async fn install(plane: &ControlPlane) {
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    INSTALLED
+        .get_or_init(|| async {
+            kubectl(plane.kubeconfig_yaml(), &["apply", "--server-side", "-k", "deploy/"]);
+        })
+        .await;
+}
+
+/// A kubeconfig holding a token issued (TokenRequest) for ServiceAccount `wasmop-system/name`.
+async fn token_kubeconfig(plane: &ControlPlane, client: &Client, name: &str) -> String {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "wasmop-system");
+    if accounts.get_opt(name).await.unwrap().is_none() {
+        let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        accounts.create(&PostParams::default(), &account).await.unwrap();
+    }
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
+    let token = accounts.create_token_request(name, &PostParams::default(), &request).await.unwrap();
+    plane.token_kubeconfig_yaml(&token.status.unwrap().token)
+}
+
+async fn create_app(client: &Client, ns: &str, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces.get_opt(ns).await.unwrap().is_none() {
+        let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+        namespaces.create(&PostParams::default(), &namespace).await.unwrap();
+    }
+    create(client, &app_resource(), ns, name, json!({"image": "nginx:1.27", "replicas": 1})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_installs_and_two_replicas_elect_one_leader_with_the_generated_rbac() {
+    let plane = ControlPlane::shared().await.unwrap();
+    let client = plane.client().await.unwrap();
+    install(plane).await;
+    let deployment = Api::<Deployment>::namespaced(client.clone(), "wasmop-system").get("wasmop").await.unwrap();
+    assert_eq!(deployment.spec.unwrap().replicas, Some(2));
+
+    let kubeconfig = token_kubeconfig(plane, &client, "wasmop").await;
+    let plugins = shipped_plugins();
+    let a = Wasmop::start("replica-a", &kubeconfig, plugins.path(), &["--leader-elect"]);
+    eventually("replica-a leads", || a.leading()).await;
+    let b = Wasmop::start("replica-b", &kubeconfig, plugins.path(), &["--leader-elect"]);
+    eventually("replica-b ready and idle", || async {
+        b.get("/readyz").await.is_some_and(|(status, _)| status == 200) && !b.leading().await
+    })
+    .await;
+
+    create_app(&client, "team-a", "web").await;
+    let ar = app_resource();
+    eventually("reconciled by the leader", || ready_is(&client, &ar, "team-a", "web", "True", "Available")).await;
+    assert!(a.reconciles().await > 0.0);
+    assert_eq!(b.reconciles().await, 0.0, "the standby reconciled");
+
+    // kill -9 of the leader: the standby takes over within the lease duration plus a margin.
+    let killed = Instant::now();
+    a.signal(libc::SIGKILL);
+    eventually("replica-b leads", || b.leading()).await;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(15 + 10), "takeover took {took:?}");
+    create_app(&client, "team-a", "api").await;
+    eventually("reconciled by the new leader", || ready_is(&client, &ar, "team-a", "api", "True", "Available")).await;
+
+    // SIGTERM releases the Lease: a standby leads at once and the leader exits 0.
+    let mut c = Wasmop::start("replica-c", &kubeconfig, plugins.path(), &["--leader-elect"]);
+    eventually("replica-c ready", || async { c.get("/readyz").await.is_some_and(|(s, _)| s == 200) }).await;
+    b.signal(libc::SIGTERM);
+    let mut b = b;
+    let status = tokio::task::spawn_blocking(move || b.child.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "replica-b exited with {status}");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "wasmop-system");
+    let released = leases.get("wasmop-leader").await.unwrap();
+    let holder = released.spec.and_then(|s| s.holder_identity);
+    assert_ne!(holder.as_deref(), Some("replica-b"), "the Lease was not released");
+    eventually("replica-c leads", || c.leading()).await;
+    let _ = c.child.kill();
+    assert!(!a.log().contains("panicked"));
+}
+
+/// The generated ClusterRole minus `drop` (a rule, by resource, or one verb of it).
+fn role_without(rbac: &[Value], resource: &str, verb: Option<&str>) -> Value {
+    let mut role = rbac.iter().find(|d| d["kind"] == "ClusterRole").unwrap().clone();
+    let rules = role["rules"].as_array_mut().unwrap();
+    let index = rules.iter().position(|r| r["resources"][0] == resource).unwrap();
+    match verb {
+        Some(verb) => rules[index]["verbs"].as_array_mut().unwrap().retain(|v| v != verb),
+        None => {
+            rules.remove(index);
+        }
+    }
+    role
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_missing_generated_rule_fails_clearly() {
+    let plane = ControlPlane::shared().await.unwrap();
+    let client = plane.client().await.unwrap();
+    install(plane).await;
+    let rbac = wasmop::manifest::parse_objects(
+        &std::fs::read_to_string(common::workspace().join("deploy/rbac.yaml")).unwrap(),
+        Path::new("deploy/rbac.yaml"),
+    )
+    .unwrap();
+    let plugins = shipped_plugins();
+    let cases: [(&str, &str, Option<&str>, &str); 6] = [
+        ("parents", "appoperators", Some("watch"), "may not watch appoperators (apiGroup tools.wasmop.dev)"),
+        ("status", "appoperators/status", None, "may not patch appoperators/status"),
+        ("finalizers", "appoperators/finalizers", None, "may not update appoperators/finalizers"),
+        ("children", "deployments", Some("delete"), "may not delete deployments (apiGroup apps)"),
+        ("events", "events", None, "may not create events (apiGroup events.k8s.io)"),
+        ("leases", "", None, "leader election on Lease wasmop-system/wasmop-leader"),
+    ];
+    for (case, resource, verb, expected) in cases {
+        let account = format!("minus-{case}");
+        let mut role = if resource.is_empty() {
+            rbac.iter().find(|d| d["kind"] == "ClusterRole").unwrap().clone()
+        } else {
+            role_without(&rbac, resource, verb)
+        };
+        role["metadata"] = json!({"name": account});
+        let role: ClusterRole = serde_json::from_value(role).unwrap();
+        let apply = PatchParams::apply("wasmop-tests").force();
+        Api::<ClusterRole>::all(client.clone()).patch(&account, &apply, &Patch::Apply(&role)).await.unwrap();
+        let subject = json!([{"kind": "ServiceAccount", "name": account, "namespace": "wasmop-system"}]);
+        let binding: ClusterRoleBinding = serde_json::from_value(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": account},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": account},
+            "subjects": subject,
+        }))
+        .unwrap();
+        Api::<ClusterRoleBinding>::all(client.clone()).patch(&account, &apply, &Patch::Apply(&binding)).await.unwrap();
+        if !resource.is_empty() {
+            // Everything but the dropped rule: the Lease role too.
+            let lease: RoleBinding = serde_json::from_value(json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": account, "namespace": "wasmop-system"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "wasmop-leader-election"},
+                "subjects": subject,
+            }))
+            .unwrap();
+            Api::<RoleBinding>::namespaced(client.clone(), "wasmop-system")
+                .patch(&account, &apply, &Patch::Apply(&lease))
+                .await
+                .unwrap();
+        }
+        let kubeconfig = token_kubeconfig(plane, &client, &account).await;
+        let flags: &[&str] =
+            if resource.is_empty() { &["--leader-elect", "--leader-elect-id=minus-leases"] } else { &[] };
+        let process = Wasmop::start(&account, &kubeconfig, plugins.path(), flags);
+        let expected =
+            expected.replace("wasmop-leader", if resource.is_empty() { "minus-leases" } else { "wasmop-leader" });
+        eventually(&format!("{case}: the log says {expected:?}"), || async { process.log().contains(&expected) }).await;
+        let log = process.log();
+        if resource.is_empty() {
+            assert!(log.contains("forbidden"), "{case}: {log}");
+        } else {
+            assert!(log.contains("plugin file rejected"), "{case}: {log}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_readyz_waits_for_cache_sync() {
+    let plane = ControlPlane::shared().await.unwrap();
+    let client = plane.client().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(common::plugin("hostile"), dir.path().join("hostile.wasm")).unwrap();
+    // Its kind is not served yet: the controller cannot sync, so the process is not ready.
+    let process = Wasmop::start("metrics", plane.kubeconfig_yaml(), dir.path(), &[]);
+    eventually("/readyz says what it waits for", || async {
+        process.get("/readyz").await.is_some_and(|(s, body)| s == 503 && body.contains("caches not synced: hostile"))
+    })
+    .await;
+    assert_eq!(process.get("/healthz").await.map(|(s, _)| s), Some(200));
+    install_hostile_crd(&client).await;
+    let deadline = Instant::now() + WAIT;
+    while process.get("/readyz").await.is_none_or(|(s, _)| s != 200) {
+        let state = process.get("/readyz").await;
+        assert!(Instant::now() < deadline, "not ready once synced: {state:?}\n{}", process.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": "metrics"}})).unwrap();
+    namespaces.create(&PostParams::default(), &namespace).await.unwrap();
+    let ar = hostile_resource();
+    create(&client, &ar, "metrics", "p", json!({"mode": "ok"})).await;
+    eventually("reconciled", || ready_is(&client, &ar, "metrics", "p", "True", "Reconciled")).await;
+
+    let (status, body) = process.get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert_prometheus_text(&body);
+    for series in [
+        "controller_runtime_reconcile_total{controller=\"hostile\",result=\"success\"}",
+        "controller_runtime_reconcile_time_seconds_count{controller=\"hostile\"}",
+        "controller_runtime_active_workers{controller=\"hostile\"}",
+        "wasmop_plugin_call_duration_seconds_count{plugin=\"hostile\",world=\"operator\"}",
+        "wasmop_children_applied_total{plugin=\"hostile\",kind=\"ConfigMap\"}",
+        "wasmop_reloads_total{result=\"loaded\"}",
+        "wasmop_plugin_info{plugin=\"hostile\",version=\"0.0.1\",revision=",
+    ] {
+        assert!(body.contains(series), "{series} missing from:\n{body}");
+    }
+}
+
+/// Every line is a comment (`# HELP`, `# TYPE`, `# UNIT`, `# EOF`) or `name{labels} value`.
+fn assert_prometheus_text(body: &str) {
+    assert!(body.trim_end().ends_with("# EOF"), "no # EOF terminator");
+    for line in body.lines() {
+        if line.starts_with('#') {
+            assert!(
+                ["# HELP ", "# TYPE ", "# UNIT ", "# EOF"].iter().any(|p| line.starts_with(p)),
+                "bad comment line: {line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        assert!(value.parse::<f64>().is_ok() || value == "+Inf", "bad value in {line}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "bad labels: {line}");
+        }
+    }
+}
