@@ -42,6 +42,10 @@ test-plugins: wasm-target
 	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_kind2.wasm
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) -p hostile --features nofinalizer
 	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_nofin.wasm
+	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) -p hostile --features manykinds
+	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_manykinds.wasm
+	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) -p hostile --features slowmeta
+	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_slowmeta.wasm
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) $(addprefix -p ,$(TEST_PLUGINS))
 
 kubectl:

@@ -13,7 +13,7 @@ use kube::discovery::{self, Scope};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 
 use crate::apply::{MANAGED_BY_LABEL, PLUGIN_LABEL};
 use crate::plugin::Gvk;
@@ -80,8 +80,17 @@ pub async fn run_plugin(
         Some(ns) => Api::namespaced_with(client.clone(), ns, &parent_ar),
         None => Api::all_with(client.clone(), &parent_ar),
     };
-    let mut controller = Controller::new_with(parent_api, watcher::Config::default(), parent_ar.clone());
-    let parents = controller.store();
+    // Parents trigger a reconcile when their generation changes (spec, deletion), not on
+    // status or metadata writes — the host's own status writes would otherwise feed back
+    // into a loop. Resyncs and child events still reconcile.
+    let writer = Writer::new(parent_ar.clone());
+    let parents = writer.as_reader();
+    let trigger = watcher(parent_api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let mut controller = Controller::for_stream_with(trigger, parents.clone(), parent_ar.clone());
     let mut children = Vec::new();
     for child in &meta.children {
         let (ar, namespaced) = resolve(&client, &child.gvk).await?;
@@ -112,6 +121,8 @@ pub async fn run_plugin(
         stats: telemetry.stats.clone(),
         metrics: telemetry.metrics.clone(),
         state: Default::default(),
+        bucket: Default::default(),
+        loops: Default::default(),
     });
     let health = telemetry.health.clone();
     let synced = wait_for_caches(ctx.clone(), health.clone(), meta.name.clone());

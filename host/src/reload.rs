@@ -634,7 +634,7 @@ impl Supervisor {
         let event = Event {
             type_: EventType::Warning,
             reason: "PluginRejected".into(),
-            note: Some(note.chars().take(1000).collect()),
+            note: Some(crate::status::cap(&note, crate::status::MAX_EVENT_NOTE)),
             action: "Reload".into(),
             secondary: None,
         };

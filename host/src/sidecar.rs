@@ -7,6 +7,7 @@
 //! timeout_ms = 200      # wall time per call (default 500)
 //! memory_mib = 32       # linear memory per call (default 64)
 //! output_mib = 1        # answer size per call (default 4)
+//! max_children = 100    # children per parent (default 1000)
 //!
 //! [settings]            # any table; the plugin receives it as a JSON object
 //! registry = "registry.example.com"
@@ -54,6 +55,7 @@ struct LimitsTable {
     timeout_ms: Option<u64>,
     memory_mib: Option<u64>,
     output_mib: Option<usize>,
+    max_children: Option<usize>,
 }
 
 /// What a sidecar says about one plugin.
@@ -88,8 +90,9 @@ pub fn read(plugin: &Path) -> Result<Sidecar, SidecarError> {
         timeout: file.limits.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
         memory_bytes: file.limits.memory_mib.map_or(defaults.memory_bytes, |m| m << 20),
         output_bytes: file.limits.output_mib.map_or(defaults.output_bytes, |m| m << 20),
+        max_children: file.limits.max_children.unwrap_or(defaults.max_children),
     };
-    if limits.timeout.is_zero() || limits.memory_bytes == 0 || limits.output_bytes == 0 {
+    if limits.timeout.is_zero() || limits.memory_bytes == 0 || limits.output_bytes == 0 || limits.max_children == 0 {
         return Err(invalid("limits must be greater than zero".into()));
     }
     let settings =

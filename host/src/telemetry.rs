@@ -59,6 +59,7 @@ pub struct Metrics {
     children_applied: Family<Labels, Counter>,
     children_pruned: Family<Labels, Counter>,
     plugin_info: Family<Labels, Gauge>,
+    reconcile_loops: Family<Labels, Counter>,
     /// The `plugin_info` labels set per plugin, to remove them on a change.
     served: Mutex<std::collections::HashMap<String, Labels>>,
 }
@@ -88,6 +89,7 @@ impl Metrics {
             children_applied: Family::default(),
             children_pruned: Family::default(),
             plugin_info: Family::default(),
+            reconcile_loops: Family::default(),
             served: Mutex::default(),
         };
         let mut registry = Registry::default();
@@ -128,6 +130,11 @@ impl Metrics {
             "The version and revision each plugin serves (value 1)",
             m.plugin_info.clone(),
         );
+        registry.register(
+            "wasmop_reconcile_loops",
+            "Parents reconciled too often without a spec change, by plugin",
+            m.reconcile_loops.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -164,6 +171,11 @@ impl Metrics {
     /// A plugin call failed for `reason` (`timeout`, `memory`, `trap`, `invalid_output`, ...).
     pub fn plugin_failure(&self, plugin: &str, reason: &str) {
         self.plugin_failures.get_or_create(&labels(&[("plugin", plugin), ("reason", reason)])).inc();
+    }
+
+    /// A parent of `plugin` was found reconciling in a loop.
+    pub fn reconcile_loop(&self, plugin: &str) {
+        self.reconcile_loops.get_or_create(&labels(&[("plugin", plugin)])).inc();
     }
 
     /// A policy denied a child.

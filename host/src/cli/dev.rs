@@ -151,7 +151,8 @@ async fn serve(rt: Runtime, args: &Args, server: &Server) -> anyhow::Result<Exit
     server.write_kubeconfig(&args.kubeconfig)?;
     let client = server.client().await?;
 
-    let plugins = operator::load_dir(&rt, &args.plugins)?;
+    let rt = Arc::new(rt);
+    let plugins = super::run::load_dir(rt.clone(), args.plugins.clone()).await?;
     anyhow::ensure!(
         !plugins.operators.is_empty(),
         "no operator plugin in {}; run `make dev` (it builds and copies them)",
@@ -188,7 +189,7 @@ async fn serve(rt: Runtime, args: &Args, server: &Server) -> anyhow::Result<Exit
 
 /// Runs the operator (the supervisor, as `wasmop run` does) beside the live table or `--once`.
 async fn run_operator(
-    rt: Runtime,
+    rt: Arc<Runtime>,
     args: &Args,
     client: Client,
     examples: &[(Gvk, Option<String>, String)],
@@ -199,7 +200,7 @@ async fn run_operator(
     let reloads = telemetry.reloads.clone();
     let (metrics_addr, metrics_task) = telemetry::serve("127.0.0.1:0".parse()?, telemetry.clone()).await?;
     println!("  metrics:  http://{metrics_addr}/metrics");
-    let supervisor = Supervisor::builder(client.clone(), Arc::new(rt), args.plugins.clone())
+    let supervisor = Supervisor::builder(client.clone(), rt, args.plugins.clone())
         .options(options)
         .install_crds(true)
         .telemetry(telemetry)

@@ -103,7 +103,8 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     let client = client(args.kubeconfig.as_deref(), args.context.clone()).await?;
     // Fail fast on a directory with no usable operator; the supervisor then loads (from the
     // compiled-code cache), installs CRDs when asked, and follows changes.
-    let plugins = operator::load_dir(&rt, &args.plugins)?;
+    let rt = Arc::new(rt);
+    let plugins = load_dir(rt.clone(), args.plugins.clone()).await?;
     if plugins.operators.is_empty() {
         bail!("no operator plugin could be loaded from {}; build one with `make plugins`", args.plugins.display());
     }
@@ -130,7 +131,7 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let supervisors = supervise(client, Arc::new(rt), &args, telemetry, stop_rx);
+    let supervisors = supervise(client, rt, &args, telemetry, stop_rx);
     let mut supervisors = std::pin::pin!(supervisors);
     let lost = async {
         match &leadership {
@@ -156,6 +157,12 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Loads a plugins directory off the async threads: a plugin's `metadata()` may block in a
+/// WASI call, which must not run on (and panic) a runtime worker.
+pub(crate) async fn load_dir(rt: Arc<Runtime>, dir: PathBuf) -> anyhow::Result<operator::PluginSet> {
+    Ok(tokio::task::spawn_blocking(move || operator::load_dir(&rt, &dir)).await??)
 }
 
 /// One supervisor per watched namespace (or one for all), until `stop` turns true.

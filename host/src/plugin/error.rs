@@ -83,6 +83,18 @@ pub enum PluginError {
         /// The limit.
         limit: usize,
     },
+    /// The plugin returned more children than its `max_children` limit: nothing is applied.
+    #[error(
+        "plugin {plugin} returned {count} children for one parent; the limit is {limit} (max_children in its NAME.toml)"
+    )]
+    TooManyChildren {
+        /// Plugin name.
+        plugin: String,
+        /// Children returned.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The plugin answered `invalid`: the spec cannot be satisfied until it changes.
     #[error("plugin {plugin} rejected the spec: {message}")]
     InvalidSpec {
@@ -109,6 +121,7 @@ impl PluginError {
             PluginError::Timeout { .. } => "PluginTimeout",
             PluginError::OutOfMemory { .. } => "PluginOutOfMemory",
             PluginError::InvalidOutput { .. } | PluginError::OutputTooLarge { .. } => "InvalidPluginOutput",
+            PluginError::TooManyChildren { .. } => "TooManyChildren",
             _ => "PluginError",
         }
     }
@@ -121,6 +134,7 @@ impl PluginError {
             PluginError::OutOfMemory { .. } => "memory",
             PluginError::Trap { .. } => "trap",
             PluginError::InvalidOutput { .. } | PluginError::OutputTooLarge { .. } => "invalid_output",
+            PluginError::TooManyChildren { .. } => "too_many_children",
             _ => "other",
         }
     }

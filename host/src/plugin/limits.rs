@@ -12,6 +12,9 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// Total size of one answer (children, status, conditions), in bytes.
     pub output_bytes: usize,
+    /// Most children one parent may have; beyond it nothing is applied and the parent gets
+    /// `Ready=False/TooManyChildren`.
+    pub max_children: usize,
 }
 
 impl Limits {
@@ -21,6 +24,8 @@ impl Limits {
     pub const DEFAULT_MEMORY_BYTES: u64 = 64 << 20;
     /// 4 MiB of output per call.
     pub const DEFAULT_OUTPUT_BYTES: usize = 4 << 20;
+    /// 1,000 children per parent.
+    pub const DEFAULT_MAX_CHILDREN: usize = 1000;
 }
 
 impl Default for Limits {
@@ -29,6 +34,7 @@ impl Default for Limits {
             timeout: Self::DEFAULT_TIMEOUT,
             memory_bytes: Self::DEFAULT_MEMORY_BYTES,
             output_bytes: Self::DEFAULT_OUTPUT_BYTES,
+            max_children: Self::DEFAULT_MAX_CHILDREN,
         }
     }
 }

@@ -105,6 +105,9 @@ impl OperatorPlugin {
     }
 }
 
+/// Most child kinds one plugin may declare: each is a watch, a cache and RBAC rules.
+pub const MAX_CHILD_KINDS: usize = 64;
+
 fn validate_metadata(raw: wit::OperatorMetadata, label: &str) -> Result<OperatorMetadata, PluginError> {
     let bad = |reason: String| PluginError::InvalidMetadata { plugin: label.to_string(), reason };
     let (mut meta, crd) = metadata_from_wit(raw);
@@ -114,11 +117,18 @@ fn validate_metadata(raw: wit::OperatorMetadata, label: &str) -> Result<Operator
     if meta.parent.kind.is_empty() || meta.parent.version.is_empty() {
         return Err(bad(format!("parent {:?} needs a version and a kind", meta.parent)));
     }
+    if meta.children.len() > MAX_CHILD_KINDS {
+        return Err(bad(format!(
+            "it declares {} child kinds; at most {MAX_CHILD_KINDS} are allowed (each is a watch and a cache)",
+            meta.children.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
     for (i, child) in meta.children.iter().enumerate() {
         if child.gvk.kind.is_empty() || child.gvk.version.is_empty() {
             return Err(bad(format!("child kind {i} {:?} needs a version and a kind", child.gvk)));
         }
-        if meta.children[..i].iter().any(|c| c.gvk == child.gvk) {
+        if !seen.insert(&child.gvk) {
             return Err(bad(format!("child kind {} is declared twice", child.gvk)));
         }
     }

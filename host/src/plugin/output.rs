@@ -15,6 +15,12 @@ use crate::names;
 /// Longest condition message the API server accepts.
 const MAX_CONDITION_MESSAGE: usize = 32 * 1024;
 
+/// Largest object the API server stores (etcd's request limit): a bigger child cannot be applied.
+pub const MAX_OBJECT_BYTES: usize = 3 << 19;
+
+/// Largest status a plugin may return: the parent's spec and metadata need room beside it.
+const MAX_STATUS_BYTES: usize = 1 << 20;
+
 /// Status fields the host writes itself; a plugin must not set them.
 const HOST_STATUS_FIELDS: [&str; 2] = ["conditions", "observedGeneration"];
 
@@ -28,6 +34,13 @@ pub(crate) fn check_response(
     let size = response_size(&resp);
     if size > limits.output_bytes {
         return Err(PluginError::OutputTooLarge { plugin: meta.name.clone(), size, limit: limits.output_bytes });
+    }
+    if resp.children.len() > limits.max_children {
+        return Err(PluginError::TooManyChildren {
+            plugin: meta.name.clone(),
+            count: resp.children.len(),
+            limit: limits.max_children,
+        });
     }
     let parent_namespace = parent["metadata"]["namespace"].as_str();
     let children = resp
@@ -65,6 +78,16 @@ fn check_child(
     raw: &str,
 ) -> Result<Value, PluginError> {
     let label = format!("child {index}");
+    if raw.len() > MAX_OBJECT_BYTES {
+        return Err(invalid(
+            meta,
+            label,
+            format!(
+                "it is {} bytes; the API server stores objects up to {MAX_OBJECT_BYTES} bytes (1.5 MiB)",
+                raw.len()
+            ),
+        ));
+    }
     let mut child: Value =
         serde_json::from_str(raw).map_err(|e| invalid(meta, label.clone(), format!("not valid JSON: {e}")))?;
     let Some(obj) = child.as_object() else {
@@ -157,6 +180,16 @@ fn check_unique_children(meta: &OperatorMetadata, children: &[Value]) -> Result<
 }
 
 fn check_status(meta: &OperatorMetadata, raw: &str) -> Result<Map<String, Value>, PluginError> {
+    if raw.len() > MAX_STATUS_BYTES {
+        return Err(invalid(
+            meta,
+            "status".into(),
+            format!(
+                "it is {} bytes; at most {MAX_STATUS_BYTES} (1 MiB), so the parent fits the API server's 1.5 MiB",
+                raw.len()
+            ),
+        ));
+    }
     let value: Value =
         serde_json::from_str(raw).map_err(|e| invalid(meta, "status".into(), format!("not valid JSON: {e}")))?;
     let Value::Object(map) = value else {

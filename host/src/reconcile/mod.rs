@@ -5,6 +5,7 @@
 
 mod error;
 pub mod finalizer;
+pub mod ratelimit;
 mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -119,6 +120,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Per-parent memory (backoff, invalid specs), keyed by UID.
     pub state: ParentState,
+    /// The controller's overall limit on retries and requeues.
+    pub bucket: ratelimit::TokenBucket,
+    /// Parents reconciled too often without a spec change.
+    pub loops: ratelimit::LoopDetector,
 }
 
 fn key(parent: &DynamicObject) -> String {
@@ -145,7 +150,10 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     let workers = ctx.metrics.active_workers(&controller);
     workers.inc();
     let started = std::time::Instant::now();
+    let writes_before = Stats::get(&ctx.stats.applies) + Stats::get(&ctx.stats.status_writes);
     let result = pipeline(&parent, &ctx).instrument(span.clone()).await;
+    // Approximate (other parents' writes count too): enough to tell a busy loop from a resync.
+    let wrote = Stats::get(&ctx.stats.applies) + Stats::get(&ctx.stats.status_writes) > writes_before;
     workers.dec();
     let outcome = match &result {
         Ok(action) if *action == Action::await_change() => "success",
@@ -153,6 +161,18 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         Err(_) => "error",
     };
     ctx.metrics.reconciled(&controller, outcome, started.elapsed().as_secs_f64());
+    let busy = wrote || outcome == "requeue_after";
+    let looping = busy.then(|| ctx.loops.record(&uid(&parent), parent.meta().generation.unwrap_or_default()));
+    if let Some(Some(count)) = looping {
+        let note = format!(
+            "reconciled {count} times within {:?} without a spec change, each writing or requeueing: the plugin \
+             requeues too often, or fights another writer over a child; requeues and retries are rate limited",
+            ratelimit::LOOP_WINDOW
+        );
+        tracing::warn!(count, "reconcile loop");
+        ctx.metrics.reconcile_loop(&controller);
+        publish(&ctx, &parent, EventType::Warning, "ReconcileLoop", "Reconcile", note).await;
+    }
     if let Ok(action) = &result
         && *action != Action::await_change()
     {
@@ -170,6 +190,10 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         }
     }
     ctx.state.sweep(ctx.parents.len(), || ctx.parents.state().iter().map(|p| uid(p)).collect());
+    if ctx.loops.len() > ctx.parents.len() + 256 {
+        let live: HashSet<String> = ctx.parents.state().iter().map(|p| uid(p)).collect();
+        ctx.loops.retain(|u| live.contains(u));
+    }
     result
 }
 
@@ -178,10 +202,11 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
 pub fn error_policy(parent: Arc<DynamicObject>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
     ctx.state.schedule(&uid(&parent));
     ctx.metrics.set_workqueue_depth(&ctx.plugin.metadata().name, ctx.state.scheduled());
+    let limited = ctx.bucket.reserve();
     if err.is_conflict() {
-        return Action::requeue(error::CONFLICT_RETRY);
+        return Action::requeue(error::CONFLICT_RETRY.max(limited));
     }
-    Action::requeue(backoff(ctx.state.record_failure(&uid(&parent))))
+    Action::requeue(backoff(ctx.state.record_failure(&uid(&parent))).max(limited))
 }
 
 /// The six steps, with the finalizer handling around them.
@@ -199,6 +224,7 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
         }
         // Garbage collection takes the children.
         ctx.state.forget(&uid(parent));
+        ctx.loops.forget(&uid(parent));
         return Ok(Action::await_change());
     }
     if ctx.state.is_reported_invalid(&uid(parent), parent.meta().generation.unwrap_or_default()) {
@@ -439,7 +465,7 @@ async fn report(
     }
     write_status(parent, ctx, &Report { fields: Some(desired.status.clone().unwrap_or_default()), conditions }).await?;
     Ok(match desired.requeue_after {
-        Some(after) => Action::requeue(after),
+        Some(after) => Action::requeue(after.max(ratelimit::MIN_REQUEUE).max(ctx.bucket.reserve())),
         None => Action::await_change(),
     })
 }
@@ -536,6 +562,7 @@ async fn finalize(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
 
 /// Publishes an Event about the parent; failing to publish is logged, never fatal.
 async fn publish(ctx: &Context, parent: &DynamicObject, type_: EventType, reason: &str, action: &str, note: String) {
+    let note = status::cap(&note, status::MAX_EVENT_NOTE);
     let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&event, &parent.object_ref(&ctx.parent)).await {
         tracing::debug!(error = %e, "cannot publish event");

@@ -14,8 +14,15 @@
 //!   test can make it return exactly what a defect needs (stripped labels, a name someone else
 //!   owns, a field that goes away)
 //!
+//! - `many`: `spec.count` ConfigMaps
+//! - `clock`: a status that changes on every call (the current time)
+//! - `requeue`: asks to be called again after `spec.seconds` (default 0)
+//! - `huge-invalid`: calls the spec invalid with a message of `spec.mebibytes` MiB
+//! - `huge-status`: a status of `spec.mebibytes` MiB
+//!
 //! It declares a finalizer (not with the `nofinalizer` feature); when finalizing it answers
-//! `finalized` unless `spec.holdFinalizer`.
+//! `finalized` unless `spec.holdFinalizer`. With `manykinds` it declares 100,000 child kinds;
+//! with `slowmeta` its `metadata()` sleeps 3 s.
 
 use wasmop_sdk::bindings::operator::exports::wasmop::plugin::reconciler::{
     ChildKind, Error, Guest, OperatorMetadata, Request, Response,
@@ -45,11 +52,21 @@ fn config_map(name: &str, namespace: Option<&str>, payload: &str) -> String {
 
 impl Guest for Hostile {
     fn metadata() -> OperatorMetadata {
+        if cfg!(feature = "slowmeta") {
+            std::thread::sleep(std::time::Duration::from_secs(3));
+        }
+        let mut children = vec![ChildKind { gvk: gvk("", "v1", "ConfigMap"), cluster_scoped: false }];
+        if cfg!(feature = "manykinds") {
+            children.extend(
+                (0..100_000)
+                    .map(|i| ChildKind { gvk: gvk("x.example", "v1", &format!("K{i}")), cluster_scoped: false }),
+            );
+        }
         OperatorMetadata {
             name: "hostile".into(),
             version: "0.0.1".into(),
             parent: gvk("test.wasmop.dev", "v1", if cfg!(feature = "kind2") { "Hostile2" } else { "Hostile" }),
-            children: vec![ChildKind { gvk: gvk("", "v1", "ConfigMap"), cluster_scoped: false }],
+            children,
             crd: None,
             finalizer: !cfg!(feature = "nofinalizer"),
         }
@@ -96,6 +113,48 @@ impl Guest for Hostile {
                 vec![serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}}).to_string()]
             }
             "other-namespace" => vec![config_map(&name, Some("kube-system"), "escape")],
+            "many" => {
+                let count = spec["count"].as_u64().unwrap_or(10);
+                (0..count).map(|i| config_map(&format!("{name}-{i}"), None, "many")).collect()
+            }
+            "clock" => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let status = serde_json::json!({"now": now.as_nanos().to_string()}).to_string();
+                let children = vec![config_map(&name, None, "clock")];
+                return Ok(Response {
+                    children,
+                    status: Some(status),
+                    conditions: vec![],
+                    requeue_after_seconds: None,
+                    finalized: false,
+                });
+            }
+            "requeue" => {
+                let seconds = spec["seconds"].as_u64().unwrap_or(0) as u32;
+                let children = vec![config_map(&name, None, "requeue")];
+                return Ok(Response {
+                    children,
+                    status: None,
+                    conditions: vec![],
+                    requeue_after_seconds: Some(seconds),
+                    finalized: false,
+                });
+            }
+            "huge-invalid" => {
+                let mib = spec["mebibytes"].as_u64().unwrap_or(10) as usize;
+                return Err(Error::Invalid("y".repeat(mib << 20)));
+            }
+            "huge-status" => {
+                let mib = spec["mebibytes"].as_u64().unwrap_or(3) as usize;
+                let status = serde_json::json!({"blob": "z".repeat(mib << 20)}).to_string();
+                return Ok(Response {
+                    children: vec![],
+                    status: Some(status),
+                    conditions: vec![],
+                    requeue_after_seconds: None,
+                    finalized: false,
+                });
+            }
             "given" => {
                 let children = spec["children"].as_array().cloned().unwrap_or_default();
                 let status = spec.get("status").filter(|s| s.is_object()).map(|s| s.to_string());
