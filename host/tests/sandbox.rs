@@ -195,3 +195,21 @@ fn calls_share_no_state() {
         assert_eq!(image, json!(format!("img:{i}")));
     }
 }
+
+#[test]
+fn exit_says_the_plugin_exited_with_its_code() {
+    let rt = common::runtime();
+    let plugin = hostile(&rt, Limits::default());
+    // WASI preview 2's exit carries only success or failure: any non-zero code arrives as 1.
+    let err = plugin.reconcile(&parent(json!({"mode": "exit", "code": 7}))).unwrap_err();
+    assert!(err.to_string().contains("exited with code 1 instead of answering"), "{err}");
+    assert_still_serves(&plugin);
+}
+
+#[test]
+fn a_log_flood_is_bounded_and_the_call_still_answers() {
+    let rt = common::runtime();
+    let plugin = hostile(&rt, Limits::default());
+    let desired = plugin.reconcile(&parent(json!({"mode": "log-flood"}))).expect("answers despite the flood");
+    assert_eq!(desired.children.len(), 1);
+}

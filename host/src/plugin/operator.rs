@@ -12,7 +12,7 @@ use super::error::PluginError;
 use super::limits::Limits;
 use super::output::check_response;
 use super::runtime::{EpochTicker, PluginFile};
-use super::sandbox::{CallState, run_call};
+use super::sandbox::{CallState, escape_controls, run_call};
 use crate::names;
 
 /// A loaded operator plugin. Cheap to clone; every call gets a fresh instance, so concurrent
@@ -97,10 +97,13 @@ impl OperatorPlugin {
         )?;
         match answer {
             Ok(resp) => check_response(&inner.meta, &req.parent, resp, &inner.limits),
+            // Control characters escaped: the text reaches the host's log lines.
             Err(wit::Error::Invalid(message)) => {
-                Err(PluginError::InvalidSpec { plugin: inner.meta.name.clone(), message })
+                Err(PluginError::InvalidSpec { plugin: inner.meta.name.clone(), message: escape_controls(&message) })
             }
-            Err(wit::Error::Retry(message)) => Err(PluginError::Retry { plugin: inner.meta.name.clone(), message }),
+            Err(wit::Error::Retry(message)) => {
+                Err(PluginError::Retry { plugin: inner.meta.name.clone(), message: escape_controls(&message) })
+            }
         }
     }
 }

@@ -15,6 +15,12 @@ use super::limits::Limits;
 
 /// Bytes of guest stdout or stderr kept per call; more traps the guest's write.
 const CAPTURE_BYTES: usize = 1 << 20;
+/// Lines a plugin may send to the host log per call (the `log` import and its output together).
+pub const LOG_LINES_PER_CALL: u32 = 100;
+/// Bytes a plugin may send to the host log per call.
+pub const LOG_BYTES_PER_CALL: usize = 64 << 10;
+/// Longest single log line kept from a plugin.
+const LOG_LINE_BYTES: usize = 4 << 10;
 
 /// Store data of one call.
 pub(crate) struct CallState {
@@ -24,6 +30,38 @@ pub(crate) struct CallState {
     plugin: Arc<str>,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
+    log: LogBudget,
+}
+
+/// What a plugin may still log in this call; lines over the budget are counted, not logged.
+#[derive(Debug, Default)]
+struct LogBudget {
+    lines: u32,
+    bytes: usize,
+    dropped: u32,
+}
+
+impl LogBudget {
+    /// The line to log (capped, control characters escaped), or `None` when over budget.
+    fn admit(&mut self, message: &str) -> Option<String> {
+        if self.lines >= LOG_LINES_PER_CALL || self.bytes >= LOG_BYTES_PER_CALL {
+            self.dropped += 1;
+            return None;
+        }
+        let line = escape_controls(&crate::status::cap(message, LOG_LINE_BYTES));
+        self.lines += 1;
+        self.bytes += line.len();
+        Some(line)
+    }
+}
+
+/// `text` with control characters (newlines included) escaped, so a plugin cannot forge host
+/// log lines.
+pub fn escape_controls(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// Refuses memory growth past the plugin's limit and remembers that it did, so the resulting
@@ -57,6 +95,7 @@ impl types::Host for CallState {}
 
 impl host::Host for CallState {
     fn log(&mut self, level: types::LogLevel, message: String) {
+        let Some(message) = self.log.admit(&message) else { return };
         let plugin = &*self.plugin;
         match level {
             types::LogLevel::Trace => tracing::trace!(plugin, "{message}"),
@@ -85,6 +124,7 @@ pub(crate) fn new_store(
         plugin: plugin.clone(),
         stdout,
         stderr,
+        log: LogBudget::default(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -93,14 +133,25 @@ pub(crate) fn new_store(
     store
 }
 
-/// Sends what the guest printed to the host log at debug level.
-pub(crate) fn drain_output(store: &Store<CallState>) {
-    let state = store.data();
-    for (stream, pipe) in [("stdout", &state.stdout), ("stderr", &state.stderr)] {
+/// Sends what the guest printed to the host log at debug level, within the call's log budget,
+/// then one line saying how many were dropped, if any.
+pub(crate) fn drain_output(store: &mut Store<CallState>) {
+    let state = store.data_mut();
+    for (stream, pipe) in [("stdout", state.stdout.clone()), ("stderr", state.stderr.clone())] {
         let bytes = pipe.contents();
         for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.trim().is_empty()) {
-            tracing::debug!(plugin = &*state.plugin, stream, "{line}");
+            if let Some(line) = state.log.admit(line) {
+                tracing::debug!(plugin = &*state.plugin, stream, "{line}");
+            }
         }
+    }
+    if state.log.dropped > 0 {
+        tracing::warn!(
+            plugin = &*state.plugin,
+            dropped = state.log.dropped,
+            "{} plugin log lines dropped: over the budget of {LOG_LINES_PER_CALL} lines / {LOG_BYTES_PER_CALL} bytes per call",
+            state.log.dropped
+        );
     }
 }
 
@@ -115,12 +166,27 @@ pub(crate) fn classify(err: wasmtime::Error, store: &Store<CallState>, limits: &
         return PluginError::Timeout { plugin, limit: limits.timeout };
     }
     let stderr = String::from_utf8_lossy(&state.stderr.contents()).trim().to_string();
+    if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        let message = format!("the plugin exited with code {} instead of answering; return an error instead", exit.0);
+        return PluginError::Trap { plugin, message };
+    }
     let message = match (panic_message(&stderr), err.downcast_ref::<wasmtime::Trap>()) {
         (Some(panic), _) => panic,
         (None, Some(trap)) => trap.to_string(),
-        (None, None) => format!("{err:#}").lines().next().unwrap_or("unknown failure").to_string(),
+        (None, None) => describe_failure(&err),
     };
     PluginError::Trap { plugin, message }
+}
+
+/// The most telling line of a failure that is neither a trap nor a panic: the innermost cause
+/// that is not wasmtime's generic "error while executing" wrapper.
+fn describe_failure(err: &wasmtime::Error) -> String {
+    err.chain()
+        .map(|cause| cause.to_string())
+        .filter_map(|text| text.lines().next().map(str::trim).map(str::to_string))
+        .filter(|line| !line.is_empty() && !line.starts_with("error while executing"))
+        .last()
+        .unwrap_or_else(|| "the plugin failed without a message (no trap, no panic)".to_string())
 }
 
 /// The panic message of a Rust guest from its stderr (`thread '..' panicked at FILE:\nMESSAGE`).
@@ -145,13 +211,28 @@ pub(crate) fn run_call<I, R>(
     let ticks = super::runtime::EpochTicker::ticks_for(limits.timeout);
     let mut store = new_store(engine, plugin, limits, ticks);
     let result = instantiate(&mut store).and_then(|instance| call(&mut store, &instance));
-    drain_output(&store);
+    drain_output(&mut store);
     result.map_err(|e| classify(e, &store, limits))
 }
 
 #[cfg(test)]
 mod tests {
     use super::panic_message;
+
+    #[test]
+    fn log_budget_drops_the_excess_and_escapes_controls() {
+        let mut budget = super::LogBudget::default();
+        assert_eq!(budget.admit("a\nINFO forged").as_deref(), Some("a\\nINFO forged"));
+        for _ in 1..super::LOG_LINES_PER_CALL {
+            assert!(budget.admit("x").is_some());
+        }
+        assert!(budget.admit("over").is_none());
+        assert_eq!(budget.dropped, 1);
+        let mut bytes = super::LogBudget::default();
+        let big = "y".repeat(10 << 20);
+        let line = bytes.admit(&big).unwrap();
+        assert!(line.len() <= 4 << 10);
+    }
 
     #[test]
     fn extracts_rust_panic_message() {

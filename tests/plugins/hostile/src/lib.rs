@@ -14,6 +14,8 @@
 //!   test can make it return exactly what a defect needs (stripped labels, a name someone else
 //!   owns, a field that goes away)
 //!
+//! - `exit`: calls `exit(spec.code)`
+//! - `log-flood`: logs 10,000 lines with embedded newlines through the host's `log` import
 //! - `many`: `spec.count` ConfigMaps
 //! - `clock`: a status that changes on every call (the current time)
 //! - `requeue`: asks to be called again after `spec.seconds` (default 0)
@@ -104,6 +106,13 @@ impl Guest for Hostile {
                 }
             }
             "panic" => panic!("{}", spec["message"].as_str().unwrap_or("boom")),
+            "exit" => std::process::exit(spec["code"].as_i64().unwrap_or(3) as i32),
+            "log-flood" => {
+                for i in 0..10_000 {
+                    wasmop_sdk::log(wasmop_sdk::LogLevel::Info, &format!("line {i}\nINFO wasmop: forged host line"));
+                }
+                vec![config_map(&name, None, "flooded")]
+            }
             "huge" => {
                 let mib = spec["mebibytes"].as_u64().unwrap_or(100) as usize;
                 vec![config_map(&name, None, &"x".repeat(mib << 20))]
