@@ -135,7 +135,7 @@ fn declaring_very_many_child_kinds_is_refused_quickly() {
 }
 
 #[test]
-fn a_plugin_whose_metadata_blocks_does_not_crash_wasmop_run() {
+fn a_plugin_whose_metadata_blocks_is_rejected_and_the_others_serve() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cluster = rt.block_on(async {
         let cluster = Cluster::memory().await;
@@ -166,5 +166,6 @@ fn a_plugin_whose_metadata_blocks_does_not_crash_wasmop_run() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.lines().any(|l| l.contains("slow.wasm") && l.contains("timed out")), "{stderr}");
     rt.block_on(cluster.0.shutdown());
 }

@@ -213,3 +213,17 @@ fn a_log_flood_is_bounded_and_the_call_still_answers() {
     let desired = plugin.reconcile(&parent(json!({"mode": "log-flood"}))).expect("answers despite the flood");
     assert_eq!(desired.children.len(), 1);
 }
+
+#[test]
+fn a_wasi_sleep_ends_at_the_time_limit() {
+    let rt = common::runtime();
+    let limits = Limits { timeout: Duration::from_millis(300), ..Limits::default() };
+    let plugin = hostile(&rt, limits);
+    let started = Instant::now();
+    let err = plugin.reconcile(&parent(json!({"mode": "sleep", "seconds": 10}))).unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(matches!(err, PluginError::Timeout { .. }), "{err}");
+    // Cut at the deadline, not after the ten seconds asked for.
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    assert_still_serves(&plugin);
+}

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreContextMut};
 
 use super::bindings;
 use super::cache::{CacheOutcome, CacheStats, CodeCache, sha256_hex};
@@ -192,6 +192,7 @@ impl Runtime {
         let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        cap_wasi_sleeps(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         bindings::operator::Operator::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let cache = CodeCache::new(&engine, config.cache_dir);
@@ -342,6 +343,25 @@ fn incompatible_exports(plugin: &str, e: wasmtime::Error) -> PluginError {
         plugin: plugin.to_string(),
         reason: format!("its exports do not match the contract: {e:#}"),
     }
+}
+
+/// Replaces WASI's `monotonic-clock.subscribe-duration` and `subscribe-instant` with versions
+/// whose pollables are ready at the call's deadline at the latest ([`CallState::capped_sleep`]):
+/// epoch interruption cannot interrupt a host call, so a plugin sleeping or polling would
+/// otherwise hold its thread past its time limit.
+fn cap_wasi_sleeps(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+    clock.func_wrap("subscribe-duration", |mut store: StoreContextMut<'_, CallState>, (nanos,): (u64,)| {
+        Ok((store.data_mut().capped_sleep(Duration::from_nanos(nanos))?,))
+    })?;
+    clock.func_wrap("subscribe-instant", |mut store: StoreContextMut<'_, CallState>, (when,): (u64,)| {
+        let state = store.data_mut();
+        let now = state.monotonic_now();
+        Ok((state.capped_sleep(Duration::from_nanos(when.saturating_sub(now)))?,))
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,11 +3,13 @@
 //! `log` import.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
+use wasmtime_wasi::{HostMonotonicClock, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::operator::wasmop::plugin::{host, types};
 use super::error::PluginError;
@@ -31,6 +33,52 @@ pub(crate) struct CallState {
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
     log: LogBudget,
+    /// When the call's time is up: no WASI sleep lasts past it.
+    deadline: tokio::time::Instant,
+    /// Origin of the guest's monotonic clock (this call's start).
+    clock_origin: std::time::Instant,
+    /// A WASI sleep was cut at the deadline: the call timed out, whatever it answers.
+    cut_at_deadline: bool,
+}
+
+impl CallState {
+    /// A `wasi:io/poll` pollable that is ready after `duration`, or at the call's deadline if
+    /// that is sooner: a plugin that sleeps or polls cannot hold its thread past its time limit;
+    /// once it runs again, epoch interruption ends the call as a timeout.
+    pub(crate) fn capped_sleep(&mut self, duration: Duration) -> wasmtime::Result<Resource<DynPollable>> {
+        let wanted = tokio::time::Instant::now() + duration;
+        let until = wanted.min(self.deadline);
+        self.cut_at_deadline |= wanted > self.deadline;
+        let sleep = self.table.push(CappedSleep(until))?;
+        subscribe(&mut self.table, sleep)
+    }
+
+    /// The guest's monotonic clock now, in nanoseconds since the call started.
+    pub(crate) fn monotonic_now(&self) -> u64 {
+        u64::try_from(self.clock_origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A WASI sleep that ends at a fixed instant.
+struct CappedSleep(tokio::time::Instant);
+
+#[async_trait::async_trait]
+impl Pollable for CappedSleep {
+    async fn ready(&mut self) {
+        tokio::time::sleep_until(self.0).await;
+    }
+}
+
+/// The guest's monotonic clock: nanoseconds since the call started.
+struct CallClock(std::time::Instant);
+
+impl HostMonotonicClock for CallClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 /// What a plugin may still log in this call; lines over the budget are counted, not logged.
@@ -116,7 +164,12 @@ pub(crate) fn new_store(
 ) -> Store<CallState> {
     let stdout = MemoryOutputPipe::new(CAPTURE_BYTES);
     let stderr = MemoryOutputPipe::new(CAPTURE_BYTES);
-    let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
+    let clock_origin = std::time::Instant::now();
+    let wasi = WasiCtx::builder()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .monotonic_clock(CallClock(clock_origin))
+        .build();
     let state = CallState {
         wasi,
         table: ResourceTable::new(),
@@ -125,6 +178,9 @@ pub(crate) fn new_store(
         stdout,
         stderr,
         log: LogBudget::default(),
+        deadline: tokio::time::Instant::now() + limits.timeout,
+        clock_origin,
+        cut_at_deadline: false,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -212,6 +268,9 @@ pub(crate) fn run_call<I, R>(
     let mut store = new_store(engine, plugin, limits, ticks);
     let result = instantiate(&mut store).and_then(|instance| call(&mut store, &instance));
     drain_output(&mut store);
+    if store.data().cut_at_deadline {
+        return Err(PluginError::Timeout { plugin: plugin.to_string(), limit: limits.timeout });
+    }
     result.map_err(|e| classify(e, &store, limits))
 }
 

@@ -25,6 +25,9 @@ use crate::store::{DeleteOpts, Deleted, PatchType, State, WriteOpts};
 use crate::watch::{self as watchmod, WatchSpec};
 use crate::{Config, discovery, openapi};
 
+/// Largest request body accepted, as kube-apiserver's default (3 MiB).
+const MAX_BODY_BYTES: usize = 3 << 20;
+
 /// Response body type.
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -79,8 +82,12 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respo
     let accept = h(header::ACCEPT);
     let content_type = h(header::CONTENT_TYPE);
     let user_agent = h(header::USER_AGENT);
-    let body = match req.into_body().collect().await {
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
         Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            let message = format!("Request entity too large: limit is {MAX_BODY_BYTES}");
+            return Ok(error_response(&StatusError::new(413, "RequestEntityTooLarge", message)));
+        }
         Err(e) => {
             return Ok(error_response(&StatusError::bad_request(format!("reading body: {e}"))));
         }

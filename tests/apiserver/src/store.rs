@@ -15,6 +15,9 @@ use crate::resources::{self, ListType, Registry, ResKey, ResourceInfo};
 use crate::schema;
 use crate::selector::{FieldSelector, LabelSelector};
 
+/// Largest object stored, as etcd's default request limit (1.5 MiB).
+pub const MAX_OBJECT_BYTES: usize = 3 << 19;
+
 /// Storage key of an object: (namespace, name); namespace is "" for cluster-scoped objects.
 pub type ObjKey = (String, String);
 
@@ -714,6 +717,15 @@ impl State {
                     spec.insert(f.into(), v.clone());
                 }
             }
+        }
+        // etcd's request limit, which the real server reports as 413.
+        let size = serde_json::to_vec(&new).map(|v| v.len()).unwrap_or_default();
+        if size > MAX_OBJECT_BYTES {
+            return Err(StatusError::new(
+                413,
+                "RequestEntityTooLarge",
+                format!("Request entity too large: the object is {size} bytes; etcdserver: request is too large"),
+            ));
         }
         if !info.custom && sub != "status" {
             let causes = crate::validation::validate(info, &new);

@@ -341,3 +341,22 @@ async fn kube_runtime_event_recorder_and_lease_concurrency() {
     assert_eq!(err.code, 409);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn objects_and_bodies_over_the_real_limits_are_refused() {
+    let server = server().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client(&server), "default");
+    let sized = |name: &str, bytes: usize| ConfigMap {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        data: Some(BTreeMap::from([("blob".to_string(), "x".repeat(bytes))])),
+        ..Default::default()
+    };
+    // Over etcd's 1.5 MiB object limit, under the 3 MiB body limit.
+    let err = status(cms.create(&PostParams::default(), &sized("big", 2 << 20)).await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (413, "RequestEntityTooLarge"), "{err:?}");
+    // Over the 3 MiB request body limit.
+    let err = status(cms.create(&PostParams::default(), &sized("huge", 4 << 20)).await.unwrap_err());
+    assert_eq!(err.code, 413, "{err:?}");
+    assert!(cms.create(&PostParams::default(), &sized("fine", 1 << 20)).await.is_ok());
+    server.shutdown().await;
+}

@@ -14,6 +14,7 @@
 //!   test can make it return exactly what a defect needs (stripped labels, a name someone else
 //!   owns, a field that goes away)
 //!
+//! - `sleep`: sleeps `spec.seconds` (default 10) in WASI before answering
 //! - `exit`: calls `exit(spec.code)`
 //! - `log-flood`: logs 10,000 lines with embedded newlines through the host's `log` import
 //! - `many`: `spec.count` ConfigMaps
@@ -106,6 +107,10 @@ impl Guest for Hostile {
                 }
             }
             "panic" => panic!("{}", spec["message"].as_str().unwrap_or("boom")),
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(spec["seconds"].as_u64().unwrap_or(10)));
+                vec![config_map(&name, None, "slept")]
+            }
             "exit" => std::process::exit(spec["code"].as_i64().unwrap_or(3) as i32),
             "log-flood" => {
                 for i in 0..10_000 {
