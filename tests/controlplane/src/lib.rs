@@ -101,6 +101,13 @@ pub enum Error {
     Client(String),
 }
 
+impl Error {
+    /// Whether a process failed because a port picked as free was taken meanwhile.
+    fn is_port_clash(&self) -> bool {
+        matches!(self, Error::Exited { tail, .. } if tail.contains("address already in use"))
+    }
+}
+
 /// How to start a control plane.
 #[derive(Clone, Debug)]
 #[must_use]
@@ -174,7 +181,22 @@ impl ControlPlane {
         SHARED.get_or_try_init(|| Builder::default().start()).await
     }
 
+    /// Starts, trying again with fresh ports (up to three times) when a port picked as free was
+    /// taken by another process before ours bound it.
     async fn start(builder: Builder) -> Result<ControlPlane, Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match ControlPlane::start_once(builder.clone()).await {
+                Err(e) if attempt < 3 && e.is_port_clash() => {
+                    tracing::warn!(attempt, error = %e, "a port was taken meanwhile; starting again");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(builder: Builder) -> Result<ControlPlane, Error> {
         for binary in BINARIES.iter().copied().chain([KWOK_STAGES]) {
             if !builder.bin_dir.join(binary).is_file() {
                 return Err(Error::MissingBinary { binary, dir: builder.bin_dir.clone() });
