@@ -540,7 +540,7 @@ pub fn apply(live: &Value, req: &ApplyRequest<'_>, lt: &dyn Fn(&[String]) -> Lis
                     Cause::new(
                         "FieldManagerConflict",
                         path_string(p),
-                        format!("conflict with \"{}\" using {}", entries[*i].manager, entries[*i].api_version),
+                        format!("conflict with {}", describe_manager(&entries[*i])),
                     )
                 })
                 .collect();
@@ -653,6 +653,22 @@ pub fn record_update(
         entries[idx].api_version = api_version.to_string();
     }
     write_managed(new, &entries);
+}
+
+/// A manager as the real server names it in a conflict: `"name"` for an applier, `"name" using
+/// VERSION at TIME` for an updater (structured-merge-diff's wording).
+fn describe_manager(entry: &Managed) -> String {
+    let mut out = format!("\"{}\"", entry.manager);
+    if !entry.subresource.is_empty() {
+        out.push_str(&format!(" with subresource \"{}\"", entry.subresource));
+    }
+    if entry.operation == "Update" {
+        out.push_str(&format!(" using {}", entry.api_version));
+        if !entry.time.is_empty() {
+            out.push_str(&format!(" at {}", entry.time));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -532,14 +532,18 @@ impl State {
             let mut pruned = Vec::new();
             schema::prune(&mut probe, &strip_meta_props(s), "", &mut pruned);
             if opts.strict && !pruned.is_empty() {
-                return Err(strict_error(info, &pruned));
+                return Err(apply_unknown_field(info, ns, name, &pruned[0]));
             }
             tracked = probe;
         }
         if !info.custom {
             // Undeclared fields of built-in kinds are dropped before ownership is computed.
             let mut probe = applied.clone();
-            crate::typed::decode(info, &mut probe, opts.strict)?;
+            let mut pruned = Vec::new();
+            crate::typed::decode_pruned(info, &mut probe, &mut pruned)?;
+            if opts.strict && !pruned.is_empty() {
+                return Err(apply_unknown_field(info, ns, name, &pruned[0]));
+            }
             tracked = apply::trackable(&probe, info.status, &opts.subresource);
         }
         let ok = (if info.namespaced { ns.to_string() } else { String::new() }, name.to_string());
@@ -610,7 +614,8 @@ impl State {
         // Compare and carry over in the request's version.
         let old_presented = old.map(|o| Self::present(info, o));
         let old = old_presented.as_ref();
-        // Clients may not set managedFields through ordinary writes in this server.
+        // managedFields a client writes (kubectl rewrites them to move client-side-apply
+        // ownership to server-side apply) replace the old ones, as on the real server.
         let managed_in = new.get("metadata").and_then(|m| m.get("managedFields")).cloned();
         match old {
             Some(old) => {
@@ -761,8 +766,17 @@ impl State {
             let tracked_new = apply::trackable(&new, info.status, sub);
             let tracked_old = old.map(|o| apply::trackable(o, info.status, sub));
             let manager = if opts.manager.is_empty() { "unknown" } else { &opts.manager };
+            let old_managed = old.and_then(|o| o.pointer("/metadata/managedFields"));
+            let rewritten = match (&managed_in, old) {
+                (Some(written), Some(o)) if Some(written) != old_managed => {
+                    let mut o = o.clone();
+                    meta::meta_mut(&mut o).insert("managedFields".into(), written.clone());
+                    Some(o)
+                }
+                _ => None,
+            };
             apply::record_update(
-                old,
+                rewritten.as_ref().or(old),
                 &mut new,
                 &tracked_new,
                 tracked_old.as_ref(),
@@ -1058,6 +1072,21 @@ fn strip_meta_props(schema: &Value) -> Value {
         p.insert("kind".into(), json!({"type": "string"}));
     }
     s
+}
+
+/// A server-side apply naming a field the schema does not declare, as the real server's
+/// structured-merge-diff reports it (an error without a reason).
+fn apply_unknown_field(info: &ResourceInfo, ns: &str, name: &str, field: &str) -> StatusError {
+    let object = if ns.is_empty() { name.to_string() } else { format!("{ns}/{name}") };
+    StatusError::new(
+        500,
+        "",
+        format!(
+            "failed to create typed patch object ({object}; {}, Kind={}): .{field}: field not declared in schema",
+            info.api_version(),
+            info.kind
+        ),
+    )
 }
 
 fn strict_error(info: &ResourceInfo, pruned: &[String]) -> StatusError {

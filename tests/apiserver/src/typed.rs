@@ -77,6 +77,23 @@ fn prune_like(orig: &mut Value, typed: &Value, path: &str, pruned: &mut Vec<Stri
 /// Decodes a built-in object like the real server: drops undeclared fields (an error when
 /// `strict`), and rejects values of the wrong type. Custom resources are left alone.
 pub fn decode(info: &ResourceInfo, obj: &mut Value, strict: bool) -> ApiResult<()> {
+    let mut pruned = Vec::new();
+    decode_pruned(info, obj, &mut pruned)?;
+    if strict && !pruned.is_empty() {
+        let list: Vec<String> = pruned.iter().map(|p| format!("unknown field \"{p}\"")).collect();
+        return Err(StatusError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+            info.kind,
+            info.version,
+            info.kind,
+            list.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Like [`decode`], collecting the dropped fields' paths in `pruned` instead of failing on them.
+pub fn decode_pruned(info: &ResourceInfo, obj: &mut Value, pruned: &mut Vec<String>) -> ApiResult<()> {
     if info.custom {
         return Ok(());
     }
@@ -90,12 +107,7 @@ pub fn decode(info: &ResourceInfo, obj: &mut Value, strict: bool) -> ApiResult<(
         return Ok(());
     };
     let typed = result.map_err(cannot)?;
-    let mut pruned = Vec::new();
-    prune_like(obj, &typed, "", &mut pruned);
-    if strict && !pruned.is_empty() {
-        let list: Vec<String> = pruned.iter().map(|p| format!("unknown field \"{p}\"")).collect();
-        return Err(cannot(format!("strict decoding error: {}", list.join(", "))));
-    }
+    prune_like(obj, &typed, "", pruned);
     Ok(())
 }
 
