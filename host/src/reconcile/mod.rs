@@ -150,10 +150,11 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     let workers = ctx.metrics.active_workers(&controller);
     workers.inc();
     let started = std::time::Instant::now();
-    let writes_before = Stats::get(&ctx.stats.applies) + Stats::get(&ctx.stats.status_writes);
+    let writes = || Stats::get(&ctx.stats.applies) + Stats::get(&ctx.stats.status_writes);
+    let writes_before = writes();
     let result = pipeline(&parent, &ctx).instrument(span.clone()).await;
     // Approximate (other parents' writes count too): enough to tell a busy loop from a resync.
-    let wrote = Stats::get(&ctx.stats.applies) + Stats::get(&ctx.stats.status_writes) > writes_before;
+    let wrote = writes() > writes_before;
     workers.dec();
     let outcome = match &result {
         Ok(action) if *action == Action::await_change() => "success",
@@ -161,40 +162,50 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         Err(_) => "error",
     };
     ctx.metrics.reconciled(&controller, outcome, started.elapsed().as_secs_f64());
-    let busy = wrote || outcome == "requeue_after";
-    let looping = busy.then(|| ctx.loops.record(&uid(&parent), parent.meta().generation.unwrap_or_default()));
-    if let Some(Some(count)) = looping {
-        let note = format!(
-            "reconciled {count} times within {:?} without a spec change, each writing or requeueing: the plugin \
-             requeues too often, or fights another writer over a child; requeues and retries are rate limited",
-            ratelimit::LOOP_WINDOW
-        );
-        tracing::warn!(count, "reconcile loop");
-        ctx.metrics.reconcile_loop(&controller);
-        publish(&ctx, &parent, EventType::Warning, "ReconcileLoop", "Reconcile", note).await;
-    }
-    if let Ok(action) = &result
-        && *action != Action::await_change()
-    {
-        ctx.state.schedule(&uid(&parent));
+    if wrote || outcome == "requeue_after" {
+        watch_for_loop(&parent, &ctx).await;
     }
     let _entered = span.enter();
-    match &result {
-        Ok(_) if !ctx.state.is_reported_invalid(&uid(&parent), parent.meta().generation.unwrap_or_default()) => {
-            ctx.state.forget(&uid(&parent));
-        }
+    remember(&parent, &ctx, &result);
+    result
+}
+
+/// Counts a reconcile that wrote or requeued without a spec change; reports a loop (Warning
+/// Event, metric) when there are too many.
+async fn watch_for_loop(parent: &DynamicObject, ctx: &Context) {
+    let Some(count) = ctx.loops.record(&uid(parent), parent.meta().generation.unwrap_or_default()) else { return };
+    let note = format!(
+        "reconciled {count} times within {:?} without a spec change, each writing or requeueing: the plugin \
+         requeues too often, or fights another writer over a child; requeues and retries are rate limited",
+        ratelimit::LOOP_WINDOW
+    );
+    tracing::warn!(count, "reconcile loop");
+    ctx.metrics.reconcile_loop(&ctx.plugin.metadata().name);
+    publish(ctx, parent, EventType::Warning, "ReconcileLoop", "Reconcile", note).await;
+}
+
+/// Updates the per-parent state after a reconcile: a requeue is scheduled, a success forgets
+/// the parent (unless its spec was called invalid), a failure is counted; then the state of
+/// deleted parents is swept.
+fn remember(parent: &DynamicObject, ctx: &Context, result: &Result<Action, ReconcileError>) {
+    let uid = uid(parent);
+    match result {
+        Ok(action) if *action != Action::await_change() => ctx.state.schedule(&uid),
         Ok(_) => {}
         Err(e) => {
             Stats::bump(&ctx.stats.failures);
             tracing::warn!(error = %e, "reconcile failed");
         }
     }
-    ctx.state.sweep(ctx.parents.len(), || ctx.parents.state().iter().map(|p| uid(p)).collect());
+    if result.is_ok() && !ctx.state.is_reported_invalid(&uid, parent.meta().generation.unwrap_or_default()) {
+        ctx.state.forget(&uid);
+    }
+    let live = || ctx.parents.state().iter().map(|p| self::uid(p)).collect::<HashSet<String>>();
+    ctx.state.sweep(ctx.parents.len(), live);
     if ctx.loops.len() > ctx.parents.len() + 256 {
-        let live: HashSet<String> = ctx.parents.state().iter().map(|p| uid(p)).collect();
+        let live = live();
         ctx.loops.retain(|u| live.contains(u));
     }
-    result
 }
 
 /// Decides when to retry a failed reconcile: conflicts at once, everything else with
