@@ -308,9 +308,21 @@ async fn kubectl_get_watch_sees_a_change(t: Target) {
     });
     let first = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
     assert_eq!(first, "watched=1");
-    cms.patch("watched", &PatchParams::default(), &Patch::Merge(json!({"data": {"v": "2"}}))).await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
-    assert_eq!(next, "watched=2");
+    // kubectl starts its watch after the first GET; a change made before the watch is up may
+    // not be shown, so change the object until a change arrives (at most five times).
+    let mut seen = None;
+    for v in 2..=6 {
+        cms.patch("watched", &PatchParams::default(), &Patch::Merge(json!({"data": {"v": v.to_string()}})))
+            .await
+            .unwrap();
+        if let Ok(line) = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
+            seen = line.map(|l| (l, v));
+            break;
+        }
+    }
+    let (line, v) = seen.expect("kubectl get -w printed no change");
+    let shown: u32 = line.strip_prefix("watched=").and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!((2..=v).contains(&shown), "{line} after setting v={v}");
     let _ = child.kill();
     let _ = child.wait();
     t.shutdown().await;
