@@ -245,7 +245,7 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
     if meta.finalizer {
         add_finalizer(parent, ctx).await?;
     }
-    let observed = observe(parent, ctx);
+    let observed = observe(parent, ctx)?;
     let desired = match compute(parent, ctx, &observed, false).await {
         Ok(d) => review(parent, ctx, d).await,
         Err(e) => Err(e),
@@ -259,23 +259,24 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
     report(parent, ctx, &desired, &conflicts).await
 }
 
-/// A parent's children as the caches hold them, keyed by full identity.
+/// A parent's children as the caches hold them, keyed by full identity: the index of their
+/// kind in [`Context::children`], the object, and its JSON (encoded once, for the plugin and
+/// for the skip-if-applied check).
 pub struct Observed {
-    children: HashMap<ChildKey, (usize, Arc<DynamicObject>)>,
+    children: HashMap<ChildKey, (usize, Arc<DynamicObject>, Value)>,
 }
 
 impl Observed {
-    /// The children as JSON, for the plugin.
-    fn to_json(&self) -> Result<Vec<Value>, serde_json::Error> {
-        let mut children: Vec<(&ChildKey, &Arc<DynamicObject>)> =
-            self.children.iter().map(|(k, (_, o))| (k, o)).collect();
+    /// The children as JSON, for the plugin, in key order.
+    fn to_json(&self) -> Vec<Value> {
+        let mut children: Vec<(&ChildKey, &Value)> = self.children.iter().map(|(k, (_, _, j))| (k, j)).collect();
         children.sort_by(|a, b| a.0.cmp(b.0));
-        children.into_iter().map(|(_, o)| serde_json::to_value(&**o)).collect()
+        children.into_iter().map(|(_, json)| json.clone()).collect()
     }
 }
 
 /// Step 1, observe: children in the caches whose controller ownerReference is this parent.
-fn observe(parent: &DynamicObject, ctx: &Context) -> Observed {
+fn observe(parent: &DynamicObject, ctx: &Context) -> Result<Observed, ReconcileError> {
     let uid = uid(parent);
     let mut children = HashMap::new();
     for (index, kind) in ctx.children.iter().enumerate() {
@@ -287,11 +288,12 @@ fn observe(parent: &DynamicObject, ctx: &Context) -> Observed {
                     namespace: child.namespace().unwrap_or_default(),
                     name: child.name_any(),
                 };
-                children.insert(key, (index, child));
+                let json = serde_json::to_value(&*child)?;
+                children.insert(key, (index, child, json));
             }
         }
     }
-    Observed { children }
+    Ok(Observed { children })
 }
 
 /// The parent as the plugin sees it (apiVersion and kind always set).
@@ -311,7 +313,7 @@ async fn compute(
 ) -> Result<Desired, ReconcileError> {
     let request = ReconcileRequest {
         parent: parent_json(parent, ctx)?,
-        children: observed.to_json()?,
+        children: observed.to_json(),
         finalizing,
         settings: ctx.settings.clone(),
     };
@@ -382,7 +384,7 @@ async fn apply(
             return Err(ReconcileError::UnknownChildKind { object: describe(&child) });
         };
         let verb = match observed.children.get(&ChildKey::of(&child)) {
-            Some((_, current)) if apply::already_applied(&child, &serde_json::to_value(&**current)?) => continue,
+            Some((_, _, current)) if apply::already_applied(&child, current) => continue,
             Some(_) => "Updated",
             None => match existing_ownership(ctx, kind, &child, &owner.uid).await? {
                 None => "Created",
@@ -435,7 +437,7 @@ async fn prune(
 ) -> Result<(), ReconcileError> {
     let wanted: HashSet<ChildKey> = desired.children.iter().map(ChildKey::of).collect();
     let uid = uid(parent);
-    for (key, (index, child)) in &observed.children {
+    for (key, (index, child, _)) in &observed.children {
         if wanted.contains(key) || !apply::prunable(child, &uid) {
             continue;
         }
@@ -548,7 +550,7 @@ async fn release_finalizer(parent: &DynamicObject, ctx: &Context, why: &str) -> 
 /// A deleting parent with the host's finalizer: the plugin is called with `finalizing`; the
 /// finalizer is removed once it answers `finalized`, otherwise it is asked again later.
 async fn finalize(parent: &DynamicObject, ctx: &Context) -> Result<Action, ReconcileError> {
-    let observed = observe(parent, ctx);
+    let observed = observe(parent, ctx)?;
     let desired = match compute(parent, ctx, &observed, true).await {
         Ok(d) => d,
         Err(e) => {

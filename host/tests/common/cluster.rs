@@ -21,19 +21,8 @@ use wasmop_controlplane::ControlPlane;
 /// How long `eventually` waits.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// Which API server a test runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// `tests/apiserver`, one per test.
-    Memory,
-    /// The real control plane, one per test binary.
-    Real,
-}
-
 /// A test's API server, client and namespace.
 pub struct Cluster {
-    /// Which backend.
-    pub backend: Backend,
     /// An admin client.
     pub client: Client,
     /// The test's namespace: `default` on the in-memory server, a fresh one on the real one.
@@ -48,7 +37,7 @@ impl Cluster {
             Config { simulate_deployments: true, simulate_delay: Duration::from_millis(200), ..Config::default() };
         let server = ApiServer::start(config).await.expect("api server");
         let client = Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
-        Cluster { backend: Backend::Memory, client, ns: "default".into(), memory: Some(server) }
+        Cluster { client, ns: "default".into(), memory: Some(server) }
     }
 
     /// A fresh namespace on the test binary's real control plane.
@@ -62,28 +51,12 @@ impl Cluster {
         let ns = format!("t{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.unwrap();
-        Cluster { backend: Backend::Real, client, ns, memory: None }
-    }
-
-    /// Starts a cluster of `backend`.
-    pub async fn start(backend: Backend) -> Cluster {
-        match backend {
-            Backend::Memory => Cluster::memory().await,
-            Backend::Real => Cluster::real().await,
-        }
+        Cluster { client, ns, memory: None }
     }
 
     /// The in-memory server, for what only it can do (faults, request counts).
     pub fn memory_server(&self) -> Option<&ApiServer> {
         self.memory.as_ref()
-    }
-
-    /// The API server's URL.
-    pub async fn url(&self) -> String {
-        match &self.memory {
-            Some(server) => server.url(),
-            None => ControlPlane::shared().await.unwrap().url().to_string(),
-        }
     }
 
     /// A kubeconfig for kubectl or a `wasmop` process.
