@@ -5,7 +5,7 @@ PLUGIN_PROFILE := plugin
 PLUGIN_DIR := target/$(PLUGIN_TARGET)/$(PLUGIN_PROFILE)
 PLUGINS := appoperator deny-latest-tag
 # Plugins built only for the test suite (misbehaving on purpose).
-TEST_PLUGINS := hostile contract-v2 mutator
+TEST_PLUGINS := hostile contract-future mutator
 
 # Backend of `make dev`: memory (the embedded in-memory API server) or real (make controlplane).
 CONTROL_PLANE ?= memory
@@ -46,6 +46,8 @@ test-plugins: wasm-target
 	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_manykinds.wasm
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) -p hostile --features slowmeta
 	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_slowmeta.wasm
+	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) -p hostile --features lossy
+	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_lossy.wasm
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) $(addprefix -p ,$(TEST_PLUGINS))
 
 kubectl:

@@ -94,7 +94,7 @@ async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n
     let config = Config { simulate_deployments: true, simulate_delay: Duration::from_millis(100), ..Config::default() };
     let server = ApiServer::start(config).await.expect("api server");
     let client = Client::try_from(kube::Config::new(server.url().parse().expect("url"))).expect("client");
-    operator::install_crd(&client, plugin).await.expect("crd");
+    operator::install_crd(&client, plugin, None).await.expect("crd");
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("tools.wasmop.dev", "v1beta1", "Appoperator"),
         "appoperators",

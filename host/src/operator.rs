@@ -11,6 +11,7 @@ use kube::runtime::wait::{await_condition, conditions};
 
 use crate::apply::FIELD_MANAGER;
 use crate::plugin::{LoadedPlugin, OperatorPlugin, PluginError, PolicyPlugin, Runtime};
+use crate::webhook::Conversion;
 
 /// How long `--install-crds` waits for a CRD to become Established.
 const CRD_ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,23 +73,53 @@ pub fn load_dir(rt: &Runtime, dir: &Path) -> Result<PluginSet, OperatorError> {
 }
 
 /// Server-side applies the plugin's CRD (if it ships one) and waits until it is Established.
-pub async fn install_crd(client: &Client, plugin: &OperatorPlugin) -> Result<(), OperatorError> {
+/// When the plugin converts between versions, `conversion` (the host's webhook) becomes the
+/// CRD's conversion; without a webhook such a CRD is installed with conversion `None` and a
+/// warning. Then objects stored in an older version are migrated in the background.
+pub async fn install_crd(
+    client: &Client,
+    plugin: &OperatorPlugin,
+    conversion: Option<&Conversion>,
+) -> Result<(), OperatorError> {
     let name = plugin.metadata().name.clone();
     let Some(crd) = &plugin.metadata().crd else { return Ok(()) };
     let bad = |reason: String| OperatorError::InstallCrd { plugin: name.clone(), reason };
-    let crd: CustomResourceDefinition = serde_json::from_value(crd.clone()).map_err(|e| bad(e.to_string()))?;
+    let mut crd = crd.clone();
+    match conversion {
+        Some(conversion) if plugin.converts() => crd["spec"]["conversion"] = conversion.crd_conversion(),
+        None if plugin.converts() => tracing::warn!(plugin = %name,
+            "the plugin converts between versions but this wasmop serves no conversion webhook; \
+             its CRD gets conversion None (only apiVersion changes between versions)"),
+        _ => {}
+    }
+    let crd: CustomResourceDefinition = serde_json::from_value(crd).map_err(|e| bad(e.to_string()))?;
     let crd_name = crd.metadata.name.clone().unwrap_or_default();
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     api.patch(&crd_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
         .await
         .map_err(|e| bad(e.to_string()))?;
     let established = await_condition(api, &crd_name, conditions::is_crd_established());
-    tokio::time::timeout(CRD_ESTABLISH_TIMEOUT, established)
+    let installed = tokio::time::timeout(CRD_ESTABLISH_TIMEOUT, established)
         .await
         .map_err(|_| bad(format!("{crd_name} was not Established within {CRD_ESTABLISH_TIMEOUT:?}")))?
         .map_err(|e| bad(e.to_string()))?;
     tracing::info!(plugin = %name, crd = %crd_name, "CRD installed");
+    if let Some(installed) = installed.filter(needs_migration) {
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::migrate::migrate(&client, &installed).await {
+                tracing::error!(crd = %crd_name, error = %e, "storage version migration failed; run `wasmop migrate`");
+            }
+        });
+    }
     Ok(())
+}
+
+/// Whether objects may be stored in a version other than the storage version.
+fn needs_migration(crd: &CustomResourceDefinition) -> bool {
+    let storage = crd.spec.versions.iter().find(|v| v.storage).map(|v| v.name.as_str());
+    let stored = crd.status.as_ref().and_then(|s| s.stored_versions.as_deref()).unwrap_or_default();
+    stored.iter().any(|v| Some(v.as_str()) != storage)
 }
 
 /// The `*.wasm` files of `dir` (symlinks followed), sorted by name: the one scanner of the

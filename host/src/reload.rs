@@ -33,6 +33,7 @@ use crate::rbac;
 use crate::reconcile::finalizer as finalizers;
 use crate::sidecar;
 use crate::telemetry::Telemetry;
+use crate::webhook::Conversion;
 
 /// How soon a controller whose kinds the cluster does not serve yet is tried again.
 const START_RETRY: Duration = Duration::from_secs(5);
@@ -114,6 +115,7 @@ pub struct Supervisor {
     dir: PathBuf,
     options: ControllerOptions,
     install_crds: bool,
+    conversion: Option<Conversion>,
     telemetry: Telemetry,
     reloads: Arc<ReloadStats>,
     recorder: Recorder,
@@ -139,6 +141,7 @@ pub struct SupervisorBuilder {
     dir: PathBuf,
     options: ControllerOptions,
     install_crds: bool,
+    conversion: Option<Conversion>,
     telemetry: Telemetry,
 }
 
@@ -152,6 +155,13 @@ impl SupervisorBuilder {
     /// Server-side apply each plugin's CRD before starting its controller.
     pub fn install_crds(mut self, install: bool) -> Self {
         self.install_crds = install;
+        self
+    }
+
+    /// The conversion webhook that serves the plugins converting between versions of their
+    /// kind; their CRDs point at it (default: none).
+    pub fn conversion(mut self, conversion: Conversion) -> Self {
+        self.conversion = Some(conversion);
         self
     }
 
@@ -172,6 +182,7 @@ impl SupervisorBuilder {
             dir: self.dir,
             options: self.options,
             install_crds: self.install_crds,
+            conversion: self.conversion,
             telemetry: self.telemetry,
             recorder,
             running: HashMap::new(),
@@ -193,6 +204,7 @@ impl Supervisor {
             dir,
             options: ControllerOptions::default(),
             install_crds: false,
+            conversion: None,
             telemetry: Telemetry::new(),
         }
     }
@@ -518,8 +530,11 @@ impl Supervisor {
                 self.blocked.insert(path, candidate);
                 continue;
             }
+            if let Some(conversion) = &self.conversion {
+                conversion.converters().publish(&candidate.plugin);
+            }
             if self.install_crds
-                && let Err(e) = operator::install_crd(&self.client, &candidate.plugin).await
+                && let Err(e) = operator::install_crd(&self.client, &candidate.plugin, self.conversion.as_ref()).await
             {
                 tracing::error!(file = %path.display(), error = %e, "new plugin version not started");
                 continue;

@@ -336,7 +336,14 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let task = tokio::spawn(async move {
+    let task = serve_on(listener, telemetry);
+    tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    Ok((bound, task))
+}
+
+/// Serves metrics and health on an already bound `listener` until the task is dropped.
+pub fn serve_on(listener: TcpListener, telemetry: Telemetry) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let telemetry = telemetry.clone();
@@ -350,9 +357,7 @@ pub async fn serve(
                 }
             });
         }
-    });
-    tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
-    Ok((bound, task))
+    })
 }
 
 fn respond(req: &Request<Incoming>, telemetry: &Telemetry) -> Response<Full<Bytes>> {

@@ -18,12 +18,26 @@ on_both_backends!(
     too_many_children_are_refused_and_others_converge,
     a_status_that_changes_on_every_call_does_not_loop,
     huge_messages_and_status_are_capped_or_refused,
+    sleeping_plugins_do_not_starve_another_plugin,
 );
+
+/// What every containment test proves beside its own point, while the misbehaving parents are
+/// still there: the host answers `/healthz`, and a parent of another plugin (an Appoperator)
+/// becomes Ready.
+async fn others_are_unharmed(cluster: &Cluster, running: &Operator) {
+    let (client, ns) = (&cluster.client, cluster.ns.as_str());
+    let ar = app_resource();
+    wait_served(client, &ar).await;
+    create(client, &ar, ns, "bystander", json!({"workload": {"image": "nginx:1.27", "replicas": 1}})).await;
+    eventually("another plugin's parent converges", || ready_is(client, &ar, ns, "bystander", "True", "Available"))
+        .await;
+    assert!(running.healthz().await, "/healthz did not answer within 5 s");
+}
 
 async fn too_many_children_are_refused_and_others_converge(cluster: Cluster) {
     let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
     install_hostile_crd(&client).await;
-    let dir = plugins_dir(&[("hostile", Some("[limits]\nmax_children = 5\n"))]);
+    let dir = plugins_dir(&[("hostile", Some("[limits]\nmax_children = 5\n")), ("appoperator", None)]);
     let running = Operator::start(&cluster, dir.path(), quiet());
     let ar = hostile_resource();
     create(&client, &ar, ns, "crowd", json!({"mode": "many", "count": 10})).await;
@@ -34,6 +48,7 @@ async fn too_many_children_are_refused_and_others_converge(cluster: Cluster) {
     assert!(ready(&obj).unwrap().2.contains("the limit is 5 (max_children"), "{:?}", ready(&obj));
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     assert!(config_maps.get_opt("crowd-0").await.unwrap().is_none(), "a child was applied over the limit");
+    others_are_unharmed(&cluster, &running).await;
     // Within the limit, everything is applied.
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
     api.patch("crowd", &PatchParams::default(), &Patch::Merge(json!({"spec": {"count": 5}}))).await.unwrap();
@@ -45,7 +60,7 @@ async fn too_many_children_are_refused_and_others_converge(cluster: Cluster) {
 async fn a_status_that_changes_on_every_call_does_not_loop(cluster: Cluster) {
     let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
     install_hostile_crd(&client).await;
-    let dir = plugins_dir(&[("hostile", None)]);
+    let dir = plugins_dir(&[("hostile", None), ("appoperator", None)]);
     let running = Operator::start(&cluster, dir.path(), quiet());
     let ar = hostile_resource();
     create(&client, &ar, ns, "clock", json!({"mode": "clock"})).await;
@@ -59,6 +74,7 @@ async fn a_status_that_changes_on_every_call_does_not_loop(cluster: Cluster) {
     eventually("marker reconciled", || ready_is(&client, &ar, ns, "marker", "True", "Reconciled")).await;
     let reconciles = Stats::get(&running.stats.reconciles);
     assert!(reconciles <= 8, "{reconciles} reconciles for two parents: the status write fed back");
+    others_are_unharmed(&cluster, &running).await;
     running.stop().await;
     cluster.shutdown().await;
 }
@@ -66,7 +82,7 @@ async fn a_status_that_changes_on_every_call_does_not_loop(cluster: Cluster) {
 async fn huge_messages_and_status_are_capped_or_refused(cluster: Cluster) {
     let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
     install_hostile_crd(&client).await;
-    let dir = plugins_dir(&[("hostile", Some("[limits]\nmemory_mib = 128\noutput_mib = 8\n"))]);
+    let dir = plugins_dir(&[("hostile", Some("[limits]\nmemory_mib = 128\noutput_mib = 8\n")), ("appoperator", None)]);
     let running = Operator::start(&cluster, dir.path(), quiet());
     let ar = hostile_resource();
     create(&client, &ar, ns, "loud", json!({"mode": "huge-invalid", "mebibytes": 10})).await;
@@ -89,6 +105,27 @@ async fn huge_messages_and_status_are_capped_or_refused(cluster: Cluster) {
         events.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|e| e.note).collect();
     assert!(notes.iter().all(|n| n.len() <= 1024), "an Event note over 1 KiB");
     assert!(notes.iter().any(|n| n.ends_with("bytes truncated]")), "{notes:?}");
+    others_are_unharmed(&cluster, &running).await;
+    running.stop().await;
+    cluster.shutdown().await;
+}
+
+/// Parents whose plugin blocks in a WASI sleep far past its time limit get `PluginTimeout`, and
+/// eight of them (the reconcile concurrency) do not hold up another plugin's parent.
+async fn sleeping_plugins_do_not_starve_another_plugin(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
+    install_hostile_crd(&client).await;
+    let dir = plugins_dir(&[("hostile", Some("[limits]\ntimeout_ms = 300\n")), ("appoperator", None)]);
+    let running = Operator::start(&cluster, dir.path(), quiet());
+    let ar = hostile_resource();
+    for i in 0..8 {
+        create(&client, &ar, ns, &format!("sleeper-{i}"), json!({"mode": "sleep", "seconds": 600})).await;
+    }
+    others_are_unharmed(&cluster, &running).await;
+    for i in 0..8 {
+        let name = format!("sleeper-{i}");
+        eventually("PluginTimeout", || ready_is(&client, &ar, ns, &name, "False", "PluginTimeout")).await;
+    }
     running.stop().await;
     cluster.shutdown().await;
 }
@@ -100,7 +137,7 @@ async fn requeue_zero_is_clamped_and_reported_as_a_loop() {
     let cluster = Cluster::memory().await;
     let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
     install_hostile_crd(&client).await;
-    let dir = plugins_dir(&[("hostile", None)]);
+    let dir = plugins_dir(&[("hostile", None), ("appoperator", None)]);
     let running = Operator::start(&cluster, dir.path(), quiet());
     let started = Instant::now();
     create(&client, &hostile_resource(), ns, "eager", json!({"mode": "requeue", "seconds": 0})).await;
@@ -120,6 +157,7 @@ async fn requeue_zero_is_clamped_and_reported_as_a_loop() {
     let reconciles = Stats::get(&running.stats.reconciles) as f64;
     let seconds = started.elapsed().as_secs_f64();
     assert!(reconciles <= seconds + 3.0, "{reconciles} reconciles in {seconds:.1}s");
+    others_are_unharmed(&cluster, &running).await;
     running.stop().await;
     cluster.shutdown().await;
 }
@@ -147,7 +185,7 @@ fn a_plugin_whose_metadata_blocks_is_rejected_and_the_others_serve() {
     let config = dir.path().join("kubeconfig.yaml");
     std::fs::write(&config, &cluster.1).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wasmop"))
-        .args(["run", "--no-metrics", "--install-crds", "--plugins"])
+        .args(["run", "--no-metrics", "--webhook-addr=127.0.0.1:0", "--install-crds", "--plugins"])
         .arg(dir.path())
         .arg("--kubeconfig")
         .arg(&config)
@@ -156,10 +194,15 @@ fn a_plugin_whose_metadata_blocks_is_rejected_and_the_others_serve() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // It comes up and serves the other plugin: its CRD is installed.
+    // It comes up and serves the other plugin: its parents converge.
     rt.block_on(async {
-        let client = cluster.0.client.clone();
-        wait_served(&client, &app_resource()).await;
+        let (client, ns, ar) = (cluster.0.client.clone(), cluster.0.ns.as_str(), app_resource());
+        wait_served(&client, &ar).await;
+        create(&client, &ar, ns, "bystander", json!({"workload": {"image": "nginx:1.27", "replicas": 1}})).await;
+        eventually("the other plugin's parent converges", || {
+            ready_is(&client, &ar, ns, "bystander", "True", "Available")
+        })
+        .await;
     });
     assert!(child.try_wait().unwrap().is_none(), "wasmop run exited");
     let _ = child.kill();

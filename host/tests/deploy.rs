@@ -45,6 +45,7 @@ impl Wasmop {
             .arg("--kubeconfig")
             .arg(&config)
             .arg(format!("--metrics-addr={metrics}"))
+            .arg("--webhook-addr=127.0.0.1:0")
             .args(extra)
             .env("POD_NAME", name)
             .env("POD_NAMESPACE", "wasmop-system")
@@ -166,7 +167,7 @@ async fn create_app(client: &Client, ns: &str, name: &str) {
         let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
         namespaces.create(&PostParams::default(), &namespace).await.unwrap();
     }
-    create(client, &app_resource(), ns, name, json!({"image": "nginx:1.27", "replicas": 1})).await;
+    create(client, &app_resource(), ns, name, json!({"workload": {"image": "nginx:1.27", "replicas": 1}})).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

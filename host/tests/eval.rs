@@ -116,8 +116,8 @@ fn invalid_specs_fail_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let plugin = appoperator();
     for (name, spec, needle) in [
-        ("empty-image", "image: \"\"", "spec.image must name a container image"),
-        ("too-many", "image: nginx:1.27\n  replicas: 5000", "spec.replicas must be between 0 and 1000"),
+        ("empty-image", "image: \"\"", "spec.workload.image must name a container image"),
+        ("too-many", "image: nginx:1.27\n  replicas: 5000", "spec.workload.replicas must be between 0 and 1000"),
         ("wrong-type", "image: nginx:1.27\n  replicas: lots", "default/bad"),
     ] {
         let file = write(
@@ -145,7 +145,7 @@ fn wrong_kind_in_file_names_the_file_and_what_was_found() {
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
-        stderr.contains("cm.yaml contains no tools.wasmop.dev/v1beta1 Appoperator") && stderr.contains("v1 ConfigMap"),
+        stderr.contains("cm.yaml contains no tools.wasmop.dev/v1 Appoperator") && stderr.contains("v1 ConfigMap"),
         "{stderr}"
     );
 }

@@ -159,12 +159,12 @@ async fn a_recreated_parent_is_reconciled(cluster: Cluster) {
     let running = Operator::start(&cluster, dir.path(), quiet());
     let ar = app_resource();
     wait_served(&client, &ar).await;
-    create(&client, &ar, ns, "web", json!({"image": "   "})).await;
+    create(&client, &ar, ns, "web", json!({"workload": {"image": "   "}})).await;
     eventually("InvalidSpec", || ready_is(&client, &ar, ns, "web", "False", "InvalidSpec")).await;
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
     api.delete("web", &DeleteParams::default()).await.unwrap();
     eventually("deleted", || async { get(&client, &ar, ns, "web").await.is_none() }).await;
-    create(&client, &ar, ns, "web", json!({"image": "nginx:1.27", "replicas": 1})).await;
+    create(&client, &ar, ns, "web", json!({"workload": {"image": "nginx:1.27", "replicas": 1}})).await;
     eventually("the new parent is Ready", || ready_is(&client, &ar, ns, "web", "True", "Available")).await;
     running.stop().await;
     cluster.shutdown().await;

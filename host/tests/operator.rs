@@ -33,7 +33,7 @@ async fn appoperator_lifecycle_create_ready_scale_heal_delete(cluster: Cluster) 
     let running = Operator::start(&cluster, dir.path(), quiet());
     let ar = app_resource();
     wait_served(&client, &ar).await;
-    let parent = create(&client, &ar, ns, "web", json!({"image": "nginx:1.27", "replicas": 3})).await;
+    let parent = create(&client, &ar, ns, "web", json!({"workload": {"image": "nginx:1.27", "replicas": 3}})).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
 
     // Create: the Deployment with the right spec, ownership and labels.
@@ -57,7 +57,9 @@ async fn appoperator_lifecycle_create_ready_scale_heal_delete(cluster: Cluster) 
 
     // Scale.
     let apps: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
-    apps.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}}))).await.unwrap();
+    apps.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"workload": {"replicas": 5}}})))
+        .await
+        .unwrap();
     eventually("deployment scaled", || async {
         deployments.get("web").await.unwrap().spec.unwrap().replicas == Some(5)
     })
@@ -113,7 +115,8 @@ async fn idle_resync_makes_zero_writes(cluster: Cluster) {
     let ar = app_resource();
     wait_served(&client, &ar).await;
     for i in 0..3 {
-        create(&client, &ar, ns, &format!("app-{i}"), json!({"image": "nginx:1.27", "replicas": 2})).await;
+        create(&client, &ar, ns, &format!("app-{i}"), json!({"workload": {"image": "nginx:1.27", "replicas": 2}}))
+            .await;
     }
     for i in 0..3 {
         let name = format!("app-{i}");
@@ -166,7 +169,7 @@ async fn invalid_spec_is_reported_without_a_retry_storm(cluster: Cluster) {
     let ar = app_resource();
     wait_served(&client, &ar).await;
     // Passes the CRD schema (non-empty) but the plugin refuses whitespace.
-    create(&client, &ar, ns, "blank", json!({"image": "   "})).await;
+    create(&client, &ar, ns, "blank", json!({"workload": {"image": "   "}})).await;
     eventually("InvalidSpec reported", || ready_is(&client, &ar, ns, "blank", "False", "InvalidSpec")).await;
     // Several resyncs go by without calling the plugin again for the unchanged invalid spec.
     let calls = Stats::get(&running.stats.plugin_calls);
@@ -178,7 +181,7 @@ async fn invalid_spec_is_reported_without_a_retry_storm(cluster: Cluster) {
 
     // Fixing the spec (a new generation) reconciles again.
     let apps: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
-    apps.patch("blank", &PatchParams::default(), &Patch::Merge(json!({"spec": {"image": "nginx:1.27"}})))
+    apps.patch("blank", &PatchParams::default(), &Patch::Merge(json!({"spec": {"workload": {"image": "nginx:1.27"}}})))
         .await
         .unwrap();
     eventually("fixed spec becomes Ready", || ready_is(&client, &ar, ns, "blank", "True", "Available")).await;
@@ -252,14 +255,16 @@ async fn converges_through_faults_and_a_restart_without_duplicates_or_orphans() 
     let first = Operator::start(&cluster, dir.path(), quiet());
     wait_served(&client, &ar).await;
     for i in 0..4 {
-        create(&client, &ar, "default", &format!("svc-{i}"), json!({"image": "app:1", "replicas": 1})).await;
+        create(&client, &ar, "default", &format!("svc-{i}"), json!({"workload": {"image": "app:1", "replicas": 1}}))
+            .await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.faults().drop_watches();
     // Restart the host mid-flight, with more parents created while it is down.
     first.stop().await;
     for i in 4..6 {
-        create(&client, &ar, "default", &format!("svc-{i}"), json!({"image": "app:1", "replicas": 1})).await;
+        create(&client, &ar, "default", &format!("svc-{i}"), json!({"workload": {"image": "app:1", "replicas": 1}}))
+            .await;
     }
     let second = Operator::start(&cluster, dir.path(), quiet());
     for i in 0..6 {

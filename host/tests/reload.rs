@@ -74,7 +74,7 @@ async fn replace_break_recover_and_remove_a_plugin_without_restart(cluster: Clus
     eventually("truncated file rejected", || async { failures() >= 1 }).await;
     std::fs::write(&file, wat::parse_str("(module)").unwrap()).unwrap();
     eventually("core module rejected", || async { failures() >= 2 }).await;
-    std::fs::copy(common::plugin("contract-v2"), &file).unwrap();
+    std::fs::copy(common::plugin("contract-future"), &file).unwrap();
     eventually("other contract rejected", || async { failures() >= 3 }).await;
     std::fs::copy(common::plugin("deny-latest-tag"), &file).unwrap();
     eventually("component of another world rejected", || async { failures() >= 4 }).await;
@@ -131,7 +131,7 @@ async fn replace_break_recover_and_remove_a_plugin_without_restart(cluster: Clus
     // A new file starts a new kind (its CRD installed on the way).
     std::fs::copy(common::plugin("appoperator"), dir.path().join("appoperator.wasm")).unwrap();
     wait_served(&client, &app_resource()).await;
-    create(&client, &app_resource(), ns, "web", json!({"image": "nginx:1.27"})).await;
+    create(&client, &app_resource(), ns, "web", json!({"workload": {"image": "nginx:1.27"}})).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     eventually("new plugin reconciles", || async { deployments.get_opt("web").await.unwrap().is_some() }).await;
     // By now the new plugin has reconciled a parent created after "late": the removed one did not.

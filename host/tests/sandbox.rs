@@ -130,10 +130,10 @@ fn wrong_kinds_of_file_are_incompatible_or_unparseable() {
     let err = rt.load_operator(&empty, Limits::default()).unwrap_err();
     assert!(err.to_string().contains("exports neither"), "{err}");
 
-    let future = common::plugin("contract-v2");
+    let future = common::plugin("contract-future");
     let err = rt.load_operator(&future, Limits::default()).unwrap_err();
     let message = err.to_string();
-    assert!(message.contains("wasmop:plugin/reconciler@0.2.0") && message.contains("0.1.0"), "{message}");
+    assert!(message.contains("wasmop:plugin/reconciler@0.9.0") && message.contains("0.2.x and 0.1.x"), "{message}");
 
     let good = std::fs::read(common::plugin("appoperator")).unwrap();
     let truncated = dir.path().join("truncated.wasm");

@@ -21,6 +21,7 @@ use wasmop::plugin::{Gvk, Runtime};
 use wasmop::reload::{ReloadStats, Supervisor};
 use wasmop::status::ready_of;
 use wasmop::telemetry::{self, Telemetry};
+use wasmop::webhook::{Conversion, Webhook};
 use wasmop_apiserver::{ApiServer, Config as ServerConfig};
 use wasmop_controlplane::ControlPlane;
 
@@ -158,8 +159,15 @@ async fn serve(rt: Runtime, args: &Args, server: &Server) -> anyhow::Result<Exit
         "no operator plugin in {}; run `make dev` (it builds and copies them)",
         args.plugins.display()
     );
+    // The conversion webhook of plugins whose CRD has several versions, on loopback.
+    let webhook = Webhook::builder(([127, 0, 0, 1], 0).into())
+        .plugins(rt.clone(), args.plugins.clone())
+        .start(client.clone())
+        .await?;
+    let conversion = webhook.conversion();
     for plugin in &plugins.operators {
-        operator::install_crd(&client, plugin).await?;
+        conversion.converters().publish(plugin);
+        operator::install_crd(&client, plugin, Some(&conversion)).await?;
     }
     println!("wasmop dev: API server at {}", server.url());
     println!("  kubectl:  export KUBECONFIG={}", args.kubeconfig.display());
@@ -184,14 +192,14 @@ async fn serve(rt: Runtime, args: &Args, server: &Server) -> anyhow::Result<Exit
     }
     let examples = apply_examples(&client, &args.examples).await?;
     println!("  examples: {} applied from {}", examples.len(), args.examples.display());
-    run_operator(rt, args, client, &examples).await
+    run_operator(rt, args, (client, conversion), &examples).await
 }
 
 /// Runs the operator (the supervisor, as `wasmop run` does) beside the live table or `--once`.
 async fn run_operator(
     rt: Arc<Runtime>,
     args: &Args,
-    client: Client,
+    (client, conversion): (Client, Conversion),
     examples: &[(Gvk, Option<String>, String)],
 ) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -203,6 +211,7 @@ async fn run_operator(
     let supervisor = Supervisor::builder(client.clone(), rt, args.plugins.clone())
         .options(options)
         .install_crds(true)
+        .conversion(conversion)
         .telemetry(telemetry)
         .build();
     let operator_task = {

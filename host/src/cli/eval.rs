@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use wasmop::manifest::{read_objects, to_yaml, to_yaml_documents};
-use wasmop::plugin::{Desired, Limits, OperatorPlugin, ReconcileRequest, Runtime};
+use wasmop::plugin::{Desired, Gvk, Limits, OperatorPlugin, ReconcileRequest, Runtime};
 use wasmop::policy::PolicyChain;
 
 use super::Output;
@@ -76,8 +76,9 @@ pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The objects in `file` of the plugin's parent kind, each given the `default` namespace if it
-/// names none and the kind is namespaced (as kubectl would).
+/// The objects in `file` of the plugin's parent kind, in any version its CRD defines (converted
+/// by the plugin to the version it reconciles, as the API server would), each given the
+/// `default` namespace if it names none and the kind is namespaced (as kubectl would).
 fn parents_of(plugin: &OperatorPlugin, file: &Path) -> anyhow::Result<Vec<Value>> {
     let meta = plugin.metadata();
     let cluster_scoped = meta.crd.as_ref().is_some_and(|crd| crd["spec"]["scope"] == "Cluster");
@@ -86,7 +87,14 @@ fn parents_of(plugin: &OperatorPlugin, file: &Path) -> anyhow::Result<Vec<Value>
         .iter()
         .map(|o| format!("{} {}", o["apiVersion"].as_str().unwrap_or("?"), o["kind"].as_str().unwrap_or("?")))
         .collect();
-    let mut parents: Vec<Value> = objects.into_iter().filter(|o| meta.parent.matches(o)).collect();
+    let versions: Vec<String> = meta.crd_versions().into_iter().map(|v| v.name).collect();
+    let is_parent = |o: &Value| {
+        let gvk = Gvk::from_api_version(o["apiVersion"].as_str().unwrap_or(""), o["kind"].as_str().unwrap_or(""));
+        gvk.group == meta.parent.group
+            && gvk.kind == meta.parent.kind
+            && (gvk.version == meta.parent.version || versions.contains(&gvk.version))
+    };
+    let mut parents: Vec<Value> = objects.into_iter().filter(is_parent).collect();
     if parents.is_empty() {
         bail!(
             "{} contains no {} for plugin {} (found: {}); check apiVersion and kind",
@@ -96,11 +104,12 @@ fn parents_of(plugin: &OperatorPlugin, file: &Path) -> anyhow::Result<Vec<Value>
             if found.is_empty() { "nothing".into() } else { found.join(", ") }
         );
     }
-    if !cluster_scoped {
-        for parent in &mut parents {
-            if let Some(metadata) = parent["metadata"].as_object_mut() {
-                metadata.entry("namespace").or_insert_with(|| json!("default"));
-            }
+    for parent in &mut parents {
+        if !meta.parent.matches(parent) {
+            *parent = plugin.convert(parent, &meta.parent.version)?;
+        }
+        if !cluster_scoped && let Some(metadata) = parent["metadata"].as_object_mut() {
+            metadata.entry("namespace").or_insert_with(|| json!("default"));
         }
     }
     Ok(parents)

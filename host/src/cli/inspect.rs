@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde_json::json;
-use wasmop::plugin::{CONTRACT_VERSION, LoadedPlugin, Runtime};
+use wasmop::plugin::{LoadedPlugin, Runtime};
 
 use super::Output;
 
@@ -24,6 +24,11 @@ pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
         LoadedPlugin::Policy(p) => (p.file(), serde_json::to_value(p.metadata())?, p.limits()),
     };
     let mut meta = meta;
+    if let LoadedPlugin::Operator(p) = &loaded {
+        meta["crdVersions"] = serde_json::to_value(p.metadata().crd_versions())?;
+        meta["storageVersion"] = json!(p.metadata().storage_version());
+        meta["conversion"] = json!(p.converts());
+    }
     if let Some(obj) = meta.as_object_mut() {
         // The CRD is long; `wasmop crd` prints it.
         if obj.remove("crd").is_some_and(|c| !c.is_null()) {
@@ -33,7 +38,7 @@ pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
     let report = json!({
         "file": file.path,
         "world": file.world,
-        "contract": format!("wasmop:plugin@{CONTRACT_VERSION}"),
+        "contract": format!("wasmop:plugin@{}", file.contract),
         "revision": file.revision(),
         "sha256": file.sha256,
         "sizeBytes": file.size,

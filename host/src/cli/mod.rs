@@ -1,9 +1,11 @@
 //! Command-line parsing and dispatch; one file per subcommand.
 
+mod convert;
 mod crd;
 mod dev;
 mod eval;
 mod inspect;
+mod migrate;
 mod rbac;
 mod run;
 
@@ -55,6 +57,12 @@ enum Command {
     Run(run::Args),
     /// Run the embedded API server, the plugins and the examples, with a live view.
     Dev(dev::Args),
+    /// Convert objects with a plugin's conversion, or check its round trips (--check), offline.
+    Convert(convert::Args),
+    /// Rewrite the stored objects of a kind in its storage version and trim storedVersions.
+    Migrate(migrate::Args),
+    /// Print the host version and the plugin contract versions it loads.
+    Version,
     /// Work with plugin files.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -78,6 +86,12 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| eval::run(&rt, args)),
         Command::Crd(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| crd::run(&rt, args)),
         Command::Rbac(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| rbac::run(&rt, args)),
+        Command::Convert(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| convert::run(&rt, args)),
+        Command::Migrate(args) => block_on(migrate::run(args)),
+        Command::Version => {
+            print_version();
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugin(PluginCommand::Inspect(args)) => {
             runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| inspect::run(&rt, args))
         }
@@ -88,6 +102,19 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The host version and the contracts it speaks, for `wasmop version`.
+fn print_version() {
+    println!("wasmop {}", env!("CARGO_PKG_VERSION"));
+    println!("plugin contracts:");
+    println!(
+        "  wasmop:plugin@{} (current: operators may convert between CRD versions)",
+        wasmop::plugin::CONTRACT_VERSION
+    );
+    for series in &wasmop::plugin::CONTRACT_SERIES[1..] {
+        println!("  wasmop:plugin@{series}.x (loaded unchanged; no conversion)");
     }
 }
 

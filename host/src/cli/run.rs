@@ -15,6 +15,7 @@ use wasmop::operator;
 use wasmop::plugin::Runtime;
 use wasmop::reload::Supervisor;
 use wasmop::telemetry::{self, Telemetry};
+use wasmop::webhook::{CertSource, Conversion, Endpoint, Webhook};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -47,6 +48,79 @@ pub(crate) struct Args {
     no_metrics: bool,
     #[command(flatten)]
     leader: LeaderArgs,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+/// Conversion webhook flags: every replica serves it; the API server calls it for CRDs whose
+/// plugin converts between versions.
+#[derive(clap::Args)]
+pub(crate) struct WebhookArgs {
+    /// Address of the conversion webhook (HTTPS, path /convert).
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    webhook_addr: std::net::SocketAddr,
+    /// Serve no conversion webhook: CRDs of converting plugins get conversion None.
+    #[arg(long)]
+    no_webhook: bool,
+    /// The Service in front of every replica's webhook port, NAMESPACE/NAME (in cluster; port 443).
+    #[arg(long, conflicts_with = "webhook_url")]
+    webhook_service: Option<String>,
+    /// The URL the API server calls instead (out of cluster), e.g. https://10.0.0.5:9443/convert
+    /// (default: https://127.0.0.1:PORT/convert).
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// Secret NAMESPACE/NAME keeping the generated certificate, shared by the replicas
+    /// (default with --webhook-service: its namespace/wasmop-webhook-tls; else in memory).
+    #[arg(long, conflicts_with = "webhook_cert_dir")]
+    webhook_cert_secret: Option<String>,
+    /// Directory with tls.crt, tls.key and optionally ca.crt to serve instead (e.g. a
+    /// cert-manager Secret mounted there); without ca.crt no CA is injected into CRDs.
+    #[arg(long)]
+    webhook_cert_dir: Option<PathBuf>,
+}
+
+impl WebhookArgs {
+    /// Starts the webhook unless `--no-webhook`.
+    pub(crate) async fn start(
+        &self,
+        client: &Client,
+        runtime: Arc<Runtime>,
+        plugins: PathBuf,
+    ) -> anyhow::Result<Option<Webhook>> {
+        if self.no_webhook {
+            return Ok(None);
+        }
+        let mut builder = Webhook::builder(self.webhook_addr).plugins(runtime, plugins);
+        let service = self.webhook_service.as_deref().map(split_ref).transpose()?;
+        if let Some((namespace, name)) = &service {
+            builder =
+                builder.endpoint(Endpoint::Service { namespace: namespace.clone(), name: name.clone(), port: 443 });
+        }
+        if let Some(url) = &self.webhook_url {
+            anyhow::ensure!(url.starts_with("https://"), "--webhook-url {url:?} must start with https://");
+            builder = builder.endpoint(Endpoint::Url(url.clone()));
+        }
+        let secret = match (&self.webhook_cert_secret, &service) {
+            (Some(secret), _) => Some(split_ref(secret)?),
+            (None, Some((namespace, _))) => Some((namespace.clone(), "wasmop-webhook-tls".to_string())),
+            (None, None) => None,
+        };
+        if let Some(dir) = &self.webhook_cert_dir {
+            builder = builder.certs(CertSource::Dir(dir.clone()));
+        } else if let Some((namespace, name)) = secret {
+            builder = builder.certs(CertSource::Secret { namespace, name });
+        }
+        let webhook = builder.start(client.clone()).await.context("starting the conversion webhook")?;
+        Ok(Some(webhook))
+    }
+}
+
+/// `NAMESPACE/NAME` as its two parts.
+fn split_ref(value: &str) -> anyhow::Result<(String, String)> {
+    match value.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok((ns.to_string(), name.to_string())),
+        _ => bail!("{value:?} must be NAMESPACE/NAME"),
+    }
 }
 
 /// Leader election flags, with controller-runtime's names and defaults.
@@ -110,6 +184,9 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     }
     drop(plugins);
     let leader = args.leader.settings()?;
+    // Every replica answers conversion reviews, the leader and the standbys alike.
+    let webhook = args.webhook.start(&client, rt.clone(), args.plugins.clone()).await?;
+    let conversion = webhook.as_ref().map(Webhook::conversion);
     let telemetry = Telemetry::new();
     let _metrics = serve_metrics(&args, &telemetry).await;
     let mut shutdown = std::pin::pin!(shutdown_signal());
@@ -131,7 +208,7 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let supervisors = supervise(client, rt, &args, telemetry, stop_rx);
+    let supervisors = supervise(client, rt, &args, (telemetry, conversion), stop_rx);
     let mut supervisors = std::pin::pin!(supervisors);
     let lost = async {
         match &leadership {
@@ -170,7 +247,7 @@ async fn supervise(
     client: Client,
     runtime: Arc<Runtime>,
     args: &Args,
-    telemetry: Telemetry,
+    (telemetry, conversion): (Telemetry, Option<Conversion>),
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let options = ControllerOptions {
@@ -181,11 +258,14 @@ async fn supervise(
     let namespaces: Vec<Option<String>> =
         if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
     let runs = namespaces.into_iter().map(|namespace| {
-        let supervisor = Supervisor::builder(client.clone(), runtime.clone(), args.plugins.clone())
+        let mut builder = Supervisor::builder(client.clone(), runtime.clone(), args.plugins.clone())
             .options(ControllerOptions { namespace, ..options.clone() })
             .install_crds(args.install_crds)
-            .telemetry(telemetry.clone())
-            .build();
+            .telemetry(telemetry.clone());
+        if let Some(conversion) = &conversion {
+            builder = builder.conversion(conversion.clone());
+        }
+        let supervisor = builder.build();
         let mut stop = stop.clone();
         supervisor.run(async move {
             let _ = stop.wait_for(|s| *s).await;

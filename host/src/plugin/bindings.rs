@@ -1,6 +1,7 @@
-//! Host-side bindings generated from `wit/plugin.wit`.
+//! Host-side bindings generated from `wit/plugin.wit` (contract 0.2). The frozen 0.1 contract's
+//! bindings live in [`super::legacy`].
 
-/// Bindings of the `operator` world (exports `reconciler`).
+/// Bindings of the `operator` world (exports `reconciler` and `converter`).
 pub mod operator {
     wasmtime::component::bindgen!({
         path: "../wit",

@@ -90,6 +90,45 @@ impl OperatorMetadata {
     pub fn child_kind(&self, gvk: &Gvk) -> Option<&ChildKind> {
         self.children.iter().find(|c| &c.gvk == gvk)
     }
+
+    /// The versions of the parent kind its CRD defines, in the CRD's order (empty without a
+    /// CRD).
+    pub fn crd_versions(&self) -> Vec<CrdVersion> {
+        let versions = self.crd.as_ref().and_then(|crd| crd["spec"]["versions"].as_array());
+        versions.into_iter().flatten().map(CrdVersion::from_crd).collect()
+    }
+
+    /// The CRD's storage version, if it has a CRD.
+    pub fn storage_version(&self) -> Option<String> {
+        self.crd_versions().into_iter().find(|v| v.storage).map(|v| v.name)
+    }
+}
+
+/// One version of a parent kind, as its CRD defines it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CrdVersion {
+    /// The version, e.g. `v1`.
+    pub name: String,
+    /// Whether the API server serves it.
+    pub served: bool,
+    /// Whether objects are stored in it (exactly one version is).
+    pub storage: bool,
+    /// The warning clients get when they use it, if it is deprecated.
+    pub deprecation_warning: Option<String>,
+}
+
+impl CrdVersion {
+    fn from_crd(v: &Value) -> CrdVersion {
+        let deprecated = v["deprecated"].as_bool().unwrap_or(false);
+        CrdVersion {
+            name: v["name"].as_str().unwrap_or_default().to_string(),
+            served: v["served"].as_bool().unwrap_or(false),
+            storage: v["storage"].as_bool().unwrap_or(false),
+            deprecation_warning: deprecated
+                .then(|| v["deprecationWarning"].as_str().map_or_else(|| "deprecated".to_string(), str::to_string)),
+        }
+    }
 }
 
 /// What a policy plugin says about itself.

@@ -103,6 +103,18 @@ pub enum PluginError {
         /// The plugin's explanation.
         message: String,
     },
+    /// The plugin's `convert` refused the object, or the plugin cannot convert at all.
+    #[error("plugin {plugin} cannot convert {object} to {to_version}: {message}")]
+    ConversionFailed {
+        /// Plugin name.
+        plugin: String,
+        /// The object, e.g. `Appoperator team-a/web (tools.wasmop.dev/v1beta1)`.
+        object: String,
+        /// The version asked for.
+        to_version: String,
+        /// The plugin's explanation.
+        message: String,
+    },
     /// The plugin answered `retry`: a transient problem.
     #[error("plugin {plugin} asked to retry: {message}")]
     Retry {
@@ -135,6 +147,7 @@ impl PluginError {
             PluginError::Trap { .. } => "trap",
             PluginError::InvalidOutput { .. } | PluginError::OutputTooLarge { .. } => "invalid_output",
             PluginError::TooManyChildren { .. } => "too_many_children",
+            PluginError::ConversionFailed { .. } => "conversion",
             _ => "other",
         }
     }

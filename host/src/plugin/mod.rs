@@ -8,6 +8,7 @@ mod bindings;
 mod cache;
 pub mod contract;
 mod error;
+mod legacy;
 mod limits;
 mod operator;
 mod output;
@@ -17,12 +18,14 @@ mod sandbox;
 
 pub use cache::{CacheOutcome, CacheStats, sha256_hex};
 pub use contract::{
-    ChildKind, Condition, ConditionStatus, Desired, Gvk, OperatorMetadata, PolicyMetadata, ReconcileRequest, Verdict,
+    ChildKind, Condition, ConditionStatus, CrdVersion, Desired, Gvk, OperatorMetadata, PolicyMetadata,
+    ReconcileRequest, Verdict,
 };
 pub use error::PluginError;
 pub use limits::Limits;
 pub use operator::OperatorPlugin;
 pub use policy::PolicyPlugin;
 pub use runtime::{
-    CONTRACT_VERSION, LoadedPlugin, PluginFile, Runtime, RuntimeConfig, RuntimeError, World, default_cache_dir,
+    CONTRACT_SERIES, CONTRACT_VERSION, LoadedPlugin, PluginFile, Runtime, RuntimeConfig, RuntimeError, World,
+    default_cache_dir,
 };

@@ -9,8 +9,9 @@ use super::bindings::operator::OperatorPre;
 use super::bindings::operator::exports::wasmop::plugin::reconciler as wit;
 use super::contract::{Desired, OperatorMetadata, ReconcileRequest, metadata_from_wit};
 use super::error::PluginError;
+use super::legacy;
 use super::limits::Limits;
-use super::output::check_response;
+use super::output::{check_conversion, check_response};
 use super::runtime::{EpochTicker, PluginFile};
 use super::sandbox::{CallState, escape_controls, run_call};
 use crate::names;
@@ -32,8 +33,92 @@ impl std::fmt::Debug for OperatorPlugin {
     }
 }
 
+/// How to instantiate an operator of either contract version.
+pub(crate) enum Pre {
+    /// Contract 0.2: reconciler and converter.
+    Current(OperatorPre<CallState>),
+    /// Contract 0.1 (frozen): reconciler only.
+    V01(legacy::bindings::operator::OperatorPre<CallState>),
+}
+
+impl Pre {
+    fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Pre::Current(pre) => pre.engine(),
+            Pre::V01(pre) => pre.engine(),
+        }
+    }
+
+    fn metadata(&self, label: &Arc<str>, limits: &Limits) -> Result<wit::OperatorMetadata, PluginError> {
+        let engine = self.engine();
+        match self {
+            Pre::Current(pre) => run_call(
+                engine,
+                label,
+                limits,
+                |s| pre.instantiate(s),
+                |s, i| i.wasmop_plugin_reconciler().call_metadata(s),
+            ),
+            Pre::V01(pre) => run_call(
+                engine,
+                label,
+                limits,
+                |s| pre.instantiate(s),
+                |s, i| i.wasmop_plugin_reconciler().call_metadata(s),
+            )
+            .map(legacy::metadata),
+        }
+    }
+
+    fn reconcile(
+        &self,
+        label: &Arc<str>,
+        limits: &Limits,
+        req: &wit::Request,
+    ) -> Result<Result<wit::Response, wit::Error>, PluginError> {
+        let engine = self.engine();
+        match self {
+            Pre::Current(pre) => run_call(
+                engine,
+                label,
+                limits,
+                |s| pre.instantiate(s),
+                |s, i| i.wasmop_plugin_reconciler().call_reconcile(s, req),
+            ),
+            Pre::V01(pre) => {
+                let old = legacy::request(req);
+                run_call(
+                    engine,
+                    label,
+                    limits,
+                    |s| pre.instantiate(s),
+                    |s, i| i.wasmop_plugin_reconciler().call_reconcile(s, &old),
+                )
+                .map(legacy::answer)
+            }
+        }
+    }
+
+    /// `None` for a 0.1 plugin, which cannot convert.
+    fn convert(
+        &self,
+        label: &Arc<str>,
+        limits: &Limits,
+        (obj, to_version): (String, String),
+    ) -> Option<Result<Result<String, String>, PluginError>> {
+        let Pre::Current(pre) = self else { return None };
+        Some(run_call(
+            pre.engine(),
+            label,
+            limits,
+            |s| pre.instantiate(s),
+            |s, i| i.wasmop_plugin_converter().call_convert(s, &obj, &to_version),
+        ))
+    }
+}
+
 struct Inner {
-    pre: OperatorPre<CallState>,
+    pre: Pre,
     meta: OperatorMetadata,
     name: Arc<str>,
     limits: Limits,
@@ -43,21 +128,14 @@ struct Inner {
 
 impl OperatorPlugin {
     pub(crate) fn new(
-        pre: OperatorPre<CallState>,
+        pre: Pre,
         ticker: Arc<EpochTicker>,
         limits: Limits,
         mut file: PluginFile,
         started: Instant,
     ) -> Result<Self, PluginError> {
         let label: Arc<str> = file.path.display().to_string().into();
-        let engine = pre.engine().clone();
-        let raw = run_call(
-            &engine,
-            &label,
-            &limits,
-            |s| pre.instantiate(s),
-            |s, i| i.wasmop_plugin_reconciler().call_metadata(s),
-        )?;
+        let raw = pre.metadata(&label, &limits)?;
         let meta = validate_metadata(raw, &label)?;
         file.load_time = started.elapsed();
         let name = meta.name.as_str().into();
@@ -88,13 +166,7 @@ impl OperatorPlugin {
             finalizing: req.finalizing,
             settings: req.settings.clone(),
         };
-        let answer = run_call(
-            inner.pre.engine(),
-            &inner.name,
-            &inner.limits,
-            |s| inner.pre.instantiate(s),
-            |s, i| i.wasmop_plugin_reconciler().call_reconcile(s, &wit_req),
-        )?;
+        let answer = inner.pre.reconcile(&inner.name, &inner.limits, &wit_req)?;
         match answer {
             Ok(resp) => check_response(&inner.meta, &req.parent, resp, &inner.limits),
             // Control characters escaped: the text reaches the host's log lines.
@@ -105,6 +177,37 @@ impl OperatorPlugin {
                 Err(PluginError::Retry { plugin: inner.meta.name.clone(), message: escape_controls(&message) })
             }
         }
+    }
+}
+
+impl OperatorPlugin {
+    /// Whether the plugin can convert between versions of its parent kind (contract 0.2 and a
+    /// CRD with more than one version).
+    pub fn converts(&self) -> bool {
+        matches!(self.inner.pre, Pre::Current(_)) && self.metadata().crd_versions().len() > 1
+    }
+
+    /// Converts a parent object (any version its CRD defines) to `to_version`, in a fresh
+    /// sandbox, and checks the answer: same kind and identity, the asked version, only spec,
+    /// status, labels and annotations changed.
+    pub fn convert(&self, obj: &Value, to_version: &str) -> Result<Value, PluginError> {
+        let inner = &*self.inner;
+        let failed = |message: String| PluginError::ConversionFailed {
+            plugin: inner.meta.name.clone(),
+            object: super::output::describe(obj),
+            to_version: to_version.to_string(),
+            message,
+        };
+        let answer = inner
+            .pre
+            .convert(&inner.name, &inner.limits, (obj.to_string(), to_version.to_string()))
+            .ok_or_else(|| {
+                failed(
+                    "it is built against contract 0.1, which has no conversion; rebuild it with wasmop-sdk 0.2".into(),
+                )
+            })??;
+        let raw = answer.map_err(|message| failed(escape_controls(&message)))?;
+        check_conversion(&inner.meta, obj, &raw, to_version, &inner.limits)
     }
 }
 
@@ -137,14 +240,16 @@ fn validate_metadata(raw: wit::OperatorMetadata, label: &str) -> Result<Operator
     }
     if let Some(raw_crd) = crd {
         let crd: Value = serde_json::from_str(&raw_crd).map_err(|e| bad(format!("its CRD is not valid JSON: {e}")))?;
-        check_crd(&crd, &meta).map_err(bad)?;
         meta.crd = Some(crd);
+        check_crd(&meta).map_err(bad)?;
     }
     Ok(meta)
 }
 
-/// The CRD must define exactly the parent kind the plugin reconciles.
-fn check_crd(crd: &Value, meta: &OperatorMetadata) -> Result<(), String> {
+/// The CRD must define exactly the parent kind the plugin reconciles, serve the version it
+/// reconciles, and store one version.
+fn check_crd(meta: &OperatorMetadata) -> Result<(), String> {
+    let Some(crd) = &meta.crd else { return Ok(()) };
     if crd["kind"] != "CustomResourceDefinition" || crd["apiVersion"] != "apiextensions.k8s.io/v1" {
         return Err("its CRD must be an apiextensions.k8s.io/v1 CustomResourceDefinition".into());
     }
@@ -159,13 +264,16 @@ fn check_crd(crd: &Value, meta: &OperatorMetadata) -> Result<(), String> {
             meta.parent
         ));
     }
-    let served = spec["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|v| v["name"].as_str() == Some(meta.parent.version.as_str()));
-    if !served {
-        return Err(format!("its CRD does not define version {} of the parent kind", meta.parent.version));
+    let versions = meta.crd_versions();
+    if !versions.iter().any(|v| v.name == meta.parent.version && v.served) {
+        return Err(format!("its CRD does not serve version {} of the parent kind", meta.parent.version));
+    }
+    let storage: Vec<&str> = versions.iter().filter(|v| v.storage).map(|v| v.name.as_str()).collect();
+    if storage.len() != 1 {
+        return Err(format!(
+            "its CRD must mark exactly one version as the storage version; it marks {storage:?} of {:?}",
+            versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>()
+        ));
     }
     Ok(())
 }

@@ -61,6 +61,59 @@ pub(crate) fn check_response(
     })
 }
 
+/// Names an object for messages: `Kind namespace/name (apiVersion)`.
+pub(crate) fn describe(obj: &Value) -> String {
+    let name = obj["metadata"]["name"].as_str().unwrap_or("?");
+    let name = match obj["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    };
+    format!("{} {name} ({})", obj["kind"].as_str().unwrap_or("?"), obj["apiVersion"].as_str().unwrap_or("?"))
+}
+
+/// Metadata fields a conversion may change; the API server refuses a conversion that changes
+/// any other.
+const CONVERTIBLE_METADATA: [&str; 2] = ["labels", "annotations"];
+
+/// Checks a converted object: valid JSON within the output limit, the asked apiVersion, the same
+/// kind, and metadata unchanged but for labels and annotations.
+pub(crate) fn check_conversion(
+    meta: &OperatorMetadata,
+    original: &Value,
+    raw: &str,
+    to_version: &str,
+    limits: &Limits,
+) -> Result<Value, PluginError> {
+    let bad = |reason: String| invalid(meta, format!("conversion of {}", describe(original)), reason);
+    if raw.len() > limits.output_bytes {
+        return Err(PluginError::OutputTooLarge {
+            plugin: meta.name.clone(),
+            size: raw.len(),
+            limit: limits.output_bytes,
+        });
+    }
+    let converted: Value = serde_json::from_str(raw).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let want = Gvk::new(&meta.parent.group, to_version, &meta.parent.kind);
+    if !want.matches(&converted) {
+        return Err(bad(format!(
+            "it is {} {}, expected {} {}",
+            converted["apiVersion"].as_str().unwrap_or("?"),
+            converted["kind"].as_str().unwrap_or("?"),
+            want.api_version(),
+            want.kind
+        )));
+    }
+    let strip = |obj: &Value| {
+        let mut m = obj["metadata"].as_object().cloned().unwrap_or_default();
+        CONVERTIBLE_METADATA.iter().for_each(|k| drop(m.remove(*k)));
+        m
+    };
+    if strip(&converted) != strip(original) {
+        return Err(bad("it changed metadata other than labels and annotations".into()));
+    }
+    Ok(converted)
+}
+
 fn response_size(resp: &wit::Response) -> usize {
     let children: usize = resp.children.iter().map(String::len).sum();
     let conditions: usize = resp.conditions.iter().map(|c| c.type_.len() + c.reason.len() + c.message.len()).sum();

@@ -9,6 +9,7 @@ use super::bindings::policy::PolicyPre;
 use super::bindings::policy::exports::wasmop::plugin::reviewer as wit;
 use super::contract::{Gvk, PolicyMetadata, Verdict};
 use super::error::PluginError;
+use super::legacy;
 use super::limits::Limits;
 use super::runtime::{EpochTicker, PluginFile};
 use super::sandbox::{CallState, run_call};
@@ -30,8 +31,72 @@ impl std::fmt::Debug for PolicyPlugin {
     }
 }
 
+/// How to instantiate a policy of either contract version.
+pub(crate) enum Pre {
+    /// Contract 0.2.
+    Current(PolicyPre<CallState>),
+    /// Contract 0.1 (frozen).
+    V01(legacy::bindings::policy::PolicyPre<CallState>),
+}
+
+impl Pre {
+    fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Pre::Current(pre) => pre.engine(),
+            Pre::V01(pre) => pre.engine(),
+        }
+    }
+
+    fn metadata(&self, label: &Arc<str>, limits: &Limits) -> Result<wit::PolicyMetadata, PluginError> {
+        let engine = self.engine();
+        match self {
+            Pre::Current(pre) => run_call(
+                engine,
+                label,
+                limits,
+                |s| pre.instantiate(s),
+                |s, i| i.wasmop_plugin_reviewer().call_metadata(s),
+            ),
+            Pre::V01(pre) => run_call(
+                engine,
+                label,
+                limits,
+                |s| pre.instantiate(s),
+                |s, i| i.wasmop_plugin_reviewer().call_metadata(s),
+            )
+            .map(legacy::policy_metadata),
+        }
+    }
+
+    fn review(
+        &self,
+        label: &Arc<str>,
+        limits: &Limits,
+        (p, c, s): (String, String, Option<&str>),
+    ) -> Result<wit::Verdict, PluginError> {
+        let engine = self.engine();
+        match self {
+            Pre::Current(pre) => run_call(
+                engine,
+                label,
+                limits,
+                |st| pre.instantiate(st),
+                |st, i| i.wasmop_plugin_reviewer().call_review(st, &p, &c, s),
+            ),
+            Pre::V01(pre) => run_call(
+                engine,
+                label,
+                limits,
+                |st| pre.instantiate(st),
+                |st, i| i.wasmop_plugin_reviewer().call_review(st, &p, &c, s),
+            )
+            .map(legacy::verdict),
+        }
+    }
+}
+
 struct Inner {
-    pre: PolicyPre<CallState>,
+    pre: Pre,
     meta: PolicyMetadata,
     name: Arc<str>,
     limits: Limits,
@@ -41,21 +106,14 @@ struct Inner {
 
 impl PolicyPlugin {
     pub(crate) fn new(
-        pre: PolicyPre<CallState>,
+        pre: Pre,
         ticker: Arc<EpochTicker>,
         limits: Limits,
         mut file: PluginFile,
         started: Instant,
     ) -> Result<Self, PluginError> {
         let label: Arc<str> = file.path.display().to_string().into();
-        let engine = pre.engine().clone();
-        let raw = run_call(
-            &engine,
-            &label,
-            &limits,
-            |s| pre.instantiate(s),
-            |s, i| i.wasmop_plugin_reviewer().call_metadata(s),
-        )?;
+        let raw = pre.metadata(&label, &limits)?;
         if !names::is_dns_label(&raw.name) {
             return Err(PluginError::InvalidMetadata {
                 plugin: label.to_string(),
@@ -92,14 +150,8 @@ impl PolicyPlugin {
     /// finalizers); the host's labels and annotations are applied after every policy.
     pub fn review(&self, parent: &Value, child: &Value, settings: Option<&str>) -> Result<Verdict, PluginError> {
         let inner = &*self.inner;
-        let (p, c, s) = (parent.to_string(), child.to_string(), settings.map(str::to_string));
-        let verdict = run_call(
-            inner.pre.engine(),
-            &inner.name,
-            &inner.limits,
-            |st| inner.pre.instantiate(st),
-            |st, i| i.wasmop_plugin_reviewer().call_review(st, &p, &c, s.as_deref()),
-        )?;
+        let verdict =
+            inner.pre.review(&inner.name, &inner.limits, (parent.to_string(), child.to_string(), settings))?;
         match verdict {
             wit::Verdict::Allow => Ok(Verdict::Allow),
             wit::Verdict::Deny(message) => Ok(Verdict::Deny(message)),

@@ -14,13 +14,16 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::bindings;
 use super::cache::{CacheOutcome, CacheStats, CodeCache, sha256_hex};
 use super::error::PluginError;
+use super::legacy;
 use super::limits::Limits;
-use super::operator::OperatorPlugin;
-use super::policy::PolicyPlugin;
+use super::operator::{self, OperatorPlugin};
+use super::policy::{self, PolicyPlugin};
 use super::sandbox::CallState;
 
-/// The contract version this host implements.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The newest contract version this host implements (`wit/plugin.wit`).
+pub const CONTRACT_VERSION: &str = "0.2.0";
+/// Every contract series this host loads, newest first.
+pub const CONTRACT_SERIES: [&str; 2] = ["0.2", "0.1"];
 const RECONCILER_EXPORT: &str = "wasmop:plugin/reconciler";
 const REVIEWER_EXPORT: &str = "wasmop:plugin/reviewer";
 
@@ -89,6 +92,8 @@ pub struct PluginFile {
     pub size: u64,
     /// The world it implements.
     pub world: World,
+    /// The contract version it was built against, e.g. `0.2.0`.
+    pub contract: String,
     /// Time to compile (or load from cache) and check it.
     pub load_time: Duration,
     /// Whether compiled code came from the cache.
@@ -195,6 +200,8 @@ impl Runtime {
         cap_wasi_sleeps(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         bindings::operator::Operator::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        legacy::bindings::operator::Operator::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let cache = CodeCache::new(&engine, config.cache_dir);
         let ticker = Arc::new(EpochTicker::start(engine.clone())?);
         Ok(Runtime { engine, linker, cache, ticker, max_memory_bytes: config.max_memory_bytes })
@@ -222,7 +229,8 @@ impl Runtime {
             .cache
             .component(&self.engine, &bytes, &sha256)
             .map_err(|e| PluginError::Compile { path: path.to_path_buf(), reason: format!("{e:#}") })?;
-        let world = world_of(&self.engine, &component, &display)?;
+        let (world, contract) = world_of(&self.engine, &component, &display)?;
+        let current = contract.starts_with(CONTRACT_SERIES[0]);
         let pre = self.linker.instantiate_pre(&component).map_err(|e| PluginError::Incompatible {
             plugin: display.clone(),
             reason: format!("{e:#}; a plugin may import only wasmop:plugin/host and WASI"),
@@ -232,16 +240,27 @@ impl Runtime {
             sha256,
             size: bytes.len() as u64,
             world,
+            contract,
             load_time: Duration::ZERO,
             cache,
         };
         Ok(match world {
             World::Operator => {
-                let pre = bindings::operator::OperatorPre::new(pre).map_err(|e| incompatible_exports(&display, e))?;
+                let bad = |e| incompatible_exports(&display, e);
+                let pre = if current {
+                    operator::Pre::Current(bindings::operator::OperatorPre::new(pre).map_err(bad)?)
+                } else {
+                    operator::Pre::V01(legacy::bindings::operator::OperatorPre::new(pre).map_err(bad)?)
+                };
                 LoadedPlugin::Operator(OperatorPlugin::new(pre, self.ticker.clone(), limits, file, start)?)
             }
             World::Policy => {
-                let pre = bindings::policy::PolicyPre::new(pre).map_err(|e| incompatible_exports(&display, e))?;
+                let bad = |e| incompatible_exports(&display, e);
+                let pre = if current {
+                    policy::Pre::Current(bindings::policy::PolicyPre::new(pre).map_err(bad)?)
+                } else {
+                    policy::Pre::V01(legacy::bindings::policy::PolicyPre::new(pre).map_err(bad)?)
+                };
                 LoadedPlugin::Policy(PolicyPlugin::new(pre, self.ticker.clone(), limits, file, start)?)
             }
         })
@@ -303,8 +322,9 @@ fn check_header(bytes: &[u8], plugin: &str) -> Result<(), PluginError> {
     Ok(())
 }
 
-/// Which world the component implements, from its exports; refuses other contract versions.
-fn world_of(engine: &Engine, component: &Component, plugin: &str) -> Result<World, PluginError> {
+/// Which world and contract version the component implements, from its exports; refuses other
+/// contract versions.
+fn world_of(engine: &Engine, component: &Component, plugin: &str) -> Result<(World, String), PluginError> {
     let exports: Vec<String> = component.component_type().exports(engine).map(|(name, _)| name.to_string()).collect();
     let mut other_versions = Vec::new();
     for name in &exports {
@@ -315,13 +335,13 @@ fn world_of(engine: &Engine, component: &Component, plugin: &str) -> Result<Worl
             _ => continue,
         };
         if compatible(version) {
-            return Ok(world);
+            return Ok((world, version.to_string()));
         }
         other_versions.push(format!("{interface}@{version}"));
     }
     let reason = if let Some(found) = other_versions.first() {
         format!(
-            "it implements {found}, but this host supports contract version {CONTRACT_VERSION} (0.1.x); rebuild it against wasmop:plugin@{CONTRACT_VERSION}"
+            "it implements {found}, but this host supports contract versions 0.2.x and 0.1.x; rebuild it against wasmop:plugin@{CONTRACT_VERSION}"
         )
     } else {
         format!(
@@ -332,10 +352,15 @@ fn world_of(engine: &Engine, component: &Component, plugin: &str) -> Result<Worl
     Err(PluginError::Incompatible { plugin: plugin.to_string(), reason })
 }
 
-/// Whether an exported package version is one this host speaks (same 0.1 series).
+/// Whether an exported package version is one this host speaks (a series of
+/// [`CONTRACT_SERIES`]).
 fn compatible(version: &str) -> bool {
-    let mut parts = version.split('.');
-    matches!((parts.next(), parts.next()), (Some("0"), Some("1")))
+    let mut parts = version.splitn(3, '.');
+    let series = match (parts.next(), parts.next()) {
+        (Some(major), Some(minor)) => format!("{major}.{minor}"),
+        _ => return false,
+    };
+    CONTRACT_SERIES.contains(&series.as_str())
 }
 
 fn incompatible_exports(plugin: &str, e: wasmtime::Error) -> PluginError {
@@ -372,7 +397,8 @@ mod tests {
     fn contract_versions() {
         assert!(compatible("0.1.0"));
         assert!(compatible("0.1.7"));
-        assert!(!compatible("0.2.0"));
+        assert!(compatible("0.2.0"));
+        assert!(!compatible("0.3.0"));
         assert!(!compatible(""));
     }
 

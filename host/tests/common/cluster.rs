@@ -109,10 +109,7 @@ where
 }
 
 pub fn app_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("tools.wasmop.dev", "v1beta1", "Appoperator"),
-        "appoperators",
-    )
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("tools.wasmop.dev", "v1", "Appoperator"), "appoperators")
 }
 
 pub fn hostile_resource() -> ApiResource {

@@ -1,17 +1,20 @@
 //! The operator as tests run it: the production path (a [`Supervisor`] over a plugins
 //! directory, with `NAME.toml` sidecars), limited to the test's namespace.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wasmop::controller::ControllerOptions;
 use wasmop::reconcile::Stats;
 use wasmop::reload::{ReloadStats, Supervisor};
 use wasmop::telemetry::Telemetry;
+use wasmop::webhook::Webhook;
 
 use super::cluster::Cluster;
 
@@ -25,6 +28,9 @@ pub struct Operator {
     pub reloads: Arc<ReloadStats>,
     /// Readiness, as `/readyz` reports it.
     pub health: Arc<wasmop::telemetry::Health>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub telemetry_addr: SocketAddr,
+    serving: JoinHandle<()>,
 }
 
 impl Operator {
@@ -38,20 +44,47 @@ impl Operator {
         let (stop, mut rx) = watch::channel(false);
         let telemetry = Telemetry::new();
         let (stats, reloads, health) = (telemetry.stats.clone(), telemetry.reloads.clone(), telemetry.health.clone());
-        let supervisor = Supervisor::builder(client.clone(), Arc::new(super::runtime()), dir.to_path_buf())
-            .options(options)
-            .install_crds(true)
-            .telemetry(telemetry)
-            .build();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let telemetry_addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let serving =
+            wasmop::telemetry::serve_on(tokio::net::TcpListener::from_std(listener).unwrap(), telemetry.clone());
+        let (client, runtime, dir) = (client.clone(), Arc::new(super::runtime()), dir.to_path_buf());
         let task = tokio::spawn(async move {
+            // The conversion webhook on loopback, as `wasmop dev` serves it.
+            let webhook = Webhook::builder(([127, 0, 0, 1], 0).into())
+                .plugins(runtime.clone(), dir.clone())
+                .start(client.clone())
+                .await
+                .expect("conversion webhook");
+            let supervisor = Supervisor::builder(client, runtime, dir)
+                .options(options)
+                .install_crds(true)
+                .conversion(webhook.conversion())
+                .telemetry(telemetry)
+                .build();
             supervisor
                 .run(async move {
                     let _ = rx.wait_for(|s| *s).await;
                 })
                 .await
                 .expect("supervisor");
+            drop(webhook);
         });
-        Operator { stop, task: Some(task), stats, reloads, health }
+        Operator { stop, task: Some(task), stats, reloads, health, telemetry_addr, serving }
+    }
+
+    /// Whether `/healthz` answers 200 within the 5 s a liveness probe would allow: the host's
+    /// async runtime is not stalled.
+    pub async fn healthz(&self) -> bool {
+        let probe = async {
+            let mut stream = tokio::net::TcpStream::connect(self.telemetry_addr).await.ok()?;
+            stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: wasmop\r\nConnection: close\r\n\r\n").await.ok()?;
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).await.ok()?;
+            Some(reply.starts_with("HTTP/1.1 200"))
+        };
+        matches!(tokio::time::timeout(Duration::from_secs(5), probe).await, Ok(Some(true)))
     }
 
     /// Stops the operator and waits for it.
@@ -65,6 +98,7 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
+        self.serving.abort();
         let _ = self.stop.send(true);
     }
 }

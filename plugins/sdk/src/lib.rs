@@ -18,6 +18,8 @@
 //! wasmop_sdk::export_operator!(Hello);
 //! ```
 
+pub mod conversion;
+pub mod schema;
 mod types;
 pub mod wire;
 
@@ -59,6 +61,13 @@ pub trait Operator {
     fn metadata() -> Metadata;
     /// Computes the desired state of one parent. Must be a pure function of the request.
     fn reconcile(req: Request) -> Result<Response, Error>;
+    /// Converts a parent object of any version the CRD defines to `to_version` of its group;
+    /// the host serves this as the CRD's conversion webhook. Must be pure and lossless (see
+    /// [`conversion`]). The default, for a CRD with one version, only sets `apiVersion`.
+    fn convert(mut obj: Value, to_version: &str) -> Result<Value, String> {
+        conversion::set_version(&mut obj, to_version);
+        Ok(obj)
+    }
 }
 
 /// A policy plugin: reviews each child an operator plugin wants to apply.
@@ -107,6 +116,14 @@ macro_rules! export_operator {
                     $crate::bindings::operator::exports::wasmop::plugin::reconciler::Error,
                 > {
                     $crate::wire::operator_reconcile::<$ty>(req)
+                }
+            }
+            impl $crate::bindings::operator::exports::wasmop::plugin::converter::Guest for WasmopOperatorGlue {
+                fn convert(
+                    obj: ::std::string::String,
+                    to_version: ::std::string::String,
+                ) -> ::core::result::Result<::std::string::String, ::std::string::String> {
+                    $crate::wire::convert_json::<$ty>(&obj, &to_version)
                 }
             }
             $crate::bindings::operator::export_raw_operator!(WasmopOperatorGlue);

@@ -55,6 +55,12 @@ pub fn encode_response(resp: Response) -> EncodedResponse {
     }
 }
 
+/// Runs an operator's conversion on a JSON string: decode, convert, encode.
+pub fn convert_json<O: Operator>(obj: &str, to_version: &str) -> Result<String, String> {
+    let obj: Value = serde_json::from_str(obj).map_err(|e| format!("the object is not valid JSON: {e}"))?;
+    O::convert(obj, to_version).map(|converted| converted.to_string())
+}
+
 /// Runs an operator on JSON strings: decode, reconcile, encode.
 pub fn reconcile_json<O: Operator>(
     parent: &str,

@@ -26,13 +26,66 @@
 //! It declares a finalizer (not with the `nofinalizer` feature); when finalizing it answers
 //! `finalized` unless `spec.holdFinalizer`. With `manykinds` it declares 100,000 child kinds;
 //! with `slowmeta` its `metadata()` sleeps 3 s.
+//!
+//! Conversion: without features it serves one version and `convert` only sets `apiVersion`
+//! (`spec.mode: convert-fail` makes it refuse). With `lossy` its CRD (kind `Lossy`) defines v1
+//! (storage) and v2, and converting to v2 drops `spec.count`: the round-trip check must catch it.
 
+use wasmop_sdk::bindings::operator::exports::wasmop::plugin::converter;
 use wasmop_sdk::bindings::operator::exports::wasmop::plugin::reconciler::{
     ChildKind, Error, Guest, OperatorMetadata, Request, Response,
 };
 use wasmop_sdk::bindings::operator::wasmop::plugin::types::Gvk;
 
 struct Hostile;
+
+fn parent_kind() -> &'static str {
+    if cfg!(feature = "kind2") {
+        "Hostile2"
+    } else if cfg!(feature = "lossy") {
+        "Lossy"
+    } else {
+        "Hostile"
+    }
+}
+
+/// The CRD of the `lossy` build: v1 (storage) and v2, any fields.
+fn lossy_crd() -> String {
+    let version = |name: &str, storage: bool| {
+        serde_json::json!({"name": name, "served": true, "storage": storage, "subresources": {"status": {}},
+        "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+            "spec": {"type": "object", "properties": {
+                "mode": {"type": "string", "enum": ["ok"]},
+                "count": {"type": "integer", "minimum": 0, "maximum": 9},
+            }},
+        }}}})
+    };
+    serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "lossies.test.wasmop.dev"},
+        "spec": {"group": "test.wasmop.dev", "scope": "Namespaced",
+            "names": {"plural": "lossies", "singular": "lossy", "kind": "Lossy"},
+            "versions": [version("v1", true), version("v2", false)]},
+    })
+    .to_string()
+}
+
+impl converter::Guest for Hostile {
+    fn convert(obj: String, to_version: String) -> Result<String, String> {
+        let mut obj: serde_json::Value = serde_json::from_str(&obj).map_err(|e| e.to_string())?;
+        if obj["spec"]["mode"] == "convert-fail" {
+            return Err(format!("refusing to convert {} on purpose", obj["metadata"]["name"]));
+        }
+        if cfg!(feature = "lossy")
+            && to_version == "v2"
+            && let Some(spec) = obj["spec"].as_object_mut()
+        {
+            spec.remove("count");
+        }
+        obj["apiVersion"] = format!("test.wasmop.dev/{to_version}").into();
+        Ok(obj.to_string())
+    }
+}
 
 fn gvk(group: &str, version: &str, kind: &str) -> Gvk {
     Gvk { group: group.into(), version: version.into(), kind: kind.into() }
@@ -68,9 +121,9 @@ impl Guest for Hostile {
         OperatorMetadata {
             name: "hostile".into(),
             version: "0.0.1".into(),
-            parent: gvk("test.wasmop.dev", "v1", if cfg!(feature = "kind2") { "Hostile2" } else { "Hostile" }),
+            parent: gvk("test.wasmop.dev", "v1", parent_kind()),
             children,
-            crd: None,
+            crd: cfg!(feature = "lossy").then(lossy_crd),
             finalizer: !cfg!(feature = "nofinalizer"),
         }
     }

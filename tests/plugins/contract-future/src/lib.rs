@@ -1,9 +1,9 @@
-//! A component exporting `wasmop:plugin/reconciler@0.2.0`, a contract version the host does not
+//! A component exporting `wasmop:plugin/reconciler@0.9.0`, a contract version the host does not
 //! speak: loading it must fail with a message naming both versions.
 
 wit_bindgen::generate!({
     inline: r#"
-        package wasmop:plugin@0.2.0;
+        package wasmop:plugin@0.9.0;
         interface reconciler {
             metadata: func() -> string;
         }

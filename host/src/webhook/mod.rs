@@ -1,0 +1,353 @@
+//! The CRD conversion webhook the host serves for plugins whose CRD defines several versions:
+//! the API server sends a `ConversionReview`, the plugin's `convert` answers it in the sandbox.
+//! The host owns the TLS: a generated certificate (kept in a Secret shared by the replicas, or
+//! in memory) or one from a directory (cert-manager), rotated before it expires, with its CA
+//! injected into each CRD's `spec.conversion.webhook.clientConfig.caBundle`.
+//!
+//! Every replica serves the webhook, leader or not: the API server calls whichever the Service
+//! picks.
+
+pub mod follow;
+pub mod review;
+pub mod server;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::plugin::{OperatorPlugin, Runtime};
+use server::CertSlot;
+use tls::Material;
+
+/// How often the certificate is checked for renewal (and a directory re-read).
+const ROTATION_CHECK: Duration = Duration::from_secs(3600);
+
+/// The path the webhook answers on.
+pub const PATH: &str = "/convert";
+
+/// Plugins that convert, by the (group, kind) of their parent: the supervisor publishes them,
+/// the webhook reads them.
+#[derive(Clone, Default)]
+pub struct Converters(Arc<RwLock<HashMap<(String, String), OperatorPlugin>>>);
+
+impl Converters {
+    /// The plugin converting `group` `kind`, if one is loaded.
+    pub fn get(&self, group: &str, kind: &str) -> Option<OperatorPlugin> {
+        self.0.read().ok()?.get(&(group.to_string(), kind.to_string())).cloned()
+    }
+
+    /// Makes `plugin` answer for its parent kind (if it converts).
+    pub fn publish(&self, plugin: &OperatorPlugin) {
+        if !plugin.converts() {
+            return;
+        }
+        let parent = &plugin.metadata().parent;
+        if let Ok(mut map) = self.0.write() {
+            map.insert((parent.group.clone(), parent.kind.clone()), plugin.clone());
+        }
+    }
+
+    /// Makes exactly `serving` answer, each for its parent kind.
+    pub fn replace(&self, serving: Vec<OperatorPlugin>) {
+        let map = serving
+            .into_iter()
+            .map(|p| ((p.metadata().parent.group.clone(), p.metadata().parent.kind.clone()), p))
+            .collect();
+        if let Ok(mut current) = self.0.write() {
+            *current = map;
+        }
+    }
+
+    fn crd_names(&self) -> Vec<String> {
+        let Ok(map) = self.0.read() else { return Vec::new() };
+        map.values().filter_map(|p| p.metadata().crd.as_ref()?["metadata"]["name"].as_str().map(String::from)).collect()
+    }
+}
+
+/// Where the API server reaches the webhook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A URL, e.g. `https://127.0.0.1:9443/convert` (out of cluster, tests, `wasmop dev`).
+    Url(String),
+    /// A Service in front of every replica (in cluster).
+    Service {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Its port.
+        port: u16,
+    },
+}
+
+impl Endpoint {
+    /// Names the serving certificate must carry.
+    fn dns_names(&self) -> Vec<String> {
+        match self {
+            Endpoint::Url(url) => {
+                let rest = url.trim_start_matches("https://");
+                let host = rest.split(['/', '?']).next().unwrap_or(rest);
+                let host = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_matches(['[', ']']);
+                vec![host.to_string()]
+            }
+            Endpoint::Service { namespace, name, .. } => vec![
+                format!("{name}.{namespace}.svc"),
+                format!("{name}.{namespace}.svc.cluster.local"),
+                format!("{name}.{namespace}"),
+            ],
+        }
+    }
+
+    /// `clientConfig` of a CRD's conversion webhook, without the CA.
+    fn client_config(&self) -> Value {
+        match self {
+            Endpoint::Url(url) => json!({ "url": url }),
+            Endpoint::Service { namespace, name, port } => {
+                json!({ "service": { "namespace": namespace, "name": name, "path": PATH, "port": port } })
+            }
+        }
+    }
+}
+
+/// Where the serving certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertSource {
+    /// Generated and kept in memory (one replica: tests, `wasmop dev`).
+    Memory,
+    /// Generated once and kept in this Secret, shared by every replica.
+    Secret {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// `tls.crt`, `tls.key` and optionally `ca.crt` in a directory (e.g. a cert-manager Secret
+    /// mounted there). Without `ca.crt` the host injects no CA (cert-manager's cainjector does).
+    Dir(PathBuf),
+}
+
+/// Why the webhook cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The certificate could not be made or read.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr} for the conversion webhook: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// rustls refused the configuration.
+    #[error("cannot configure TLS for the conversion webhook: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// What the supervisor needs from the webhook: where to publish converting plugins, and the
+/// `spec.conversion` to put in their CRDs.
+#[derive(Clone)]
+pub struct Conversion {
+    converters: Converters,
+    client_config: watch::Receiver<Value>,
+}
+
+impl Conversion {
+    /// The registry the webhook answers from.
+    pub fn converters(&self) -> &Converters {
+        &self.converters
+    }
+
+    /// `spec.conversion` for a CRD whose plugin converts: strategy Webhook, this endpoint and
+    /// the current CA bundle.
+    pub fn crd_conversion(&self) -> Value {
+        json!({
+            "strategy": "Webhook",
+            "webhook": { "conversionReviewVersions": ["v1"], "clientConfig": *self.client_config.borrow() },
+        })
+    }
+}
+
+/// Settings of the webhook; [`WebhookBuilder::start`] binds and serves.
+#[must_use]
+pub struct WebhookBuilder {
+    addr: SocketAddr,
+    endpoint: Endpoint,
+    certs: CertSource,
+    plugins: Option<(Arc<Runtime>, PathBuf)>,
+}
+
+impl WebhookBuilder {
+    /// Where the API server reaches the webhook (default: `https://127.0.0.1:PORT/convert` with
+    /// the bound port).
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoint = endpoint;
+        self
+    }
+
+    /// Where the certificate comes from (default: generated in memory).
+    pub fn certs(mut self, certs: CertSource) -> Self {
+        self.certs = certs;
+        self
+    }
+
+    /// Answer from the converting plugins of this directory, followed as it changes (every
+    /// replica; without it only what the supervisor publishes answers).
+    pub fn plugins(mut self, runtime: Arc<Runtime>, dir: PathBuf) -> Self {
+        self.plugins = Some((runtime, dir));
+        self
+    }
+
+    /// Binds, obtains the certificate and serves; keeps the certificate fresh until dropped.
+    pub async fn start(self, client: Client) -> Result<Webhook, WebhookError> {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .map_err(|source| WebhookError::Bind { addr: self.addr, source })?;
+        let addr = listener.local_addr().map_err(|source| WebhookError::Bind { addr: self.addr, source })?;
+        let endpoint = match self.endpoint {
+            Endpoint::Url(url) if url.is_empty() => Endpoint::Url(format!("https://127.0.0.1:{}{PATH}", addr.port())),
+            other => other,
+        };
+        let source = Source { client: client.clone(), endpoint, certs: self.certs };
+        let material = source.fetch(None).await?;
+        let slot = CertSlot::new(material.certified_key()?);
+        let converters = Converters::default();
+        let serving = server::serve(listener, slot.clone(), converters.clone())?;
+        let (config_tx, config_rx) = watch::channel(source.client_config(&material));
+        let rotation = tokio::spawn(rotate(source, material, slot, config_tx, converters.clone()));
+        let following = self.plugins.map(|(runtime, dir)| follow::follow(runtime, dir, converters.clone()));
+        tracing::info!(%addr, "serving the conversion webhook");
+        let conversion = Conversion { converters, client_config: config_rx };
+        Ok(Webhook { addr, conversion, tasks: [Some(serving), Some(rotation), following] })
+    }
+}
+
+/// A running webhook; stops when dropped.
+pub struct Webhook {
+    /// The bound address.
+    pub addr: SocketAddr,
+    conversion: Conversion,
+    tasks: [Option<tokio::task::JoinHandle<()>>; 3],
+}
+
+impl Webhook {
+    /// A builder listening on `addr` (port 0 picks one).
+    pub fn builder(addr: SocketAddr) -> WebhookBuilder {
+        WebhookBuilder { addr, endpoint: Endpoint::Url(String::new()), certs: CertSource::Memory, plugins: None }
+    }
+
+    /// The handle the supervisor takes.
+    pub fn conversion(&self) -> Conversion {
+        self.conversion.clone()
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.tasks.iter().flatten().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
+struct Source {
+    client: Client,
+    endpoint: Endpoint,
+    certs: CertSource,
+}
+
+impl Source {
+    /// The material to serve now; `current` is what is served.
+    async fn fetch(&self, current: Option<&Material>) -> Result<Material, tls::TlsError> {
+        let now = jiff::Timestamp::now().as_second();
+        match &self.certs {
+            CertSource::Memory => match current {
+                Some(m) if !m.due(now) => Ok(m.clone()),
+                _ => tls::generate(&self.endpoint.dns_names(), now, current.map(|m| m.ca_bundle_pem.as_str())),
+            },
+            CertSource::Secret { namespace, name } => {
+                let api = Api::namespaced(self.client.clone(), namespace);
+                tls::from_secret(&api, namespace, name, &self.endpoint.dns_names(), now).await
+            }
+            CertSource::Dir(dir) => Material::from_dir(dir),
+        }
+    }
+
+    fn client_config(&self, material: &Material) -> Value {
+        let mut config = self.endpoint.client_config();
+        if !material.ca_bundle_pem.is_empty() {
+            config["caBundle"] = json!(base64::engine::general_purpose::STANDARD.encode(&material.ca_bundle_pem));
+        }
+        config
+    }
+}
+
+/// Checks the certificate every [`ROTATION_CHECK`]; on a new one, serves it and injects its CA
+/// bundle into the CRDs of the converting plugins.
+async fn rotate(
+    source: Source,
+    mut material: Material,
+    slot: Arc<CertSlot>,
+    config: watch::Sender<Value>,
+    converters: Converters,
+) {
+    loop {
+        tokio::time::sleep(ROTATION_CHECK).await;
+        let fresh = match source.fetch(Some(&material)).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot renew the conversion webhook certificate; serving the current one");
+                continue;
+            }
+        };
+        if fresh == material {
+            continue;
+        }
+        match fresh.certified_key() {
+            Ok(key) => slot.set(key),
+            Err(e) => {
+                tracing::error!(error = %e, "the renewed webhook certificate is unusable; serving the current one");
+                continue;
+            }
+        }
+        let client_config = source.client_config(&fresh);
+        config.send_replace(client_config.clone());
+        inject(&source.client, &converters.crd_names(), &client_config).await;
+        tracing::info!("conversion webhook certificate renewed");
+        material = fresh;
+    }
+}
+
+/// Puts `client_config` (with the new CA bundle) into each CRD's conversion webhook.
+async fn inject(client: &Client, crds: &[String], client_config: &Value) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let patch = json!({ "spec": { "conversion": { "webhook": { "clientConfig": client_config } } } });
+    for name in crds {
+        if let Err(e) = api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            tracing::error!(crd = %name, error = %e, "cannot inject the webhook CA bundle");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_name_what_the_certificate_must_cover() {
+        let url = Endpoint::Url("https://127.0.0.1:9443/convert".into());
+        assert_eq!(url.dns_names(), vec!["127.0.0.1"]);
+        let svc = Endpoint::Service { namespace: "wasmop-system".into(), name: "wasmop-webhook".into(), port: 443 };
+        assert!(svc.dns_names().contains(&"wasmop-webhook.wasmop-system.svc".to_string()));
+        assert_eq!(svc.client_config()["service"]["path"], "/convert");
+    }
+}

@@ -1,0 +1,121 @@
+//! CRD versions end to end, on both API server backends: an upgrade from a cluster where only
+//! the contract-0.1 Appoperator (v1beta1) ever ran, through hot reload to the v1 plugin, its
+//! conversion webhook, the storage version migration, and a webhook outage and recovery.
+
+mod common;
+
+use common::cluster::*;
+use common::operator::{Operator, quiet};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use serde_json::json;
+
+on_both_backends!(upgrade_from_v1beta1_converts_migrates_and_survives_a_webhook_outage);
+
+const CRD: &str = "appoperators.tools.wasmop.dev";
+
+fn v1beta1() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("tools.wasmop.dev", "v1beta1", "Appoperator"),
+        "appoperators",
+    )
+}
+
+async fn crd(cluster: &Cluster) -> CustomResourceDefinition {
+    Api::<CustomResourceDefinition>::all(cluster.client.clone()).get(CRD).await.unwrap()
+}
+
+async fn stored_versions(cluster: &Cluster) -> Vec<String> {
+    crd(cluster).await.status.and_then(|s| s.stored_versions).unwrap_or_default()
+}
+
+/// The same object read through `ar`, or the error's text.
+async fn read(cluster: &Cluster, ar: &ApiResource, name: &str) -> Result<DynamicObject, String> {
+    Api::<DynamicObject>::namespaced_with(cluster.client.clone(), &cluster.ns, ar)
+        .get(name)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn upgrade_from_v1beta1_converts_migrates_and_survives_a_webhook_outage(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
+    let (old_ar, new_ar) = (v1beta1(), app_resource());
+
+    // 1. The contract-0.1 build (kept as a fixture) loads, installs its v1beta1-only CRD and
+    //    reconciles.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("appoperator.wasm");
+    std::fs::copy(common::workspace().join("tests/fixtures/appoperator-0.1.0.wasm"), &file).unwrap();
+    let running = Operator::start(&cluster, dir.path(), quiet());
+    wait_served(&client, &old_ar).await;
+    create(&client, &old_ar, &ns, "old", json!({"image": "nginx:1.25", "replicas": 1})).await;
+    eventually("the 0.1 plugin reconciles", || ready_is(&client, &old_ar, &ns, "old", "True", "Available")).await;
+    assert_eq!(stored_versions(&cluster).await, ["v1beta1"]);
+
+    // 2. Dropping in the v1 build: its CRD (v1 stored, v1beta1 deprecated) points at the host's
+    //    webhook with the host's CA, and what was stored as v1beta1 is migrated.
+    let tmp = dir.path().join("appoperator.wasm.tmp");
+    std::fs::copy(common::plugin("appoperator"), &tmp).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    eventually("storedVersions trimmed to v1", || async { stored_versions(&cluster).await == ["v1"] }).await;
+    let conversion = crd(&cluster).await.spec.conversion.unwrap();
+    assert_eq!(conversion.strategy, "Webhook");
+    let client_config = conversion.webhook.unwrap().client_config.unwrap();
+    assert!(client_config.ca_bundle.is_some_and(|ca| !ca.0.is_empty()), "no CA bundle injected");
+
+    // 3. The v1beta1 object reads back as v1 and, unchanged, as v1beta1; the new plugin
+    //    reconciles it.
+    let as_v1 = read(&cluster, &new_ar, "old").await.unwrap();
+    assert_eq!(as_v1.data["spec"], json!({"workload": {"image": "nginx:1.25", "replicas": 1}}));
+    let as_v1beta1 = read(&cluster, &old_ar, "old").await.unwrap();
+    assert_eq!(as_v1beta1.data["spec"], json!({"image": "nginx:1.25", "replicas": 1}));
+    assert_eq!(as_v1beta1.metadata.annotations, None);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let revision = revision("appoperator");
+    eventually("reconciled by the v1 plugin", || async {
+        deployments.get_opt("old").await.unwrap().is_some_and(|d| {
+            d.annotations().get("wasmop.dev/plugin-revision") == Some(&revision)
+                && d.spec.as_ref().and_then(|s| s.replicas) == Some(1)
+        })
+    })
+    .await;
+    eventually("Ready under the v1 plugin", || ready_is(&client, &new_ar, &ns, "old", "True", "Available")).await;
+
+    // 4. A field only v1 has travels through v1beta1 in an annotation and comes back.
+    create(&client, &new_ar, &ns, "new", json!({"workload": {"image": "nginx:1.27", "replicas": 2, "port": 8080}}))
+        .await;
+    let seen_old = read(&cluster, &old_ar, "new").await.unwrap();
+    assert_eq!(seen_old.data["spec"], json!({"image": "nginx:1.27", "replicas": 2}));
+    let annotations = seen_old.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations.get("appoperator.tools.wasmop.dev/v1-workload").map(String::as_str),
+        Some(r#"{"port":8080}"#)
+    );
+    let api_old: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &old_ar);
+    api_old.patch("new", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}}))).await.unwrap();
+    let back = read(&cluster, &new_ar, "new").await.unwrap();
+    assert_eq!(back.data["spec"]["workload"], json!({"image": "nginx:1.27", "replicas": 3, "port": 8080}));
+    eventually("the port reaches the Deployment", || async {
+        deployments.get_opt("new").await.unwrap().is_some_and(|d| {
+            let port =
+                serde_json::to_value(&d).unwrap()["spec"]["template"]["spec"]["containers"][0]["ports"][0].clone();
+            port["containerPort"] == 8080 && d.spec.as_ref().and_then(|s| s.replicas) == Some(3)
+        })
+    })
+    .await;
+
+    // 5. With the webhook down, reads of the other version fail clearly; the stored version
+    //    still reads; a new webhook (new port, new CA) recovers.
+    running.stop().await;
+    let err = read(&cluster, &old_ar, "new").await.unwrap_err();
+    assert!(err.contains("conversion webhook"), "{err}");
+    assert!(read(&cluster, &new_ar, "new").await.is_ok());
+    let restarted = Operator::start(&cluster, dir.path(), quiet());
+    eventually("conversion recovers", || async { read(&cluster, &old_ar, "new").await.is_ok() }).await;
+    restarted.stop().await;
+    cluster.shutdown().await;
+}
