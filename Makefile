@@ -11,7 +11,7 @@ TEST_PLUGINS := hostile contract-future mutator
 CONTROL_PLANE ?= memory
 
 # Image that `make docker-build` builds and deploy/ runs.
-IMG ?= wasmop:0.1.0
+IMG ?= wasmop:0.2.0
 
 .PHONY: all dev plugins test-plugins manifests test eval bench fmt clippy wasm-target kubectl controlplane \
 	install uninstall deploy undeploy docker-build
@@ -71,7 +71,8 @@ eval: plugins
 ## Regenerate deploy/ manifests from the plugins: the CRD and the least-privilege RBAC (tests
 ## fail when the checked-in files drift from the plugins).
 manifests: plugins
-	$(CARGO) run -q -p wasmop -- crd --plugin $(PLUGIN_DIR)/appoperator.wasm > deploy/crds/appoperator.yaml
+	$(CARGO) run -q -p wasmop -- crd --plugin $(PLUGIN_DIR)/appoperator.wasm \
+	  --webhook-service wasmop-system/wasmop-webhook > deploy/crds/appoperator.yaml
 	@rm -rf target/shipped-plugins && mkdir -p target/shipped-plugins
 	cp $(addprefix $(PLUGIN_DIR)/,$(addsuffix .wasm,$(subst -,_,$(PLUGINS)))) target/shipped-plugins/
 	$(CARGO) run -q -p wasmop -- rbac --plugins target/shipped-plugins > deploy/rbac.yaml

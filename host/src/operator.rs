@@ -115,6 +115,28 @@ pub async fn install_crd(
     Ok(())
 }
 
+/// Points the CRD of a converting plugin, installed by someone else (`make install`), at the
+/// host's webhook with its CA bundle: a merge patch of `spec.conversion` only.
+pub async fn inject_conversion(
+    client: &Client,
+    plugin: &OperatorPlugin,
+    conversion: &Conversion,
+) -> Result<(), OperatorError> {
+    let name = plugin.metadata().name.clone();
+    let crd_name = plugin.metadata().crd.as_ref().and_then(|c| c["metadata"]["name"].as_str()).map(str::to_string);
+    let Some(crd_name) = crd_name.filter(|_| plugin.converts()) else { return Ok(()) };
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let patch = serde_json::json!({ "spec": { "conversion": conversion.crd_conversion() } });
+    api.patch(&crd_name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|e| {
+        OperatorError::InstallCrd {
+            plugin: name.clone(),
+            reason: format!("cannot point {crd_name} at the conversion webhook: {e}"),
+        }
+    })?;
+    tracing::info!(plugin = %name, crd = %crd_name, "conversion webhook CA bundle injected");
+    Ok(())
+}
+
 /// Whether objects may be stored in a version other than the storage version.
 fn needs_migration(crd: &CustomResourceDefinition) -> bool {
     let storage = crd.spec.versions.iter().find(|v| v.storage).map(|v| v.name.as_str());

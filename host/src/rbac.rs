@@ -29,6 +29,10 @@ pub const EVENT_VERBS: &[&str] = &["create", "patch"];
 pub const LEASE_VERBS: &[&str] = &["get", "create", "patch"];
 /// Verbs on the plugins' own CRDs with `--install-crds` (server-side apply, wait for Established).
 pub const CRD_VERBS: &[&str] = &["get", "list", "watch", "create", "patch"];
+/// Verbs on the CRDs of converting plugins: the conversion webhook's CA bundle is patched in.
+pub const CA_INJECTION_VERBS: &[&str] = &["get", "patch"];
+/// The Secret keeping the conversion webhook's certificate (`--webhook-service` default).
+pub const WEBHOOK_SECRET: &str = "wasmop-webhook-tls";
 
 /// One RBAC rule, as in a Role or ClusterRole.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -99,27 +103,47 @@ pub fn plugin_rules(meta: &OperatorMetadata) -> Vec<Rule> {
     rules
 }
 
-/// The rules the host itself needs beside the plugins': Events, and CRDs of the plugins with
-/// `install_crds` (only those names).
-pub fn host_rules(plugins: &[OperatorMetadata], install_crds: bool) -> Vec<Rule> {
+/// The rules the host itself needs beside the plugins': Events; the CRDs of the plugins with
+/// `install_crds`; and with `webhook`, the CRDs of the plugins that convert between versions
+/// (to inject the webhook's CA bundle). CRD rules name only those CRDs.
+pub fn host_rules(plugins: &[OperatorMetadata], install_crds: bool, webhook: bool) -> Vec<Rule> {
     let mut rules = vec![Rule::new("events.k8s.io", "events", EVENT_VERBS, "Events about parents and reloads")];
-    if install_crds {
-        let mut names: Vec<String> =
-            plugins.iter().filter_map(|p| p.crd.as_ref()?["metadata"]["name"].as_str().map(str::to_string)).collect();
+    let crd_names = |converting_only: bool| {
+        let mut names: Vec<String> = plugins
+            .iter()
+            .filter(|p| !converting_only || converts(p))
+            .filter_map(|p| p.crd.as_ref()?["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
         names.sort();
         names.dedup();
+        names
+    };
+    let mut crd_rule = |names: Vec<String>, verbs: &[&str], why: &str| {
         if !names.is_empty() {
-            let mut rule = Rule::new(
-                "apiextensions.k8s.io",
-                "customresourcedefinitions",
-                CRD_VERBS,
-                "--install-crds: the plugins' CRDs",
-            );
+            let mut rule = Rule::new("apiextensions.k8s.io", "customresourcedefinitions", verbs, why);
             rule.names = names;
             rules.push(rule);
         }
+    };
+    if install_crds {
+        crd_rule(crd_names(false), CRD_VERBS, "--install-crds: the plugins' CRDs");
+    } else if webhook {
+        crd_rule(crd_names(true), CA_INJECTION_VERBS, "the conversion webhook's CA bundle in the plugins' CRDs");
     }
     rules
+}
+
+/// Whether a plugin's CRD defines several versions, so the host serves its conversion.
+pub fn converts(meta: &OperatorMetadata) -> bool {
+    meta.crd_versions().len() > 1
+}
+
+/// Rules in the operator's own namespace for the conversion webhook's certificate Secret:
+/// creating it (which cannot be limited by name) and reading and renewing only it.
+pub fn webhook_secret_rules() -> Vec<Rule> {
+    let mut own = Rule::new("", "secrets", &["get", "update"], "the conversion webhook's certificate");
+    own.names = vec![WEBHOOK_SECRET.to_string()];
+    vec![Rule::new("", "secrets", &["create"], "the conversion webhook's certificate"), own]
 }
 
 /// Rules merged: one per (group, resource, names), verbs united and sorted, so the output is
@@ -145,6 +169,8 @@ pub struct Identity {
     pub service_account: String,
     /// Namespaces the operator is limited to (`--namespace`); empty for cluster-wide.
     pub watched: Vec<String>,
+    /// Whether it keeps a conversion webhook certificate in a Secret of its namespace.
+    pub webhook_secret: bool,
 }
 
 /// The manifests: a ClusterRole and binding (or a Role and binding per watched namespace),
@@ -179,8 +205,12 @@ pub fn manifests(rules: &[Rule], identity: &Identity) -> Vec<Value> {
             out.push(binding("RoleBinding", "Role", "wasmop", Some(ns)));
         }
     }
-    let lease = Rule::new("coordination.k8s.io", "leases", LEASE_VERBS, "leader election");
-    let mut lease_role = role("Role", Some(&identity.namespace), json!([lease.to_json()]));
+    let mut own_rules = vec![Rule::new("coordination.k8s.io", "leases", LEASE_VERBS, "leader election")];
+    if identity.webhook_secret {
+        own_rules.extend(webhook_secret_rules());
+    }
+    let own_json: Vec<Value> = own_rules.iter().map(Rule::to_json).collect();
+    let mut lease_role = role("Role", Some(&identity.namespace), json!(own_json));
     lease_role["metadata"]["name"] = json!("wasmop-leader-election");
     let mut lease_binding = binding("RoleBinding", "Role", "wasmop-leader-election", Some(&identity.namespace));
     lease_binding["roleRef"]["name"] = json!("wasmop-leader-election");
@@ -281,7 +311,7 @@ mod tests {
     #[test]
     fn rules_name_every_kind_and_no_wildcard() {
         let mut rules = plugin_rules(&meta());
-        rules.extend(host_rules(&[meta()], true));
+        rules.extend(host_rules(&[meta()], true, true));
         let rules = merge(rules);
         let resources: Vec<String> = rules.iter().map(|r| format!("{}/{}", r.group, r.resource)).collect();
         assert_eq!(
@@ -305,9 +335,13 @@ mod tests {
 
     #[test]
     fn crds_only_with_install_crds_and_namespaced_roles_with_namespaces() {
-        assert!(!host_rules(&[meta()], false).iter().any(|r| r.resource == "customresourcedefinitions"));
-        let identity =
-            Identity { namespace: "ops".into(), service_account: "wasmop".into(), watched: vec!["a".into()] };
+        assert!(!host_rules(&[meta()], false, true).iter().any(|r| r.resource == "customresourcedefinitions"));
+        let identity = Identity {
+            namespace: "ops".into(),
+            service_account: "wasmop".into(),
+            watched: vec!["a".into()],
+            webhook_secret: false,
+        };
         let docs = manifests(&merge(plugin_rules(&meta())), &identity);
         let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["Role", "RoleBinding", "Role", "RoleBinding"]);

@@ -533,9 +533,18 @@ impl Supervisor {
             if let Some(conversion) = &self.conversion {
                 conversion.converters().publish(&candidate.plugin);
             }
-            if self.install_crds
-                && let Err(e) = operator::install_crd(&self.client, &candidate.plugin, self.conversion.as_ref()).await
-            {
+            let crd = if self.install_crds {
+                operator::install_crd(&self.client, &candidate.plugin, self.conversion.as_ref()).await
+            } else if let Some(conversion) = &self.conversion {
+                // Not fatal: parents of the version the plugin reconciles still converge.
+                if let Err(e) = operator::inject_conversion(&self.client, &candidate.plugin, conversion).await {
+                    tracing::error!(file = %path.display(), error = %e, "reads of other versions will fail");
+                }
+                Ok(())
+            } else {
+                Ok(())
+            };
+            if let Err(e) = crd {
                 tracing::error!(file = %path.display(), error = %e, "new plugin version not started");
                 continue;
             }
@@ -555,7 +564,7 @@ impl Supervisor {
     async fn allowed(&mut self, path: &Path, candidate: &Candidate) -> bool {
         let meta = candidate.plugin.metadata();
         let mut rules = rbac::plugin_rules(meta);
-        rules.extend(rbac::host_rules(std::slice::from_ref(meta), self.install_crds));
+        rules.extend(rbac::host_rules(std::slice::from_ref(meta), self.install_crds, self.conversion.is_some()));
         let missing = match rbac::check(&self.client, &rules, self.options.namespace.as_deref()).await {
             Ok(missing) => missing,
             Err(e) => {

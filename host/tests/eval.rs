@@ -52,7 +52,7 @@ fn example_gives_exactly_the_expected_deployment() {
             "selector": {"matchLabels": {"app": "web"}},
             "template": {
                 "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]},
+                "spec": {"containers": [{"name": "app", "image": "nginx:1.27", "ports": [{"containerPort": 80}]}]},
             },
         },
     });
@@ -189,7 +189,7 @@ fn checked_in_rbac_matches_the_plugins() {
 #[test]
 fn checked_in_crd_matches_the_plugin() {
     let plugin = appoperator();
-    let generated = stdout(&wasmop(&["crd", "--plugin", &plugin]));
+    let generated = stdout(&wasmop(&["crd", "--plugin", &plugin, "--webhook-service", "wasmop-system/wasmop-webhook"]));
     let path = common::workspace().join("deploy/crds/appoperator.yaml");
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
@@ -205,6 +205,12 @@ fn checked_in_crd_matches_the_plugin() {
         version["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(columns, ["Image", "Replicas", "Ready", "Age"]);
     assert_eq!(crd["spec"]["names"]["shortNames"], json!(["appop"]));
+    let webhook = &crd["spec"]["conversion"]["webhook"];
+    assert_eq!(crd["spec"]["conversion"]["strategy"], "Webhook");
+    assert_eq!(
+        webhook["clientConfig"]["service"],
+        json!({"namespace": "wasmop-system", "name": "wasmop-webhook", "path": "/convert", "port": 443})
+    );
 }
 
 #[test]
@@ -219,4 +225,62 @@ fn inspect_reports_what_the_plugin_declares() {
     assert_eq!(report["metadata"]["finalizer"], false);
     assert!(report["sizeBytes"].as_u64().unwrap() > 0);
     assert!(report["loadTimeMs"].as_f64().is_some());
+    assert_eq!(report["contract"], "wasmop:plugin@0.2.0");
+    assert_eq!(report["metadata"]["storageVersion"], "v1");
+    assert_eq!(report["metadata"]["conversion"], true);
+    let versions = report["metadata"]["crdVersions"].as_array().unwrap();
+    let beta = versions.iter().find(|v| v["name"] == "v1beta1").unwrap();
+    assert!(beta["deprecationWarning"].as_str().unwrap().contains("use tools.wasmop.dev/v1"), "{beta}");
+
+    // The contract-0.1 build still loads: one version, no conversion.
+    let old = common::workspace().join("tests/fixtures/appoperator-0.1.0.wasm");
+    let out = stdout(&wasmop(&["plugin", "inspect", old.to_str().unwrap(), "-o", "json"]));
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["contract"], "wasmop:plugin@0.1.0");
+    assert_eq!(report["metadata"]["conversion"], false);
+    assert_eq!(report["metadata"]["storageVersion"], "v1beta1");
+}
+
+#[test]
+fn convert_moves_fields_between_versions_and_back() {
+    let plugin = appoperator();
+    let old = common::example("appoperator-v1beta1.yaml");
+    let v1: Value = serde_json::from_str(&stdout(&wasmop(&[
+        "convert",
+        "--plugin",
+        &plugin,
+        "--to",
+        "v1",
+        "-o",
+        "json",
+        old.to_str().unwrap(),
+    ])))
+    .unwrap();
+    assert_eq!(v1[0]["apiVersion"], "tools.wasmop.dev/v1");
+    assert_eq!(v1[0]["spec"], json!({"workload": {"image": "nginx:1.26", "replicas": 1}}));
+    let new = common::example("appoperator.yaml");
+    let out = stdout(&wasmop(&["convert", "--plugin", &plugin, "--to", "v1beta1", new.to_str().unwrap()]));
+    assert!(out.contains(r#"appoperator.tools.wasmop.dev/v1-workload: "{\"port\":80}""#), "{out}");
+}
+
+#[test]
+fn the_round_trip_check_passes_appoperator_and_catches_a_lossy_conversion() {
+    let plugin = appoperator();
+    let (new, old) = (common::example("appoperator.yaml"), common::example("appoperator-v1beta1.yaml"));
+    let args = ["convert", "--check", "--plugin", &plugin, new.to_str().unwrap(), old.to_str().unwrap()];
+    let out = stdout(&wasmop(&args));
+    assert!(out.contains("202 objects round-trip through [\"v1\", \"v1beta1\"]"), "{out}");
+
+    let lossy = common::plugin("hostile").with_file_name("hostile_lossy.wasm");
+    let out = wasmop(&["convert", "--check", "--plugin", lossy.to_str().unwrap()]);
+    assert!(!out.status.success(), "a lossy conversion passed the check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("via v2: /spec/count: was ") && stderr.contains("came back absent"), "{stderr}");
+}
+
+#[test]
+fn version_names_the_contracts() {
+    let out = stdout(&wasmop(&["version"]));
+    assert!(out.starts_with(&format!("wasmop {}\n", env!("CARGO_PKG_VERSION"))), "{out}");
+    assert!(out.contains("wasmop:plugin@0.2.0") && out.contains("0.1.x"), "{out}");
 }

@@ -177,7 +177,7 @@ async fn invalid_spec_is_reported_without_a_retry_storm(cluster: Cluster) {
     eventually("five resyncs", || async { Stats::get(&running.stats.reconciles) >= reconciles + 5 }).await;
     assert!(Stats::get(&running.stats.plugin_calls) <= calls + 1, "plugin called again for an unchanged invalid spec");
     let obj = get(&client, &ar, ns, "blank").await.unwrap();
-    assert!(ready(&obj).unwrap().2.contains("spec.image"), "{:?}", ready(&obj));
+    assert!(ready(&obj).unwrap().2.contains("spec.workload.image"), "{:?}", ready(&obj));
 
     // Fixing the spec (a new generation) reconciles again.
     let apps: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);

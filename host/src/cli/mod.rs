@@ -54,7 +54,7 @@ enum Command {
     /// Print the least-privilege RBAC the plugins of a directory need.
     Rbac(rbac::Args),
     /// Run the operator against a cluster (current kubeconfig or in-cluster config).
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// Run the embedded API server, the plugins and the examples, with a live view.
     Dev(dev::Args),
     /// Convert objects with a plugin's conversion, or check its round trips (--check), offline.
@@ -81,7 +81,7 @@ pub fn main() -> ExitCode {
     let default_level = if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" };
     init_logging(cli.log_format, default_level);
     let result = match cli.command {
-        Command::Run(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| block_on(run::run(rt, args))),
+        Command::Run(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| block_on(run::run(rt, *args))),
         Command::Dev(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| block_on(dev::run(rt, args))),
         Command::Eval(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| eval::run(&rt, args)),
         Command::Crd(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| crd::run(&rt, args)),

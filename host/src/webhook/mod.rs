@@ -109,7 +109,7 @@ impl Endpoint {
     }
 
     /// `clientConfig` of a CRD's conversion webhook, without the CA.
-    fn client_config(&self) -> Value {
+    pub fn client_config(&self) -> Value {
         match self {
             Endpoint::Url(url) => json!({ "url": url }),
             Endpoint::Service { namespace, name, port } => {
@@ -172,11 +172,13 @@ impl Conversion {
     /// `spec.conversion` for a CRD whose plugin converts: strategy Webhook, this endpoint and
     /// the current CA bundle.
     pub fn crd_conversion(&self) -> Value {
-        json!({
-            "strategy": "Webhook",
-            "webhook": { "conversionReviewVersions": ["v1"], "clientConfig": *self.client_config.borrow() },
-        })
+        crd_conversion(self.client_config.borrow().clone())
     }
+}
+
+/// `spec.conversion` of a CRD converted by a webhook at `client_config`.
+pub fn crd_conversion(client_config: Value) -> Value {
+    json!({ "strategy": "Webhook", "webhook": { "conversionReviewVersions": ["v1"], "clientConfig": client_config } })
 }
 
 /// Settings of the webhook; [`WebhookBuilder::start`] binds and serves.

@@ -15,7 +15,8 @@ use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
-use crate::error::StatusError;
+use crate::convert;
+use crate::error::{ApiResult, StatusError};
 use crate::faults::Faults;
 use crate::output::{self, Shape};
 use crate::resources::ResourceInfo;
@@ -27,6 +28,10 @@ use crate::{Config, discovery, openapi};
 
 /// Largest request body accepted, as kube-apiserver's default (3 MiB).
 const MAX_BODY_BYTES: usize = 3 << 20;
+
+/// Most times a write runs to collect the webhook conversions it needs (a patch needs two:
+/// the stored object into the request's version, the result into the storage version).
+const MAX_CONVERSION_ROUNDS: usize = 8;
 
 /// Response body type.
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -66,6 +71,28 @@ fn error_response(e: &StatusError) -> Response<Body> {
 
 fn lock(shared: &Shared) -> Result<std::sync::MutexGuard<'_, State>, StatusError> {
     shared.state.lock().map_err(|_| StatusError::internal("state lock poisoned"))
+}
+
+/// Runs `op` under the store's lock. When it needs a webhook conversion it does not have yet
+/// (see [`convert::Memo`]), the lock is released, the webhook called, and `op` runs again.
+async fn locked<T>(shared: &Shared, mut op: impl FnMut(&mut State) -> ApiResult<T>) -> ApiResult<T> {
+    let mut memo = convert::Memo::default();
+    for _ in 0..MAX_CONVERSION_ROUNDS {
+        let pending = {
+            let mut st = lock(shared)?;
+            st.memo = std::mem::take(&mut memo);
+            let result = op(&mut st);
+            memo = std::mem::take(&mut st.memo);
+            match memo.take_pending() {
+                Some(p) => p,
+                None => return result,
+            }
+        };
+        let objects = std::slice::from_ref(&pending.object);
+        let converted = crate::webhook::convert(&pending.conv, objects, &pending.desired, false).await?;
+        memo.insert(&pending, converted.into_iter().next().unwrap_or_default());
+    }
+    Err(StatusError::internal("the object kept changing while its conversion webhook was called; try again"))
 }
 
 /// Entry point for every request.
@@ -264,20 +291,20 @@ async fn resource_route(
         return not_found_page();
     }
     if target.sub.as_deref() == Some("scale") {
-        return match do_scale(shared, &target, verb, &ctx) {
+        return match do_scale(shared, &target, verb, &ctx).await {
             Ok(r) => r,
             Err(e) => error_response(&e),
         };
     }
     let result = match verb {
-        "get" => do_get(shared, &target, &ctx),
-        "list" => do_list(shared, &target, &ctx),
+        "get" => do_get(shared, &target, &ctx).await,
+        "list" => do_list(shared, &target, &ctx).await,
         "watch" => return do_watch(shared, target, &ctx),
-        "create" => do_create(shared, &target, &ctx),
-        "update" => do_update(shared, &target, &ctx),
-        "patch" => do_patch(shared, &target, &ctx),
-        "delete" => do_delete(shared, &target, &ctx),
-        _ => do_delete_collection(shared, &target, &ctx),
+        "create" => do_create(shared, &target, &ctx).await,
+        "update" => do_update(shared, &target, &ctx).await,
+        "patch" => do_patch(shared, &target, &ctx).await,
+        "delete" => do_delete(shared, &target, &ctx).await,
+        _ => do_delete_collection(shared, &target, &ctx).await,
     };
     match result {
         Ok(r) => r,
@@ -340,10 +367,11 @@ fn ns_of(t: &Target) -> &str {
     t.ns.as_deref().unwrap_or("")
 }
 
-fn do_get(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
-    let st = lock(shared)?;
-    let obj = st.get(&t.info, ns_of(t), t.name.as_deref().unwrap_or(""))?;
+async fn do_get(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
+    let obj = lock(shared)?.get(&t.info, ns_of(t), t.name.as_deref().unwrap_or(""))?;
     let shape = output::negotiate(&ctx.accept);
+    // Metadata-only responses need no conversion.
+    let obj = if shape == Shape::Metadata { obj } else { convert::finish_one(&t.info, obj).await? };
     Ok(json_response(200, &output::shape_object(&t.info, shape, &obj, true)))
 }
 
@@ -354,7 +382,7 @@ fn selectors(t: &Target, ctx: &Ctx) -> Result<(LabelSelector, FieldSelector), St
     ))
 }
 
-fn do_list(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
+async fn do_list(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     let (labels, fields) = selectors(t, ctx)?;
     // resourceVersion=0 is served from the watch cache, which ignores limit.
     let limit = match ctx.q("limit").filter(|_| ctx.q("resourceVersion") != Some("0")) {
@@ -367,6 +395,7 @@ fn do_list(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     };
     // Serialize outside the lock, straight from the stored objects.
     let shape = output::negotiate(&ctx.accept);
+    let items = if shape == Shape::Metadata { page.items } else { convert::finish(&t.info, page.items, true).await? };
     let rv = page.rv.to_string();
     let mut md = json!({"resourceVersion": rv});
     if let Some(c) = &page.cont {
@@ -375,10 +404,9 @@ fn do_list(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     if let Some(r) = page.remaining {
         md["remainingItemCount"] = json!(r);
     }
-    let converts = t.info.version != t.info.storage_version || t.info.key().0 != t.info.group;
     let (api_version, kind) = match shape {
         Shape::Table => {
-            let presented: Vec<Value> = page.items.iter().map(|o| State::present(&t.info, o)).collect();
+            let presented: Vec<Value> = items.iter().map(|o| State::present(&t.info, o)).collect();
             let table =
                 output::table(&t.info, &presented, &rv, page.cont.as_deref(), ctx.q("includeObject") != Some("None"));
             return Ok(json_response(200, &table));
@@ -386,20 +414,23 @@ fn do_list(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
         Shape::Metadata => ("meta.k8s.io/v1".to_string(), "PartialObjectMetadataList".to_string()),
         Shape::Full => (t.info.api_version(), format!("{}List", t.info.kind)),
     };
-    let mut out = String::with_capacity(128 + page.items.len() * 512);
+    let mut out = String::with_capacity(128 + items.len() * 512);
     out.push_str(&format!(
         "{{\"apiVersion\":{},\"kind\":{},\"metadata\":{},\"items\":[",
         json!(api_version),
         json!(kind),
         md
     ));
-    for (i, o) in page.items.iter().enumerate() {
+    let served = t.info.api_version();
+    for (i, o) in items.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         let item = match shape {
             Shape::Metadata => output::partial(o).to_string(),
-            _ if converts => State::present(&t.info, o).to_string(),
+            _ if o.get("apiVersion").and_then(Value::as_str) != Some(served.as_str()) => {
+                State::present(&t.info, o).to_string()
+            }
             _ => o.to_string(),
         };
         out.push_str(&item);
@@ -484,25 +515,38 @@ fn do_watch(shared: &Arc<Shared>, t: Target, ctx: &Ctx) -> Response<Body> {
     }
 }
 
-fn do_scale(shared: &Shared, t: &Target, verb: &str, ctx: &Ctx) -> HResult {
+async fn do_scale(shared: &Shared, t: &Target, verb: &str, ctx: &Ctx) -> HResult {
+    let input = match verb {
+        "get" => Value::Null,
+        "update" => parse_json(ctx)?,
+        "patch" => serde_json::from_slice(&ctx.body)
+            .map_err(|e| StatusError::bad_request(format!("error decoding patch: {e}")))?,
+        _ => return Err(StatusError::method_not_allowed(format!("{verb} is not allowed on scale"))),
+    };
+    let obj = if verb == "get" {
+        lock(shared)?.get(&t.info, ns_of(t), t.name.as_deref().unwrap_or(""))?
+    } else {
+        locked(shared, |st| scale_write(st, t, verb, ctx, &input)).await?
+    };
+    let obj = convert::finish_one(&t.info, obj).await?;
+    Ok(json_response(200, &crate::scale::view(&t.info, &obj)?))
+}
+
+/// Applies a `/scale` update or patch (`input`) to the object's replicas.
+fn scale_write(st: &mut State, t: &Target, verb: &str, ctx: &Ctx, input: &Value) -> ApiResult<Value> {
     let name = t.name.as_deref().unwrap_or("");
-    let mut st = lock(shared)?;
-    let obj = st.get(&t.info, ns_of(t), name)?;
+    let obj = st.get_for_write(&t.info, ns_of(t), name)?;
     let current = crate::scale::view(&t.info, &obj)?;
     let desired = match verb {
-        "get" => return Ok(json_response(200, &current)),
-        "update" => parse_json(ctx)?,
-        "patch" => {
-            let body: Value = serde_json::from_slice(&ctx.body)
-                .map_err(|e| StatusError::bad_request(format!("error decoding patch: {e}")))?;
+        "update" => input.clone(),
+        _ => {
             let mut doc = current.clone();
             match ctx.content_type.split(';').next().unwrap_or("").trim() {
-                "application/json-patch+json" => crate::patch::json_patch(&mut doc, &body)?,
-                _ => crate::patch::merge_patch(&mut doc, &body),
+                "application/json-patch+json" => crate::patch::json_patch(&mut doc, input)?,
+                _ => crate::patch::merge_patch(&mut doc, input),
             }
             doc
         }
-        _ => return Err(StatusError::method_not_allowed(format!("{verb} is not allowed on scale"))),
     };
     let want_rv = desired.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("");
     if !want_rv.is_empty() && Some(want_rv) != obj.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
@@ -524,30 +568,28 @@ fn do_scale(shared: &Shared, t: &Target, verb: &str, ctx: &Ctx) -> HResult {
     let mut opts = write_opts(ctx, t);
     opts.subresource = String::new();
     let patch = crate::scale::replicas_patch(&t.info, &replicas);
-    let updated = st.patch(&t.info, ns_of(t), name, PatchType::Merge, &patch, false, &opts)?;
-    Ok(json_response(200, &crate::scale::view(&t.info, &updated)?))
+    st.patch(&t.info, ns_of(t), name, PatchType::Merge, &patch, false, &opts)
 }
 
-fn do_create(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
+async fn do_create(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     if t.sub.is_some() {
         return Err(StatusError::method_not_allowed("create is not allowed on a subresource"));
     }
     let body = parse_json(ctx)?;
     let opts = write_opts(ctx, t);
-    let mut st = lock(shared)?;
-    let obj = st.create(&t.info, ns_of(t), body, &opts)?;
-    Ok(json_response(201, &obj))
+    let obj = locked(shared, |st| st.create(&t.info, ns_of(t), body.clone(), &opts)).await?;
+    Ok(json_response(201, &convert::finish_one(&t.info, obj).await?))
 }
 
-fn do_update(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
+async fn do_update(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     let body = parse_json(ctx)?;
     let opts = write_opts(ctx, t);
-    let mut st = lock(shared)?;
-    let obj = st.update(&t.info, ns_of(t), t.name.as_deref().unwrap_or(""), body, &opts)?;
-    Ok(json_response(200, &obj))
+    let name = t.name.as_deref().unwrap_or("");
+    let obj = locked(shared, |st| st.update(&t.info, ns_of(t), name, body.clone(), &opts)).await?;
+    Ok(json_response(200, &convert::finish_one(&t.info, obj).await?))
 }
 
-fn do_patch(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
+async fn do_patch(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     let ct = ctx.content_type.split(';').next().unwrap_or("").trim();
     let kind = match ct {
         "application/merge-patch+json" => PatchType::Merge,
@@ -576,10 +618,12 @@ fn do_patch(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
         return Err(StatusError::bad_request("force is only allowed for apply"));
     }
     let name = t.name.as_deref().unwrap_or("");
-    let mut st = lock(shared)?;
-    let existed = st.get(&t.info, ns_of(t), name).is_ok();
-    let obj = st.patch(&t.info, ns_of(t), name, kind, &body, force, &opts)?;
-    Ok(json_response(if existed { 200 } else { 201 }, &obj))
+    let (existed, obj) = locked(shared, |st| {
+        let existed = st.get(&t.info, ns_of(t), name).is_ok();
+        Ok((existed, st.patch(&t.info, ns_of(t), name, kind, &body, force, &opts)?))
+    })
+    .await?;
+    Ok(json_response(if existed { 200 } else { 201 }, &convert::finish_one(&t.info, obj).await?))
 }
 
 fn delete_opts(ctx: &Ctx) -> Result<DeleteOpts, StatusError> {
@@ -611,15 +655,15 @@ fn delete_opts(ctx: &Ctx) -> Result<DeleteOpts, StatusError> {
     })
 }
 
-fn do_delete(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
+async fn do_delete(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     if t.sub.is_some() {
         return Err(StatusError::method_not_allowed("delete is not allowed on a subresource"));
     }
     let opts = delete_opts(ctx)?;
     let name = t.name.as_deref().unwrap_or("");
-    let mut st = lock(shared)?;
-    match st.delete(&t.info, ns_of(t), name, &opts)? {
-        Deleted::Pending(obj) => Ok(json_response(200, &obj)),
+    let deleted = lock(shared)?.delete(&t.info, ns_of(t), name, &opts)?;
+    match deleted {
+        Deleted::Pending(obj) => Ok(json_response(200, &convert::finish_one(&t.info, obj).await?)),
         Deleted::Gone(obj) => {
             let mut details = json!({"name": name, "kind": t.info.plural, "uid": crate::meta::uid_of(&obj)});
             if !t.info.group.is_empty() {
@@ -633,26 +677,38 @@ fn do_delete(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     }
 }
 
-fn do_delete_collection(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
+async fn do_delete_collection(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     let (labels, fields) = selectors(t, ctx)?;
     let opts = delete_opts(ctx)?;
-    let mut st = lock(shared)?;
-    let page = st.list(&t.info, t.ns.as_deref(), &labels, &fields, None, None)?;
+    let (items, rv) = delete_all(&mut *lock(shared)?, t, &labels, &fields, &opts)?;
+    let items = convert::finish(&t.info, items.into_iter().map(Arc::new).collect(), true).await?;
+    let items: Vec<Value> = items.into_iter().map(Arc::unwrap_or_clone).collect();
+    Ok(json_response(
+        200,
+        &json!({"apiVersion": t.info.api_version(), "kind": format!("{}List", t.info.kind), "metadata": {"resourceVersion": rv}, "items": items}),
+    ))
+}
+
+/// Deletes every selected object; returns their last states and the resourceVersion after.
+fn delete_all(
+    st: &mut State,
+    t: &Target,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+    opts: &DeleteOpts,
+) -> ApiResult<(Vec<Value>, String)> {
+    let page = st.list(&t.info, t.ns.as_deref(), labels, fields, None, None)?;
     let mut items = Vec::new();
     for o in page.items {
         let ns = crate::meta::namespace(&o).to_string();
         let name = crate::meta::name(&o).to_string();
-        match st.delete(&t.info, &ns, &name, &opts) {
+        match st.delete(&t.info, &ns, &name, opts) {
             Ok(Deleted::Gone(v)) | Ok(Deleted::Pending(v)) => items.push(v),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
         }
     }
-    let rv = st.rv.to_string();
-    Ok(json_response(
-        200,
-        &json!({"apiVersion": t.info.api_version(), "kind": format!("{}List", t.info.kind), "metadata": {"resourceVersion": rv}, "items": items}),
-    ))
+    Ok((items, st.rv.to_string()))
 }
 
 #[cfg(test)]

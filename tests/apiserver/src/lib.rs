@@ -3,7 +3,8 @@
 //! It serves the Kubernetes REST API over plain HTTP on 127.0.0.1, with the wire behaviour
 //! kube-rs and kubectl depend on: discovery, OpenAPI, list/watch (bookmarks, 410 Expired,
 //! streaming lists), create/replace/patch (merge, JSON, strategic, server-side apply),
-//! finalizers and garbage collection, CRDs with schema validation, plus fault injection.
+//! finalizers and garbage collection, CRDs with schema validation and conversion webhooks,
+//! plus fault injection.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wasmop_apiserver::Error> {
@@ -41,6 +42,7 @@ pub mod store;
 pub mod typed;
 pub mod validation;
 pub mod watch;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::Path;

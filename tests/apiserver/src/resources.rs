@@ -38,6 +38,8 @@ pub struct ResourceInfo {
     pub printer_columns: Vec<(String, String, String)>,
     /// The `/scale` subresource: (specReplicasPath, statusReplicasPath, labelSelectorPath).
     pub scale: Option<(String, String, Option<String>)>,
+    /// For custom resources with conversion strategy Webhook: the webhook (None: strategy None).
+    pub conversion: Option<Arc<crate::webhook::WebhookConversion>>,
 }
 
 impl ResourceInfo {
@@ -175,6 +177,7 @@ impl Registry {
                 scale: matches!(bi.kind, "Deployment" | "StatefulSet" | "ReplicaSet").then(|| {
                     (".spec.replicas".to_string(), ".status.replicas".to_string(), Some(".status.selector".to_string()))
                 }),
+                conversion: None,
             });
         }
         r

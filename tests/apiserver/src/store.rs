@@ -139,6 +139,8 @@ pub struct State {
     pub registry: Registry,
     /// Notified of Deployment writes (status simulator).
     pub deployment_hook: Option<mpsc::UnboundedSender<(ResKey, ObjKey)>>,
+    /// Webhook conversions available to the write in progress (see [`crate::convert::Memo`]).
+    pub memo: crate::convert::Memo,
     gc_pending: bool,
     in_gc: bool,
 }
@@ -192,6 +194,7 @@ impl State {
             watchers: Vec::new(),
             registry: Registry::builtin(),
             deployment_hook: None,
+            memo: Default::default(),
             gc_pending: false,
             in_gc: false,
         };
@@ -215,9 +218,38 @@ impl State {
         self.objects.get(key)?.get(ok).cloned()
     }
 
-    /// Converts a stored object to the version `info` serves.
+    /// Converts a stored object to the version `info` serves, for a response: an object that
+    /// needs the conversion webhook stays as stored (see [`crate::convert::finish`]).
     pub fn present(info: &ResourceInfo, obj: &Value) -> Value {
         crate::convert::to_request(info, obj)
+    }
+
+    /// Converts a stored object to the version `info` serves, for a write to build on; a
+    /// webhook conversion comes from the memo (or is recorded as pending, failing the write).
+    fn convert_in(&mut self, info: &ResourceInfo, obj: &Value) -> ApiResult<Value> {
+        match &info.conversion {
+            Some(conv) if crate::convert::needs_webhook(info, obj) => self.memo.convert(conv, obj, &info.api_version()),
+            _ => Ok(Self::present(info, obj)),
+        }
+    }
+
+    /// Converts an object in `info`'s version to its storage form.
+    fn storage_form(&mut self, info: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
+        match &info.conversion {
+            Some(conv) if info.version != info.storage_version => {
+                *obj = self.memo.convert(conv, obj, &crate::convert::storage_api_version(info))?;
+            }
+            _ => crate::convert::to_storage(info, obj),
+        }
+        Ok(())
+    }
+
+    /// Reads one object in `info`'s version for a write to build on (see [`State::convert_in`]).
+    pub fn get_for_write(&mut self, info: &ResourceInfo, ns: &str, name: &str) -> ApiResult<Value> {
+        let ok = (if info.namespaced { ns.to_string() } else { String::new() }, name.to_string());
+        let obj =
+            self.lookup(&info.key(), &ok).ok_or_else(|| StatusError::not_found(&info.group, &info.plural, name))?;
+        self.convert_in(info, &obj)
     }
 
     fn list_type_fn(info: &ResourceInfo) -> impl Fn(&[String]) -> ListType + '_ {
@@ -456,7 +488,7 @@ impl State {
             return self.server_side_apply(info, ns, name, old, body, force, opts);
         }
         let old = old.ok_or_else(|| StatusError::not_found(&info.group, &info.plural, name))?;
-        let mut doc = Self::present(info, &old);
+        let mut doc = self.convert_in(info, &old)?;
         match kind {
             PatchType::Merge => patch::merge_patch(&mut doc, body),
             PatchType::Json => patch::json_patch(&mut doc, body)?,
@@ -552,7 +584,7 @@ impl State {
                 if !want_rv.is_empty() && want_rv != rv_of(o) {
                     return Err(StatusError::conflict(&info.group, &info.plural, name, StatusError::MODIFIED));
                 }
-                Self::present(info, o)
+                self.convert_in(info, o)?
             }
             None => {
                 if !opts.subresource.is_empty() {
@@ -612,7 +644,10 @@ impl State {
         let sub = opts.subresource.as_str();
         let name = meta::name(&new).to_string();
         // Compare and carry over in the request's version.
-        let old_presented = old.map(|o| Self::present(info, o));
+        let old_presented = match old {
+            Some(o) => Some(self.convert_in(info, o)?),
+            None => None,
+        };
         let old = old_presented.as_ref();
         // managedFields a client writes (kubectl rewrites them to move client-side-apply
         // ownership to server-side apply) replace the old ones, as on the real server.
@@ -621,7 +656,7 @@ impl State {
             Some(old) => {
                 if sub == "status" {
                     let status = new.get("status").cloned();
-                    let mut base = Self::present(info, old);
+                    let mut base = old.clone();
                     match status {
                         Some(s) => base["status"] = s,
                         None => {
@@ -750,7 +785,7 @@ impl State {
             }
         }
         if info.key() == crd_key() {
-            crd_prepare(&mut new, &name)?;
+            crd_prepare(&mut new, &name, sub == "status")?;
         }
         if let Some(old) = old
             && (info.generation || info.custom)
@@ -786,7 +821,7 @@ impl State {
                 &lt,
             );
         }
-        crate::convert::to_storage(info, &mut new);
+        self.storage_form(info, &mut new)?;
         Ok(new)
     }
 
@@ -985,14 +1020,31 @@ impl State {
         subresource: &str,
         f: impl FnOnce(&mut Value),
     ) -> Option<Value> {
-        let info = self.registry.storage(key)?;
         let old = self.lookup(key, ok)?;
+        let info = self.internal_info(key, &old)?;
         let mut new = (*old).clone();
         f(&mut new);
         let opts =
             WriteOpts { manager: manager.to_string(), subresource: subresource.to_string(), ..Default::default() };
         let new = self.finish_write(&info, Some(&old), new, &opts, false).ok()?;
         Some(self.commit(&info, ok.clone(), new, Some(old), false))
+    }
+
+    /// The resource entry an internal write of `obj` uses: the storage version's, or for an
+    /// object of a webhook-converted resource still stored in an older version, that version's
+    /// (the write keeps the object's version and calls no webhook).
+    fn internal_info(&self, key: &ResKey, obj: &Value) -> Option<Arc<ResourceInfo>> {
+        let info = self.registry.storage(key)?;
+        let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let Some(conv) = info.conversion.clone().filter(|_| api_version != info.api_version()) else {
+            return Some(info);
+        };
+        let version = resources::split_api_version(api_version).1.to_string();
+        let mut own = (*info).clone();
+        own.schema = conv.schemas.get(&version).cloned();
+        own.storage_version = version.clone();
+        own.version = version;
+        Some(Arc::new(own))
     }
 
     /// Every stored object of every resource (for the garbage collector).
@@ -1059,7 +1111,8 @@ impl State {
     }
 }
 
-fn strip_meta_props(schema: &Value) -> Value {
+/// A CRD schema with `metadata`, `apiVersion` and `kind` left to the server's own handling.
+pub(crate) fn strip_meta_props(schema: &Value) -> Value {
     let mut s = schema.clone();
     if let Some(p) = s.get_mut("properties").and_then(Value::as_object_mut) {
         p.remove("metadata");
@@ -1100,8 +1153,11 @@ fn strict_error(info: &ResourceInfo, pruned: &[String]) -> StatusError {
     ))
 }
 
-/// Validates a CRD and fills its status (names accepted, established).
-fn crd_prepare(crd: &mut Value, name: &str) -> ApiResult<()> {
+/// Validates a CRD and fills its status (names accepted, established, stored versions).
+/// `status_write`: a `/status` write, whose `storedVersions` are taken as given, unchecked, as
+/// kube-apiserver does (a client trims them there after a storage migration); other writes add
+/// the storage version and check the list against `spec.versions`.
+fn crd_prepare(crd: &mut Value, name: &str, status_write: bool) -> ApiResult<()> {
     let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or("").to_string();
     let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or("").to_string();
     let kind = crd.pointer("/spec/names/kind").and_then(Value::as_str).unwrap_or("").to_string();
@@ -1146,6 +1202,7 @@ fn crd_prepare(crd: &mut Value, name: &str) -> ApiResult<()> {
             format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
         ));
     }
+    causes.extend(crd_conversion_causes(crd));
     if !causes.is_empty() {
         return Err(StatusError::invalid("apiextensions.k8s.io", "CustomResourceDefinition", name, causes));
     }
@@ -1161,11 +1218,15 @@ fn crd_prepare(crd: &mut Value, name: &str) -> ApiResult<()> {
     }
     let storage_version = storage.first().and_then(|v| v.get("name")).cloned().unwrap_or(json!(""));
     let now = meta::now();
-    let prev_stored: Vec<Value> =
+    let mut stored: Vec<Value> =
         crd.pointer("/status/storedVersions").and_then(Value::as_array).cloned().unwrap_or_default();
-    let mut stored = prev_stored;
-    if !stored.contains(&storage_version) {
+    // The v1 API defaults an empty list to the storage version.
+    if (!status_write || stored.is_empty()) && !stored.contains(&storage_version) {
         stored.push(storage_version);
+    }
+    let causes = if status_write { Vec::new() } else { stored_versions_causes(&stored, &versions) };
+    if !causes.is_empty() {
+        return Err(StatusError::invalid("apiextensions.k8s.io", "CustomResourceDefinition", name, causes));
     }
     let conditions = json!([
         {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": crd.pointer("/status/conditions/0/lastTransitionTime").cloned().unwrap_or(json!(now))},
@@ -1173,6 +1234,110 @@ fn crd_prepare(crd: &mut Value, name: &str) -> ApiResult<()> {
     ]);
     crd["status"] = json!({"conditions": conditions, "acceptedNames": accepted, "storedVersions": stored});
     Ok(())
+}
+
+/// `status.storedVersions` entries missing from `spec.versions` (a spec write always lists the
+/// storage version, the rest of kube-apiserver's `ValidateCustomResourceDefinitionStoredVersions`).
+fn stored_versions_causes(stored: &[Value], versions: &[Value]) -> Vec<Cause> {
+    let missing = |s: &&Value| !versions.iter().any(|v| v.get("name") == Some(*s));
+    stored
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| missing(s))
+        .map(|(i, s)| {
+            let v = s.as_str().unwrap_or("");
+            Cause::new(
+                "FieldValueInvalid",
+                format!("status.storedVersions[{i}]"),
+                format!(
+                    "Invalid value: {s}: missing from spec.versions; {v} was previously a storage version, and must remain in spec.versions until a storage migration ensures no data remains persisted in {v} and removes {v} from status.storedVersions"
+                ),
+            )
+        })
+        .collect()
+}
+
+/// `spec.conversion` checks (kube-apiserver's `validateCustomResourceConversion`; the field
+/// paths are the internal ones it reports).
+fn crd_conversion_causes(crd: &Value) -> Vec<Cause> {
+    let Some(conversion) = crd.pointer("/spec/conversion") else {
+        return Vec::new();
+    };
+    let strategy = conversion.get("strategy").and_then(Value::as_str).unwrap_or("");
+    let client = conversion.pointer("/webhook/clientConfig");
+    let review_versions = conversion.pointer("/webhook/conversionReviewVersions");
+    let base = "spec.conversion";
+    match strategy {
+        "Webhook" => webhook_causes(client, review_versions),
+        // The v1 API defaults an empty strategy to None.
+        "None" | "" => {
+            let mut causes = Vec::new();
+            for (set, f) in
+                [(client.is_some(), "webhookClientConfig"), (review_versions.is_some(), "conversionReviewVersions")]
+            {
+                if set {
+                    let msg = "Forbidden: should not be set when strategy is not set to Webhook";
+                    causes.push(Cause::new("FieldValueForbidden", format!("{base}.{f}"), msg));
+                }
+            }
+            causes
+        }
+        other => vec![Cause::new(
+            "FieldValueNotSupported",
+            format!("{base}.strategy"),
+            format!("Unsupported value: \"{other}\": supported values: \"None\", \"Webhook\""),
+        )],
+    }
+}
+
+fn webhook_causes(client: Option<&Value>, review_versions: Option<&Value>) -> Vec<Cause> {
+    let cc = "spec.conversion.webhookClientConfig";
+    let mut causes = Vec::new();
+    match client {
+        None => causes.push(Cause::new(
+            "FieldValueRequired",
+            cc,
+            "Required value: required when strategy is set to Webhook",
+        )),
+        Some(c) => match (c.get("url").and_then(Value::as_str), c.get("service").is_some()) {
+            (Some(_), true) | (None, false) => causes.push(Cause::new(
+                "FieldValueRequired",
+                cc,
+                "Required value: exactly one of url or service is required",
+            )),
+            (Some(url), false) => causes.extend(webhook_url_cause(url)),
+            (None, true) => {}
+        },
+    }
+    let versions: Vec<&str> = review_versions
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let field = "spec.conversion.conversionReviewVersions";
+    if versions.is_empty() {
+        causes.push(Cause::new("FieldValueRequired", field, "Required value"));
+    } else if !versions.iter().any(|v| matches!(*v, "v1" | "v1beta1")) {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            field,
+            format!("Invalid value: {}: must include at least one of v1, v1beta1", json!(versions)),
+        ));
+    }
+    causes
+}
+
+/// A webhook URL must be https with a host (kube-apiserver's `ValidateWebhookURL`).
+fn webhook_url_cause(url: &str) -> Option<Cause> {
+    const FORM: &str = "; desired format: https://host[/path]";
+    let field = "spec.conversion.webhookClientConfig.url";
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    if scheme != "https" {
+        let msg = format!("Invalid value: \"{scheme}\": 'https' is the only allowed URL scheme{FORM}");
+        return Some(Cause::new("FieldValueInvalid", field, msg));
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    host.is_empty()
+        .then(|| Cause::new("FieldValueInvalid", field, format!("Invalid value: \"\": host must be specified{FORM}")))
 }
 
 /// The resources a CRD serves, one per served version.
@@ -1199,6 +1364,7 @@ pub fn crd_resources(crd: &Value) -> Vec<ResourceInfo> {
         .and_then(|v| v.get("name").and_then(Value::as_str))
         .unwrap_or("")
         .to_string();
+    let conversion = crate::webhook::WebhookConversion::from_crd(crd).map(Arc::new);
     versions
         .iter()
         .filter(|v| v.get("served").and_then(Value::as_bool).unwrap_or(true))
@@ -1236,6 +1402,7 @@ pub fn crd_resources(crd: &Value) -> Vec<ResourceInfo> {
                         .collect()
                 })
                 .unwrap_or_default(),
+            conversion: conversion.clone(),
         })
         .collect()
 }
@@ -1368,5 +1535,59 @@ mod tests {
         let bad = json!({"metadata": {"name": "wrong"}, "spec": {"group": "example.com", "scope": "Cluster",
             "names": {"plural": "things", "kind": "Thing"}, "versions": [{"name": "v1", "served": true, "storage": true}]}});
         assert_eq!(s.create(&crds, "", bad, &opts()).unwrap_err().code, 422);
+    }
+
+    fn webhook_crd(storage: &str, conversion: Value) -> Value {
+        let version = |name: &str| json!({"name": name, "served": true, "storage": name == storage});
+        json!({"metadata": {"name": "things.example.com"},
+            "spec": {"group": "example.com", "scope": "Cluster", "names": {"plural": "things", "kind": "Thing"},
+                     "versions": [version("v1alpha1"), version("v1")], "conversion": conversion}})
+    }
+
+    #[test]
+    fn crd_conversion_settings_are_validated() {
+        let mut s = State::new(100);
+        let crds = s.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions").unwrap();
+        let messages = |s: &mut State, conversion: Value| -> String {
+            s.create(&crds, "", webhook_crd("v1", conversion), &opts()).unwrap_err().message
+        };
+        let m = messages(&mut s, json!({"strategy": "Magic"}));
+        assert!(m.contains("spec.conversion.strategy: Unsupported value: \"Magic\""), "{m}");
+        let m = messages(&mut s, json!({"strategy": "None", "webhook": {"clientConfig": {"url": "https://x"}}}));
+        assert!(m.contains("spec.conversion.webhookClientConfig: Forbidden"), "{m}");
+        let m = messages(
+            &mut s,
+            json!({"strategy": "Webhook", "webhook": {"conversionReviewVersions": ["v9"], "clientConfig": {"url": "https://"}}}),
+        );
+        assert!(m.contains("url: Invalid value: \"\": host must be specified"), "{m}");
+        assert!(
+            m.contains("conversionReviewVersions: Invalid value: [\"v9\"]: must include at least one of v1, v1beta1"),
+            "{m}"
+        );
+        let m = messages(&mut s, json!({"strategy": "Webhook"}));
+        assert!(m.contains("webhookClientConfig: Required value: required when strategy is set to Webhook"), "{m}");
+    }
+
+    #[test]
+    fn internal_writes_keep_an_old_stored_version_and_call_no_webhook() {
+        let mut s = State::new(100);
+        let crds = s.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions").unwrap();
+        let conversion = json!({"strategy": "Webhook",
+            "webhook": {"conversionReviewVersions": ["v1"], "clientConfig": {"url": "https://127.0.0.1:1/"}}});
+        s.create(&crds, "", webhook_crd("v1alpha1", conversion.clone()), &opts()).unwrap();
+        let alpha = s.registry.get("example.com", "v1alpha1", "things").unwrap();
+        s.create(&alpha, "", json!({"metadata": {"name": "t"}}), &opts()).unwrap();
+        let mut crd = s.get(&crds, "", "things.example.com").unwrap();
+        crd["spec"] = webhook_crd("v1", conversion)["spec"].clone();
+        s.update(&crds, "", "things.example.com", crd, &opts()).unwrap();
+
+        let ok = (String::new(), "t".to_string());
+        let written = s.write_internal(&alpha.key(), &ok, "gc", "", |o| {
+            meta::meta_mut(o).insert("labels".into(), json!({"gc": "done"}));
+        });
+        let written = written.expect("written without a webhook");
+        assert_eq!(written["apiVersion"], "example.com/v1alpha1", "still stored in v1alpha1");
+        assert_eq!(written["metadata"]["labels"]["gc"], "done");
+        assert!(s.memo.take_pending().is_none());
     }
 }

@@ -8,6 +8,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
+use crate::convert;
+use crate::error::StatusError;
 use crate::output::{self, Shape};
 use crate::resources::ResourceInfo;
 use crate::selector::{FieldSelector, LabelSelector};
@@ -72,14 +74,31 @@ impl WatchSpec {
         frame(&json!({"type": kind.as_str(), "object": object}))
     }
 
-    /// The wire line for a store event as this watcher sees it, if any; the plain form is
-    /// serialized once and shared between watchers.
+    /// The wire line for a store event as this watcher sees it, if any; the plain form of an
+    /// object served as stored is serialized once and shared between watchers.
     pub fn event_line(&self, ev: &Event, first: bool) -> Option<Bytes> {
         let (kind, obj) = self.translate(ev)?;
-        if kind == ev.kind && self.shape == Shape::Full && self.info.version == self.info.storage_version {
+        if kind == ev.kind && self.shape == Shape::Full && served_as_stored(&self.info, &obj) {
             return Some(ev.line.get_or_init(|| self.line(kind, &obj, first)).clone());
         }
         Some(self.line(kind, &obj, first))
+    }
+
+    /// Whether objects go through the conversion webhook before being sent.
+    fn webhook(&self) -> bool {
+        self.info.conversion.is_some() && self.shape != Shape::Metadata
+    }
+
+    /// [`WatchSpec::event_line`], converting the object by webhook first where needed.
+    pub async fn event_out(&self, ev: &Event, first: bool) -> Result<Option<Bytes>, StatusError> {
+        if !self.webhook() {
+            return Ok(self.event_line(ev, first));
+        }
+        let Some((kind, obj)) = self.translate(ev) else {
+            return Ok(None);
+        };
+        let obj = convert::finish(&self.info, vec![obj], false).await?;
+        Ok(obj.first().map(|o| self.line(kind, o, first)))
     }
 
     /// A BOOKMARK line at `rv`.
@@ -94,6 +113,15 @@ impl WatchSpec {
             md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
         frame(&json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": md}}))
+    }
+}
+
+/// Whether an object is stored in the version `info` serves (no conversion to send it).
+fn served_as_stored(info: &ResourceInfo, obj: &Value) -> bool {
+    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    match api_version.split_once('/') {
+        Some((group, version)) => group == info.group && version == info.version,
+        None => info.group.is_empty() && api_version == info.version,
     }
 }
 
@@ -129,6 +157,41 @@ pub struct Start {
     pub from: u64,
 }
 
+/// Sends the line for `ev`, if this watcher sees it. False when the watch must end: the
+/// client is gone, or the object could not be converted (kube-apiserver then ends the stream,
+/// as it does when it cannot encode a watch event).
+async fn send_event(spec: &WatchSpec, ev: &Event, first: &mut bool, out: &mpsc::Sender<Bytes>) -> bool {
+    match spec.event_out(ev, *first).await {
+        Ok(Some(line)) => {
+            *first = false;
+            out.send(line).await.is_ok()
+        }
+        Ok(None) => true,
+        Err(e) => {
+            tracing::warn!(error = %e.message, "ending watch: cannot convert an event's object");
+            false
+        }
+    }
+}
+
+/// Sends the initial objects as ADDED events (converted in one review where needed).
+async fn send_initial(spec: &WatchSpec, initial: Vec<Arc<Value>>, out: &mpsc::Sender<Bytes>) -> bool {
+    let initial = if spec.webhook() { convert::finish(&spec.info, initial, true).await } else { Ok(initial) };
+    let initial = match initial {
+        Ok(objs) => objs,
+        Err(e) => {
+            tracing::warn!(error = %e.message, "ending watch: cannot convert its initial objects");
+            return false;
+        }
+    };
+    for (i, obj) in initial.iter().enumerate() {
+        if out.send(spec.line(EventType::Added, obj, i == 0)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Drives one watch: sends the initial objects, the backlog, then translated events from `rx`,
 /// with bookmarks, until timeout, a drop, shutdown, or the client going away.
 pub async fn run(
@@ -139,13 +202,10 @@ pub async fn run(
     mut signals: Signals,
 ) {
     let Start { initial, initial_end, backlog, from } = start;
-    let mut first = true;
+    let mut first = initial.is_empty();
     let mut last_rv = from;
-    for obj in initial {
-        if out.send(spec.line(EventType::Added, &obj, first)).await.is_err() {
-            return;
-        }
-        first = false;
+    if !send_initial(&spec, initial, &out).await {
+        return;
     }
     if let Some(rv) = initial_end
         && out.send(spec.bookmark(rv, true)).await.is_err()
@@ -154,11 +214,8 @@ pub async fn run(
     }
     for ev in backlog {
         last_rv = last_rv.max(ev.rv);
-        if let Some(line) = spec.event_line(&ev, first) {
-            if out.send(line).await.is_err() {
-                return;
-            }
-            first = false;
+        if !send_event(&spec, &ev, &mut first, &out).await {
+            return;
         }
     }
     let deadline = tokio::time::Instant::now() + spec.timeout;
@@ -173,11 +230,8 @@ pub async fn run(
                     continue;
                 }
                 last_rv = last_rv.max(ev.rv);
-                if let Some(line) = spec.event_line(&ev, first) {
-                    if out.send(line).await.is_err() {
-                        return;
-                    }
-                    first = false;
+                if !send_event(&spec, &ev, &mut first, &out).await {
+                    return;
                 }
             }
             _ = tick.tick(), if spec.bookmarks => {
@@ -185,11 +239,8 @@ pub async fn run(
                 while let Ok(ev) = rx.try_recv() {
                     if ev.rv <= from { continue; }
                     last_rv = last_rv.max(ev.rv);
-                    if let Some(line) = spec.event_line(&ev, first) {
-                        if out.send(line).await.is_err() {
-                            return;
-                        }
-                        first = false;
+                    if !send_event(&spec, &ev, &mut first, &out).await {
+                        return;
                     }
                 }
                 if out.send(spec.bookmark(last_rv, false)).await.is_err() {
