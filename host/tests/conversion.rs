@@ -14,7 +14,11 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use serde_json::json;
 
-on_both_backends!(upgrade_from_v1beta1_converts_migrates_and_survives_a_webhook_outage);
+on_both_backends!(
+    upgrade_from_v1beta1_converts_migrates_and_survives_a_webhook_outage,
+    a_webhook_without_a_supervisor_answers_as_a_standby_replica_does,
+    replicas_share_one_certificate_through_a_secret_and_renew_it,
+);
 
 const CRD: &str = "appoperators.tools.wasmop.dev";
 
@@ -31,6 +35,19 @@ async fn crd(cluster: &Cluster) -> CustomResourceDefinition {
 
 async fn stored_versions(cluster: &Cluster) -> Vec<String> {
     crd(cluster).await.status.and_then(|s| s.stored_versions).unwrap_or_default()
+}
+
+/// Runs `program` with `args` and `--kubeconfig`, expecting success and JSON on stdout.
+fn cli(program: &str, args: &[&str], kubeconfig: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .env("WASMOP_CACHE_DIR", common::workspace().join("target/test-code-cache"))
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{program} {args:?}: {e}"))
 }
 
 /// The same object read through `ar`, or the error's text.
@@ -84,6 +101,17 @@ async fn upgrade_from_v1beta1_converts_migrates_and_survives_a_webhook_outage(cl
     })
     .await;
     eventually("Ready under the v1 plugin", || ready_is(&client, &new_ar, &ns, "old", "True", "Available")).await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml().await).unwrap();
+    let shown =
+        cli("kubectl", &["get", "appoperators.v1.tools.wasmop.dev", "old", "-n", &ns, "-o", "json"], &kubeconfig);
+    assert_eq!(shown["spec"]["workload"]["image"], "nginx:1.25", "{shown}");
+    let migrated = cli(env!("CARGO_BIN_EXE_wasmop"), &["migrate", "--kind", "appoperators", "-o", "json"], &kubeconfig);
+    assert_eq!(
+        (migrated["rewritten"].clone(), migrated["storedAfter"].clone()),
+        (json!(0), json!(["v1"])),
+        "{migrated}"
+    );
 
     // 4. A field only v1 has travels through v1beta1 in an annotation and comes back.
     create(&client, &new_ar, &ns, "new", json!({"workload": {"image": "nginx:1.27", "replicas": 2, "port": 8080}}))
@@ -117,5 +145,54 @@ async fn upgrade_from_v1beta1_converts_migrates_and_survives_a_webhook_outage(cl
     let restarted = Operator::start(&cluster, dir.path(), quiet());
     eventually("conversion recovers", || async { read(&cluster, &old_ar, "new").await.is_ok() }).await;
     restarted.stop().await;
+    cluster.shutdown().await;
+}
+
+/// A replica that is not the leader runs no supervisor, yet answers conversions: its webhook
+/// follows the plugins directory by itself. (The test plugin's `Lossy` kind: the Appoperator
+/// CRD belongs to the upgrade scenario on the shared control plane.)
+async fn a_webhook_without_a_supervisor_answers_as_a_standby_replica_does(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::operator::plugin_variant("hostile_lossy.wasm");
+    std::fs::copy(&file, dir.path().join("lossy.wasm")).unwrap();
+    let runtime = std::sync::Arc::new(common::runtime());
+    let standby = wasmop::webhook::Webhook::builder(([127, 0, 0, 1], 0).into())
+        .plugins(runtime.clone(), dir.path().to_path_buf())
+        .start(client.clone())
+        .await
+        .unwrap();
+    let plugin = runtime.load_operator(&file, wasmop::plugin::Limits::default()).unwrap();
+    wasmop::operator::install_crd(&client, &plugin, Some(&standby.conversion())).await.unwrap();
+    let lossy = |version: &str| {
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("test.wasmop.dev", version, "Lossy"), "lossies")
+    };
+    create(&client, &lossy("v1"), &ns, "one", json!({"mode": "ok", "count": 3})).await;
+    eventually("the standby converts", || async { read(&cluster, &lossy("v2"), "one").await.is_ok() }).await;
+    let seen = read(&cluster, &lossy("v2"), "one").await.unwrap();
+    assert_eq!(seen.types.unwrap().api_version, "test.wasmop.dev/v2");
+    assert_eq!(seen.data["spec"], json!({"mode": "ok"}), "not converted by the plugin");
+    cluster.shutdown().await;
+}
+
+/// Replicas racing to set up the webhook agree on one certificate kept in a Secret; one that is
+/// due is renewed with the previous CA still trusted.
+async fn replicas_share_one_certificate_through_a_secret_and_renew_it(cluster: Cluster) {
+    use wasmop::webhook::tls;
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(cluster.client.clone(), &cluster.ns);
+    let names = vec!["wasmop-webhook.wasmop-system.svc".to_string()];
+    let now = 1_900_000_000;
+    let (a, b) = tokio::join!(
+        tls::from_secret(&api, &cluster.ns, "webhook-tls", &names, now),
+        tls::from_secret(&api, &cluster.ns, "webhook-tls", &names, now)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a, b, "two replicas serve different certificates");
+    let later = now + (tls::VALIDITY_DAYS - tls::RENEW_DAYS_BEFORE + 1) * 86_400;
+    let renewed = tls::from_secret(&api, &cluster.ns, "webhook-tls", &names, later).await.unwrap();
+    assert_ne!(renewed.cert_pem, a.cert_pem);
+    assert!(renewed.ca_bundle_pem.contains(a.ca_bundle_pem.trim()), "the previous CA is no longer trusted");
+    let again = tls::from_secret(&api, &cluster.ns, "webhook-tls", &names, later).await.unwrap();
+    assert_eq!(again, renewed, "a fresh certificate was renewed again");
     cluster.shutdown().await;
 }
