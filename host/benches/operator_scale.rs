@@ -96,7 +96,7 @@ async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n
     let client = Client::try_from(kube::Config::new(server.url().parse().expect("url"))).expect("client");
     operator::install_crd(&client, plugin, None).await.expect("crd");
     let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("tools.wasmop.dev", "v1beta1", "Appoperator"),
+        &GroupVersionKind::gvk("tools.wasmop.dev", "v1", "Appoperator"),
         "appoperators",
     );
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
@@ -124,16 +124,26 @@ async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n
             let api = api.clone();
             async move {
                 let obj: DynamicObject = serde_json::from_value(json!({
-                    "apiVersion": "tools.wasmop.dev/v1beta1", "kind": "Appoperator",
+                    "apiVersion": "tools.wasmop.dev/v1", "kind": "Appoperator",
                     "metadata": {"name": format!("app-{i}"), "namespace": "default"},
-                    "spec": {"image": "nginx:1.27", "replicas": 2},
+                    "spec": {"workload": {"image": "nginx:1.27", "replicas": 2}},
                 }))
                 .expect("object");
                 api.create(&PostParams::default(), &obj).await.expect("create");
             }
         })
         .await;
-    while ready_count(&api).await < n {
+    // A bench that cannot converge says so instead of waiting forever.
+    let (mut last, mut progressed) = (0, Instant::now());
+    loop {
+        let ready = ready_count(&api).await;
+        if ready >= n {
+            break;
+        }
+        if ready > last {
+            (last, progressed) = (ready, Instant::now());
+        }
+        assert!(progressed.elapsed() < Duration::from_secs(120), "{label}: stalled at {ready}/{n} Ready for 120 s");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let wall = started.elapsed();

@@ -15,9 +15,9 @@ use wasmop::plugin::{Limits, ReconcileRequest, Runtime, RuntimeConfig};
 fn request() -> ReconcileRequest {
     ReconcileRequest {
         parent: json!({
-            "apiVersion": "tools.wasmop.dev/v1beta1", "kind": "Appoperator",
+            "apiVersion": "tools.wasmop.dev/v1", "kind": "Appoperator",
             "metadata": {"name": "web", "namespace": "default", "uid": "4f1c", "generation": 3},
-            "spec": {"image": "nginx:1.27", "replicas": 3},
+            "spec": {"workload": {"image": "nginx:1.27", "replicas": 3}},
         }),
         children: vec![json!({
             "apiVersion": "apps/v1", "kind": "Deployment",

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod controller;
+pub mod golden;
 pub mod leader;
 pub mod manifest;
 pub mod migrate;

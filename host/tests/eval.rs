@@ -284,3 +284,55 @@ fn version_names_the_contracts() {
     assert!(out.starts_with(&format!("wasmop {}\n", env!("CARGO_PKG_VERSION"))), "{out}");
     assert!(out.contains("wasmop:plugin@0.2.0") && out.contains("0.1.x"), "{out}");
 }
+
+#[test]
+fn golden_cases_of_the_shipped_plugin_pass() {
+    let plugin = appoperator();
+    let dir = common::workspace().join("plugins/appoperator");
+    let out = stdout(&wasmop(&["test", "--plugin", &plugin, dir.to_str().unwrap()]));
+    assert!(out.contains("4 cases: 4 passed, 0 failed"), "{out}");
+}
+
+#[test]
+fn a_changed_answer_shows_a_diff_and_update_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = common::workspace().join("plugins/appoperator/tests/golden/new-parent.yaml");
+    let text = std::fs::read_to_string(golden).unwrap();
+    let case = write(dir.path(), "case.yaml", &text.replace("message: 0/3 replicas", "message: 0/4 replicas"));
+    let plugin = appoperator();
+    let out = wasmop(&["test", "--plugin", &plugin, case.to_str().unwrap()]);
+    assert!(!out.status.success(), "a wrong expectation passed");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("- - message: 0/4 replicas available\n+ - message: 0/3 replicas available"), "{report}");
+    stdout(&wasmop(&["test", "--plugin", &plugin, "--update", case.to_str().unwrap()]));
+    let updated = std::fs::read_to_string(&case).unwrap();
+    assert!(updated.starts_with("# A new Appoperator"), "comments above expect: were lost: {updated}");
+    assert!(stdout(&wasmop(&["test", "--plugin", &plugin, case.to_str().unwrap()])).contains("1 passed"));
+}
+
+#[test]
+fn policy_settings_come_from_the_flag_or_the_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = appoperator();
+    let edge = write(
+        dir.path(),
+        "edge.yaml",
+        "apiVersion: tools.wasmop.dev/v1\nkind: Appoperator\nmetadata:\n  name: web\nspec:\n  workload:\n    image: nginx:edge\n",
+    );
+    let policy = dir.path().join("deny_latest_tag.wasm");
+    std::fs::copy(common::plugin("deny-latest-tag"), &policy).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["eval", "--plugin", &plugin, "--policy", policy.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(edge.to_str().unwrap());
+        wasmop(&args)
+    };
+    assert!(run(&[]).status.success(), "edge is allowed by default");
+    let settings = write(dir.path(), "settings.json", r#"{"deniedTags": ["edge"]}"#);
+    let flag = format!("deny-latest-tag={}", settings.display());
+    let denied = run(&["--policy-settings", &flag]);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("policy deny-latest-tag denied"), "{denied:?}");
+    write(dir.path(), "deny_latest_tag.toml", "[settings]\ndeniedTags = [\"edge\"]\n");
+    let denied = run(&[]);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("not one of [\"edge\"]"), "{denied:?}");
+}

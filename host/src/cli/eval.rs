@@ -7,9 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+use wasmop::golden;
 use wasmop::manifest::{read_objects, to_yaml, to_yaml_documents};
-use wasmop::plugin::{Desired, Gvk, Limits, OperatorPlugin, ReconcileRequest, Runtime};
+use wasmop::plugin::{Desired, Gvk, OperatorPlugin, ReconcileRequest, Runtime};
 use wasmop::policy::PolicyChain;
+use wasmop::sidecar;
 
 use super::Output;
 
@@ -24,9 +26,14 @@ pub(crate) struct Args {
     /// Children that exist now (multi-document YAML), as the plugin would observe them.
     #[arg(long)]
     observed: Option<PathBuf>,
-    /// File whose contents are passed to the plugin as its settings.
+    /// File whose contents are passed to the plugin as its settings (default: the `[settings]`
+    /// of its NAME.toml, as `wasmop run` passes them).
     #[arg(long)]
     settings: Option<PathBuf>,
+    /// Settings of one policy, NAME=FILE (repeatable; default: the `[settings]` of the policy's
+    /// NAME.toml beside it).
+    #[arg(long = "policy-settings", value_name = "NAME=FILE")]
+    policy_settings: Vec<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Yaml)]
     output: Output,
@@ -35,18 +42,13 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
-    let plugin = rt.load_operator(&args.plugin, Limits::default())?;
-    let chain = PolicyChain::new(
-        args.policies
-            .iter()
-            .map(|p| rt.load_policy(p, Limits::default()).map(|plugin| (plugin, None)))
-            .collect::<Result<_, _>>()?,
-    );
-    let settings = args
-        .settings
-        .as_deref()
-        .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read settings file {}", p.display())))
-        .transpose()?;
+    let sidecar = sidecar::read(&args.plugin)?;
+    let plugin = rt.load_operator(&args.plugin, sidecar.limits)?;
+    let chain = policy_chain(rt, &args)?;
+    let settings = match args.settings.as_deref() {
+        Some(path) => Some(read_settings(path)?),
+        None => sidecar.settings,
+    };
     let observed = match &args.observed {
         Some(path) => read_objects(path)?,
         None => Vec::new(),
@@ -76,12 +78,38 @@ pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The policies in order, each with the limits and settings of its NAME.toml, settings
+/// overridden by `--policy-settings NAME=FILE`.
+fn policy_chain(rt: &Runtime, args: &Args) -> anyhow::Result<PolicyChain> {
+    let mut overrides = std::collections::HashMap::new();
+    for pair in &args.policy_settings {
+        let (name, file) = pair.split_once('=').with_context(|| {
+            format!("--policy-settings {pair:?} must be NAME=FILE (NAME as the policy names itself)")
+        })?;
+        overrides.insert(name.to_string(), read_settings(Path::new(file))?);
+    }
+    let mut policies = Vec::new();
+    for path in &args.policies {
+        let sidecar = sidecar::read(path)?;
+        let policy = rt.load_policy(path, sidecar.limits)?;
+        let settings = overrides.remove(&policy.metadata().name).or(sidecar.settings);
+        policies.push((policy, settings));
+    }
+    if let Some(name) = overrides.keys().next() {
+        bail!("--policy-settings names policy {name:?}, which is not among the --policy files");
+    }
+    Ok(PolicyChain::new(policies))
+}
+
+fn read_settings(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read settings file {}", path.display()))
+}
+
 /// The objects in `file` of the plugin's parent kind, in any version its CRD defines (converted
 /// by the plugin to the version it reconciles, as the API server would), each given the
 /// `default` namespace if it names none and the kind is namespaced (as kubectl would).
 fn parents_of(plugin: &OperatorPlugin, file: &Path) -> anyhow::Result<Vec<Value>> {
     let meta = plugin.metadata();
-    let cluster_scoped = meta.crd.as_ref().is_some_and(|crd| crd["spec"]["scope"] == "Cluster");
     let objects = read_objects(file)?;
     let found: Vec<String> = objects
         .iter()
@@ -105,12 +133,7 @@ fn parents_of(plugin: &OperatorPlugin, file: &Path) -> anyhow::Result<Vec<Value>
         );
     }
     for parent in &mut parents {
-        if !meta.parent.matches(parent) {
-            *parent = plugin.convert(parent, &meta.parent.version)?;
-        }
-        if !cluster_scoped && let Some(metadata) = parent["metadata"].as_object_mut() {
-            metadata.entry("namespace").or_insert_with(|| json!("default"));
-        }
+        *parent = golden::as_parent(plugin, std::mem::take(parent))?;
     }
     Ok(parents)
 }

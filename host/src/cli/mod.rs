@@ -8,6 +8,7 @@ mod inspect;
 mod migrate;
 mod rbac;
 mod run;
+mod test;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,8 @@ enum Command {
     Convert(convert::Args),
     /// Rewrite the stored objects of a kind in its storage version and trim storedVersions.
     Migrate(migrate::Args),
+    /// Run a plugin's golden-file cases offline (and check their round trips); --update records.
+    Test(test::Args),
     /// Print the host version and the plugin contract versions it loads.
     Version,
     /// Work with plugin files.
@@ -88,6 +91,7 @@ pub fn main() -> ExitCode {
         Command::Rbac(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| rbac::run(&rt, args)),
         Command::Convert(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| convert::run(&rt, args)),
         Command::Migrate(args) => block_on(migrate::run(args)),
+        Command::Test(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| test::run(&rt, args)),
         Command::Version => {
             print_version();
             Ok(ExitCode::SUCCESS)

@@ -226,12 +226,50 @@ pub(crate) fn classify(err: wasmtime::Error, store: &Store<CallState>, limits: &
         let message = format!("the plugin exited with code {} instead of answering; return an error instead", exit.0);
         return PluginError::Trap { plugin, message };
     }
+    if let Some(exception) = python_exception(&stderr) {
+        return PluginError::Trap { plugin, message: exception };
+    }
     let message = match (panic_message(&stderr), err.downcast_ref::<wasmtime::Trap>()) {
         (Some(panic), _) => panic,
-        (None, Some(trap)) => trap.to_string(),
-        (None, None) => describe_failure(&err),
+        (None, Some(trap)) => with_output_tail(trap.to_string(), &stderr),
+        (None, None) => with_output_tail(describe_failure(&err), &stderr),
     };
     PluginError::Trap { plugin, message }
+}
+
+/// Most of the guest's output quoted in an error.
+const OUTPUT_TAIL_BYTES: usize = 1024;
+
+/// `what` followed by the last lines the guest wrote, when it wrote any: a JavaScript engine
+/// prints the uncaught exception there before it aborts.
+fn with_output_tail(what: String, stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if lines.is_empty() {
+        return what;
+    }
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    let tail = crate::status::cap(&escape_controls(&tail), OUTPUT_TAIL_BYTES);
+    format!("{what}; the plugin wrote: {tail}")
+}
+
+/// The uncaught exception of a Python guest (componentize-py prints the traceback, then its
+/// runtime panics with a generic message): `KeyError: 'image' (File "app.py", line 9, in
+/// reconcile)`.
+fn python_exception(stderr: &str) -> Option<String> {
+    let start = stderr.rfind("Traceback (most recent call last):")?;
+    let block: Vec<&str> = stderr[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("thread '") && !l.contains("panicked at"))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let exception = block.iter().rev().find(|l| !l.starts_with(' '))?.trim();
+    let frame = block.iter().rev().find(|l| l.trim_start().starts_with("File \""));
+    let text = match frame {
+        Some(frame) => format!("{exception} ({})", frame.trim()),
+        None => exception.to_string(),
+    };
+    Some(crate::status::cap(&escape_controls(&text), OUTPUT_TAIL_BYTES))
 }
 
 /// The most telling line of a failure that is neither a trap nor a panic: the innermost cause
@@ -291,6 +329,25 @@ mod tests {
         let big = "y".repeat(10 << 20);
         let line = bytes.admit(&big).unwrap();
         assert!(line.len() <= 4 << 10);
+    }
+
+    #[test]
+    fn a_python_traceback_gives_the_exception_and_its_frame() {
+        let stderr = "Traceback (most recent call last):\n  File \"/app.py\", line 3, in reconcile\n    \
+                      spec[\"image\"]\nKeyError: 'image'\nthread '<unnamed>' panicked at runtime/src/lib.rs:1:1:\n\
+                      Python function threw an unexpected exception";
+        assert_eq!(
+            super::python_exception(stderr).as_deref(),
+            Some("KeyError: 'image' (File \"/app.py\", line 3, in reconcile)")
+        );
+        assert_eq!(super::python_exception("no traceback"), None);
+    }
+
+    #[test]
+    fn a_trap_carries_the_last_lines_the_guest_wrote() {
+        let message = super::with_output_tail("wasm trap: unreachable".into(), "a\n\nError: boom\n  at f (x.js:1)\n");
+        assert_eq!(message, "wasm trap: unreachable; the plugin wrote: a | Error: boom | at f (x.js:1)");
+        assert_eq!(super::with_output_tail("t".into(), " \n"), "t");
     }
 
     #[test]
