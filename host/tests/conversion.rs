@@ -196,3 +196,33 @@ async fn replicas_share_one_certificate_through_a_secret_and_renew_it(cluster: C
     assert_eq!(again, renewed, "a fresh certificate was renewed again");
     cluster.shutdown().await;
 }
+
+/// A conversion the plugin refuses answers a `Failed` ConversionReview naming the plugin and
+/// its reason; an unknown kind names what is loaded; neither takes the webhook down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_conversions_answer_failed_with_the_reason() {
+    let runtime = common::runtime();
+    let plugin = runtime
+        .load_operator(&common::operator::plugin_variant("hostile_lossy.wasm"), wasmop::plugin::Limits::default())
+        .unwrap();
+    let converters = wasmop::webhook::Converters::default();
+    converters.publish(&plugin);
+    let review = |name: &str, kind: &str, mode: &str| {
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "ConversionReview", "request": {
+            "uid": "u-1", "desiredAPIVersion": "test.wasmop.dev/v2",
+            "objects": [{"apiVersion": "test.wasmop.dev/v1", "kind": kind,
+                "metadata": {"name": name, "namespace": "default", "uid": "o-1"}, "spec": {"mode": mode}}],
+        }})
+        .to_string()
+    };
+    let answer = wasmop::webhook::review::answer(&converters, review("bad", "Lossy", "convert-fail").as_bytes()).await;
+    assert_eq!(answer["response"]["uid"], "u-1");
+    assert_eq!(answer["response"]["result"]["status"], "Failure");
+    let message = answer["response"]["result"]["message"].as_str().unwrap();
+    assert!(message.contains("plugin hostile cannot convert") && message.contains("refusing to convert"), "{message}");
+    let answer = wasmop::webhook::review::answer(&converters, review("x", "Other", "ok").as_bytes()).await;
+    assert!(answer["response"]["result"]["message"].as_str().unwrap().contains("no plugin loaded"), "{answer}");
+    let answer = wasmop::webhook::review::answer(&converters, review("good", "Lossy", "ok").as_bytes()).await;
+    assert_eq!(answer["response"]["result"]["status"], "Success");
+    assert_eq!(answer["response"]["convertedObjects"][0]["apiVersion"], "test.wasmop.dev/v2");
+}

@@ -216,6 +216,24 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_directory_is_read_as_cert_manager_mounts_it() {
+        let material = generate(&["svc".to_string()], 1_800_000_000, None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tls.crt"), &material.cert_pem).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &material.key_pem).unwrap();
+        let read = Material::from_dir(dir.path()).unwrap();
+        assert!(read.certified_key().is_ok());
+        assert_eq!(
+            (read.ca_bundle_pem.as_str(), read.not_after),
+            ("", None),
+            "no ca.crt: the CA is left to cainjector"
+        );
+        assert!(!read.due(i64::MAX), "a mounted certificate is renewed by its issuer");
+        let missing = Material::from_dir(&dir.path().join("nowhere")).unwrap_err();
+        assert!(missing.to_string().contains("tls.crt"), "{missing}");
+    }
+
+    #[test]
     fn a_secret_round_trips() {
         let material = generate(&["svc".to_string()], 1_800_000_000, None).unwrap();
         let secret = material.to_secret("ns", "tls");
