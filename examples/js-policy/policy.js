@@ -42,7 +42,7 @@ export const reviewer = policy({
     for (const { name = "?", image = "" } of containers(child)) {
       if (!isPinned(image, denied)) {
         return deny(`container ${JSON.stringify(name)} uses image ${JSON.stringify(image)}; ` +
-          `pin a version tag (e.g. nginx:1.27), not one of ${JSON.stringify(denied)}`);
+          `pin a version tag (e.g. nginx:1.27), not one of [${denied.map((t) => JSON.stringify(t)).join(", ")}]`);
       }
     }
     return allow();

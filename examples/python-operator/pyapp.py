@@ -15,7 +15,6 @@ CRD = wp.crd(GROUP, KIND, "pyapps", short_names=["pyapp"], versions={
 })
 op = wp.Operator("pyapp", "0.1.0", parent=(GROUP, "v1", KIND), children=["apps/v1/Deployment"], crd=CRD)
 
-
 @op.reconcile
 def reconcile(req):
     if wp.version_of(req.parent) != "v1":  # offline eval of v1beta1: the API server would convert it
@@ -38,28 +37,21 @@ def reconcile(req):
     return (wp.Response().child(deployment).status({"availableReplicas": available, "replicas": replicas})
             .ready(ready, "Available" if ready else "Progressing", f"{available}/{replicas} replicas available"))
 
-
 @op.convert
 def convert(obj, to_version):
     """v1beta1 {image, replicas} <-> v1 {workload: {image, replicas, port}}; port rides in V1_FIELDS."""
-    versions, frm = ["v1beta1", "v1"], wp.version_of(obj)
+    versions, frm, spec = ["v1beta1", "v1"], wp.version_of(obj), obj.get("spec") or {}
     if frm not in versions or to_version not in versions:
         raise ValueError(f"cannot convert {frm} to {to_version}: this plugin converts between {versions}")
-    if frm != to_version:
-        spec = obj.get("spec") or {}
-        if not isinstance(spec, dict):
-            raise ValueError(f"spec of this {frm} {KIND} is not an object")
-        if to_version == "v1":
-            workload = wp.unstash(obj, V1_FIELDS)
-            workload = {**(workload if isinstance(workload, dict) else {}), **{k: spec.pop(k) for k in ("image", "replicas") if k in spec}}
-            spec.update({"workload": workload} if workload else {})
-        else:
-            workload = spec.pop("workload", None)
-            workload = workload if isinstance(workload, dict) else {}
-            spec.update({k: workload.pop(k) for k in ("image", "replicas") if k in workload})
-            wp.stash(obj, V1_FIELDS, workload)
-        obj["spec"] = spec
+    if frm != to_version and not isinstance(spec, dict):
+        raise ValueError(f"spec of this {frm} {KIND} is not an object")
+    if frm != to_version and to_version == "v1":  # stashed fields first, then image and replicas over them
+        workload = {**wp.mapping(wp.unstash(obj, V1_FIELDS)), **wp.take(spec, "image", "replicas")}
+        obj["spec"] = {**spec, **({"workload": workload} if workload else {})}
+    elif frm != to_version:
+        workload = wp.mapping(spec.pop("workload", None))
+        obj["spec"] = {**spec, **wp.take(workload, "image", "replicas")}
+        wp.stash(obj, V1_FIELDS, workload)  # what is left (the port), back on the way to v1
     return wp.set_version(obj, to_version)
-
 
 Reconciler, Converter = op.exports()  # the class names componentize-py looks for

@@ -30,8 +30,7 @@ impl Report {
     }
 }
 
-/// Longest condition message the API server accepts (metav1.Condition validation).
-pub const MAX_CONDITION_MESSAGE: usize = 32 * 1024;
+pub use wasmop_contract::MAX_CONDITION_MESSAGE;
 /// Longest Event note the API server accepts (events.k8s.io/v1 validation).
 pub const MAX_EVENT_NOTE: usize = 1024;
 

@@ -41,7 +41,7 @@ from enum import Enum
 __all__ = [
     "Operator", "Policy", "Request", "Response", "Invalid", "Retry", "invalid", "retry",
     "allow", "deny", "mutate", "crd", "Raw", "stash", "unstash", "version_of", "group_of",
-    "set_version", "log", "cluster_scoped", "dumps",
+    "set_version", "take", "mapping", "log", "cluster_scoped", "dumps", "schema",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -377,6 +377,16 @@ def set_version(obj, to_version):
     """Sets apiVersion to `to_version` of the object's group; returns the object."""
     obj["apiVersion"] = _api_version(group_of(obj), to_version)
     return obj
+
+
+def mapping(value):
+    """`value` if it is a dict, else a new empty dict (for fields that may be absent or malformed)."""
+    return value if isinstance(value, dict) else {}
+
+
+def take(d, *keys):
+    """Removes `keys` from dict `d` and returns them as a new dict (only those present)."""
+    return {k: d.pop(k) for k in keys if k in d}
 
 
 def default_convert(obj, to_version):

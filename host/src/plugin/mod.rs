@@ -8,6 +8,7 @@ mod bindings;
 mod cache;
 pub mod contract;
 mod error;
+mod file;
 mod legacy;
 mod limits;
 mod operator;
@@ -22,10 +23,10 @@ pub use contract::{
     ReconcileRequest, Verdict,
 };
 pub use error::PluginError;
+pub use file::{PluginFile, World};
 pub use limits::Limits;
 pub use operator::OperatorPlugin;
 pub use policy::PolicyPlugin;
 pub use runtime::{
-    CONTRACT_SERIES, CONTRACT_VERSION, LoadedPlugin, PluginFile, Runtime, RuntimeConfig, RuntimeError, World,
-    default_cache_dir,
+    CONTRACT_SERIES, CONTRACT_VERSION, LoadedPlugin, Runtime, RuntimeConfig, RuntimeError, default_cache_dir,
 };

@@ -9,11 +9,11 @@ use super::bindings::operator::OperatorPre;
 use super::bindings::operator::exports::wasmop::plugin::reconciler as wit;
 use super::contract::{Desired, OperatorMetadata, ReconcileRequest, metadata_from_wit};
 use super::error::PluginError;
+use super::file::PluginFile;
 use super::legacy;
 use super::limits::Limits;
 use super::output::{check_conversion, check_response};
-use super::runtime::{EpochTicker, PluginFile};
-use super::sandbox::{CallState, escape_controls, run_call};
+use super::sandbox::{CallState, EpochTicker, escape_controls, run_call};
 use crate::names;
 
 /// A loaded operator plugin. Cheap to clone; every call gets a fresh instance, so concurrent

@@ -12,9 +12,6 @@ use super::error::PluginError;
 use super::limits::Limits;
 use crate::names;
 
-/// Longest condition message the API server accepts.
-const MAX_CONDITION_MESSAGE: usize = 32 * 1024;
-
 /// Largest object the API server stores (etcd's request limit): a bigger child cannot be applied.
 pub const MAX_OBJECT_BYTES: usize = 3 << 19;
 
@@ -259,26 +256,8 @@ fn check_status(meta: &OperatorMetadata, raw: &str) -> Result<Map<String, Value>
 }
 
 fn check_conditions(meta: &OperatorMetadata, conditions: Vec<Condition>) -> Result<Vec<Condition>, PluginError> {
-    let mut types = HashSet::new();
-    for c in &conditions {
-        let label = format!("condition {:?}", c.type_);
-        if !names::is_condition_type(&c.type_) {
-            return Err(invalid(meta, label, "type must be a CamelCase name such as Ready"));
-        }
-        if !names::is_condition_reason(&c.reason) {
-            return Err(invalid(
-                meta,
-                label,
-                format!("reason {:?} must be one CamelCase word such as Progressing", c.reason),
-            ));
-        }
-        if c.message.len() > MAX_CONDITION_MESSAGE {
-            return Err(invalid(meta, label, "message is longer than 32768 bytes"));
-        }
-        if !types.insert(c.type_.as_str()) {
-            return Err(invalid(meta, label, "returned twice"));
-        }
-    }
+    wasmop_contract::check_conditions(&conditions)
+        .map_err(|(type_, reason)| invalid(meta, format!("condition {type_:?}"), reason))?;
     Ok(conditions)
 }
 

@@ -9,10 +9,10 @@ use super::bindings::policy::PolicyPre;
 use super::bindings::policy::exports::wasmop::plugin::reviewer as wit;
 use super::contract::{Gvk, PolicyMetadata, Verdict};
 use super::error::PluginError;
+use super::file::PluginFile;
 use super::legacy;
 use super::limits::Limits;
-use super::runtime::{EpochTicker, PluginFile};
-use super::sandbox::{CallState, run_call};
+use super::sandbox::{CallState, EpochTicker, run_call};
 use crate::names;
 
 /// A loaded policy plugin. Cheap to clone; every review gets a fresh instance.

@@ -4,21 +4,20 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreContextMut};
 
 use super::bindings;
-use super::cache::{CacheOutcome, CacheStats, CodeCache, sha256_hex};
+use super::cache::{CacheStats, CodeCache, sha256_hex};
 use super::error::PluginError;
+use super::file::{PluginFile, World};
 use super::legacy;
 use super::limits::Limits;
 use super::operator::{self, OperatorPlugin};
 use super::policy::{self, PolicyPlugin};
-use super::sandbox::CallState;
+use super::sandbox::{CallState, EpochTicker};
 
 /// The newest contract version this host implements (`wit/plugin.wit`).
 pub const CONTRACT_VERSION: &str = "0.2.0";
@@ -29,9 +28,6 @@ const REVIEWER_EXPORT: &str = "wasmop:plugin/reviewer";
 
 /// Bytes of linear memory and table kept resident in a pool slot between calls.
 const KEEP_RESIDENT_BYTES: usize = 2 << 20;
-
-/// How often the epoch advances; wall-time limits are accurate to about this.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Settings of the runtime as a whole.
 #[derive(Clone, Debug)]
@@ -62,92 +58,12 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("wasmop"))
 }
 
-/// The world a plugin component implements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum World {
-    /// `wasmop:plugin/operator`: exports `reconciler`.
-    Operator,
-    /// `wasmop:plugin/policy`: exports `reviewer`.
-    Policy,
-}
-
-impl std::fmt::Display for World {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            World::Operator => "operator",
-            World::Policy => "policy",
-        })
-    }
-}
-
-/// Facts about one loaded plugin file.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct PluginFile {
-    /// Where it was loaded from.
-    pub path: PathBuf,
-    /// sha256 of its bytes (hex); its first 12 characters are the plugin revision.
-    pub sha256: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// The world it implements.
-    pub world: World,
-    /// The contract version it was built against, e.g. `0.2.0`.
-    pub contract: String,
-    /// Time to compile (or load from cache) and check it.
-    pub load_time: Duration,
-    /// Whether compiled code came from the cache.
-    pub cache: CacheOutcome,
-}
-
-impl PluginFile {
-    /// Short content hash identifying this build of the plugin.
-    pub fn revision(&self) -> &str {
-        &self.sha256[..12]
-    }
-}
-
 /// A loaded plugin of either world.
 pub enum LoadedPlugin {
     /// An operator plugin.
     Operator(OperatorPlugin),
     /// A policy plugin.
     Policy(PolicyPlugin),
-}
-
-/// Advances the engine's epoch on a background thread until dropped.
-pub(crate) struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    fn start(engine: Engine) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new().name("wasmop-epoch".into()).spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
-            }
-        })?;
-        Ok(EpochTicker { stop, thread: Some(thread) })
-    }
-
-    /// Epoch ticks that cover `timeout` (plus one, since the current tick is partly spent).
-    pub(crate) fn ticks_for(timeout: Duration) -> u64 {
-        let tick = EPOCH_TICK.as_micros().max(1);
-        u64::try_from(timeout.as_micros().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// The runtime. Create one per process and share it; plugins loaded from it stay usable on

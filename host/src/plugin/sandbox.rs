@@ -3,8 +3,11 @@
 //! `log` import.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
+use wasmtime::Engine;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -293,6 +296,44 @@ fn panic_message(stderr: &str) -> Option<String> {
     Some(format!("panicked at {location}: {}", message.join("\n").trim()))
 }
 
+/// How often the epoch advances; wall-time limits are accurate to about this.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Advances the engine's epoch on a background thread until dropped.
+pub(crate) struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub(crate) fn start(engine: Engine) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("wasmop-epoch".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })?;
+        Ok(EpochTicker { stop, thread: Some(thread) })
+    }
+
+    /// Epoch ticks that cover `timeout` (plus one, since the current tick is partly spent).
+    pub(crate) fn ticks_for(timeout: Duration) -> u64 {
+        let tick = EPOCH_TICK.as_micros().max(1);
+        u64::try_from(timeout.as_micros().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Runs one call in a fresh Store and instance: instantiate, call, log the guest's output, and
 /// classify any failure. Nothing survives the call.
 pub(crate) fn run_call<I, R>(
@@ -302,7 +343,7 @@ pub(crate) fn run_call<I, R>(
     instantiate: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<I>,
     call: impl FnOnce(&mut Store<CallState>, &I) -> wasmtime::Result<R>,
 ) -> Result<R, PluginError> {
-    let ticks = super::runtime::EpochTicker::ticks_for(limits.timeout);
+    let ticks = EpochTicker::ticks_for(limits.timeout);
     let mut store = new_store(engine, plugin, limits, ticks);
     let result = instantiate(&mut store).and_then(|instance| call(&mut store, &instance));
     drain_output(&mut store);

@@ -15,7 +15,7 @@ use kube::core::crd::merge_crds;
 use kube::{CustomResourceExt, Resource};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use wasmop_sdk::{ChildKind, Condition, Error, Gvk, Metadata, Operator, Request, Response, Value};
+use wasmop_sdk::{ChildKind, ChildKindOf, Condition, Error, Gvk, Metadata, Operator, Request, Response, Value};
 
 /// Most replicas an Appoperator may ask for.
 pub const MAX_REPLICAS: i32 = 1000;
@@ -88,8 +88,8 @@ impl Operator for Plugin {
                 available_replicas: Some(available),
                 replicas: Some(desired),
                 ..AppoperatorStatus::default()
-            })
-            .map(|r| r.condition(Condition::ready(ready, reason, message)))
+            })?
+            .condition(Condition::ready(ready, reason, message))
     }
 
     fn convert(obj: Value, to_version: &str) -> Result<Value, String> {

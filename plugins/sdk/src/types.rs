@@ -5,81 +5,38 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-/// A Kubernetes group/version/kind.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Gvk {
-    /// API group; "" for the core group.
-    pub group: String,
-    /// Version within the group.
-    pub version: String,
-    /// Kind.
-    pub kind: String,
+pub use wasmop_contract::{
+    ChildKind, Condition, ConditionStatus, Gvk, LogLevel, OperatorMetadata as Metadata, PolicyMetadata, Verdict,
+};
+
+/// [`Gvk`] of a k8s-openapi (or kube-derived) type: `Gvk::of::<Deployment>()`.
+pub trait GvkOf {
+    /// The GVK of `K`.
+    fn of<K: Resource>() -> Gvk;
 }
 
-impl Gvk {
-    /// Builds a GVK from its parts.
-    pub fn new(group: &str, version: &str, kind: &str) -> Self {
-        Gvk { group: group.into(), version: version.into(), kind: kind.into() }
-    }
-
-    /// The GVK of a k8s-openapi (or kube-derived) resource type.
-    pub fn of<K: Resource>() -> Self {
+impl GvkOf for Gvk {
+    fn of<K: Resource>() -> Gvk {
         Gvk::new(K::GROUP, K::VERSION, K::KIND)
     }
-
-    /// `group/version` as in an object's apiVersion (`version` alone for the core group).
-    pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
-    }
 }
 
-/// A kind of child the plugin may return.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChildKind {
-    /// The child's group/version/kind.
-    pub gvk: Gvk,
-    /// Whether the kind is cluster-scoped.
-    pub cluster_scoped: bool,
+/// [`ChildKind`] of a k8s-openapi type: `ChildKind::namespaced::<Deployment>()`.
+pub trait ChildKindOf {
+    /// A namespaced child kind.
+    fn namespaced<K: Resource>() -> ChildKind;
+    /// A cluster-scoped child kind.
+    fn cluster_scoped<K: Resource>() -> ChildKind;
 }
 
-impl ChildKind {
-    /// A namespaced child kind given by its k8s-openapi type.
-    pub fn namespaced<K: Resource>() -> Self {
+impl ChildKindOf for ChildKind {
+    fn namespaced<K: Resource>() -> ChildKind {
         ChildKind { gvk: Gvk::of::<K>(), cluster_scoped: false }
     }
 
-    /// A cluster-scoped child kind given by its k8s-openapi type.
-    pub fn cluster_scoped<K: Resource>() -> Self {
+    fn cluster_scoped<K: Resource>() -> ChildKind {
         ChildKind { gvk: Gvk::of::<K>(), cluster_scoped: true }
     }
-}
-
-/// Describes an operator plugin.
-#[derive(Clone, Debug)]
-pub struct Metadata {
-    /// Plugin name: a lowercase DNS label.
-    pub name: String,
-    /// The plugin's version.
-    pub version: String,
-    /// The kind it reconciles.
-    pub parent: Gvk,
-    /// Every kind of child it may return.
-    pub children: Vec<ChildKind>,
-    /// The parent's CustomResourceDefinition, if the plugin owns it.
-    pub crd: Option<Value>,
-    /// Whether parents get a finalizer and a `finalizing` call before deletion.
-    pub finalizer: bool,
-}
-
-/// Describes a policy plugin.
-#[derive(Clone, Debug)]
-pub struct PolicyMetadata {
-    /// Policy name: a lowercase DNS label.
-    pub name: String,
-    /// The policy's version.
-    pub version: String,
-    /// Child kinds reviewed; empty means every kind.
-    pub applies_to: Vec<Gvk>,
 }
 
 /// One reconcile of one parent.
@@ -130,43 +87,6 @@ fn is_kind<K: Resource>(obj: &Value) -> bool {
     obj["apiVersion"].as_str() == Some(K::API_VERSION) && obj["kind"].as_str() == Some(K::KIND)
 }
 
-/// Status of a condition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConditionStatus {
-    /// The condition holds.
-    True,
-    /// The condition does not hold.
-    False,
-    /// Not known.
-    Unknown,
-}
-
-/// A condition the plugin wants on its parent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Condition {
-    /// CamelCase type, e.g. `Ready`.
-    pub type_: String,
-    /// Whether it holds.
-    pub status: ConditionStatus,
-    /// One CamelCase word saying why.
-    pub reason: String,
-    /// A sentence for humans.
-    pub message: String,
-}
-
-impl Condition {
-    /// A condition of the given type.
-    pub fn new(type_: &str, status: ConditionStatus, reason: &str, message: impl Into<String>) -> Self {
-        Condition { type_: type_.into(), status, reason: reason.into(), message: message.into() }
-    }
-
-    /// The `Ready` condition: true or false with a reason and message.
-    pub fn ready(ready: bool, reason: &str, message: impl Into<String>) -> Self {
-        let status = if ready { ConditionStatus::True } else { ConditionStatus::False };
-        Condition::new("Ready", status, reason, message)
-    }
-}
-
 /// The plugin's answer for one parent.
 #[derive(Clone, Debug, Default)]
 pub struct Response {
@@ -202,10 +122,13 @@ impl Response {
         Ok(self)
     }
 
-    /// Adds a condition.
-    pub fn condition(mut self, condition: Condition) -> Self {
+    /// Adds a condition, checked as the host checks it (a CamelCase type and reason, a message
+    /// within 32 KiB, no type twice), so a native test fails where the host would refuse it.
+    pub fn condition(mut self, condition: Condition) -> Result<Self, Error> {
         self.conditions.push(condition);
-        self
+        wasmop_contract::check_conditions(&self.conditions)
+            .map_err(|(type_, reason)| Error::Retry(format!("condition {type_:?}: {reason}")))?;
+        Ok(self)
     }
 
     /// Asks to be reconciled again after `seconds`.
@@ -241,28 +164,15 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// A policy's decision on one child.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Verdict {
-    /// Apply the child as it is.
-    Allow,
-    /// Apply this object instead.
-    Mutate(Value),
-    /// Refuse the child, saying why.
-    Deny(String),
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Severity of a log line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogLevel {
-    /// Very detailed tracing.
-    Trace,
-    /// Debugging detail.
-    Debug,
-    /// Normal operation.
-    Info,
-    /// Something unexpected but handled.
-    Warn,
-    /// A failure.
-    Error,
+    #[test]
+    fn a_condition_the_host_would_refuse_fails_natively() {
+        let err = Response::new().condition(Condition::ready(true, "not camel case", "")).unwrap_err();
+        assert!(matches!(&err, Error::Retry(m) if m.contains("CamelCase")), "{err}");
+        let twice = Response::new().condition(Condition::ready(true, "A", "")).unwrap();
+        assert!(twice.condition(Condition::ready(false, "B", "")).is_err());
+    }
 }

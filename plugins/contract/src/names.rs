@@ -1,5 +1,6 @@
 //! Kubernetes naming rules the host checks before the API server would, so a plugin's mistake
-//! is reported against the plugin rather than as an opaque 422 from the cluster.
+//! is reported against the plugin rather than as an opaque 422 from the cluster — and the SDK
+//! checks the same, so an author's native test fails as the host would.
 
 /// A DNS-1123 label: 1–63 lowercase alphanumerics or '-', starting and ending alphanumeric.
 /// Plugin names must be labels (they go into label values and metric labels).

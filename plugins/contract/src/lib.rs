@@ -1,0 +1,284 @@
+//! The plugin contract's plain types, shared by the wasmop host and the Rust SDK: one definition,
+//! so what an author builds natively is what the host checks. Serde only; builds for
+//! `wasm32-wasip2` as well as natively. The WIT (`wit/plugin.wit`) stays the source of truth for
+//! the wire; these are its Rust shapes, with the name rules ([`names`]) and the answer checks
+//! ([`Condition::check`], [`check_conditions`]) both sides apply.
+
+pub mod names;
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Longest condition message the API server accepts (metav1.Condition validation).
+pub const MAX_CONDITION_MESSAGE: usize = 32 * 1024;
+
+/// A Kubernetes group/version/kind.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Gvk {
+    /// API group; "" for the core group.
+    pub group: String,
+    /// Version within the group.
+    pub version: String,
+    /// Kind.
+    pub kind: String,
+}
+
+impl Gvk {
+    /// Builds a GVK from its parts.
+    pub fn new(group: &str, version: &str, kind: &str) -> Self {
+        Gvk { group: group.into(), version: version.into(), kind: kind.into() }
+    }
+
+    /// `group/version` as in an object's apiVersion (`version` alone for the core group).
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    /// Whether `obj` (a JSON object) is of this kind and version.
+    pub fn matches(&self, obj: &Value) -> bool {
+        obj["kind"].as_str() == Some(self.kind.as_str()) && obj["apiVersion"].as_str() == Some(&self.api_version())
+    }
+
+    /// The GVK of an object's `apiVersion` and `kind`.
+    pub fn from_api_version(api_version: &str, kind: &str) -> Self {
+        match api_version.split_once('/') {
+            Some((group, version)) => Gvk::new(group, version, kind),
+            None => Gvk::new("", api_version, kind),
+        }
+    }
+}
+
+impl fmt::Display for Gvk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.api_version(), self.kind)
+    }
+}
+
+/// A kind of child a plugin may return.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChildKind {
+    /// Group/version/kind.
+    pub gvk: Gvk,
+    /// Whether it is cluster-scoped.
+    pub cluster_scoped: bool,
+}
+
+/// What an operator plugin says about itself.
+#[derive(Clone, Debug, Serialize)]
+pub struct OperatorMetadata {
+    /// Plugin name: a lowercase DNS label.
+    pub name: String,
+    /// Plugin version (semver recommended).
+    pub version: String,
+    /// The kind it reconciles, at the version `reconcile` receives.
+    pub parent: Gvk,
+    /// Every kind of child it may return.
+    pub children: Vec<ChildKind>,
+    /// The parent's CustomResourceDefinition (all its versions), if the plugin owns it.
+    pub crd: Option<Value>,
+    /// Whether parents get `wasmop.dev/finalizer` and a `finalizing` call before deletion.
+    pub finalizer: bool,
+}
+
+impl OperatorMetadata {
+    /// The declared child kind matching `gvk`, if any.
+    pub fn child_kind(&self, gvk: &Gvk) -> Option<&ChildKind> {
+        self.children.iter().find(|c| &c.gvk == gvk)
+    }
+
+    /// The versions of the parent kind its CRD defines, in the CRD's order (empty without a
+    /// CRD).
+    pub fn crd_versions(&self) -> Vec<CrdVersion> {
+        let versions = self.crd.as_ref().and_then(|crd| crd["spec"]["versions"].as_array());
+        versions.into_iter().flatten().map(CrdVersion::from_crd).collect()
+    }
+
+    /// The CRD's storage version, if it has a CRD.
+    pub fn storage_version(&self) -> Option<String> {
+        self.crd_versions().into_iter().find(|v| v.storage).map(|v| v.name)
+    }
+}
+
+/// One version of a parent kind, as its CRD defines it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CrdVersion {
+    /// The version, e.g. `v1`.
+    pub name: String,
+    /// Whether the API server serves it.
+    pub served: bool,
+    /// Whether objects are stored in it (exactly one version is).
+    pub storage: bool,
+    /// The warning clients get when they use it, if it is deprecated.
+    pub deprecation_warning: Option<String>,
+}
+
+impl CrdVersion {
+    fn from_crd(v: &Value) -> CrdVersion {
+        let deprecated = v["deprecated"].as_bool().unwrap_or(false);
+        CrdVersion {
+            name: v["name"].as_str().unwrap_or_default().to_string(),
+            served: v["served"].as_bool().unwrap_or(false),
+            storage: v["storage"].as_bool().unwrap_or(false),
+            deprecation_warning: deprecated
+                .then(|| v["deprecationWarning"].as_str().map_or_else(|| "deprecated".to_string(), str::to_string)),
+        }
+    }
+}
+
+/// What a policy plugin says about itself.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyMetadata {
+    /// Policy name: a lowercase DNS label.
+    pub name: String,
+    /// Policy version.
+    pub version: String,
+    /// Child kinds reviewed; empty means every kind.
+    pub applies_to: Vec<Gvk>,
+}
+
+impl PolicyMetadata {
+    /// Whether this policy reviews children of `gvk`.
+    pub fn applies_to(&self, gvk: &Gvk) -> bool {
+        self.applies_to.is_empty() || self.applies_to.contains(gvk)
+    }
+}
+
+/// Status of a condition, as in metav1.Condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ConditionStatus {
+    /// The condition holds.
+    True,
+    /// The condition does not hold.
+    False,
+    /// Not known.
+    Unknown,
+}
+
+impl ConditionStatus {
+    /// `True`, `False` or `Unknown`, as the API stores it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+}
+
+/// A condition a plugin wants on its parent; the host adds `observedGeneration` and
+/// `lastTransitionTime`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Condition {
+    /// CamelCase type, e.g. `Ready` or `example.com/Synced`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Whether it holds.
+    pub status: ConditionStatus,
+    /// One CamelCase word saying why, e.g. `Progressing`.
+    pub reason: String,
+    /// A sentence for humans.
+    pub message: String,
+}
+
+impl Condition {
+    /// A condition of the given type.
+    pub fn new(type_: &str, status: ConditionStatus, reason: &str, message: impl Into<String>) -> Self {
+        Condition { type_: type_.into(), status, reason: reason.into(), message: message.into() }
+    }
+
+    /// The `Ready` condition: true or false with a reason and message.
+    pub fn ready(ready: bool, reason: &str, message: impl Into<String>) -> Self {
+        let status = if ready { ConditionStatus::True } else { ConditionStatus::False };
+        Condition::new("Ready", status, reason, message)
+    }
+
+    /// What the API server would refuse in this condition, as the host reports it.
+    pub fn check(&self) -> Result<(), String> {
+        if !names::is_condition_type(&self.type_) {
+            return Err("type must be a CamelCase name such as Ready".into());
+        }
+        if !names::is_condition_reason(&self.reason) {
+            return Err(format!("reason {:?} must be one CamelCase word such as Progressing", self.reason));
+        }
+        if self.message.len() > MAX_CONDITION_MESSAGE {
+            return Err(format!("message is longer than {MAX_CONDITION_MESSAGE} bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks every condition and that no type is given twice; on failure, the offending condition's
+/// type and what is wrong.
+pub fn check_conditions(conditions: &[Condition]) -> Result<(), (String, String)> {
+    let mut seen = std::collections::HashSet::new();
+    for c in conditions {
+        c.check().map_err(|reason| (c.type_.clone(), reason))?;
+        if !seen.insert(c.type_.as_str()) {
+            return Err((c.type_.clone(), "returned twice".into()));
+        }
+    }
+    Ok(())
+}
+
+/// A policy's decision on one child.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// Apply the child as it is.
+    Allow,
+    /// Apply this object instead (same apiVersion, kind, name and namespace).
+    Mutate(Value),
+    /// Refuse the child, saying why and what to change.
+    Deny(String),
+}
+
+/// Severity of a log line a plugin writes through the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Very detailed tracing.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected but handled.
+    Warn,
+    /// A failure.
+    Error,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn conditions_are_checked_as_the_api_server_would() {
+        assert!(Condition::ready(true, "Available", "ok").check().is_ok());
+        assert!(Condition::ready(true, "not ready", "x").check().unwrap_err().contains("CamelCase"));
+        let twice = [Condition::ready(true, "A", ""), Condition::ready(false, "B", "")];
+        assert_eq!(check_conditions(&twice).unwrap_err(), ("Ready".into(), "returned twice".into()));
+    }
+
+    #[test]
+    fn crd_versions_and_storage() {
+        let meta = OperatorMetadata {
+            name: "x".into(),
+            version: "1".into(),
+            parent: Gvk::new("g.io", "v1", "K"),
+            children: vec![],
+            crd: Some(json!({"spec": {"versions": [
+                {"name": "v1", "served": true, "storage": true},
+                {"name": "v0", "served": true, "deprecated": true, "deprecationWarning": "use v1"},
+            ]}})),
+            finalizer: false,
+        };
+        assert_eq!(meta.storage_version().as_deref(), Some("v1"));
+        assert_eq!(meta.crd_versions()[1].deprecation_warning.as_deref(), Some("use v1"));
+        assert!(Gvk::new("g.io", "v1", "K").matches(&json!({"apiVersion": "g.io/v1", "kind": "K"})));
+    }
+}
