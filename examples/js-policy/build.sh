@@ -5,6 +5,7 @@
 #
 #   examples/js-policy/build.sh            # build (reproducible: same sources, same bytes)
 #   WASMOP_REPRODUCIBLE=0 examples/js-policy/build.sh   # without the deterministic shim
+#   OPT_SIZE=1 examples/js-policy/build.sh  # QuickJS runtime built for size: 1.13 MB instead of 1.67 MB
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -38,7 +39,7 @@ fi
 #    component model async feature).
 cd "$root"
 LD_PRELOAD=$preload "$tools/node_modules/.bin/componentize-qjs" \
-  --wit wit/plugin.wit --world policy --sync \
+  --wit wit/plugin.wit --world policy --sync ${OPT_SIZE:+--opt-size} \
   --js examples/js-policy/policy.js --module-root . \
   --output "$out" >/dev/null
 echo "built $out ($(stat -c %s "$out") bytes, sha256 $(sha256sum "$out" | cut -c1-12))"

@@ -1,7 +1,17 @@
 // Unit tests of the policy logic under plain Node (no WebAssembly): node --test examples/js-policy/
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { reviewer, isPinned } from "./policy.js";
+import { register } from "node:module";
+
+// The component's import `wasmop:plugin/host@0.2.0` does not exist under Node: serve a stub that
+// keeps what is logged in globalThis.hostLog.
+const stub = "export function log(level, message) { (globalThis.hostLog ??= []).push([level, message]); }";
+register(`data:text/javascript,${encodeURIComponent(`
+  export async function resolve(specifier, context, next) {
+    if (specifier.startsWith("wasmop:")) return { url: "data:text/javascript,${encodeURIComponent(stub)}", shortCircuit: true };
+    return next(specifier, context);
+  }`)}`);
+const { reviewer, isPinned } = await import("./policy.js");
 
 const deployment = (image) => JSON.stringify({
   apiVersion: "apps/v1", kind: "Deployment", metadata: { name: "web" },
@@ -36,4 +46,6 @@ test("a bad setting or a bug denies (fail closed) naming the error", () => {
   const broken = reviewer.review("{}", "not json", null);
   assert.equal(broken.tag, "deny");
   assert.match(broken.val, /^policy js-deny-latest-tag failed: SyntaxError: /);
+  assert.match(globalThis.hostLog.at(-1)[1], /^SyntaxError: /, "the stack goes to the host log at debug level");
+  assert.equal(globalThis.hostLog.at(-1)[0], "debug");
 });

@@ -9,9 +9,12 @@
 //   * `option<string>` arrives as `null` on QuickJS but `undefined` on StarlingMonkey
 //     (componentize-js): settings are normalised to `null` or the parsed JSON;
 //   * verdicts are variants `{tag, val}`: `allow()`, `deny(msg)`, `mutate(obj)` build them;
-//   * an exception escaping an export traps the guest (the host reports a bare wasm trap):
+//   * an exception escaping an export traps the guest (the host reports a crash):
 //     `policy()` turns it into a deny naming the error (fail closed), `operator()` into
-//     `invalid`, and both write the stack to stderr (the host's debug log, WASMOP_LOG=debug);
+//     `invalid`, and both log the stack at debug level (WASMOP_LOG=debug) through the logger
+//     given to `setLog` — QuickJS has no `console`, so without it the stack goes nowhere:
+//         import { log } from "wasmop:plugin/host@0.2.0";   // the contract's only import
+//         setLog(log);
 //   * a `result` error must be *thrown* as its payload (`{tag: "invalid", val}` for reconcile,
 //     a string for convert): `invalid(msg)` / `retry(msg)` throw the right thing.
 //
@@ -52,10 +55,29 @@ export function describe(err) {
   }
 }
 
-function traceToStderr(err) {
-  // The host keeps guest stderr at debug level (100 lines / 64 KiB per call): keep it short.
+// Where log lines go: the host's `log` import once the plugin calls setLog(log), else `console`
+// where the engine has one (Node, StarlingMonkey), else nowhere (QuickJS has no console).
+let logger = null;
+
+/** Sends the helper's (and your) log lines to `fn(level, message)`, normally the host's `log` import. */
+export function setLog(fn) {
+  logger = fn;
+}
+
+/** One line into the host's log: level is "trace", "debug", "info", "warn" or "error". */
+export function log(level, message) {
+  if (logger) logger(level, String(message));
+  else globalThis.console?.error?.(`[${level}] ${message}`);
+}
+
+function logError(err) {
+  // The host keeps 100 lines / 64 KiB of plugin log per call: keep it short.
   const text = err instanceof Error && err.stack ? `${describe(err)}\n${err.stack}` : describe(err);
-  console.error(text.split("\n").slice(0, 20).join("\n"));
+  try {
+    log("debug", text.split("\n").slice(0, 20).join("\n"));
+  } catch {
+    // logging must never turn a handled error into a crash
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -87,7 +109,7 @@ export function policy({ name, version, appliesTo = [], review }) {
         }
         return verdict;
       } catch (err) {
-        traceToStderr(err);
+        logError(err);
         return deny(`policy ${name} failed: ${describe(err)}`);
       }
     },
@@ -255,7 +277,7 @@ export function operator({ name, version, parent, children = [], crd = null, fin
           return answer.toWit();
         } catch (err) {
           const tag = err instanceof PluginError ? err.tag : "invalid";
-          if (!(err instanceof PluginError)) traceToStderr(err);
+          if (!(err instanceof PluginError)) logError(err);
           const text = err instanceof PluginError ? err.message : describe(err);
           throw { tag, val: text.startsWith(`${ref}:`) ? text : `${ref}: ${text}` };
         }
@@ -267,7 +289,7 @@ export function operator({ name, version, parent, children = [], crd = null, fin
           const out = (convert ?? ((o, v) => setVersion(o, v)))(JSON.parse(obj), toVersion);
           return JSON.stringify(out);
         } catch (err) {
-          traceToStderr(err);
+          logError(err);
           throw describe(err);
         }
       },

@@ -6,6 +6,7 @@ mod dev;
 mod eval;
 mod inspect;
 mod migrate;
+mod new;
 mod rbac;
 mod run;
 mod test;
@@ -62,6 +63,8 @@ enum Command {
     Convert(convert::Args),
     /// Rewrite the stored objects of a kind in its storage version and trim storedVersions.
     Migrate(migrate::Args),
+    /// Create a plugin project: the plugin, an example, golden cases, a README and a Makefile.
+    New(new::Args),
     /// Run a plugin's golden-file cases offline (and check their round trips); --update records.
     Test(test::Args),
     /// Print the host version and the plugin contract versions it loads.
@@ -91,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Rbac(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| rbac::run(&rt, args)),
         Command::Convert(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| convert::run(&rt, args)),
         Command::Migrate(args) => block_on(migrate::run(args)),
+        Command::New(args) => new::run(args),
         Command::Test(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| test::run(&rt, args)),
         Command::Version => {
             print_version();
