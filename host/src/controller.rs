@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -18,7 +18,7 @@ use kube::runtime::{WatchStreamExt, predicates, watcher};
 use crate::apply::{MANAGED_BY_LABEL, PLUGIN_LABEL};
 use crate::plugin::Gvk;
 use crate::policy::PolicyChain;
-use crate::reconcile::{self, ChildKindCache, Context, Reconciler};
+use crate::reconcile::{self, ChildKindCache, Context, OwnerIndex, Reconciler};
 use crate::telemetry::{Health, Telemetry};
 
 /// How a plugin's controller runs.
@@ -100,12 +100,15 @@ pub async fn run_plugin(
         };
         let writer = Writer::new(ar.clone());
         let store = writer.as_reader();
+        let owners = OwnerIndex::new(ar.clone());
+        let index = owners.clone();
         let stream = watcher(api, watcher::Config::default().labels(&selector))
             .default_backoff()
+            .inspect_ok(move |event| index.observe(event))
             .reflect(writer)
             .touched_objects();
         controller = controller.owns_stream_with(stream, ar.clone());
-        children.push(ChildKindCache { resource: ar, store });
+        children.push(ChildKindCache { resource: ar, store, owners });
     }
 
     let reporter = Reporter { controller: "wasmop".into(), instance: std::env::var("POD_NAME").ok() };

@@ -229,7 +229,7 @@ pub(crate) fn classify(err: wasmtime::Error, store: &Store<CallState>, limits: &
         let message = format!("the plugin exited with code {} instead of answering; return an error instead", exit.0);
         return PluginError::Trap { plugin, message };
     }
-    if let Some(exception) = python_exception(&stderr) {
+    if let Some(exception) = python_exception(&stderr).or_else(|| js_exception(&stderr)) {
         return PluginError::Trap { plugin, message: exception };
     }
     let message = match (panic_message(&stderr), err.downcast_ref::<wasmtime::Trap>()) {
@@ -253,6 +253,28 @@ fn with_output_tail(what: String, stderr: &str) -> String {
     let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
     let tail = crate::status::cap(&escape_controls(&tail), OUTPUT_TAIL_BYTES);
     format!("{what}; the plugin wrote: {tail}")
+}
+
+/// The uncaught exception of a JavaScript guest built with QuickJS (componentize-qjs, jco's
+/// QuickJS backend), whose runtime panics with `Failed to call 'review': ...Exception {
+/// message: Some("..."), stack: Some("    at review (/p.js:4:30)\n") }`: `JavaScript exception in
+/// review: ... (at review (/p.js:4:30))`.
+fn js_exception(stderr: &str) -> Option<String> {
+    let start = stderr.rfind("Failed to call '")?;
+    let rest = &stderr[start + "Failed to call '".len()..];
+    let function = rest.split('\'').next()?;
+    let quoted = |field: &str| {
+        let from = rest.find(&format!("{field}: Some(\""))? + field.len() + 8;
+        let text = &rest[from..];
+        text.find("\")").map(|end| text[..end].replace("\\n", "\n").replace("\\\"", "\""))
+    };
+    let message = quoted("message")?;
+    let frame = quoted("stack").and_then(|s| s.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string));
+    let text = match frame {
+        Some(frame) => format!("JavaScript exception in {function}: {message} ({frame})"),
+        None => format!("JavaScript exception in {function}: {message}"),
+    };
+    Some(crate::status::cap(&escape_controls(&text), OUTPUT_TAIL_BYTES))
 }
 
 /// The uncaught exception of a Python guest (componentize-py prints the traceback, then its
@@ -382,6 +404,19 @@ mod tests {
             Some("KeyError: 'image' (File \"/app.py\", line 3, in reconcile)")
         );
         assert_eq!(super::python_exception("no traceback"), None);
+    }
+
+    #[test]
+    fn a_quickjs_exception_gives_its_message_and_frame() {
+        let stderr = "thread '<unnamed>' panicked at crates/runtime/src/interpreter.rs:51:31:\nFailed to call 'review': \
+                      Exception(Exception { message: Some(\"cannot read property 'image' of undefined\"), \
+                      stack: Some(\"    at review (/raw.js:4:30)\\n\") })";
+        assert_eq!(
+            super::js_exception(stderr).as_deref(),
+            Some(
+                "JavaScript exception in review: cannot read property 'image' of undefined (at review (/raw.js:4:30))"
+            )
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod error;
 pub mod finalizer;
+mod owners;
 pub mod ratelimit;
 mod state;
 
@@ -24,6 +25,7 @@ use tracing::{Instrument, info_span};
 
 pub use error::{BACKOFF_CAP, ReconcileError, backoff};
 pub use finalizer::FINALIZER;
+pub use owners::OwnerIndex;
 pub use state::ParentState;
 
 use crate::apply::{self, ChildKey, Owner, Ownership};
@@ -66,6 +68,8 @@ pub struct ChildKindCache {
     pub resource: ApiResource,
     /// Children of this kind carrying the plugin's labels, kept current by a watch.
     pub store: Store<DynamicObject>,
+    /// The same children by controller-owner UID, from the same watch.
+    pub owners: OwnerIndex,
 }
 
 /// Counters of what the pipeline did, for tests, benchmarks and metrics.
@@ -280,7 +284,7 @@ fn observe(parent: &DynamicObject, ctx: &Context) -> Result<Observed, ReconcileE
     let uid = uid(parent);
     let mut children = HashMap::new();
     for (index, kind) in ctx.children.iter().enumerate() {
-        for child in kind.store.state() {
+        for child in kind.owners.children_of(&uid).iter().filter_map(|key| kind.store.get(key)) {
             if child.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == uid) {
                 let key = ChildKey {
                     api_version: kind.resource.api_version.clone(),
