@@ -87,6 +87,7 @@ pub async fn run_plugin(
     let parents = writer.as_reader();
     let trigger = watcher(parent_api, watcher::Config::default())
         .default_backoff()
+        .modify(trim)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
@@ -104,6 +105,7 @@ pub async fn run_plugin(
         let index = owners.clone();
         let stream = watcher(api, watcher::Config::default().labels(&selector))
             .default_backoff()
+            .modify(trim)
             .inspect_ok(move |event| index.observe(event))
             .reflect(writer)
             .touched_objects();
@@ -162,6 +164,12 @@ async fn wait_for_caches(ctx: Arc<Context>, health: Arc<Health>, name: String) {
     }
     tracing::info!(plugin = %name, "caches synced");
     health.set_synced(&name, true);
+}
+
+/// What the caches do not keep: `managedFields` (often the largest part of an object, and read
+/// by nothing here) — the memory lever controller-runtime users apply with a cache transform.
+fn trim(obj: &mut DynamicObject) {
+    obj.metadata.managed_fields = None;
 }
 
 /// Whether `store` got its first full list (false if its writer is gone). kube-runtime's

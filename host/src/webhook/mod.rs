@@ -222,7 +222,17 @@ impl WebhookBuilder {
             other => other,
         };
         let source = Source { client: client.clone(), endpoint, certs: self.certs };
-        let material = source.fetch(None).await?;
+        let material = match source.fetch(None).await {
+            Ok(material) => material,
+            // A Secret the operator may not manage must not stop it: this replica serves a
+            // certificate of its own, and says what the others will lack.
+            Err(e @ tls::TlsError::Secret { .. }) => {
+                tracing::error!(error = %e, "serving an in-memory webhook certificate instead; conversions answered by \
+                    other replicas fail until the operator may get, create and update that Secret (wasmop rbac prints the rules)");
+                tls::generate(&source.endpoint.dns_names(), jiff::Timestamp::now().as_second(), None)?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let slot = CertSlot::new(material.certified_key()?);
         let converters = Converters::default();
         let serving = server::serve(listener, slot.clone(), converters.clone())?;
