@@ -530,21 +530,7 @@ impl Supervisor {
                 self.blocked.insert(path, candidate);
                 continue;
             }
-            if let Some(conversion) = &self.conversion {
-                conversion.converters().publish(&candidate.plugin);
-            }
-            let crd = if self.install_crds {
-                operator::install_crd(&self.client, &candidate.plugin, self.conversion.as_ref()).await
-            } else if let Some(conversion) = &self.conversion {
-                // Not fatal: parents of the version the plugin reconciles still converge.
-                if let Err(e) = operator::inject_conversion(&self.client, &candidate.plugin, conversion).await {
-                    tracing::error!(file = %path.display(), error = %e, "reads of other versions will fail");
-                }
-                Ok(())
-            } else {
-                Ok(())
-            };
-            if let Err(e) = crd {
+            if let Err(e) = self.prepare_crd(&path, &candidate.plugin).await {
                 tracing::error!(file = %path.display(), error = %e, "new plugin version not started");
                 continue;
             }
@@ -556,6 +542,24 @@ impl Supervisor {
             let running = self.start(candidate);
             self.running.insert(path, running);
         }
+    }
+
+    /// Before a plugin version starts: the webhook learns its conversion, then its CRD is
+    /// installed (`--install-crds`) or pointed at the webhook. Only a failed install stops it:
+    /// without the CA injection, parents of the version it reconciles still converge.
+    async fn prepare_crd(&self, path: &Path, plugin: &OperatorPlugin) -> Result<(), OperatorError> {
+        if let Some(conversion) = &self.conversion {
+            conversion.converters().publish(plugin);
+        }
+        if self.install_crds {
+            return operator::install_crd(&self.client, plugin, self.conversion.as_ref()).await;
+        }
+        if let Some(conversion) = &self.conversion
+            && let Err(e) = operator::inject_conversion(&self.client, plugin, conversion).await
+        {
+            tracing::error!(file = %path.display(), error = %e, "reads of other versions will fail");
+        }
+        Ok(())
     }
 
     /// Whether the operator's identity may do everything the plugin needs (SelfSubjectAccess
