@@ -144,12 +144,12 @@ impl Runtime {
         let (component, cache) = self
             .cache
             .component(&self.engine, &bytes, &sha256)
-            .map_err(|e| PluginError::Compile { path: path.to_path_buf(), reason: format!("{e:#}") })?;
+            .map_err(|e| PluginError::Compile { path: path.to_path_buf(), reason: with_fix(format!("{e:#}")) })?;
         let (world, contract) = world_of(&self.engine, &component, &display)?;
         let current = contract.starts_with(CONTRACT_SERIES[0]);
         let pre = self.linker.instantiate_pre(&component).map_err(|e| PluginError::Incompatible {
             plugin: display.clone(),
-            reason: format!("{e:#}; a plugin may import only wasmop:plugin/host and WASI"),
+            reason: with_fix(format!("{e:#}; a plugin may import only wasmop:plugin/host and WASI")),
         })?;
         let file = PluginFile {
             path: path.to_path_buf(),
@@ -221,6 +221,19 @@ impl Runtime {
         }
         limits
     }
+}
+
+/// `reason` with the fix for the refusals that non-Rust toolchains cause by default.
+fn with_fix(reason: String) -> String {
+    let fix = if reason.contains("wasi:http") {
+        "; built with componentize-js? pass `-d http fetch-event` to leave out wasi:http, which plugins may not use"
+    } else if reason.contains("async") {
+        "; this host calls plugins synchronously: build without component-model async \
+         (componentize-qjs --sync, jco componentize --backend-qjs-disable-async)"
+    } else {
+        ""
+    };
+    format!("{reason}{fix}")
 }
 
 /// Distinguishes core modules and non-WebAssembly files from components before compiling.
@@ -316,6 +329,13 @@ mod tests {
         assert!(compatible("0.2.0"));
         assert!(!compatible("0.3.0"));
         assert!(!compatible(""));
+    }
+
+    #[test]
+    fn refusals_name_the_toolchain_fix() {
+        assert!(with_fix("import `wasi:http/types@0.2.3` not found".into()).contains("-d http fetch-event"));
+        assert!(with_fix("`task.cancel` requires the component model async feature".into()).contains("--sync"));
+        assert_eq!(with_fix("other".into()), "other");
     }
 
     #[test]
