@@ -35,6 +35,9 @@ use crate::sidecar;
 use crate::telemetry::Telemetry;
 use crate::webhook::Conversion;
 
+/// Longest Event action the API server accepts.
+const MAX_EVENT_ACTION: usize = 128;
+
 /// How soon a controller whose kinds the cluster does not serve yet is tried again.
 const START_RETRY: Duration = Duration::from_secs(5);
 
@@ -659,11 +662,14 @@ impl Supervisor {
         tracing::error!(file = %path.display(), error = %e, serving = ?serving,
             "plugin file rejected; the previous version (if any) keeps serving");
         let note = format!("{}: {e}", path.display());
+        // The recorder folds Events with the same reason and action into one series that keeps
+        // the first note: the action names the file, so each file's rejection is seen.
+        let file = path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
         let event = Event {
             type_: EventType::Warning,
             reason: "PluginRejected".into(),
             note: Some(crate::status::cap(&note, crate::status::MAX_EVENT_NOTE)),
-            action: "Reload".into(),
+            action: crate::status::cap(&format!("Load {file}"), MAX_EVENT_ACTION),
             secondary: None,
         };
         if let Err(err) = self.recorder.publish(&event, &operator_reference(self.options.namespace.as_deref())).await {
