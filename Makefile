@@ -13,7 +13,7 @@ CONTROL_PLANE ?= memory
 # Image that `make docker-build` builds and deploy/ runs.
 IMG ?= wasmop:0.2.0
 
-.PHONY: all dev plugins polyglot test-plugins manifests test eval bench fmt clippy wasm-target kubectl controlplane \
+.PHONY: all dev plugins polyglot test-plugins bench-cm-async manifests test eval bench fmt clippy wasm-target kubectl controlplane \
 	install uninstall deploy undeploy docker-build
 
 all: plugins
@@ -86,6 +86,11 @@ manifests: plugins
 
 bench: plugins test-plugins
 	$(CARGO) bench -p wasmop
+	$(MAKE) bench-cm-async
+
+## The plugin call again with component-model async compiled into the engine (off in what ships).
+bench-cm-async: plugins
+	$(CARGO) bench -p wasmop --bench plugin_call --features component-model-async
 
 fmt:
 	$(CARGO) fmt --all

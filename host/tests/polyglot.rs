@@ -181,6 +181,19 @@ async fn guest_exceptions_reach_the_condition_and_the_reload_event() {
     let throwy = js_policy(build.path(), "throwy", THROWY_JS);
     let broken_js = js_policy(build.path(), "brokenjs", BROKEN_METADATA_JS);
 
+    // Offline first: `wasmop eval` shows the JavaScript exception.
+    let parent = build.path().join("boom.yaml");
+    std::fs::write(
+        &parent,
+        "apiVersion: test.wasmop.dev/v1\nkind: Hostile\nmetadata:\n  name: p\nspec:\n  mode: given\n  children:\n  \
+         - {apiVersion: v1, kind: ConfigMap, metadata: {name: bang, labels: {boom: \"1\"}}}\n",
+    )
+    .unwrap();
+    let hostile = common::plugin("hostile").display().to_string();
+    let out = wasmop(&["eval", "--plugin", &hostile, "--policy", throwy.to_str().unwrap(), parent.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("JavaScript exception in review: boom in bang (at review"), "{stderr}");
+
     let cluster = Cluster::memory().await;
     let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
     install_hostile_crd(&client).await;

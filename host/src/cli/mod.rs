@@ -83,6 +83,9 @@ enum PluginCommand {
 /// Parses arguments, runs the command, and turns an error into one clear line and exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_) | Command::Dev(_)) {
+        restore_sigpipe();
+    }
     // A long-running operator logs what it does; one-shot commands only warnings.
     let default_level = if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" };
     init_logging(cli.log_format, default_level);
@@ -123,6 +126,16 @@ fn print_version() {
     );
     for series in &wasmop::plugin::CONTRACT_SERIES[1..] {
         println!("  wasmop:plugin@{series}.x (loaded unchanged; no conversion)");
+    }
+}
+
+/// `wasmop eval ... | head` ends quietly when the reader goes away, as Unix tools do: Rust
+/// ignores SIGPIPE, which makes `print!` panic on the closed pipe instead. Only for the one-shot
+/// commands: a server must survive a client that hangs up.
+fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to the default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
