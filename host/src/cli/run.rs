@@ -91,6 +91,15 @@ impl WebhookArgs {
             return Ok(None);
         }
         let mut builder = Webhook::builder(self.webhook_addr).plugins(runtime, plugins);
+        if self.webhook_service.is_none()
+            && self.webhook_url.is_none()
+            && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        {
+            tracing::warn!(
+                "running in a cluster without --webhook-service: CRDs will point the API server at \
+                https://127.0.0.1 of this pod, which it cannot reach; pass --webhook-service NAMESPACE/NAME"
+            );
+        }
         let service = self.webhook_service.as_deref().map(split_ref).transpose()?;
         if let Some((namespace, name)) = &service {
             builder =
