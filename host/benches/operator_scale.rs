@@ -158,6 +158,13 @@ async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n
         memory_kib("VmRSS:") / 1024,
         memory_kib("VmHWM:") / 1024,
     );
+    // Where the requests go, per object: what to cut next.
+    let per_object: Vec<String> = requests
+        .counts
+        .iter()
+        .map(|((verb, resource), count)| format!("{verb} {resource} {:.2}", *count as f64 / n as f64))
+        .collect();
+    println!("{label:<7} {n:>6} parents: requests per object: {}", per_object.join(", "));
     let _ = stop.send(true);
     let _ = task.await;
     server.shutdown().await;
