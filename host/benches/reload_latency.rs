@@ -95,6 +95,8 @@ fn main() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin");
     let (v1, v2) = (dir.join("hostile.wasm"), dir.join("hostile_v2.wasm"));
     assert!(v1.exists() && v2.exists(), "hostile plugins missing: run `make test-plugins` (make bench does)");
-    let n = if std::env::args().any(|a| a == "--bench") { 1000 } else { 20 };
+    // `WASMOP_BENCH_PARENTS=10000` for the 10k figure; a token size under `cargo test --benches`.
+    let size = std::env::var("WASMOP_BENCH_PARENTS").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(1000);
+    let n = if std::env::args().any(|a| a == "--bench") { size } else { 20 };
     tokio::runtime::Runtime::new().expect("tokio").block_on(run(n, v1, v2));
 }
