@@ -79,10 +79,10 @@ eval: plugins
 ## fail when the checked-in files drift from the plugins).
 manifests: plugins
 	$(CARGO) run -q -p wasmop -- crd --plugin $(PLUGIN_DIR)/appoperator.wasm \
-	  --webhook-service wasmop-system/wasmop-webhook > deploy/crds/appoperator.yaml
+	  --webhook-service wasmop-system/wasmop-webhook > deploy/base/crds/appoperator.yaml
 	@rm -rf target/shipped-plugins && mkdir -p target/shipped-plugins
 	cp $(addprefix $(PLUGIN_DIR)/,$(addsuffix .wasm,$(subst -,_,$(PLUGINS)))) target/shipped-plugins/
-	$(CARGO) run -q -p wasmop -- rbac --plugins target/shipped-plugins > deploy/rbac.yaml
+	$(CARGO) run -q -p wasmop -- rbac --plugins target/shipped-plugins > deploy/base/rbac.yaml
 
 bench: plugins test-plugins
 	$(CARGO) bench -p wasmop
@@ -100,11 +100,11 @@ clippy:
 
 ## Install the CRDs of the shipped plugins into the current kubeconfig's cluster.
 install: kubectl
-	kubectl apply --server-side -f deploy/crds/
+	kubectl apply --server-side -f deploy/base/crds/
 
 ## Remove the CRDs (and with them every custom resource of those kinds).
 uninstall: kubectl
-	kubectl delete --ignore-not-found -f deploy/crds/
+	kubectl delete --ignore-not-found -f deploy/base/crds/
 
 ## Install the operator: namespace, CRDs, ServiceAccount, generated RBAC, Deployment, Service.
 deploy: kubectl

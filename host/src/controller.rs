@@ -19,6 +19,7 @@ use crate::apply::{MANAGED_BY_LABEL, PLUGIN_LABEL};
 use crate::plugin::Gvk;
 use crate::policy::PolicyChain;
 use crate::reconcile::{self, ChildKindCache, Context, OwnerIndex, Reconciler};
+use crate::shard::Shards;
 use crate::telemetry::{Health, Telemetry};
 
 /// How a plugin's controller runs.
@@ -32,11 +33,19 @@ pub struct ControllerOptions {
     pub resync: Duration,
     /// Settings passed to the plugin.
     pub settings: Option<String>,
+    /// The shards of parents this replica reconciles (default: all parents, unsharded).
+    pub shards: Shards,
 }
 
 impl Default for ControllerOptions {
     fn default() -> Self {
-        ControllerOptions { namespace: None, concurrency: 8, resync: Duration::from_secs(600), settings: None }
+        ControllerOptions {
+            namespace: None,
+            concurrency: 8,
+            resync: Duration::from_secs(600),
+            settings: None,
+            shards: Shards::all(),
+        }
     }
 }
 
@@ -128,10 +137,12 @@ pub async fn run_plugin(
         state: Default::default(),
         bucket: Default::default(),
         loops: Default::default(),
+        shards: options.shards.clone(),
     });
     let health = telemetry.health.clone();
     let synced = wait_for_caches(ctx.clone(), health.clone(), meta.name.clone());
-    let resync = tokio_stream_interval(options.resync);
+    // A resync, or a shard newly held, reconciles every parent (those of other shards are skipped).
+    let resync = futures::stream::select(tokio_stream_interval(options.resync), options.shards.gained());
     tracing::info!(plugin = %meta.name, parent = %meta.parent, "controller started");
     let run = controller
         .with_config(ControllerConfig::default().concurrency(options.concurrency))

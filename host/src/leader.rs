@@ -101,18 +101,18 @@ pub async fn acquire(client: &Client, settings: &LeaderSettings) -> Result<Leade
         .build()
         .await
         .map_err(lease_error)?;
-    tracing::info!(lease = %settings.lease(), identity = %settings.identity, "waiting to become the leader");
+    tracing::info!(lease = %settings.lease(), identity = %settings.identity, "waiting to hold the Lease");
     loop {
         match tokio::time::timeout(settings.retry_period, manager.changed()).await {
             Ok(Ok(true)) => break,
             Ok(Ok(false)) | Err(_) => {}
             Ok(Err(e)) => {
-                tracing::warn!(lease = %settings.lease(), error = %e, "leader election attempt failed; retrying");
+                tracing::warn!(lease = %settings.lease(), error = %e, "cannot acquire the Lease; retrying");
                 tokio::time::sleep(settings.retry_period).await;
             }
         }
     }
-    tracing::info!(lease = %settings.lease(), identity = %settings.identity, "became the leader");
+    tracing::info!(lease = %settings.lease(), identity = %settings.identity, "holding the Lease");
     Ok(Leadership { manager, settings: settings.clone(), client: client.clone() })
 }
 

@@ -15,6 +15,7 @@ pub mod rbac;
 pub mod reconcile;
 pub mod reload;
 pub mod roundtrip;
+pub mod shard;
 pub mod sidecar;
 pub mod status;
 pub mod telemetry;

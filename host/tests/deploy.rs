@@ -239,8 +239,8 @@ async fn each_missing_generated_rule_fails_clearly() {
     let client = plane.client().await.unwrap();
     install(plane).await;
     let rbac = wasmop::manifest::parse_objects(
-        &std::fs::read_to_string(common::workspace().join("deploy/rbac.yaml")).unwrap(),
-        Path::new("deploy/rbac.yaml"),
+        &std::fs::read_to_string(common::workspace().join("deploy/base/rbac.yaml")).unwrap(),
+        Path::new("deploy/base/rbac.yaml"),
     )
     .unwrap();
     let plugins = shipped_plugins();
@@ -367,4 +367,163 @@ fn assert_prometheus_text(body: &str) {
             assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "bad labels: {line}");
         }
     }
+}
+
+/// The shards `replica` holds, from its `leader_election_master_status{name="wasmop-shard-i"}`.
+async fn shards_held(replica: &Wasmop) -> Option<Vec<u32>> {
+    let (_, body) = replica.get("/metrics").await?;
+    let prefix = "leader_election_master_status{name=\"wasmop-shard-";
+    let held = body
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .filter(|rest| rest.ends_with(" 1"))
+        .filter_map(|rest| rest.split('"').next()?.parse().ok())
+        .collect();
+    Some(held)
+}
+
+/// Which replica (by `POD_NAME`) reported Events about each parent in `ns`.
+async fn reporters(
+    client: &Client,
+    ns: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    let mut by_parent: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    for event in events.list(&Default::default()).await.unwrap() {
+        let (Some(regarding), Some(instance)) = (event.regarding, event.reporting_instance) else { continue };
+        if regarding.kind.as_deref() == Some("Appoperator") {
+            by_parent.entry(regarding.name.unwrap_or_default()).or_default().insert(instance);
+        }
+    }
+    by_parent
+}
+
+/// Every parent in `names` is Ready and its Events come only from the replica holding its shard
+/// (`holders[shard]`).
+async fn reconciled_by_their_shard(client: &Client, ns: &str, names: &[String], holders: &[&str]) {
+    let ar = app_resource();
+    for name in names {
+        eventually(&format!("{name} Ready"), || ready_is(client, &ar, ns, name, "True", "Available")).await;
+    }
+    let reporters = reporters(client, ns).await;
+    for name in names {
+        let uid = get(client, &ar, ns, name).await.unwrap().metadata.uid.unwrap();
+        let holder = holders[wasmop::shard::shard_of(&uid, holders.len() as u32) as usize];
+        let seen = reporters.get(name).cloned().unwrap_or_default();
+        assert_eq!(seen, [holder.to_string()].into(), "{name} (shard of {holder}) was reported by {seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_replicas_split_the_parents_and_take_over_a_dead_replicas_shard() {
+    let plane = ControlPlane::shared().await.unwrap();
+    let client = plane.client().await.unwrap();
+    install(plane).await;
+    // The overlay: three replicas with --shards=3, and `list` on Leases for the members. Only
+    // its Role is applied here (a superset of the base's): the other tests keep the base's
+    // two-replica Deployment.
+    let rendered = kubectl(plane.kubeconfig_yaml(), &["kustomize", "deploy/overlays/sharded"]);
+    let objects = wasmop::manifest::parse_objects(&rendered, Path::new("deploy/overlays/sharded")).unwrap();
+    let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(args.as_array().unwrap().contains(&json!("--shards=3")), "{args}");
+    assert!(!args.as_array().unwrap().contains(&json!("--leader-elect")), "{args}");
+    let role = objects.iter().find(|o| o["kind"] == "Role").unwrap();
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(role.clone()).unwrap();
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), "wasmop-system")
+        .patch("wasmop-leader-election", &PatchParams::apply("wasmop-tests").force(), &Patch::Apply(&role))
+        .await
+        .unwrap();
+
+    let kubeconfig = token_kubeconfig(plane, &client, "wasmop").await;
+    let plugins = shipped_plugins();
+    let flags = [
+        "--shards=3",
+        "--leader-elect-lease-duration=6s",
+        "--leader-elect-renew-deadline=4s",
+        "--leader-elect-retry-period=1s",
+    ];
+    let names = ["shard-a", "shard-b", "shard-c"];
+    let replicas: Vec<Wasmop> = names.iter().map(|n| Wasmop::start(n, &kubeconfig, plugins.path(), &flags)).collect();
+    // Started together, they spread out: one shard each.
+    let one_each = || async {
+        let mut holders = [""; 3];
+        for (replica, name) in replicas.iter().zip(names) {
+            match shards_held(replica).await.as_deref() {
+                Some([shard]) if holders[*shard as usize].is_empty() => holders[*shard as usize] = name,
+                _ => return None,
+            }
+        }
+        Some(holders)
+    };
+    eventually("each replica holds one shard", || async { one_each().await.is_some() }).await;
+    let mut holders = one_each().await.unwrap();
+    let ns = "team-shards";
+    let first: Vec<String> = (0..24).map(|i| format!("app-{i}")).collect();
+    for name in &first {
+        create_app(&client, ns, name).await;
+    }
+    reconciled_by_their_shard(&client, ns, &first, &holders).await;
+    for replica in &replicas {
+        assert!(replica.reconciles().await > 0.0, "a replica reconciled nothing");
+    }
+
+    // kill -9 of the holder of shard 1: its Leases expire and one of the others takes it over.
+    let dead = names.iter().position(|n| *n == holders[1]).unwrap();
+    replicas[dead].signal(libc::SIGKILL);
+    let taker = || async {
+        for (i, replica) in replicas.iter().enumerate() {
+            if i != dead && shards_held(replica).await.is_some_and(|held| held.contains(&1)) {
+                return Some(names[i]);
+            }
+        }
+        None
+    };
+    eventually("shard 1 taken over", || async { taker().await.is_some() }).await;
+    holders[1] = taker().await.unwrap();
+    let second: Vec<String> = (24..36).map(|i| format!("app-{i}")).collect();
+    for name in &second {
+        create_app(&client, ns, name).await;
+    }
+    reconciled_by_their_shard(&client, ns, &second, &holders).await;
+
+    // SIGTERM of the other survivor gives its shards back at once; the last one holds all
+    // three, and the one stopped exits clean.
+    let mut alive: Vec<(usize, Wasmop)> = replicas.into_iter().enumerate().filter(|(i, _)| *i != dead).collect();
+    let (_, mut stopped) = alive.pop().unwrap();
+    let (last, last_replica) = alive.pop().unwrap();
+    stopped.signal(libc::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || stopped.child.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "the stopped replica exited with {status}");
+    eventually("the last replica holds every shard", || async {
+        shards_held(&last_replica).await == Some(vec![0, 1, 2])
+    })
+    .await;
+    let third: Vec<String> = (36..42).map(|i| format!("app-{i}")).collect();
+    for name in &third {
+        create_app(&client, ns, name).await;
+    }
+    reconciled_by_their_shard(&client, ns, &third, &[names[last]; 3]).await;
+    assert!(!last_replica.log().contains("panicked"), "{}", last_replica.log());
+}
+
+#[test]
+fn every_overlay_renders_on_the_base() {
+    // kustomize refuses an overlay inside its base's directory, which deploy/ once was.
+    let overlays = common::workspace().join("deploy/overlays");
+    let mut rendered = 0;
+    for entry in std::fs::read_dir(&overlays).unwrap() {
+        let dir = entry.unwrap().path();
+        let out = Command::new("kubectl").arg("kustomize").arg(&dir).output().expect("kubectl (make test installs it)");
+        assert!(out.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        let objects = wasmop::manifest::parse_objects(&String::from_utf8_lossy(&out.stdout), &dir).unwrap();
+        let deployment = objects.iter().find(|o| o["kind"] == "Deployment").expect("a Deployment");
+        let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        if dir.ends_with("configmap-plugins") {
+            assert!(args.contains("--plugins=/plugins-configmap"), "{args}");
+        }
+        rendered += 1;
+    }
+    assert!(rendered >= 2, "no overlays under {}", overlays.display());
 }

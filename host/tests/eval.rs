@@ -176,7 +176,7 @@ fn checked_in_rbac_matches_the_plugins() {
         std::fs::copy(common::plugin(p), dir.path().join(format!("{}.wasm", p.replace('-', "_")))).unwrap();
     }
     let generated = stdout(&wasmop(&["rbac", "--plugins", dir.path().to_str().unwrap()]));
-    let path = common::workspace().join("deploy/rbac.yaml");
+    let path = common::workspace().join("deploy/base/rbac.yaml");
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         generated == checked_in,
@@ -190,7 +190,7 @@ fn checked_in_rbac_matches_the_plugins() {
 fn checked_in_crd_matches_the_plugin() {
     let plugin = appoperator();
     let generated = stdout(&wasmop(&["crd", "--plugin", &plugin, "--webhook-service", "wasmop-system/wasmop-webhook"]));
-    let path = common::workspace().join("deploy/crds/appoperator.yaml");
+    let path = common::workspace().join("deploy/base/crds/appoperator.yaml");
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         generated == checked_in,

@@ -14,6 +14,7 @@ use wasmop::leader::{self, LeaderSettings};
 use wasmop::operator;
 use wasmop::plugin::Runtime;
 use wasmop::reload::Supervisor;
+use wasmop::shard::{self, ShardSettings, Shards};
 use wasmop::telemetry::{self, Telemetry};
 use wasmop::webhook::{CertSource, Conversion, Endpoint, Webhook};
 
@@ -48,6 +49,13 @@ pub(crate) struct Args {
     no_metrics: bool,
     #[command(flatten)]
     leader: LeaderArgs,
+    /// Split the parents into N shards, each held by one replica through a Lease (instead of
+    /// --leader-elect: every replica reconciles its shards; a dead replica's are taken over).
+    #[arg(long, conflicts_with = "leader_elect")]
+    shards: Option<u32>,
+    /// Prefix of the shard Leases (PREFIX-0 …) and member Leases (PREFIX-member-IDENTITY).
+    #[arg(long, default_value = "wasmop-shard")]
+    shard_lease_prefix: String,
     #[command(flatten)]
     webhook: WebhookArgs,
 }
@@ -161,12 +169,27 @@ impl LeaderArgs {
         if !self.leader_elect {
             return Ok(None);
         }
+        let settings = self.lease(&self.leader_elect_id);
+        settings.validate()?;
+        Ok(Some(settings))
+    }
+
+    /// The validated sharding settings, or `None` without `--shards`.
+    fn shard_settings(&self, shards: Option<u32>, prefix: &str) -> anyhow::Result<Option<ShardSettings>> {
+        let Some(shards) = shards else { return Ok(None) };
+        let settings = ShardSettings { shards, lease: self.lease(prefix) };
+        settings.validate()?;
+        Ok(Some(settings))
+    }
+
+    /// Settings of Lease `name` with this replica's identity, namespace and the durations.
+    fn lease(&self, name: &str) -> LeaderSettings {
         let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
             let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
             format!("{}-{}", host.trim(), std::process::id())
         });
-        let settings = LeaderSettings {
-            lease_name: self.leader_elect_id.clone(),
+        LeaderSettings {
+            lease_name: name.to_string(),
             namespace: self
                 .leader_elect_namespace
                 .clone()
@@ -176,9 +199,7 @@ impl LeaderArgs {
             lease_duration: self.leader_elect_lease_duration,
             renew_deadline: self.leader_elect_renew_deadline,
             retry_period: self.leader_elect_retry_period,
-        };
-        settings.validate()?;
-        Ok(Some(settings))
+        }
     }
 }
 
@@ -193,6 +214,8 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     }
     drop(plugins);
     let leader = args.leader.settings()?;
+    let sharding = args.leader.shard_settings(args.shards, &args.shard_lease_prefix)?;
+    let shards = sharding.as_ref().map_or_else(Shards::all, |s| Shards::none(s.shards));
     // Every replica answers conversion reviews, the leader and the standbys alike.
     let webhook = args.webhook.start(&client, rt.clone(), args.plugins.clone()).await?;
     let conversion = webhook.as_ref().map(Webhook::conversion);
@@ -217,7 +240,11 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let supervisors = supervise(client, rt, &args, (telemetry, conversion), stop_rx);
+    let claimer = sharding.map(|settings| {
+        let metrics = telemetry.metrics.clone();
+        tokio::spawn(shard::run(client.clone(), settings, shards.clone(), metrics, stop_rx.clone()))
+    });
+    let supervisors = supervise(client, rt, &args, (telemetry, conversion, shards), stop_rx);
     let mut supervisors = std::pin::pin!(supervisors);
     let lost = async {
         match &leadership {
@@ -234,6 +261,10 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
             supervisors.await?;
             if let Some(l) = leadership {
                 l.release().await;
+            }
+            // Gives every shard back (after its reconciles), so the others take over at once.
+            if let Some(claimer) = claimer {
+                claimer.await??;
             }
         }
         lost = lost => {
@@ -256,12 +287,13 @@ async fn supervise(
     client: Client,
     runtime: Arc<Runtime>,
     args: &Args,
-    (telemetry, conversion): (Telemetry, Option<Conversion>),
+    (telemetry, conversion, shards): (Telemetry, Option<Conversion>, Shards),
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let options = ControllerOptions {
         concurrency: args.concurrency,
         resync: Duration::from_secs(args.resync_seconds),
+        shards,
         ..ControllerOptions::default()
     };
     let namespaces: Vec<Option<String>> =

@@ -33,6 +33,7 @@ use crate::plugin::{
     Condition, ConditionStatus, Desired, OperatorMetadata, OperatorPlugin, PluginError, ReconcileRequest,
 };
 use crate::policy::{PolicyChain, ReviewError, describe};
+use crate::shard::Shards;
 use crate::status::{self, Report};
 use crate::telemetry::Metrics;
 
@@ -128,6 +129,8 @@ pub struct Context {
     pub bucket: ratelimit::TokenBucket,
     /// Parents reconciled too often without a spec change.
     pub loops: ratelimit::LoopDetector,
+    /// The shards of parents this replica reconciles; others' parents are skipped.
+    pub shards: Shards,
 }
 
 fn key(parent: &DynamicObject) -> String {
@@ -141,6 +144,9 @@ fn uid(parent: &DynamicObject) -> String {
 /// Reconciles one parent. Errors are reported on the parent's status before they are returned,
 /// so `kubectl get` shows them; the error policy then decides when to retry.
 pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    // Another replica's shard: nothing to do here (the shard's holder reconciles it; gaining
+    // the shard later reconciles every parent again).
+    let Some(_in_shard) = ctx.shards.enter(&uid(&parent)) else { return Ok(Action::await_change()) };
     let span = info_span!(
         "reconcile",
         plugin = %ctx.plugin.metadata().name,

@@ -1,0 +1,461 @@
+//! Sharding: N replicas split the parents between them, each reconciling the parents whose UID
+//! hashes to a shard it holds.
+//!
+//! Every shard is a Lease (`PREFIX-0` … `PREFIX-(N-1)`), held through [`crate::leader`] (so
+//! kube-lease-manager, with the same durations and renew-deadline watchdog as leader election).
+//! Every replica also holds a member Lease (`PREFIX-member-IDENTITY`) and lists the others' to
+//! know who is alive; with the live members sorted, shard `i` belongs to member `i mod M`. A
+//! replica claims its shards, gives back the others (after the reconciles it runs in them have
+//! finished, so no parent is ever reconciled by two replicas at once) and takes over the shard of
+//! a replica that died once that replica's Leases expire: within one lease duration plus one
+//! retry period. Every replica still watches every parent and child (the caches are not split);
+//! a parent outside its shards is skipped before any request is made.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Client;
+use kube::api::{Api, ListParams};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::leader::{self, LeaderError, LeaderSettings};
+use crate::telemetry::Metrics;
+
+/// Which of `count` shards a parent with this UID belongs to: the first 8 bytes of its SHA-256,
+/// modulo `count`. Stable across processes, versions and platforms.
+#[must_use]
+pub fn shard_of(uid: &str, count: u32) -> u32 {
+    let digest = Sha256::digest(uid.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(first) % u64::from(count.max(1))) as u32
+}
+
+/// The shards this replica holds now, shared by the claimer (which changes them) and the
+/// controllers (which ask before reconciling a parent). Cloning shares the same state.
+#[derive(Clone)]
+pub struct Shards {
+    count: u32,
+    owned: Arc<RwLock<BTreeSet<u32>>>,
+    in_flight: Arc<[AtomicUsize]>,
+    gained: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Shards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shards").field("count", &self.count).field("owned", &self.owned()).finish()
+    }
+}
+
+impl Default for Shards {
+    fn default() -> Self {
+        Shards::all()
+    }
+}
+
+impl Shards {
+    /// Unsharded: one shard, always held (every parent is this replica's).
+    #[must_use]
+    pub fn all() -> Shards {
+        let shards = Shards::none(1);
+        shards.hold(0);
+        shards
+    }
+
+    /// `count` shards, none held yet.
+    #[must_use]
+    pub fn none(count: u32) -> Shards {
+        let count = count.max(1);
+        Shards {
+            count,
+            owned: Arc::default(),
+            in_flight: (0..count).map(|_| AtomicUsize::new(0)).collect(),
+            gained: watch::Sender::new(0),
+        }
+    }
+
+    /// How many shards there are.
+    #[must_use]
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The shards held now, in order.
+    #[must_use]
+    pub fn owned(&self) -> Vec<u32> {
+        self.owned.read().map(|set| set.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// Starts work on the parent with `uid` if its shard is held: the returned guard keeps the
+    /// shard from being given back until it is dropped. `None`: another replica's parent.
+    #[must_use]
+    pub fn enter(&self, uid: &str) -> Option<InShard> {
+        let shard = shard_of(uid, self.count);
+        // Counting under the read lock: `give_back` removes the shard under the write lock, so
+        // once it has, no new work can start in it and it only waits for what is counted.
+        let owned = self.owned.read().ok()?;
+        if !owned.contains(&shard) {
+            return None;
+        }
+        self.in_flight[shard as usize].fetch_add(1, Ordering::AcqRel);
+        Some(InShard { shards: self.clone(), shard })
+    }
+
+    /// Marks `shard` held and wakes the controllers to reconcile its parents.
+    pub fn hold(&self, shard: u32) {
+        if let Ok(mut owned) = self.owned.write() {
+            owned.insert(shard);
+        }
+        self.gained.send_modify(|n| *n += 1);
+    }
+
+    /// Marks `shard` no longer held; new work in it is refused at once. Waits (up to `drain`)
+    /// for the work already started in it to end; returns whether it did.
+    pub async fn give_back(&self, shard: u32, drain: Duration) -> bool {
+        if let Ok(mut owned) = self.owned.write() {
+            owned.remove(&shard);
+        }
+        let idle = async {
+            while self.in_flight[shard as usize].load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(drain, idle).await.is_ok()
+    }
+
+    /// Yields every time a shard is gained (not for those held before the call): the
+    /// controller then reconciles all its parents, skipping those of other shards.
+    pub fn gained(&self) -> impl Stream<Item = ()> + Send + 'static {
+        let rx = self.gained.subscribe();
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        })
+    }
+}
+
+/// Work in progress on one parent of a held shard (see [`Shards::enter`]).
+pub struct InShard {
+    shards: Shards,
+    shard: u32,
+}
+
+impl Drop for InShard {
+    fn drop(&mut self) {
+        self.shards.in_flight[self.shard as usize].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Validated sharding settings: the shard count, plus the Lease settings (`lease_name` is the
+/// prefix of the shard and member Leases).
+#[derive(Clone, Debug)]
+pub struct ShardSettings {
+    /// How many shards the parents are split into (every replica must agree).
+    pub shards: u32,
+    /// Lease namespace, identity, prefix and durations.
+    pub lease: LeaderSettings,
+}
+
+impl ShardSettings {
+    /// Checks the count and the Lease durations.
+    pub fn validate(&self) -> Result<(), LeaderError> {
+        if self.shards == 0 || self.shards > 1024 {
+            return Err(LeaderError::Settings(format!("--shards {} must be between 1 and 1024", self.shards)));
+        }
+        self.lease.validate()
+    }
+
+    fn shard_lease(&self, shard: u32) -> LeaderSettings {
+        LeaderSettings { lease_name: format!("{}-{shard}", self.lease.lease_name), ..self.lease.clone() }
+    }
+
+    fn member_prefix(&self) -> String {
+        format!("{}-member-", self.lease.lease_name)
+    }
+
+    fn member_lease(&self) -> LeaderSettings {
+        LeaderSettings { lease_name: format!("{}{}", self.member_prefix(), self.lease.identity), ..self.lease.clone() }
+    }
+}
+
+/// Claims and gives back shards for this replica until `stop` turns true; then gives back
+/// every shard (after its work in progress) and its membership, so the others take over at once.
+pub async fn run(
+    client: Client,
+    settings: ShardSettings,
+    shards: Shards,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), LeaderError> {
+    settings.validate()?;
+    let membership = tokio::spawn(hold_membership(client.clone(), settings.member_lease(), stop.clone()));
+    let mut claims: HashMap<u32, Claim> = HashMap::new();
+    let mut tasks = JoinSet::new();
+    loop {
+        let wanted = match view(&client, &settings).await {
+            Ok(view) => view.wanted(&settings.lease.identity),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the shard Leases; keeping the shards claimed");
+                claims.keys().copied().collect()
+            }
+        };
+        claims.retain(|_, claim| !*claim.done.borrow());
+        for shard in 0..settings.shards {
+            match (wanted.contains(&shard), claims.get(&shard)) {
+                (true, None) => {
+                    let claim = Claim::start(&mut tasks, &client, &settings, shard, (&shards, &metrics));
+                    claims.insert(shard, claim);
+                }
+                (false, Some(claim)) => {
+                    let _ = claim.give_back.send(true);
+                }
+                _ => {}
+            }
+        }
+        tokio::select! {
+            _ = until(&mut stop) => break,
+            _ = tokio::time::sleep(settings.lease.retry_period) => {}
+        }
+    }
+    for claim in claims.values() {
+        let _ = claim.give_back.send(true);
+    }
+    while tasks.join_next().await.is_some() {}
+    let _ = membership.await;
+    Ok(())
+}
+
+/// Holds this replica's member Lease (acquiring it again if it is lost) until `stop` turns
+/// true, then releases it so the others see this replica gone at once.
+async fn hold_membership(client: Client, lease: LeaderSettings, mut stop: watch::Receiver<bool>) {
+    loop {
+        let held = tokio::select! {
+            held = leader::acquire(&client, &lease) => held,
+            _ = until(&mut stop) => return,
+        };
+        let held = match held {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot join the shard members; retrying");
+                tokio::time::sleep(lease.retry_period).await;
+                continue;
+            }
+        };
+        tokio::select! {
+            lost = held.lost() => tracing::error!(error = %lost, "shard membership lost; joining again"),
+            _ = until(&mut stop) => {
+                held.release().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Completes once `flag` turns true (or its sender is gone).
+async fn until(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|f| *f).await;
+}
+
+/// What the Leases say: the live members (sorted) and each shard's live holder.
+#[derive(Debug, Default)]
+struct View {
+    members: BTreeSet<String>,
+    holders: Vec<Option<String>>,
+}
+
+impl View {
+    /// The shards `me` should hold. Each member's fair share is ⌈N/M⌉ shards. A member keeps
+    /// what it holds up to its share (so a change of members moves as few shards as possible)
+    /// and gives back the rest; below its share it claims shards nobody live holds, first those
+    /// it prefers (shard `i` is preferred by the `i mod M`-th member), so that members starting
+    /// together spread out. Two members claiming the same shard are arbitrated by its Lease.
+    fn wanted(&self, me: &str) -> BTreeSet<u32> {
+        let m = self.members.len().max(1);
+        let fair = self.holders.len().div_ceil(m);
+        let index = self.members.iter().position(|member| member == me).unwrap_or(0);
+        let preference = |i: &usize| (*i % m != index, *i);
+        let mut mine: Vec<usize> =
+            (0..self.holders.len()).filter(|&i| self.holders[i].as_deref() == Some(me)).collect();
+        mine.sort_by_key(preference);
+        mine.truncate(fair);
+        let mut free: Vec<usize> = (0..self.holders.len()).filter(|&i| self.holders[i].is_none()).collect();
+        free.sort_by_key(preference);
+        let missing = fair.saturating_sub(mine.len());
+        mine.into_iter().chain(free.into_iter().take(missing)).map(|i| i as u32).collect()
+    }
+}
+
+/// Reads the member and shard Leases. A Lease counts as held while its holder renews it within
+/// its duration; a shard whose holder is not a live member counts as free (its Lease is then
+/// about to expire, and the claim waits for that). This replica is always a member.
+async fn view(client: &Client, settings: &ShardSettings) -> Result<View, kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &settings.lease.namespace);
+    let (prefix, member_prefix) = (format!("{}-", settings.lease.lease_name), settings.member_prefix());
+    let now = SystemTime::now();
+    let mut view = View { holders: vec![None; settings.shards as usize], ..View::default() };
+    view.members.insert(settings.lease.identity.clone());
+    let mut held = Vec::new();
+    for lease in api.list(&ListParams::default()).await?.items {
+        let Some(name) = lease.metadata.name.clone() else { continue };
+        let Some(holder) = live_holder(lease, now) else { continue };
+        if name.starts_with(&member_prefix) {
+            view.members.insert(holder);
+        } else if let Some(Ok(shard)) = name.strip_prefix(&prefix).map(str::parse::<usize>) {
+            held.push((shard, holder));
+        }
+    }
+    for (shard, holder) in held {
+        if shard < view.holders.len() && view.members.contains(&holder) {
+            view.holders[shard] = Some(holder);
+        }
+    }
+    Ok(view)
+}
+
+/// The Lease's holder if it renewed within the Lease's duration.
+fn live_holder(lease: Lease, now: SystemTime) -> Option<String> {
+    let spec = lease.spec?;
+    let renewed = SystemTime::from(spec.renew_time?.0);
+    let duration = Duration::from_secs(u64::try_from(spec.lease_duration_seconds?).ok()?);
+    (renewed + duration > now).then_some(spec.holder_identity?).filter(|h| !h.is_empty())
+}
+
+/// One shard being claimed or held by a task; `give_back` asks it to let go.
+struct Claim {
+    give_back: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+}
+
+impl Claim {
+    /// Spawns the task that acquires the shard's Lease, holds the shard while it is renewed, and
+    /// gives it back (draining its work) when asked, or drops it at once when the Lease is lost.
+    fn start(
+        tasks: &mut JoinSet<()>,
+        client: &Client,
+        settings: &ShardSettings,
+        shard: u32,
+        (shards, metrics): (&Shards, &Arc<Metrics>),
+    ) -> Claim {
+        let (give_back, mut asked) = watch::channel(false);
+        let (done_tx, done) = watch::channel(false);
+        let (client, lease, shards, metrics) =
+            (client.clone(), settings.shard_lease(shard), shards.clone(), metrics.clone());
+        let drain = settings.lease.renew_deadline;
+        tasks.spawn(async move {
+            let held = tokio::select! {
+                held = leader::acquire(&client, &lease) => held,
+                _ = until(&mut asked) => {
+                    let _ = done_tx.send(true);
+                    return;
+                }
+            };
+            match held {
+                Ok(held) => {
+                    shards.hold(shard);
+                    metrics.set_leader(&lease.lease_name, true);
+                    tracing::info!(shard, lease = %lease.lease_name, "shard held");
+                    tokio::select! {
+                        lost = held.lost() => {
+                            shards.give_back(shard, Duration::ZERO).await;
+                            tracing::error!(shard, error = %lost, "shard lost; its parents are no longer reconciled here");
+                        }
+                        _ = until(&mut asked) => {
+                            if !shards.give_back(shard, drain).await {
+                                tracing::warn!(shard, "reconciles still running in the shard after {drain:?}; giving it back anyway");
+                            }
+                            held.release().await;
+                            tracing::info!(shard, "shard given back");
+                        }
+                    }
+                    metrics.set_leader(&lease.lease_name, false);
+                }
+                Err(e) => tracing::warn!(shard, error = %e, "cannot claim the shard"),
+            }
+            let _ = done_tx.send(true);
+        });
+        Claim { give_back, done }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_spread_over_the_shards_and_stay_put() {
+        let mut counts = [0u32; 3];
+        for i in 0..3000 {
+            counts[shard_of(&format!("uid-{i}"), 3) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "uneven: {counts:?}");
+        assert_eq!(
+            shard_of("0b6f3c2e-1f7a-4f55-9a0e-2b1d8e6c9f01", 3),
+            shard_of("0b6f3c2e-1f7a-4f55-9a0e-2b1d8e6c9f01", 3)
+        );
+        assert_eq!(shard_of("anything", 1), 0);
+    }
+
+    fn view(members: &[&str], holders: &[Option<&str>]) -> View {
+        View {
+            members: members.iter().map(|m| m.to_string()).collect(),
+            holders: holders.iter().map(|h| h.map(String::from)).collect(),
+        }
+    }
+
+    #[test]
+    fn members_starting_together_spread_over_the_shards() {
+        let fresh = view(&["a", "b", "c"], &[None; 3]);
+        assert_eq!(fresh.wanted("a"), [0].into());
+        assert_eq!(fresh.wanted("b"), [1].into());
+        assert_eq!(fresh.wanted("c"), [2].into());
+        assert_eq!(view(&["b"], &[None; 3]).wanted("b"), [0, 1, 2].into());
+    }
+
+    #[test]
+    fn members_keep_their_shards_and_split_a_dead_members() {
+        // b died: a and c keep theirs and both may claim shard 1 (its Lease decides).
+        let after = view(&["a", "c"], &[Some("a"), None, Some("c")]);
+        assert_eq!(after.wanted("a"), [0, 1].into());
+        assert_eq!(after.wanted("c"), [1, 2].into());
+        // Once a has it, c wants no more than it holds.
+        let settled = view(&["a", "c"], &[Some("a"), Some("a"), Some("c")]);
+        assert_eq!(settled.wanted("c"), [2].into());
+        assert_eq!(settled.wanted("a"), [0, 1].into());
+    }
+
+    #[test]
+    fn a_member_above_its_share_gives_back_to_one_that_joins() {
+        let joined = view(&["a", "b", "c"], &[Some("a"), Some("a"), Some("a")]);
+        assert_eq!(joined.wanted("a"), [0].into());
+        assert_eq!(joined.wanted("b"), BTreeSet::new(), "nothing is free until a gives back");
+        let given = view(&["a", "b", "c"], &[Some("a"), None, None]);
+        assert_eq!(given.wanted("b"), [1].into());
+        assert_eq!(given.wanted("c"), [2].into());
+    }
+
+    #[tokio::test]
+    async fn giving_a_shard_back_waits_for_its_work_and_refuses_new_work() {
+        let shards = Shards::none(1);
+        assert!(shards.enter("x").is_none());
+        shards.hold(0);
+        let work = shards.enter("x").expect("held");
+        let back = tokio::spawn({
+            let shards = shards.clone();
+            async move { shards.give_back(0, Duration::from_secs(10)).await }
+        });
+        // The shard is refused to new work as soon as it is being given back.
+        while shards.enter("y").is_some() {
+            tokio::task::yield_now().await;
+        }
+        assert!(!back.is_finished());
+        drop(work);
+        assert!(back.await.unwrap(), "give_back did not see the work end");
+        assert!(shards.owned().is_empty());
+    }
+}
