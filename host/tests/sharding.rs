@@ -1,0 +1,157 @@
+//! Sharding (`wasmop run --shards N`) with replicas in one process, on both API server
+//! backends: the replicas split the parents, a replica that joins takes a share, one that stops
+//! gives its shards back, one that dies has its shard taken over once its Leases expire — and at
+//! no moment do two replicas hold the same shard. (`tests/deploy.rs` runs the same with real
+//! processes, the deploy/ RBAC and the sharded overlay.)
+
+mod common;
+
+use common::cluster::*;
+use common::operator::{Operator, plugins_dir, quiet};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use wasmop::controller::ControllerOptions;
+use wasmop::leader::LeaderSettings;
+use wasmop::reconcile::Stats;
+use wasmop::shard::{self, ShardSettings, Shards};
+use wasmop::telemetry::Metrics;
+
+on_both_backends!(replicas_split_rebalance_and_take_over_shards);
+
+/// One replica: an operator reconciling only its shards, and the claimer of its shards.
+struct Replica {
+    operator: Operator,
+    shards: Shards,
+    stop: watch::Sender<bool>,
+    claimer: JoinHandle<()>,
+}
+
+impl Replica {
+    fn start(cluster: &Cluster, dir: &std::path::Path, identity: &str, count: u32) -> Replica {
+        let shards = Shards::none(count);
+        let operator = Operator::start(cluster, dir, ControllerOptions { shards: shards.clone(), ..quiet() });
+        let settings = ShardSettings {
+            shards: count,
+            lease: LeaderSettings {
+                lease_name: "shard".into(),
+                namespace: cluster.ns.clone(),
+                identity: identity.into(),
+                lease_duration: Duration::from_secs(3),
+                renew_deadline: Duration::from_secs(2),
+                retry_period: Duration::from_secs(1),
+            },
+        };
+        let (stop, rx) = watch::channel(false);
+        let claimer = tokio::spawn({
+            let (client, shards) = (cluster.client.clone(), shards.clone());
+            async move { shard::run(client, settings, shards, Arc::new(Metrics::new()), rx).await.unwrap() }
+        });
+        Replica { operator, shards, stop, claimer }
+    }
+
+    fn reconciles(&self) -> u64 {
+        Stats::get(&self.operator.stats.reconciles)
+    }
+
+    /// A clean stop: its shards are given back, then it ends.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.claimer.await.unwrap();
+        self.operator.stop().await;
+    }
+
+    /// A crash: its Leases are neither renewed nor released.
+    fn kill(self) {
+        self.claimer.abort();
+        drop(self.operator);
+    }
+}
+
+/// The replicas whose shards are checked, by name.
+type Watched = Arc<std::sync::Mutex<Vec<(&'static str, Shards)>>>;
+
+/// Checks every few milliseconds that no shard is held by two live replicas at once.
+fn watch_exclusive(replicas: Watched, violated: Arc<AtomicBool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let held: Vec<(&str, Vec<u32>)> =
+                replicas.lock().unwrap().iter().map(|(name, shards)| (*name, shards.owned())).collect();
+            let total: usize = held.iter().map(|(_, h)| h.len()).sum();
+            let distinct: std::collections::BTreeSet<u32> = held.iter().flat_map(|(_, h)| h.iter().copied()).collect();
+            if distinct.len() != total {
+                eprintln!("a shard held twice: {held:?}");
+                violated.store(true, Ordering::SeqCst);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+/// Creates Hostile parents `names` and waits for each one's ConfigMap.
+async fn create_and_converge(cluster: &Cluster, names: std::ops::Range<usize>) {
+    let (client, ns) = (&cluster.client, cluster.ns.as_str());
+    for i in names.clone() {
+        create(client, &hostile_resource(), ns, &format!("p{i}"), json!({"mode": "ok"})).await;
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    for i in names {
+        eventually(&format!("p{i} reconciled"), || async {
+            config_maps.get_opt(&format!("p{i}")).await.unwrap().is_some()
+        })
+        .await;
+    }
+}
+
+async fn replicas_split_rebalance_and_take_over_shards(cluster: Cluster) {
+    install_hostile_crd(&cluster.client).await;
+    let dir = plugins_dir(&[("hostile", None)]);
+    let violated = Arc::new(AtomicBool::new(false));
+    let sets: Watched = Arc::default();
+    let exclusive = watch_exclusive(sets.clone(), violated.clone());
+    let held = |replicas: &[&Replica]| replicas.iter().map(|r| r.shards.owned()).collect::<Vec<_>>();
+
+    // Two replicas, three shards: every shard held, each replica at least one.
+    let a = Replica::start(&cluster, dir.path(), "a", 3);
+    let b = Replica::start(&cluster, dir.path(), "b", 3);
+    sets.lock().unwrap().extend([("a", a.shards.clone()), ("b", b.shards.clone())]);
+    eventually("a and b hold all three", || async {
+        let held = held(&[&a, &b]);
+        held.iter().all(|h| !h.is_empty()) && held.iter().map(Vec::len).sum::<usize>() == 3
+    })
+    .await;
+    create_and_converge(&cluster, 0..16).await;
+    assert!(a.reconciles() > 0 && b.reconciles() > 0, "a: {}, b: {}", a.reconciles(), b.reconciles());
+
+    // c joins: the one holding two gives one back, and c claims it.
+    let c = Replica::start(&cluster, dir.path(), "c", 3);
+    sets.lock().unwrap().push(("c", c.shards.clone()));
+    eventually("one shard each", || async { held(&[&a, &b, &c]).iter().all(|h| h.len() == 1) }).await;
+    let before = c.reconciles();
+    create_and_converge(&cluster, 16..32).await;
+    assert!(c.reconciles() > before, "c reconciled nothing");
+
+    // b stops cleanly: its shard is given back and taken by a or c.
+    b.stop().await;
+    eventually("a and c hold all three", || async { held(&[&a, &c]).iter().map(Vec::len).sum::<usize>() == 3 }).await;
+    create_and_converge(&cluster, 32..40).await;
+
+    // c dies: once its Leases expire, a holds every shard and reconciles every new parent. (A
+    // dead process holds nothing: c's own view of its shards is no longer checked.)
+    sets.lock().unwrap().retain(|(name, _)| *name != "c");
+    c.kill();
+    eventually("a holds all three", || async { a.shards.owned() == [0, 1, 2] }).await;
+    create_and_converge(&cluster, 40..48).await;
+
+    exclusive.abort();
+    assert!(!violated.load(Ordering::SeqCst), "a shard was held by two replicas at once");
+    a.stop().await;
+    cluster.shutdown().await;
+}
