@@ -194,9 +194,10 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), LeaderError> {
     settings.validate()?;
-    let membership = tokio::spawn(hold_membership(client.clone(), settings.member_lease(), stop.clone()));
-    let mut claims: HashMap<u32, Claim> = HashMap::new();
+    // Every task is in this set, so they all end with this function, even when it is aborted.
     let mut tasks = JoinSet::new();
+    tasks.spawn(hold_membership(client.clone(), settings.member_lease(), stop.clone()));
+    let mut claims: HashMap<u32, Claim> = HashMap::new();
     loop {
         let wanted = match view(&client, &settings).await {
             Ok(view) => view.wanted(&settings.lease.identity),
@@ -227,7 +228,6 @@ pub async fn run(
         let _ = claim.give_back.send(true);
     }
     while tasks.join_next().await.is_some() {}
-    let _ = membership.await;
     Ok(())
 }
 

@@ -1,0 +1,227 @@
+//! Sharding: N Appoperators against the in-memory API server, reconciled by 1, 2 and 3 replicas
+//! in this process (`--shards` equal to the replica count), each with its own client, caches and
+//! shard claimer. Prints, per run, the time until every parent is Ready and how many reconciles
+//! each replica ran; then, with 2 and 3 replicas, a failover: one replica dies without releasing
+//! its Leases, and the bench prints how long until its shard is held again and until a further
+//! N/10 parents are all Ready.
+//!
+//! The replicas share this machine's cores, so more replicas do not finish sooner here: what the
+//! figures show is the split of the work and the takeover. `make bench` runs it;
+//! `WASMOP_BENCH_PARENTS=10000` picks the size (default 1000).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::Client;
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use wasmop::controller::{self, ControllerOptions};
+use wasmop::leader::LeaderSettings;
+use wasmop::operator;
+use wasmop::plugin::{Limits, OperatorPlugin, Runtime, RuntimeConfig};
+use wasmop::policy::PolicyChain;
+use wasmop::reconcile::Stats;
+use wasmop::shard::{self, ShardSettings, Shards};
+use wasmop::telemetry::Telemetry;
+use wasmop_apiserver::{ApiServer, Config};
+
+/// Lease timing of the bench's replicas (shorter than the 15 s default, to keep the run short).
+const LEASE: (u64, u64, u64) = (6, 4, 1);
+
+struct Replica {
+    shards: Shards,
+    stats: Arc<Stats>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Replica {
+    fn start(url: &str, plugin: &OperatorPlugin, identity: String, count: u32) -> Replica {
+        let client = Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("client");
+        let shards = Shards::none(count);
+        let telemetry = Telemetry::new();
+        let stats = telemetry.stats.clone();
+        let (stop, rx) = watch::channel(false);
+        let options = ControllerOptions { concurrency: 16, shards: shards.clone(), ..ControllerOptions::default() };
+        let metrics = telemetry.metrics.clone();
+        let mut stopped = rx.clone();
+        let run = controller::run_plugin(
+            client.clone(),
+            Arc::new(plugin.clone()),
+            PolicyChain::default(),
+            options,
+            telemetry,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        );
+        let controller = tokio::spawn(async move {
+            let _ = run.await;
+        });
+        let settings = ShardSettings {
+            shards: count,
+            lease: LeaderSettings {
+                lease_name: "wasmop-shard".into(),
+                namespace: "default".into(),
+                identity,
+                lease_duration: Duration::from_secs(LEASE.0),
+                renew_deadline: Duration::from_secs(LEASE.1),
+                retry_period: Duration::from_secs(LEASE.2),
+            },
+        };
+        let claimer = tokio::spawn({
+            let shards = shards.clone();
+            async move {
+                if let Err(e) = shard::run(client, settings, shards, metrics, rx).await {
+                    eprintln!("claimer: {e}");
+                }
+            }
+        });
+        Replica { shards, stats, stop, tasks: vec![controller, claimer] }
+    }
+
+    fn reconciles(&self) -> u64 {
+        Stats::get(&self.stats.reconciles)
+    }
+
+    /// A crash: nothing is released.
+    fn kill(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+async fn ready_count(api: &Api<DynamicObject>) -> usize {
+    let Ok(list) = api.list(&ListParams::default()).await else { return 0 };
+    list.items
+        .iter()
+        .filter(|o| wasmop::status::ready_of(&o.data["status"]).is_some_and(|(s, _, _)| s == "True"))
+        .count()
+}
+
+/// Creates parents `app-{range}` 32 at a time.
+async fn create(api: &Api<DynamicObject>, range: std::ops::Range<usize>) {
+    futures::stream::iter(range)
+        .for_each_concurrent(32, |i| {
+            let api = api.clone();
+            async move {
+                let obj: DynamicObject = serde_json::from_value(json!({
+                    "apiVersion": "tools.wasmop.dev/v1", "kind": "Appoperator",
+                    "metadata": {"name": format!("app-{i}"), "namespace": "default"},
+                    "spec": {"workload": {"image": "nginx:1.27", "replicas": 2}},
+                }))
+                .expect("object");
+                api.create(&PostParams::default(), &obj).await.expect("create");
+            }
+        })
+        .await;
+}
+
+/// Waits until `n` parents are Ready; a run that stops progressing for 120 s fails.
+async fn all_ready(api: &Api<DynamicObject>, n: usize, what: &str) {
+    let (mut last, mut progressed) = (0, Instant::now());
+    loop {
+        let ready = ready_count(api).await;
+        if ready >= n {
+            return;
+        }
+        if ready > last {
+            (last, progressed) = (ready, Instant::now());
+        }
+        assert!(progressed.elapsed() < Duration::from_secs(120), "{what}: stalled at {ready}/{n} Ready for 120 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < Duration::from_secs(120), "{what}: not within 120 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn run(plugin: &OperatorPlugin, replicas: u32, n: usize) {
+    let config = Config { simulate_deployments: true, simulate_delay: Duration::from_millis(100), ..Config::default() };
+    let server = ApiServer::start(config).await.expect("api server");
+    let client = Client::try_from(kube::Config::new(server.url().parse().expect("url"))).expect("client");
+    operator::install_crd(&client, plugin, None).await.expect("crd");
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("tools.wasmop.dev", "v1", "Appoperator"),
+        "appoperators",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let started: Vec<Replica> =
+        (0..replicas).map(|i| Replica::start(&server.url(), plugin, format!("r{i}"), replicas)).collect();
+    // Balanced before the clock starts: one shard each.
+    until("one shard each", || started.iter().all(|r| r.shards.owned().len() == 1)).await;
+
+    let clock = Instant::now();
+    create(&api, 0..n).await;
+    all_ready(&api, n, "sharded run").await;
+    let wall = clock.elapsed();
+    let counts: Vec<String> = started
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("r{i} {:?} {} ({:.0}%)", r.shards.owned(), r.reconciles(), share(r, &started)))
+        .collect();
+    println!(
+        "{replicas} replica(s), {n:>6} parents: all Ready in {:>6.2}s; reconciles per replica: {}",
+        wall.as_secs_f64(),
+        counts.join(", ")
+    );
+
+    if replicas > 1 {
+        let dead = started.last().expect("a replica");
+        let orphaned = dead.shards.owned();
+        dead.kill();
+        let clock = Instant::now();
+        let survivors = &started[..started.len() - 1];
+        until("the dead replica's shard held again", || {
+            orphaned.iter().all(|s| survivors.iter().any(|r| r.shards.owned().contains(s)))
+        })
+        .await;
+        let taken = clock.elapsed();
+        let more = n / 10;
+        create(&api, n..n + more).await;
+        all_ready(&api, n + more, "after failover").await;
+        println!(
+            "{replicas} replica(s), {n:>6} parents: failover: shard {orphaned:?} held again after {:.1}s (lease {}s, retry {}s); {more} new parents all Ready {:.1}s after the kill",
+            taken.as_secs_f64(),
+            LEASE.0,
+            LEASE.2,
+            clock.elapsed().as_secs_f64()
+        );
+    }
+    for replica in &started {
+        let _ = replica.stop.send(true);
+        replica.kill();
+    }
+    server.shutdown().await;
+}
+
+/// The replica's share of all reconciles, in percent.
+fn share(replica: &Replica, all: &[Replica]) -> f64 {
+    let total: u64 = all.iter().map(Replica::reconciles).sum();
+    100.0 * replica.reconciles() as f64 / total.max(1) as f64
+}
+
+fn main() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin/appoperator.wasm");
+    assert!(path.exists(), "{} is missing: run `make plugins` (make bench does)", path.display());
+    let n: usize = std::env::var("WASMOP_BENCH_PARENTS").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1000);
+    let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
+    let plugin = rt.load_operator(&path, Limits::default()).expect("load appoperator");
+    let tokio = tokio::runtime::Runtime::new().expect("tokio");
+    // Under `cargo test --benches` run a token size so the bench is exercised, not measured.
+    let (n, runs) = if std::env::args().any(|a| a == "--bench") { (n, vec![1, 2, 3]) } else { (20, vec![2]) };
+    for replicas in runs {
+        tokio.block_on(run(&plugin, replicas, n));
+    }
+}
