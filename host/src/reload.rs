@@ -222,6 +222,8 @@ impl Supervisor {
         })
         .map_err(|e| self.watch_error(e))?;
         watcher.watch(&self.dir, RecursiveMode::NonRecursive).map_err(|e| self.watch_error(e))?;
+        // The webhook's converters come from here while this runs, not from a second load.
+        let _fed = self.conversion.as_ref().map(|c| c.converters().feed());
         self.rescan().await;
         self.telemetry.health.set_loaded();
 
@@ -267,6 +269,9 @@ impl Supervisor {
         let (loaded, policies_changed) = self.load(&files).await;
         let to_start = self.switch(&files, loaded).await;
         self.start_all(to_start, policies_changed).await;
+        if let Some(conversion) = &self.conversion {
+            conversion.converters().replace(self.running.values().map(|r| r.candidate.plugin.clone()).collect());
+        }
     }
 
     /// Step 1: the `*.wasm` files with their content hash and sidecar.

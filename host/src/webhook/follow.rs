@@ -1,6 +1,7 @@
-//! Keeps [`Converters`] in line with the plugins directory on every replica, leader or not
-//! (only the leader runs controllers, but every replica answers the webhook): the first file in
-//! name order that serves a kind converts it, as in the supervisor.
+//! Keeps [`Converters`] in line with the plugins directory on a replica that runs no supervisor
+//! (a standby: only the leader runs controllers, but every replica answers the webhook): the
+//! first file in name order that serves a kind converts it, as in the supervisor. While a
+//! supervisor feeds the converters, the follower loads nothing (the plugins are loaded once).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,15 +36,23 @@ pub fn follow(runtime: Arc<Runtime>, dir: PathBuf, converters: Converters) -> to
             }
         };
         loop {
-            let (rt, d) = (runtime.clone(), dir.clone());
-            match tokio::task::spawn_blocking(move || converting(&rt, &d)).await {
-                Ok(serving) => converters.replace(serving),
-                Err(e) => tracing::error!(error = %e, "loading converting plugins failed"),
+            if !converters.is_fed() {
+                let (rt, d) = (runtime.clone(), dir.clone());
+                match tokio::task::spawn_blocking(move || converting(&rt, &d)).await {
+                    Ok(serving) if !converters.is_fed() => converters.replace(serving),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "loading converting plugins failed"),
+                }
             }
-            if rx.recv().await.is_none() {
-                return;
+            tokio::select! {
+                event = rx.recv() => {
+                    if event.is_none() {
+                        return;
+                    }
+                    while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+                }
+                () = converters.unfed.notified() => {}
             }
-            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
         }
     })
 }
@@ -58,5 +67,5 @@ fn converting(rt: &Runtime, dir: &Path) -> Vec<OperatorPlugin> {
         let parent = &plugin.metadata().parent;
         first.entry((parent.group.clone(), parent.kind.clone())).or_insert(plugin);
     }
-    first.into_values().filter(OperatorPlugin::converts).collect()
+    first.into_values().collect()
 }

@@ -35,15 +35,22 @@ const ROTATION_CHECK: Duration = Duration::from_secs(3600);
 /// The path the webhook answers on.
 pub const PATH: &str = "/convert";
 
-/// Plugins that convert, by the (group, kind) of their parent: the supervisor publishes them,
-/// the webhook reads them.
+/// Plugins that convert, by the (group, kind) of their parent: a supervisor publishes them
+/// where one runs; elsewhere (a standby) the webhook follows the plugins directory itself. The
+/// webhook reads them.
 #[derive(Clone, Default)]
-pub struct Converters(Arc<RwLock<HashMap<(String, String), OperatorPlugin>>>);
+pub struct Converters {
+    map: Arc<RwLock<HashMap<(String, String), OperatorPlugin>>>,
+    /// Supervisors feeding this now; while there is one, the follower does not load.
+    fed: Arc<std::sync::atomic::AtomicUsize>,
+    /// Wakes the follower when the last supervisor stops feeding.
+    unfed: Arc<tokio::sync::Notify>,
+}
 
 impl Converters {
     /// The plugin converting `group` `kind`, if one is loaded.
     pub fn get(&self, group: &str, kind: &str) -> Option<OperatorPlugin> {
-        self.0.read().ok()?.get(&(group.to_string(), kind.to_string())).cloned()
+        self.map.read().ok()?.get(&(group.to_string(), kind.to_string())).cloned()
     }
 
     /// Makes `plugin` answer for its parent kind (if it converts).
@@ -52,25 +59,51 @@ impl Converters {
             return;
         }
         let parent = &plugin.metadata().parent;
-        if let Ok(mut map) = self.0.write() {
+        if let Ok(mut map) = self.map.write() {
             map.insert((parent.group.clone(), parent.kind.clone()), plugin.clone());
         }
     }
 
-    /// Makes exactly `serving` answer, each for its parent kind.
+    /// Makes exactly those of `serving` that convert answer, each for its parent kind.
     pub fn replace(&self, serving: Vec<OperatorPlugin>) {
         let map = serving
             .into_iter()
+            .filter(OperatorPlugin::converts)
             .map(|p| ((p.metadata().parent.group.clone(), p.metadata().parent.kind.clone()), p))
             .collect();
-        if let Ok(mut current) = self.0.write() {
+        if let Ok(mut current) = self.map.write() {
             *current = map;
         }
     }
 
+    /// Marks a supervisor as the source of the converters until the guard is dropped, so the
+    /// plugins it has loaded are not loaded a second time by the follower.
+    #[must_use]
+    pub fn feed(&self) -> Fed {
+        self.fed.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Fed(self.clone())
+    }
+
+    /// Whether a supervisor feeds the converters now.
+    pub fn is_fed(&self) -> bool {
+        self.fed.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+
     fn crd_names(&self) -> Vec<String> {
-        let Ok(map) = self.0.read() else { return Vec::new() };
+        let Ok(map) = self.map.read() else { return Vec::new() };
         map.values().filter_map(|p| p.metadata().crd.as_ref()?["metadata"]["name"].as_str().map(String::from)).collect()
+    }
+}
+
+/// A supervisor feeding [`Converters`] (see [`Converters::feed`]); dropping it hands the
+/// converters back to the follower, which loads the directory again.
+pub struct Fed(Converters);
+
+impl Drop for Fed {
+    fn drop(&mut self) {
+        if self.0.fed.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.0.unfed.notify_one();
+        }
     }
 }
 
