@@ -127,12 +127,13 @@ impl Endpoint {
     /// Names the serving certificate must carry.
     fn dns_names(&self) -> Vec<String> {
         match self {
-            Endpoint::Url(url) => {
-                let rest = url.trim_start_matches("https://");
-                let host = rest.split(['/', '?']).next().unwrap_or(rest);
-                let host = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_matches(['[', ']']);
-                vec![host.to_string()]
-            }
+            // An IPv6 host keeps its brackets in `Uri::host`; the certificate wants the address.
+            Endpoint::Url(url) => url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|uri| uri.host().map(|h| h.trim_matches(['[', ']']).to_string()))
+                .into_iter()
+                .collect(),
             Endpoint::Service { namespace, name, .. } => vec![
                 format!("{name}.{namespace}.svc"),
                 format!("{name}.{namespace}.svc.cluster.local"),
@@ -391,6 +392,10 @@ mod tests {
     fn endpoints_name_what_the_certificate_must_cover() {
         let url = Endpoint::Url("https://127.0.0.1:9443/convert".into());
         assert_eq!(url.dns_names(), vec!["127.0.0.1"]);
+        let v6 = Endpoint::Url("https://[::1]:9443/convert?x=1".into());
+        assert_eq!(v6.dns_names(), vec!["::1"]);
+        let name = Endpoint::Url("https://hooks.example.com/convert".into());
+        assert_eq!(name.dns_names(), vec!["hooks.example.com"]);
         let svc = Endpoint::Service { namespace: "wasmop-system".into(), name: "wasmop-webhook".into(), port: 443 };
         assert!(svc.dns_names().contains(&"wasmop-webhook.wasmop-system.svc".to_string()));
         assert_eq!(svc.client_config()["service"]["path"], "/convert");
