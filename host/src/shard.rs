@@ -202,7 +202,7 @@ pub async fn run(
         let wanted = match view(&client, &settings).await {
             Ok(view) => view.wanted(&settings.lease.identity),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot list the shard Leases; keeping the shards claimed");
+                report_list_error(&e, &settings.lease.namespace);
                 claims.keys().copied().collect()
             }
         };
@@ -229,6 +229,16 @@ pub async fn run(
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Says why the Leases could not be listed; a refusal names the missing rule and its fix.
+fn report_list_error(e: &kube::Error, namespace: &str) {
+    if matches!(e, kube::Error::Api(status) if status.code == 403) {
+        tracing::error!(error = %e, "sharding needs `list` on leases (coordination.k8s.io) in namespace {namespace} to \
+            see the other replicas; deploy/overlays/sharded grants it. No shard is claimed until then");
+    } else {
+        tracing::warn!(error = %e, "cannot list the shard Leases; keeping the shards claimed");
+    }
 }
 
 /// Holds this replica's member Lease (acquiring it again if it is lost) until `stop` turns

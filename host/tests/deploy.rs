@@ -527,3 +527,54 @@ fn every_overlay_renders_on_the_base() {
     }
     assert!(rendered >= 2, "no overlays under {}", overlays.display());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharding_without_list_on_leases_says_what_to_grant() {
+    let plane = ControlPlane::shared().await.unwrap();
+    let client = plane.client().await.unwrap();
+    install(plane).await;
+    // The base's rules exactly (its Role has no `list` on Leases), bound to a fresh account.
+    let rbac = wasmop::manifest::parse_objects(
+        &std::fs::read_to_string(common::workspace().join("deploy/base/rbac.yaml")).unwrap(),
+        Path::new("deploy/base/rbac.yaml"),
+    )
+    .unwrap();
+    let account = "minus-lease-list";
+    let apply = PatchParams::apply("wasmop-tests").force();
+    let mut role = rbac.iter().find(|d| d["kind"] == "Role").unwrap().clone();
+    role["metadata"] = json!({"name": account, "namespace": "wasmop-system"});
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(role).unwrap();
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), "wasmop-system")
+        .patch(account, &apply, &Patch::Apply(&role))
+        .await
+        .unwrap();
+    let subject = json!([{"kind": "ServiceAccount", "name": account, "namespace": "wasmop-system"}]);
+    let cluster_role = rbac.iter().find(|d| d["kind"] == "ClusterRole").unwrap()["metadata"]["name"].clone();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": account},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
+        "subjects": subject,
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(client.clone()).patch(account, &apply, &Patch::Apply(&binding)).await.unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": account, "namespace": "wasmop-system"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+        "subjects": subject,
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), "wasmop-system")
+        .patch(account, &apply, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+
+    let kubeconfig = token_kubeconfig(plane, &client, account).await;
+    let plugins = shipped_plugins();
+    let process =
+        Wasmop::start(account, &kubeconfig, plugins.path(), &["--shards=2", "--shard-lease-prefix=minus-list"]);
+    let expected = "sharding needs `list` on leases (coordination.k8s.io) in namespace wasmop-system";
+    eventually("the log names the missing rule", || async { process.log().contains(expected) }).await;
+    assert!(process.log().contains("deploy/overlays/sharded grants it"), "{}", process.log());
+}
