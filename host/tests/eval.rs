@@ -3,23 +3,11 @@
 
 mod common;
 
+use common::{stdout, wasmop};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde_json::{Value, json};
-
-fn wasmop(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wasmop"))
-        .args(args)
-        .env("WASMOP_CACHE_DIR", common::workspace().join("target/test-code-cache"))
-        .output()
-        .expect("run wasmop")
-}
-
-fn stdout(out: &Output) -> String {
-    assert!(out.status.success(), "wasmop failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
 
 fn appoperator() -> String {
     common::plugin("appoperator").display().to_string()

@@ -101,8 +101,7 @@ fn a_new_rust_project_builds_tests_and_evaluates() {
     assert!(tested.contains("2 cases: 2 passed, 0 failed"), "{tested}");
     let evaluated = run(&project, "make", &["eval"]);
     assert!(evaluated.contains("greeting: Hello from demo-app"), "{evaluated}");
-    let again =
-        Command::new(env!("CARGO_BIN_EXE_wasmop")).args(["new", "demo-app"]).current_dir(dir.path()).output().unwrap();
+    let again = common::wasmop_command().args(["new", "demo-app"]).current_dir(dir.path()).output().unwrap();
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"), "{again:?}");
 }
 

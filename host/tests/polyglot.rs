@@ -4,16 +4,10 @@
 
 mod common;
 
+use common::wasmop;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn wasmop(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wasmop"))
-        .args(args)
-        .env("WASMOP_CACHE_DIR", common::workspace().join("target/test-code-cache"))
-        .output()
-        .expect("run wasmop")
-}
 
 fn passes(out: &Output, cases: usize) {
     let text = String::from_utf8_lossy(&out.stdout);

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod operator;
 
 use std::path::PathBuf;
+use std::process::{Command, Output};
 
 use wasmop::plugin::{Runtime, RuntimeConfig};
 
@@ -35,4 +36,22 @@ pub fn runtime() -> Runtime {
 /// Path of a file under `examples/`.
 pub fn example(name: &str) -> PathBuf {
     workspace().join("examples").join(name)
+}
+
+/// A `wasmop` command (this build) sharing the tests' compiled-code cache.
+pub fn wasmop_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmop"));
+    command.env("WASMOP_CACHE_DIR", workspace().join("target/test-code-cache"));
+    command
+}
+
+/// Runs `wasmop ARGS` (see [`wasmop_command`]) to its end.
+pub fn wasmop(args: &[&str]) -> Output {
+    wasmop_command().args(args).output().expect("run wasmop")
+}
+
+/// The standard output of a command that must have succeeded.
+pub fn stdout(out: &Output) -> String {
+    assert!(out.status.success(), "wasmop failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).expect("UTF-8 output")
 }
