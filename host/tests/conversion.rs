@@ -18,7 +18,11 @@ on_both_backends!(
     upgrade_from_v1beta1_converts_migrates_and_survives_a_webhook_outage,
     a_webhook_without_a_supervisor_answers_as_a_standby_replica_does,
     replicas_share_one_certificate_through_a_secret_and_renew_it,
+    a_renewed_certificate_from_a_directory_is_served_and_its_ca_injected,
 );
+
+/// The tests installing the `Lossy` CRD (cluster-wide, on the shared control plane) take turns.
+static LOSSY_CRD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const CRD: &str = "appoperators.tools.wasmop.dev";
 
@@ -152,6 +156,7 @@ async fn upgrade_from_v1beta1_converts_migrates_and_survives_a_webhook_outage(cl
 /// follows the plugins directory by itself. (The test plugin's `Lossy` kind: the Appoperator
 /// CRD belongs to the upgrade scenario on the shared control plane.)
 async fn a_webhook_without_a_supervisor_answers_as_a_standby_replica_does(cluster: Cluster) {
+    let _turn = LOSSY_CRD.lock().await;
     let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
     let dir = tempfile::tempdir().unwrap();
     let file = common::operator::plugin_variant("hostile_lossy.wasm");
@@ -172,6 +177,68 @@ async fn a_webhook_without_a_supervisor_answers_as_a_standby_replica_does(cluste
     let seen = read(&cluster, &lossy("v2"), "one").await.unwrap();
     assert_eq!(seen.types.unwrap().api_version, "test.wasmop.dev/v2");
     assert_eq!(seen.data["spec"], json!({"mode": "ok"}), "not converted by the plugin");
+    cluster.shutdown().await;
+}
+
+fn lossy(version: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("test.wasmop.dev", version, "Lossy"), "lossies")
+}
+
+/// Writes `material` as a mounted `kubernetes.io/tls` Secret (cert-manager's layout) into `dir`.
+fn write_tls(dir: &std::path::Path, material: &wasmop::webhook::tls::Material) {
+    std::fs::write(dir.join("tls.key"), &material.key_pem).unwrap();
+    std::fs::write(dir.join("tls.crt"), &material.cert_pem).unwrap();
+    std::fs::write(dir.join("ca.crt"), &material.ca_bundle_pem).unwrap();
+}
+
+/// `--webhook-cert-dir` end to end, and the renewal path: a certificate replaced in the directory
+/// (as cert-manager renews it, with a new CA) is served, and its CA is merge-patched into the
+/// CRDs of the converting plugins, after which the API server's conversions go through again.
+async fn a_renewed_certificate_from_a_directory_is_served_and_its_ca_injected(cluster: Cluster) {
+    use wasmop::webhook::{CertSource, Webhook, tls};
+    let _turn = LOSSY_CRD.lock().await;
+    let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
+    let certs = tempfile::tempdir().unwrap();
+    let names = vec!["127.0.0.1".to_string()];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let first = tls::generate(&names, now, None).unwrap();
+    write_tls(certs.path(), &first);
+    let plugins = tempfile::tempdir().unwrap();
+    let file = common::operator::plugin_variant("hostile_lossy.wasm");
+    std::fs::copy(&file, plugins.path().join("lossy.wasm")).unwrap();
+    let runtime = std::sync::Arc::new(common::runtime());
+    let webhook = Webhook::builder(([127, 0, 0, 1], 0).into())
+        .certs(CertSource::Dir(certs.path().to_path_buf()))
+        .plugins(runtime.clone(), plugins.path().to_path_buf())
+        .rotation_check(std::time::Duration::from_millis(200))
+        .start(client.clone())
+        .await
+        .unwrap();
+    let plugin = runtime.load_operator(&file, wasmop::plugin::Limits::default()).unwrap();
+    webhook.conversion().converters().publish(&plugin);
+    wasmop::operator::install_crd(&client, &plugin, Some(&webhook.conversion())).await.unwrap();
+    let bundle = || async {
+        let crd = Api::<CustomResourceDefinition>::all(client.clone()).get("lossies.test.wasmop.dev").await.unwrap();
+        let config = crd.spec.conversion.and_then(|c| c.webhook).and_then(|w| w.client_config);
+        config.and_then(|c| c.ca_bundle).map(|b| String::from_utf8(b.0).unwrap()).unwrap_or_default()
+    };
+    assert_eq!(bundle().await, first.ca_bundle_pem, "the directory's CA was not injected at install");
+    create(&client, &lossy("v1"), &ns, "renewed", json!({"mode": "ok", "count": 3})).await;
+    eventually("converted with the first certificate", || async {
+        read(&cluster, &lossy("v2"), "renewed").await.is_ok()
+    })
+    .await;
+
+    // cert-manager renews: a new key, leaf and CA in the same files.
+    let second = tls::generate(&names, now, None).unwrap();
+    assert_ne!(second.ca_bundle_pem, first.ca_bundle_pem);
+    write_tls(certs.path(), &second);
+    eventually("the new CA injected", || async { bundle().await == second.ca_bundle_pem }).await;
+    // The API server now trusts only the new CA: conversions succeed only if the new leaf is served.
+    eventually("converted with the renewed certificate", || async {
+        read(&cluster, &lossy("v2"), "renewed").await.is_ok()
+    })
+    .await;
     cluster.shutdown().await;
 }
 

@@ -222,6 +222,7 @@ pub struct WebhookBuilder {
     endpoint: Endpoint,
     certs: CertSource,
     plugins: Option<(Arc<Runtime>, PathBuf)>,
+    rotation_check: Duration,
 }
 
 impl WebhookBuilder {
@@ -242,6 +243,13 @@ impl WebhookBuilder {
     /// replica; without it only what the supervisor publishes answers).
     pub fn plugins(mut self, runtime: Arc<Runtime>, dir: PathBuf) -> Self {
         self.plugins = Some((runtime, dir));
+        self
+    }
+
+    /// How often the certificate source is read again for a renewed certificate (default: an
+    /// hour; a directory mounted from a cert-manager Secret changes when it renews).
+    pub fn rotation_check(mut self, every: Duration) -> Self {
+        self.rotation_check = every;
         self
     }
 
@@ -271,7 +279,8 @@ impl WebhookBuilder {
         let converters = Converters::default();
         let serving = server::serve(listener, slot.clone(), converters.clone())?;
         let (config_tx, config_rx) = watch::channel(source.client_config(&material));
-        let rotation = tokio::spawn(rotate(source, material, slot, config_tx, converters.clone()));
+        let renewal = Renewal { every: self.rotation_check, slot, config: config_tx, converters: converters.clone() };
+        let rotation = tokio::spawn(rotate(source, material, renewal));
         let following = self.plugins.map(|(runtime, dir)| follow::follow(runtime, dir, converters.clone()));
         tracing::info!(%addr, "serving the conversion webhook");
         let conversion = Conversion { converters, client_config: config_rx };
@@ -290,7 +299,13 @@ pub struct Webhook {
 impl Webhook {
     /// A builder listening on `addr` (port 0 picks one).
     pub fn builder(addr: SocketAddr) -> WebhookBuilder {
-        WebhookBuilder { addr, endpoint: Endpoint::Url(String::new()), certs: CertSource::Memory, plugins: None }
+        WebhookBuilder {
+            addr,
+            endpoint: Endpoint::Url(String::new()),
+            certs: CertSource::Memory,
+            plugins: None,
+            rotation_check: ROTATION_CHECK,
+        }
     }
 
     /// The handle the supervisor takes.
@@ -337,17 +352,21 @@ impl Source {
     }
 }
 
-/// Checks the certificate every [`ROTATION_CHECK`]; on a new one, serves it and injects its CA
-/// bundle into the CRDs of the converting plugins.
-async fn rotate(
-    source: Source,
-    mut material: Material,
+/// Where a renewed certificate goes: the served slot, the CRDs' client config, and the CRDs of
+/// the converting plugins.
+struct Renewal {
+    every: Duration,
     slot: Arc<CertSlot>,
     config: watch::Sender<Value>,
     converters: Converters,
-) {
+}
+
+/// Checks the certificate every `renewal.every`; on a new one, serves it and injects its CA
+/// bundle into the CRDs of the converting plugins.
+async fn rotate(source: Source, mut material: Material, renewal: Renewal) {
+    let Renewal { every, slot, config, converters } = renewal;
     loop {
-        tokio::time::sleep(ROTATION_CHECK).await;
+        tokio::time::sleep(every).await;
         let fresh = match source.fetch(Some(&material)).await {
             Ok(fresh) => fresh,
             Err(e) => {
