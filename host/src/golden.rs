@@ -1,5 +1,6 @@
 //! Golden-file tests of a plugin, offline: each case is a YAML file giving the plugin's input
-//! (a parent of any version its CRD defines, optional observed children and settings) and,
+//! (a parent of any version its CRD defines, optional observed children, settings, and
+//! `policySettings` by policy name) and,
 //! last, under `expect:`, what it must answer (children after the policies, status, conditions,
 //! or an error). `wasmop test` runs them, shows a diff when an answer differs, and with
 //! `--update` rewrites each `expect:` from the actual answer (everything above it is kept,
@@ -12,6 +13,15 @@ use serde_json::{Map, Value, json};
 use crate::manifest::to_yaml;
 use crate::plugin::{OperatorPlugin, PluginError, ReconcileRequest};
 use crate::policy::PolicyChain;
+
+/// Settings as the plugin receives them: a string as is, any other YAML as JSON.
+fn settings_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
 
 /// The key that starts a case's expectation; it must be the case's last top-level key.
 const EXPECT: &str = "expect:";
@@ -48,6 +58,8 @@ pub struct Case {
     pub observed: Vec<Value>,
     /// Settings passed to the plugin (a string, or any YAML given as JSON).
     pub settings: Option<String>,
+    /// Settings of policies for this case, by policy name (each as `settings`).
+    pub policy_settings: std::collections::BTreeMap<String, String>,
     /// Whether the parent is being deleted.
     pub finalizing: bool,
     /// The expected answer, if the file has one yet.
@@ -67,14 +79,17 @@ impl Case {
             Value::Array(items) => items.clone(),
             _ => return Err(invalid("`observed:` must be a list of objects".into())),
         };
-        let settings = match &doc["settings"] {
-            Value::Null => None,
-            Value::String(s) => Some(s.clone()),
-            other => Some(other.to_string()),
+        let settings = settings_text(&doc["settings"]);
+        let policy_settings = match &doc["policySettings"] {
+            Value::Null => Default::default(),
+            Value::Object(by_name) => {
+                by_name.iter().filter_map(|(name, value)| Some((name.clone(), settings_text(value)?))).collect()
+            }
+            _ => return Err(invalid("`policySettings:` must map policy names to their settings".into())),
         };
         let finalizing = doc["finalizing"].as_bool().unwrap_or(false);
         let expect = doc.get("expect").cloned();
-        Ok(Case { path: path.into(), parent, observed, settings, finalizing, expect })
+        Ok(Case { path: path.into(), parent, observed, settings, policy_settings, finalizing, expect })
     }
 
     /// Runs the case: the plugin's answer (after `policies`) as the `expect:` value.
@@ -85,8 +100,17 @@ impl Case {
         }
     }
 
+    /// The chain with this case's `policySettings`; the error names a policy not in the chain.
+    pub fn policies(&self, policies: &PolicyChain) -> Result<PolicyChain, CaseError> {
+        policies.with_settings(&self.policy_settings).map_err(|name| CaseError::Invalid {
+            path: self.path.clone(),
+            reason: format!("`policySettings:` names policy {name:?}, which is not among the --policy files"),
+        })
+    }
+
     fn evaluate(&self, plugin: &OperatorPlugin, policies: &PolicyChain) -> Result<Value, Value> {
         let failed = |reason: &str, message: String| json!({ "reason": reason, "message": message });
+        let policies = &self.policies(policies).map_err(|e| failed("InvalidCase", e.to_string()))?;
         let parent = as_parent(plugin, self.parent.clone()).map_err(|e| failed(e.condition_reason(), e.to_string()))?;
         let req = ReconcileRequest {
             parent: parent.clone(),

@@ -46,6 +46,20 @@ impl PolicyChain {
         PolicyChain { policies }
     }
 
+    /// The same chain with the settings of the policies named in `settings` replaced; the
+    /// error names a policy that is not in the chain.
+    pub fn with_settings(&self, settings: &std::collections::BTreeMap<String, String>) -> Result<Self, String> {
+        if let Some(unknown) = settings.keys().find(|n| !self.policies.iter().any(|(p, _)| &p.metadata().name == *n)) {
+            return Err(unknown.clone());
+        }
+        let policies = self
+            .policies
+            .iter()
+            .map(|(p, current)| (p.clone(), settings.get(&p.metadata().name).cloned().or_else(|| current.clone())))
+            .collect();
+        Ok(PolicyChain { policies })
+    }
+
     /// Whether no policy is loaded.
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()

@@ -324,3 +324,20 @@ fn policy_settings_come_from_the_flag_or_the_sidecar() {
     let denied = run(&[]);
     assert!(String::from_utf8_lossy(&denied.stderr).contains("not one of [\"edge\"]"), "{denied:?}");
 }
+
+#[test]
+fn a_case_naming_a_policy_not_loaded_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = common::workspace().join("examples/js-policy/tests/edge-denied-by-settings.yaml");
+    let text = std::fs::read_to_string(case).unwrap();
+    let case = write(dir.path(), "case.yaml", &text);
+    let policy = common::plugin("deny-latest-tag").display().to_string();
+    let out = wasmop(&["test", "--plugin", &appoperator(), "--policy", &policy, case.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("case.yaml")
+            && stderr.contains("names policy \"js-deny-latest-tag\", which is not among the --policy files"),
+        "{stderr}"
+    );
+}

@@ -55,10 +55,13 @@ fn the_js_policy_and_the_rust_policy_answer_the_same_cases() {
     let appoperator = common::plugin("appoperator").display().to_string();
     let js_cases = common::workspace().join("examples/js-policy/tests");
     let js = polyglot("js_policy.wasm");
-    passes(&wasmop(&["test", "--plugin", &appoperator, "--policy", &js, js_cases.to_str().unwrap()]), 3);
-    let (_keep, cases) = ported(&js_cases, &[("policy js-deny-latest-tag ", "policy deny-latest-tag ")]);
+    passes(&wasmop(&["test", "--plugin", &appoperator, "--policy", &js, js_cases.to_str().unwrap()]), 4);
+    let (_keep, cases) = ported(
+        &js_cases,
+        &[("policy js-deny-latest-tag ", "policy deny-latest-tag "), ("  js-deny-latest-tag:", "  deny-latest-tag:")],
+    );
     let rust = common::plugin("deny-latest-tag").display().to_string();
-    passes(&wasmop(&["test", "--plugin", &appoperator, "--policy", &rust, cases.to_str().unwrap()]), 3);
+    passes(&wasmop(&["test", "--plugin", &appoperator, "--policy", &rust, cases.to_str().unwrap()]), 4);
 }
 
 #[test]

@@ -44,7 +44,7 @@ pub(crate) struct Args {
 pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
     let sidecar = sidecar::read(&args.plugin)?;
     let plugin = rt.load_operator(&args.plugin, sidecar.limits)?;
-    let chain = policy_chain(rt, &args)?;
+    let chain = policy_chain(rt, &args.policies, &args.policy_settings)?;
     let settings = match args.settings.as_deref() {
         Some(path) => Some(read_settings(path)?),
         None => sidecar.settings,
@@ -80,16 +80,16 @@ pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
 
 /// The policies in order, each with the limits and settings of its NAME.toml, settings
 /// overridden by `--policy-settings NAME=FILE`.
-fn policy_chain(rt: &Runtime, args: &Args) -> anyhow::Result<PolicyChain> {
+pub(crate) fn policy_chain(rt: &Runtime, paths: &[PathBuf], settings: &[String]) -> anyhow::Result<PolicyChain> {
     let mut overrides = std::collections::HashMap::new();
-    for pair in &args.policy_settings {
+    for pair in settings {
         let (name, file) = pair.split_once('=').with_context(|| {
             format!("--policy-settings {pair:?} must be NAME=FILE (NAME as the policy names itself)")
         })?;
         overrides.insert(name.to_string(), read_settings(Path::new(file))?);
     }
     let mut policies = Vec::new();
-    for path in &args.policies {
+    for path in paths {
         let sidecar = sidecar::read(path)?;
         let policy = rt.load_policy(path, sidecar.limits)?;
         let settings = overrides.remove(&policy.metadata().name).or(sidecar.settings);

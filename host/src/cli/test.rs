@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use wasmop::golden::{self, Case};
 use wasmop::plugin::{Limits, OperatorPlugin, Runtime};
-use wasmop::policy::PolicyChain;
 use wasmop::roundtrip;
 
 #[derive(clap::Args)]
@@ -18,6 +17,10 @@ pub(crate) struct Args {
     /// Policy plugins reviewing the children, in order (repeatable).
     #[arg(long = "policy")]
     policies: Vec<PathBuf>,
+    /// Settings of one policy for every case, NAME=FILE (repeatable; default: the `[settings]`
+    /// of the policy's NAME.toml beside it; a case's `policySettings:` overrides both).
+    #[arg(long = "policy-settings", value_name = "NAME=FILE")]
+    policy_settings: Vec<String>,
     /// Rewrite each case's `expect:` from the plugin's actual answer.
     #[arg(long)]
     update: bool,
@@ -32,8 +35,7 @@ pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
         None => only_plugin_in(&args.paths)?,
     };
     let plugin = rt.load_operator(&plugin_path, Limits::default())?;
-    let policies = args.policies.iter().map(|p| rt.load_policy(p, Limits::default()).map(|p| (p, None)));
-    let chain = PolicyChain::new(policies.collect::<Result<_, _>>()?);
+    let chain = super::eval::policy_chain(rt, &args.policies, &args.policy_settings)?;
     let cases = cases_in(&args.paths)?;
     if cases.is_empty() {
         bail!("no cases (*.yaml) in {:?}; a case is a YAML file with `parent:` and, last, `expect:`", args.paths);
@@ -41,6 +43,7 @@ pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
     let (mut failed, mut updated) = (0, 0);
     for path in &cases {
         let case = Case::read(path)?;
+        case.policies(&chain)?;
         let answer = case.answer(&plugin, &chain);
         match (&case.expect, args.update) {
             (Some(expected), _) if *expected == answer => println!("ok      {}", path.display()),
