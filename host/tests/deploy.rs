@@ -180,9 +180,9 @@ async fn deploy_installs_and_two_replicas_elect_one_leader_with_the_generated_rb
 
     let kubeconfig = token_kubeconfig(plane, &client, "wasmop").await;
     let plugins = shipped_plugins();
-    let a = Wasmop::start("replica-a", &kubeconfig, plugins.path(), &["--leader-elect"]);
+    let a = Wasmop::start("replica-a", &kubeconfig, plugins.path(), &["--leader-elect", "--namespace=team-a"]);
     eventually("replica-a leads", || a.leading()).await;
-    let b = Wasmop::start("replica-b", &kubeconfig, plugins.path(), &["--leader-elect"]);
+    let b = Wasmop::start("replica-b", &kubeconfig, plugins.path(), &["--leader-elect", "--namespace=team-a"]);
     eventually("replica-b ready and idle", || async {
         b.get("/readyz").await.is_some_and(|(status, _)| status == 200) && !b.leading().await
     })
@@ -204,7 +204,7 @@ async fn deploy_installs_and_two_replicas_elect_one_leader_with_the_generated_rb
     eventually("reconciled by the new leader", || ready_is(&client, &ar, "team-a", "api", "True", "Available")).await;
 
     // SIGTERM releases the Lease: a standby leads at once and the leader exits 0.
-    let mut c = Wasmop::start("replica-c", &kubeconfig, plugins.path(), &["--leader-elect"]);
+    let mut c = Wasmop::start("replica-c", &kubeconfig, plugins.path(), &["--leader-elect", "--namespace=team-a"]);
     eventually("replica-c ready", || async { c.get("/readyz").await.is_some_and(|(s, _)| s == 200) }).await;
     b.signal(libc::SIGTERM);
     let mut b = b;
@@ -373,12 +373,13 @@ fn assert_prometheus_text(body: &str) {
 async fn shards_held(replica: &Wasmop) -> Option<Vec<u32>> {
     let (_, body) = replica.get("/metrics").await?;
     let prefix = "leader_election_master_status{name=\"wasmop-shard-";
-    let held = body
+    let mut held: Vec<u32> = body
         .lines()
         .filter_map(|l| l.strip_prefix(prefix))
         .filter(|rest| rest.ends_with(" 1"))
         .filter_map(|rest| rest.split('"').next()?.parse().ok())
         .collect();
+    held.sort_unstable();
     Some(held)
 }
 
@@ -438,7 +439,9 @@ async fn sharded_replicas_split_the_parents_and_take_over_a_dead_replicas_shard(
 
     let kubeconfig = token_kubeconfig(plane, &client, "wasmop").await;
     let plugins = shipped_plugins();
+    // Only this test's namespace: the other tests' operators do not see it either.
     let flags = [
+        "--namespace=team-shards",
         "--shards=3",
         "--leader-elect-lease-duration=6s",
         "--leader-elect-renew-deadline=4s",
