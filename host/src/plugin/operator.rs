@@ -13,7 +13,7 @@ use super::file::PluginFile;
 use super::legacy;
 use super::limits::Limits;
 use super::output::{check_conversion, check_response};
-use super::sandbox::{CallState, EpochTicker, escape_controls, run_call};
+use super::sandbox::{CallState, EpochTicker, call_in, escape_controls, instantiate_via_bindings};
 use crate::names;
 
 /// A loaded operator plugin. Cheap to clone; every call gets a fresh instance, so concurrent
@@ -41,32 +41,18 @@ pub(crate) enum Pre {
     V01(legacy::bindings::operator::OperatorPre<CallState>),
 }
 
-impl Pre {
-    fn engine(&self) -> &wasmtime::Engine {
-        match self {
-            Pre::Current(pre) => pre.engine(),
-            Pre::V01(pre) => pre.engine(),
-        }
-    }
+instantiate_via_bindings!(
+    OperatorPre<CallState> => super::bindings::operator::Operator,
+    legacy::bindings::operator::OperatorPre<CallState> => legacy::bindings::operator::Operator,
+);
 
+impl Pre {
     fn metadata(&self, label: &Arc<str>, limits: &Limits) -> Result<wit::OperatorMetadata, PluginError> {
-        let engine = self.engine();
         match self {
-            Pre::Current(pre) => run_call(
-                engine,
-                label,
-                limits,
-                |s| pre.instantiate(s),
-                |s, i| i.wasmop_plugin_reconciler().call_metadata(s),
-            ),
-            Pre::V01(pre) => run_call(
-                engine,
-                label,
-                limits,
-                |s| pre.instantiate(s),
-                |s, i| i.wasmop_plugin_reconciler().call_metadata(s),
-            )
-            .map(legacy::metadata),
+            Pre::Current(pre) => call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_metadata(s)),
+            Pre::V01(pre) => {
+                call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_metadata(s)).map(legacy::metadata)
+            }
         }
     }
 
@@ -76,25 +62,14 @@ impl Pre {
         limits: &Limits,
         req: &wit::Request,
     ) -> Result<Result<wit::Response, wit::Error>, PluginError> {
-        let engine = self.engine();
         match self {
-            Pre::Current(pre) => run_call(
-                engine,
-                label,
-                limits,
-                |s| pre.instantiate(s),
-                |s, i| i.wasmop_plugin_reconciler().call_reconcile(s, req),
-            ),
+            Pre::Current(pre) => {
+                call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_reconcile(s, req))
+            }
             Pre::V01(pre) => {
                 let old = legacy::request(req);
-                run_call(
-                    engine,
-                    label,
-                    limits,
-                    |s| pre.instantiate(s),
-                    |s, i| i.wasmop_plugin_reconciler().call_reconcile(s, &old),
-                )
-                .map(legacy::answer)
+                call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_reconcile(s, &old))
+                    .map(legacy::answer)
             }
         }
     }
@@ -107,13 +82,7 @@ impl Pre {
         (obj, to_version): (String, String),
     ) -> Option<Result<Result<String, String>, PluginError>> {
         let Pre::Current(pre) = self else { return None };
-        Some(run_call(
-            pre.engine(),
-            label,
-            limits,
-            |s| pre.instantiate(s),
-            |s, i| i.wasmop_plugin_converter().call_convert(s, &obj, &to_version),
-        ))
+        Some(call_in(pre, label, limits, |s, i| i.wasmop_plugin_converter().call_convert(s, &obj, &to_version)))
     }
 }
 

@@ -12,7 +12,7 @@ use super::error::PluginError;
 use super::file::PluginFile;
 use super::legacy;
 use super::limits::Limits;
-use super::sandbox::{CallState, EpochTicker, run_call};
+use super::sandbox::{CallState, EpochTicker, call_in, instantiate_via_bindings};
 use crate::names;
 
 /// A loaded policy plugin. Cheap to clone; every review gets a fresh instance.
@@ -39,32 +39,17 @@ pub(crate) enum Pre {
     V01(legacy::bindings::policy::PolicyPre<CallState>),
 }
 
-impl Pre {
-    fn engine(&self) -> &wasmtime::Engine {
-        match self {
-            Pre::Current(pre) => pre.engine(),
-            Pre::V01(pre) => pre.engine(),
-        }
-    }
+instantiate_via_bindings!(
+    PolicyPre<CallState> => super::bindings::policy::Policy,
+    legacy::bindings::policy::PolicyPre<CallState> => legacy::bindings::policy::Policy,
+);
 
+impl Pre {
     fn metadata(&self, label: &Arc<str>, limits: &Limits) -> Result<wit::PolicyMetadata, PluginError> {
-        let engine = self.engine();
         match self {
-            Pre::Current(pre) => run_call(
-                engine,
-                label,
-                limits,
-                |s| pre.instantiate(s),
-                |s, i| i.wasmop_plugin_reviewer().call_metadata(s),
-            ),
-            Pre::V01(pre) => run_call(
-                engine,
-                label,
-                limits,
-                |s| pre.instantiate(s),
-                |s, i| i.wasmop_plugin_reviewer().call_metadata(s),
-            )
-            .map(legacy::policy_metadata),
+            Pre::Current(pre) => call_in(pre, label, limits, |s, i| i.wasmop_plugin_reviewer().call_metadata(s)),
+            Pre::V01(pre) => call_in(pre, label, limits, |s, i| i.wasmop_plugin_reviewer().call_metadata(s))
+                .map(legacy::policy_metadata),
         }
     }
 
@@ -74,23 +59,12 @@ impl Pre {
         limits: &Limits,
         (p, c, s): (String, String, Option<&str>),
     ) -> Result<wit::Verdict, PluginError> {
-        let engine = self.engine();
         match self {
-            Pre::Current(pre) => run_call(
-                engine,
-                label,
-                limits,
-                |st| pre.instantiate(st),
-                |st, i| i.wasmop_plugin_reviewer().call_review(st, &p, &c, s),
-            ),
-            Pre::V01(pre) => run_call(
-                engine,
-                label,
-                limits,
-                |st| pre.instantiate(st),
-                |st, i| i.wasmop_plugin_reviewer().call_review(st, &p, &c, s),
-            )
-            .map(legacy::verdict),
+            Pre::Current(pre) => {
+                call_in(pre, label, limits, |st, i| i.wasmop_plugin_reviewer().call_review(st, &p, &c, s))
+            }
+            Pre::V01(pre) => call_in(pre, label, limits, |st, i| i.wasmop_plugin_reviewer().call_review(st, &p, &c, s))
+                .map(legacy::verdict),
         }
     }
 }

@@ -356,9 +356,49 @@ impl Drop for EpochTicker {
     }
 }
 
+/// Pre-instantiated bindings of one world in one contract version (`OperatorPre`, its 0.1
+/// twin, …): what [`call_in`] needs, so one call site serves every version.
+pub(crate) trait Instantiate {
+    /// The bindings' instance type.
+    type Instance;
+    /// The engine the component was compiled for.
+    fn engine(&self) -> &wasmtime::Engine;
+    /// A fresh instance in `store`.
+    fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<Self::Instance>;
+}
+
+/// Implements [`Instantiate`] for bindgen's `*Pre<CallState>` types, by their `Instance` type.
+macro_rules! instantiate_via_bindings {
+    ($($pre:ty => $instance:ty),+ $(,)?) => {$(
+        impl $crate::plugin::sandbox::Instantiate for $pre {
+            type Instance = $instance;
+            fn engine(&self) -> &wasmtime::Engine {
+                <$pre>::engine(self)
+            }
+            fn instantiate(
+                &self,
+                store: &mut wasmtime::Store<$crate::plugin::sandbox::CallState>,
+            ) -> wasmtime::Result<$instance> {
+                <$pre>::instantiate(self, store)
+            }
+        }
+    )+};
+}
+pub(crate) use instantiate_via_bindings;
+
+/// Runs `call` in a fresh instance of `pre` (see [`run_call`]).
+pub(crate) fn call_in<P: Instantiate, R>(
+    pre: &P,
+    plugin: &Arc<str>,
+    limits: &Limits,
+    call: impl FnOnce(&mut Store<CallState>, &P::Instance) -> wasmtime::Result<R>,
+) -> Result<R, PluginError> {
+    run_call(pre.engine(), plugin, limits, |s| pre.instantiate(s), call)
+}
+
 /// Runs one call in a fresh Store and instance: instantiate, call, log the guest's output, and
 /// classify any failure. Nothing survives the call.
-pub(crate) fn run_call<I, R>(
+fn run_call<I, R>(
     engine: &wasmtime::Engine,
     plugin: &Arc<str>,
     limits: &Limits,
