@@ -19,4 +19,5 @@ pub mod shard;
 pub mod sidecar;
 pub mod status;
 pub mod telemetry;
+pub mod text;
 pub mod webhook;

@@ -673,8 +673,8 @@ impl Supervisor {
         let event = Event {
             type_: EventType::Warning,
             reason: "PluginRejected".into(),
-            note: Some(crate::status::cap(&note, crate::status::MAX_EVENT_NOTE)),
-            action: crate::status::cap(&format!("Load {file}"), MAX_EVENT_ACTION),
+            note: Some(crate::text::cap(&note, crate::status::MAX_EVENT_NOTE)),
+            action: crate::text::cap(&format!("Load {file}"), MAX_EVENT_ACTION),
             secondary: None,
         };
         if let Err(err) = self.recorder.publish(&event, &operator_reference(self.options.namespace.as_deref())).await {

@@ -34,21 +34,6 @@ pub use wasmop_contract::MAX_CONDITION_MESSAGE;
 /// Longest Event note the API server accepts (events.k8s.io/v1 validation).
 pub const MAX_EVENT_NOTE: usize = 1024;
 
-/// `text` cut to at most `max` bytes (at a character boundary), with a marker saying how much
-/// was dropped, so a plugin's huge message never makes a write the API server refuses.
-pub fn cap(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let marker = format!(" … [{} bytes truncated]", text.len());
-    let mut end = max.saturating_sub(marker.len() + 8);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let dropped = text.len() - end;
-    format!("{} … [{dropped} bytes truncated]", &text[..end])
-}
-
 /// The status the parent should have after `report`, given its current status and generation.
 /// Returns `None` when it already has exactly that status, so no write is needed.
 pub fn next_status(current: &Value, generation: Option<i64>, report: &Report, now: &str) -> Option<Value> {
@@ -74,7 +59,7 @@ pub fn next_status(current: &Value, generation: Option<i64>, report: &Report, no
                 "type": c.type_,
                 "status": c.status.as_str(),
                 "reason": c.reason,
-                "message": cap(&c.message, MAX_CONDITION_MESSAGE),
+                "message": crate::text::cap(&c.message, MAX_CONDITION_MESSAGE),
                 "lastTransitionTime": since,
             });
             if let Some(generation) = generation {
@@ -134,10 +119,6 @@ mod tests {
     #[test]
     fn huge_messages_are_capped_with_a_marker() {
         let huge = "é".repeat(20 * 1024 * 1024);
-        let capped = cap(&huge, MAX_CONDITION_MESSAGE);
-        assert!(capped.len() <= MAX_CONDITION_MESSAGE, "{}", capped.len());
-        assert!(capped.ends_with("bytes truncated]"), "{}", &capped[capped.len() - 40..]);
-        assert_eq!(cap("short", 10), "short");
         let failed = next_status(&json!({}), Some(1), &Report::failure("InvalidSpec", huge), "T").unwrap();
         assert!(failed["conditions"][0]["message"].as_str().unwrap().len() <= MAX_CONDITION_MESSAGE);
     }

@@ -13,8 +13,9 @@ use super::file::PluginFile;
 use super::legacy;
 use super::limits::Limits;
 use super::output::{check_conversion, check_response};
-use super::sandbox::{CallState, EpochTicker, call_in, escape_controls, instantiate_via_bindings};
+use super::sandbox::{CallState, EpochTicker, call_in, instantiate_via_bindings};
 use crate::names;
+use crate::text::escape_controls;
 
 /// A loaded operator plugin. Cheap to clone; every call gets a fresh instance, so concurrent
 /// calls from many tasks are safe and share nothing.

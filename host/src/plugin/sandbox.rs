@@ -17,6 +17,7 @@ use wasmtime_wasi::{HostMonotonicClock, WasiCtx, WasiCtxView, WasiView};
 use super::bindings::operator::wasmop::plugin::{host, types};
 use super::error::PluginError;
 use super::limits::Limits;
+use crate::text::{cap, escape_controls};
 
 /// Bytes of guest stdout or stderr kept per call; more traps the guest's write.
 const CAPTURE_BYTES: usize = 1 << 20;
@@ -99,20 +100,11 @@ impl LogBudget {
             self.dropped += 1;
             return None;
         }
-        let line = escape_controls(&crate::status::cap(message, LOG_LINE_BYTES));
+        let line = escape_controls(&cap(message, LOG_LINE_BYTES));
         self.lines += 1;
         self.bytes += line.len();
         Some(line)
     }
-}
-
-/// `text` with control characters (newlines included) escaped, so a plugin cannot forge host
-/// log lines.
-pub fn escape_controls(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
-        return text.to_string();
-    }
-    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// Refuses memory growth past the plugin's limit and remembers that it did, so the resulting
@@ -251,7 +243,7 @@ fn with_output_tail(what: String, stderr: &str) -> String {
         return what;
     }
     let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
-    let tail = crate::status::cap(&escape_controls(&tail), OUTPUT_TAIL_BYTES);
+    let tail = cap(&escape_controls(&tail), OUTPUT_TAIL_BYTES);
     format!("{what}; the plugin wrote: {tail}")
 }
 
@@ -274,7 +266,7 @@ fn js_exception(stderr: &str) -> Option<String> {
         Some(frame) => format!("JavaScript exception in {function}: {message} ({frame})"),
         None => format!("JavaScript exception in {function}: {message}"),
     };
-    Some(crate::status::cap(&escape_controls(&text), OUTPUT_TAIL_BYTES))
+    Some(cap(&escape_controls(&text), OUTPUT_TAIL_BYTES))
 }
 
 /// The uncaught exception of a Python guest (componentize-py prints the traceback, then its
@@ -294,7 +286,7 @@ fn python_exception(stderr: &str) -> Option<String> {
         Some(frame) => format!("{exception} ({})", frame.trim()),
         None => exception.to_string(),
     };
-    Some(crate::status::cap(&escape_controls(&text), OUTPUT_TAIL_BYTES))
+    Some(cap(&escape_controls(&text), OUTPUT_TAIL_BYTES))
 }
 
 /// The most telling line of a failure that is neither a trap nor a panic: the innermost cause

@@ -585,7 +585,7 @@ async fn finalize(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
 
 /// Publishes an Event about the parent; failing to publish is logged, never fatal.
 async fn publish(ctx: &Context, parent: &DynamicObject, type_: EventType, reason: &str, action: &str, note: String) {
-    let note = status::cap(&note, status::MAX_EVENT_NOTE);
+    let note = crate::text::cap(&note, status::MAX_EVENT_NOTE);
     let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&event, &parent.object_ref(&ctx.parent)).await {
         tracing::debug!(error = %e, "cannot publish event");
