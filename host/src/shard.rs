@@ -179,8 +179,17 @@ impl ShardSettings {
         format!("{}-member-", self.lease.lease_name)
     }
 
+    /// This replica's member Lease: its identity made a valid object name (lowercase letters,
+    /// digits, `-` and `.`; an identity such as `Host_1-42` becomes `host-1-42`).
     fn member_lease(&self) -> LeaderSettings {
-        LeaderSettings { lease_name: format!("{}{}", self.member_prefix(), self.lease.identity), ..self.lease.clone() }
+        let name: String = self
+            .lease
+            .identity
+            .chars()
+            .map(|c| c.to_ascii_lowercase())
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+            .collect();
+        LeaderSettings { lease_name: format!("{}{}", self.member_prefix(), name), ..self.lease.clone() }
     }
 }
 
@@ -396,6 +405,21 @@ impl Claim {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_lease_names_are_valid_object_names() {
+        let lease = LeaderSettings {
+            lease_name: "wasmop-shard".into(),
+            namespace: "n".into(),
+            identity: "Host_1-42".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        };
+        let settings = ShardSettings { shards: 2, lease };
+        assert_eq!(settings.member_lease().lease_name, "wasmop-shard-member-host-1-42");
+        assert_eq!(settings.member_lease().identity, "Host_1-42", "the holder identity is kept as is");
+    }
 
     #[test]
     fn uids_spread_over_the_shards_and_stay_put() {
