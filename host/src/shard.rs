@@ -216,6 +216,7 @@ pub async fn run(
             }
         };
         claims.retain(|_, claim| !*claim.done.borrow());
+        while tasks.try_join_next().is_some() {}
         for shard in 0..settings.shards {
             match (wanted.contains(&shard), claims.get(&shard)) {
                 (true, None) => {
