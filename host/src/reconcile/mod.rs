@@ -238,7 +238,7 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
             return finalize(parent, ctx).await;
         }
         // Garbage collection takes the children.
-        ctx.state.forget(&uid(parent));
+        ctx.state.forget_all(&uid(parent));
         ctx.loops.forget(&uid(parent));
         return Ok(Action::await_change());
     }
@@ -508,9 +508,14 @@ fn owner_of(parent: &DynamicObject, ctx: &Context) -> Owner {
 }
 
 /// Writes the parent's status with server-side apply (field manager `wasmop`), when it differs
-/// from what is there: a field the plugin stops returning goes away.
+/// from what is there: a field the plugin stops returning goes away. "What is there" is the
+/// cached parent, or the host's own last write when the cache does not show it yet (a child
+/// event often triggers the next reconcile before the parent's watch delivers the status the
+/// last one wrote; comparing with the stale copy would write the same status again).
 async fn write_status(parent: &DynamicObject, ctx: &Context, report: &Report) -> Result<(), ReconcileError> {
-    let current = &parent.data["status"];
+    let cached_rv = parent.resource_version().unwrap_or_default();
+    let unseen = ctx.state.unseen_status(&uid(parent), &cached_rv);
+    let current = unseen.as_ref().unwrap_or(&parent.data["status"]);
     let Some(next) = status::next_status(current, parent.meta().generation, report, &status::now()) else {
         return Ok(());
     };
@@ -520,6 +525,7 @@ async fn write_status(parent: &DynamicObject, ctx: &Context, report: &Report) ->
     match api.patch_status(&parent.name_any(), &params, &Patch::Apply(&patch)).await {
         Ok(_) => {
             Stats::bump(&ctx.stats.status_writes);
+            ctx.state.status_written(&uid(parent), &cached_rv, &next);
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -573,7 +579,7 @@ async fn finalize(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
         return Ok(Action::requeue(desired.requeue_after.unwrap_or(FINALIZE_RETRY)));
     }
     release_finalizer(parent, ctx, "the plugin finished its cleanup").await?;
-    ctx.state.forget(&uid(parent));
+    ctx.state.forget_all(&uid(parent));
     Ok(Action::await_change())
 }
 
