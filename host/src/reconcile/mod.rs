@@ -390,6 +390,12 @@ async fn apply(
         let verb = match observed.children.get(&ChildKey::of(&child)) {
             Some((_, _, current)) if apply::already_applied(&child, current) => continue,
             Some(_) => "Updated",
+            // Absent from the cache: most often absent from the cluster, which one guarded
+            // apply proves while creating it; if it fails, read who owns the object.
+            None if apply::create_child(&ctx.client, &kind.resource, &child).await.is_ok() => {
+                written(parent, ctx, kind, "Created", &child).await;
+                continue;
+            }
             None => match existing_ownership(ctx, kind, &child, &owner.uid).await? {
                 None => "Created",
                 Some(Ownership::Ours) => "Updated",
@@ -408,11 +414,16 @@ async fn apply(
             }
             return Err(err);
         }
-        Stats::bump(&ctx.stats.applies);
-        ctx.metrics.child_written(&meta.name, &kind.resource.kind, false);
-        publish(ctx, parent, EventType::Normal, verb, "Apply", format!("{verb} {}", describe(&child))).await;
+        written(parent, ctx, kind, verb, &child).await;
     }
     Ok(conflicts)
+}
+
+/// Counts a child write and publishes its Event (`verb`: Created, Updated, Adopted).
+async fn written(parent: &DynamicObject, ctx: &Context, kind: &ChildKindCache, verb: &str, child: &Value) {
+    Stats::bump(&ctx.stats.applies);
+    ctx.metrics.child_written(&ctx.plugin.metadata().name, &kind.resource.kind, false);
+    publish(ctx, parent, EventType::Normal, verb, "Apply", format!("{verb} {}", describe(child))).await;
 }
 
 /// Who controls an object the caches do not show as this parent's: `None` if it does not exist.
