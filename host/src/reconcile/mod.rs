@@ -38,6 +38,11 @@ use crate::telemetry::Metrics;
 
 /// How soon to ask a finalizing plugin again when it has not finished and gave no hint.
 const FINALIZE_RETRY: Duration = Duration::from_secs(5);
+/// How long the first status of a new parent waits for the children its first reconcile wrote,
+/// when they are not ready yet: if they are within this time, the first status written is the
+/// final one (one write instead of a `Progressing` then an `Available`); if not, `Progressing`
+/// is written at its end.
+const FIRST_STATUS_GRACE: Duration = Duration::from_secs(2);
 
 /// The logic that computes a parent's desired state: a WebAssembly plugin in production, the
 /// native build of the same logic in benchmarks.
@@ -258,9 +263,9 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
         Ok(d) => d,
         Err(e) => return report_failure(parent, ctx, e).await,
     };
-    let conflicts = apply(parent, ctx, &desired, &observed).await?;
+    let applied = apply(parent, ctx, &desired, &observed).await?;
     prune(parent, ctx, &desired, &observed).await?;
-    report(parent, ctx, &desired, &conflicts).await
+    report(parent, ctx, &desired, &applied).await
 }
 
 /// A parent's children as the caches hold them, keyed by full identity: the index of their
@@ -371,6 +376,15 @@ pub struct Conflict {
     pub owner: String,
 }
 
+/// What the apply step did.
+#[derive(Default)]
+struct Applied {
+    /// Desired children the host may not write.
+    conflicts: Vec<Conflict>,
+    /// Children written.
+    written: usize,
+}
+
 /// Step 4, apply: marks each desired child and server-side applies the ones that changed.
 /// An existing object this parent does not control is never written (see [`Ownership`]); it
 /// is returned as a conflict.
@@ -379,9 +393,9 @@ async fn apply(
     ctx: &Context,
     desired: &Desired,
     observed: &Observed,
-) -> Result<Vec<Conflict>, ReconcileError> {
+) -> Result<Applied, ReconcileError> {
     let (owner, meta) = (owner_of(parent, ctx), ctx.plugin.metadata());
-    let mut conflicts = Vec::new();
+    let mut applied = Applied::default();
     for mut child in desired.children.clone() {
         apply::mark_child(&mut child, &owner, &meta.name, ctx.plugin.revision());
         let Some(kind) = child_kind(ctx, &child) else {
@@ -394,6 +408,7 @@ async fn apply(
             // apply proves while creating it; if it fails, read who owns the object.
             None if apply::create_child(&ctx.client, &kind.resource, &child).await.is_ok() => {
                 written(parent, ctx, kind, "Created", &child).await;
+                applied.written += 1;
                 continue;
             }
             None => match existing_ownership(ctx, kind, &child, &owner.uid).await? {
@@ -401,7 +416,7 @@ async fn apply(
                 Some(Ownership::Ours) => "Updated",
                 Some(Ownership::Adoptable) => "Adopted",
                 Some(Ownership::Conflict(owner)) => {
-                    conflicts.push(Conflict { object: describe(&child), owner });
+                    applied.conflicts.push(Conflict { object: describe(&child), owner });
                     continue;
                 }
             },
@@ -415,8 +430,9 @@ async fn apply(
             return Err(err);
         }
         written(parent, ctx, kind, verb, &child).await;
+        applied.written += 1;
     }
-    Ok(conflicts)
+    Ok(applied)
 }
 
 /// Counts a child write and publishes its Event (`verb`: Created, Updated, Adopted).
@@ -474,8 +490,9 @@ async fn report(
     parent: &DynamicObject,
     ctx: &Context,
     desired: &Desired,
-    conflicts: &[Conflict],
+    applied: &Applied,
 ) -> Result<Action, ReconcileError> {
+    let conflicts = &applied.conflicts;
     let mut conditions = desired.conditions.clone();
     if !conflicts.is_empty() {
         let message = conflicts.iter().map(|c| format!("{} exists and is {}", c.object, c.owner)).collect::<Vec<_>>();
@@ -491,11 +508,31 @@ async fn report(
         let message = format!("{} children in sync", desired.children.len());
         conditions.insert(0, ready(ConditionStatus::True, "Reconciled", message));
     }
-    write_status(parent, ctx, &Report { fields: Some(desired.status.clone().unwrap_or_default()), conditions }).await?;
+    let report = Report { fields: Some(desired.status.clone().unwrap_or_default()), conditions };
+    if let Some(wait) = first_status_wait(parent, ctx, &report, applied.written > 0) {
+        return Ok(Action::requeue(wait));
+    }
+    ctx.state.first_status_done(&uid(parent));
+    write_status(parent, ctx, &report).await?;
     Ok(match desired.requeue_after {
         Some(after) => Action::requeue(after.max(ratelimit::MIN_REQUEUE).max(ctx.bucket.reserve())),
         None => Action::await_change(),
     })
+}
+
+/// How long a new parent's first status may wait (see [`FIRST_STATUS_GRACE`]): only a parent
+/// that has no conditions yet, whose report is not `Ready=True`, and whose children were
+/// written by this reconcile or one of the same generation within the grace time.
+fn first_status_wait(parent: &DynamicObject, ctx: &Context, report: &Report, wrote: bool) -> Option<Duration> {
+    let uid = uid(parent);
+    let ready = report.conditions.iter().any(|c| c.type_ == "Ready" && c.status == ConditionStatus::True);
+    let cached_rv = parent.resource_version().unwrap_or_default();
+    let has_status =
+        !parent.data["status"]["conditions"].is_null() || ctx.state.unseen_status(&uid, &cached_rv).is_some();
+    if ready || has_status {
+        return None;
+    }
+    ctx.state.first_status_wait(&uid, parent.meta().generation.unwrap_or_default(), wrote, FIRST_STATUS_GRACE)
 }
 
 fn ready(status: ConditionStatus, reason: &str, message: String) -> Condition {

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Entries beyond the number of live parents kept before a sweep drops those of deleted ones.
 const SWEEP_SLACK: usize = 256;
@@ -27,6 +28,8 @@ pub struct ParentState {
     scheduled: Mutex<HashSet<String>>,
     /// The status last written to each parent, until the cache shows the write.
     written: Mutex<HashMap<String, Written>>,
+    /// Parents whose first status waits for the children just written: (generation, until).
+    first_status: Mutex<HashMap<String, (i64, Instant)>>,
 }
 
 /// A status write the parent cache may not show yet.
@@ -96,6 +99,7 @@ impl ParentState {
         if let Ok(mut written) = self.written.lock() {
             written.remove(uid);
         }
+        self.first_status_done(uid);
     }
 
     /// Remembers that `status` was written to `uid`, whose cached copy had resourceVersion
@@ -120,6 +124,30 @@ impl ParentState {
         }
     }
 
+    /// How much longer the first status of generation `generation` of `uid` may wait for its
+    /// children: `start` (children were just written) opens a window of `grace` if none is
+    /// open; later reconciles of the same generation honour it. `None` once it is over.
+    pub fn first_status_wait(&self, uid: &str, generation: i64, start: bool, grace: Duration) -> Option<Duration> {
+        let mut waiting = self.first_status.lock().ok()?;
+        let now = Instant::now();
+        let until = match waiting.get(uid) {
+            Some((g, until)) if *g == generation => *until,
+            _ if start => {
+                waiting.insert(uid.into(), (generation, now + grace));
+                now + grace
+            }
+            _ => return None,
+        };
+        until.checked_duration_since(now).filter(|wait| !wait.is_zero())
+    }
+
+    /// The first status of `uid` was written (or is not waited for any more).
+    pub fn first_status_done(&self, uid: &str) {
+        if let Ok(mut waiting) = self.first_status.lock() {
+            waiting.remove(uid);
+        }
+    }
+
     /// Number of parents remembered.
     pub fn len(&self) -> usize {
         self.with(|map| map.len())
@@ -134,12 +162,16 @@ impl ParentState {
     /// count plus a slack; `live` is asked for the live UIDs only then.
     pub fn sweep(&self, live_count: usize, live: impl FnOnce() -> HashSet<String>) {
         let written = self.written.lock().map(|w| w.len()).unwrap_or_default();
-        if self.len().max(written) <= live_count + SWEEP_SLACK {
+        let waiting = self.first_status.lock().map(|w| w.len()).unwrap_or_default();
+        if self.len().max(written).max(waiting) <= live_count + SWEEP_SLACK {
             return;
         }
         let live = live();
         if let Ok(mut written) = self.written.lock() {
             written.retain(|uid, _| live.contains(uid));
+        }
+        if let Ok(mut waiting) = self.first_status.lock() {
+            waiting.retain(|uid, _| live.contains(uid));
         }
         self.with(|map| map.retain(|uid, _| live.contains(uid)));
         if let Ok(mut scheduled) = self.scheduled.lock() {
@@ -193,5 +225,22 @@ mod tests {
         state.status_written("uid-2", "10", &serde_json::json!({}));
         state.forget_all("uid-2");
         assert_eq!(state.unseen_status("uid-2", "10"), None);
+    }
+
+    #[test]
+    fn a_first_status_waits_only_within_the_window_of_its_generation() {
+        let state = ParentState::default();
+        let grace = Duration::from_secs(60);
+        // No children written, no window open: write at once.
+        assert_eq!(state.first_status_wait("uid-1", 1, false, grace), None);
+        // Children written: wait; a later reconcile of the same generation honours the window.
+        assert!(state.first_status_wait("uid-1", 1, true, grace).is_some());
+        assert!(state.first_status_wait("uid-1", 1, false, grace).is_some());
+        // A new generation does not inherit it.
+        assert_eq!(state.first_status_wait("uid-1", 2, false, grace), None);
+        // Over: write.
+        assert!(state.first_status_wait("uid-2", 1, true, Duration::ZERO).is_none());
+        state.first_status_done("uid-1");
+        assert_eq!(state.first_status_wait("uid-1", 1, false, grace), None);
     }
 }
