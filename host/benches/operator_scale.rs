@@ -8,6 +8,9 @@
 //! `WASMOP_BENCH_SERVER=inproc` runs the server in this process and `WASMOP_BENCH_READY=list`
 //! polls a list for Ready, as the bench did before 0.3, to compare.
 //!
+//! `WASMOP_BENCH_PLANE=real` runs against the real control plane (`make controlplane`), each
+//! run in its own namespace; the API request counts are then not available.
+//!
 //! `make bench` runs it; `WASMOP_BENCH_PARENTS=1000,10000` picks the sizes (default 1000).
 
 #[path = "common/server.rs"]
@@ -19,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::watcher;
@@ -34,6 +38,7 @@ use wasmop::plugin::{
 use wasmop::policy::PolicyChain;
 use wasmop::reconcile::{Reconciler, Stats};
 use wasmop_apiserver::{ApiServer, Config, RequestStats};
+use wasmop_controlplane::ControlPlane;
 
 /// The Appoperator logic compiled natively, behind the same interface as the plugin.
 struct Native {
@@ -91,10 +96,16 @@ impl Reconciler for Native {
 enum Server {
     Local(ApiServer),
     Remote(Remote),
+    /// The real control plane (`WASMOP_BENCH_PLANE=real`): etcd, kube-apiserver,
+    /// kube-controller-manager, kube-scheduler and kwok, built by `make controlplane`.
+    Real(&'static ControlPlane),
 }
 
 impl Server {
     async fn start(simulate: Duration) -> Server {
+        if std::env::var("WASMOP_BENCH_PLANE").is_ok_and(|v| v == "real") {
+            return Server::Real(ControlPlane::shared().await.expect("the real control plane (make controlplane)"));
+        }
         if std::env::var("WASMOP_BENCH_SERVER").is_ok_and(|v| v == "inproc") {
             let config = Config { simulate_deployments: true, simulate_delay: simulate, ..Config::default() };
             return Server::Local(ApiServer::start(config).await.expect("api server"));
@@ -102,17 +113,33 @@ impl Server {
         Server::Remote(Remote::start(Some(simulate)))
     }
 
-    fn url(&self) -> String {
-        match self {
+    /// A client with kube-rs's defaults: no client-side rate limit (client-go's would be 5 QPS,
+    /// burst 10).
+    async fn client(&self) -> Client {
+        let url = match self {
             Server::Local(s) => s.url(),
             Server::Remote(r) => r.url().to_string(),
+            Server::Real(plane) => return plane.client().await.expect("client"),
+        };
+        Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("client")
+    }
+
+    /// The namespace of one run: `default`, or a fresh one per run on the shared real plane.
+    async fn namespace(&self, client: &Client, label: &str) -> String {
+        if !matches!(self, Server::Real(_)) {
+            return "default".into();
         }
+        let ns = format!("bench-{label}-{}", std::process::id());
+        let namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.expect("namespace");
+        ns
     }
 
     fn reset_stats(&mut self) {
         match self {
             Server::Local(s) => s.reset_stats(),
             Server::Remote(r) => r.reset_stats(),
+            Server::Real(_) => {}
         }
     }
 
@@ -120,13 +147,15 @@ impl Server {
         match self {
             Server::Local(s) => s.stats(),
             Server::Remote(r) => RequestStats { counts: r.stats() },
+            // The real API server's counts are not read here.
+            Server::Real(_) => RequestStats::default(),
         }
     }
 
     fn pid(&self) -> Option<u32> {
         match self {
-            Server::Local(_) => None,
             Server::Remote(r) => Some(r.pid()),
+            _ => None,
         }
     }
 
@@ -183,18 +212,19 @@ async fn wait_ready(label: &str, api: Api<DynamicObject>, n: usize, started: tok
 
 async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n: usize) {
     let mut server = Server::start(Duration::from_millis(100)).await;
-    let client = Client::try_from(kube::Config::new(server.url().parse().expect("url"))).expect("client");
+    let client = server.client().await;
     operator::install_crd(&client, plugin, None).await.expect("crd");
+    let ns = server.namespace(&client, label).await;
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("tools.wasmop.dev", "v1", "Appoperator"),
         "appoperators",
     );
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
 
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     let telemetry = wasmop::telemetry::Telemetry::new();
     let stats = telemetry.stats.clone();
-    let options = ControllerOptions { concurrency: 16, ..ControllerOptions::default() };
+    let options = ControllerOptions { concurrency: 16, namespace: Some(ns.clone()), ..ControllerOptions::default() };
     let task = tokio::spawn(controller::run_plugin(
         client.clone(),
         logic,
@@ -218,11 +248,11 @@ async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n
     let started = Instant::now();
     futures::stream::iter(0..n)
         .for_each_concurrent(32, |i| {
-            let api = api.clone();
+            let (api, ns) = (api.clone(), ns.clone());
             async move {
                 let obj: DynamicObject = serde_json::from_value(json!({
                     "apiVersion": "tools.wasmop.dev/v1", "kind": "Appoperator",
-                    "metadata": {"name": format!("app-{i}"), "namespace": "default"},
+                    "metadata": {"name": format!("app-{i}"), "namespace": ns},
                     "spec": {"workload": {"image": "nginx:1.27", "replicas": 2}},
                 }))
                 .expect("object");
@@ -236,17 +266,18 @@ async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n
     let requests = server.stats();
     let reconciles = Stats::get(&stats.reconciles);
     let (operator_cpu, server_cpu) = (cpu_seconds(None) - cpu.0, cpu_seconds(server.pid()) - cpu.1);
-    let rss = match server.pid() {
-        Some(pid) => format!(
-            "operator RSS {} MiB (peak {} MiB), server process RSS {} MiB",
-            memory_kib(None, "VmRSS:") / 1024,
-            memory_kib(None, "VmHWM:") / 1024,
-            memory_kib(Some(pid), "VmRSS:") / 1024,
-        ),
-        None => format!(
+    let rss = match (&server, server.pid()) {
+        (Server::Local(_), _) => format!(
             "RSS {} MiB (peak {} MiB, server and operator)",
             memory_kib(None, "VmRSS:") / 1024,
             memory_kib(None, "VmHWM:") / 1024
+        ),
+        (_, pid) => format!(
+            "operator RSS {} MiB (peak {} MiB){}",
+            memory_kib(None, "VmRSS:") / 1024,
+            memory_kib(None, "VmHWM:") / 1024,
+            pid.map(|p| format!(", server process RSS {} MiB", memory_kib(Some(p), "VmRSS:") / 1024))
+                .unwrap_or_default(),
         ),
     };
     println!(
