@@ -43,23 +43,27 @@ impl Variants {
         let (tx, rx) = tokio::sync::watch::channel(HashMap::new());
         tokio::spawn(async move {
             let mut by_name: HashMap<String, String> = HashMap::new();
+            let mut counts: HashMap<String, usize> = HashMap::new();
             let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
             while let Some(event) = events.next().await {
-                match event {
+                let (name, variant) = match event {
                     Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
-                        let variant = c.labels().get("wasmop.test/variant").cloned().unwrap_or_default();
-                        by_name.insert(c.name_any(), variant);
+                        (c.name_any(), c.labels().get("wasmop.test/variant").cloned())
                     }
-                    Ok(watcher::Event::Delete(c)) => {
-                        by_name.remove(&c.name_any());
-                    }
+                    Ok(watcher::Event::Delete(c)) => (c.name_any(), None),
                     _ => continue,
+                };
+                let previous = match variant {
+                    Some(v) => {
+                        *counts.entry(v.clone()).or_default() += 1;
+                        by_name.insert(name, v)
+                    }
+                    None => by_name.remove(&name),
+                };
+                if let Some(c) = previous.and_then(|p| counts.get_mut(&p)) {
+                    *c -= 1;
                 }
-                let mut counts = HashMap::new();
-                for v in by_name.values() {
-                    *counts.entry(v.clone()).or_default() += 1;
-                }
-                if tx.send(counts).is_err() {
+                if tx.send(counts.clone()).is_err() {
                     return;
                 }
             }
