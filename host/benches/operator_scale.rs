@@ -6,7 +6,7 @@
 //! operator alone. Ready is followed with one watch.
 //!
 //! `WASMOP_BENCH_SERVER=inproc` runs the server in this process and `WASMOP_BENCH_READY=list`
-//! polls a list for Ready, as the bench did before 0.3, to compare.
+//! polls a list for Ready, as the bench did up to 0.2.0, to compare.
 //!
 //! `WASMOP_BENCH_PLANE=real` runs against the real control plane (`make controlplane`), each
 //! run in its own namespace; the API request counts are then not available.
@@ -92,7 +92,7 @@ impl Reconciler for Native {
 }
 
 /// Where the API server runs: in another process (default; the RSS printed is the operator's
-/// own) or in this one (`WASMOP_BENCH_SERVER=inproc`, as before 0.3: RSS is the sum).
+/// own) or in this one (`WASMOP_BENCH_SERVER=inproc`, as up to 0.2.0: RSS is the sum).
 enum Server {
     Local(ApiServer),
     Remote(Remote),
@@ -171,7 +171,7 @@ fn is_ready(o: &DynamicObject) -> bool {
 }
 
 /// Waits until `n` parents are Ready, following them with one watch (default), or polling a
-/// list every 250 ms (`WASMOP_BENCH_READY=list`, as before 0.3: each list of 10,000 objects
+/// list every 250 ms (`WASMOP_BENCH_READY=list`, as up to 0.2.0: each list of 10,000 objects
 /// costs the server a full serialisation). Panics when no parent became Ready for 120 s.
 async fn wait_ready(label: &str, api: Api<DynamicObject>, n: usize, started: tokio::sync::oneshot::Receiver<()>) {
     let stall = Duration::from_secs(120);

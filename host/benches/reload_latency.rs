@@ -3,7 +3,7 @@
 //! in its v1 and v2 builds (v2 labels its ConfigMaps differently); `make bench` builds both.
 //! The API server runs in a child process (`WASMOP_BENCH_SERVER=inproc`: in this one) and the
 //! ConfigMaps are followed with one watch (`WASMOP_BENCH_READY=list`: a list polled every
-//! 50 ms, as before 0.3, whose cost at 10,000 objects was most of the figure).
+//! 50 ms, as up to 0.2.0, whose cost at 10,000 objects was most of the figure).
 
 #[path = "common/server.rs"]
 mod server;
