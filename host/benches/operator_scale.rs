@@ -1,19 +1,34 @@
 //! End to end at scale: N Appoperators created at once against the in-memory API server, until
 //! every one is `Ready`. Run once with the WebAssembly plugin and once with the native build of
 //! the same logic, so the Wasm share of the cost is visible. Prints wall time, reconciles per
-//! second, API requests and writes per object, and host memory.
+//! second, API requests and writes per object, and the operator's memory and CPU: the API
+//! server runs in a child process (the bench binary re-executed), so the bench process is the
+//! operator alone. Ready is followed with one watch.
+//!
+//! `WASMOP_BENCH_SERVER=inproc` runs the server in this process and `WASMOP_BENCH_READY=list`
+//! polls a list for Ready, as the bench did up to 0.2.0, to compare.
+//!
+//! `WASMOP_BENCH_PLANE=real` runs against the real control plane (`make controlplane`), each
+//! run in its own namespace; the API request counts are then not available.
 //!
 //! `make bench` runs it; `WASMOP_BENCH_PARENTS=1000,10000` picks the sizes (default 1000).
 
+#[path = "common/server.rs"]
+mod server;
+
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::Client;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use server::{Remote, cpu_seconds, memory_kib};
 use wasmop::controller::{self, ControllerOptions};
 use wasmop::operator;
 use wasmop::plugin::{
@@ -22,7 +37,8 @@ use wasmop::plugin::{
 };
 use wasmop::policy::PolicyChain;
 use wasmop::reconcile::{Reconciler, Stats};
-use wasmop_apiserver::{ApiServer, Config};
+use wasmop_apiserver::{ApiServer, Config, RequestStats};
+use wasmop_controlplane::ControlPlane;
 
 /// The Appoperator logic compiled natively, behind the same interface as the plugin.
 struct Native {
@@ -75,36 +91,140 @@ impl Reconciler for Native {
     }
 }
 
-fn memory_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
+/// Where the API server runs: in another process (default; the RSS printed is the operator's
+/// own) or in this one (`WASMOP_BENCH_SERVER=inproc`, as up to 0.2.0: RSS is the sum).
+enum Server {
+    Local(ApiServer),
+    Remote(Remote),
+    /// The real control plane (`WASMOP_BENCH_PLANE=real`): etcd, kube-apiserver,
+    /// kube-controller-manager, kube-scheduler and kwok, built by `make controlplane`.
+    Real(&'static ControlPlane),
 }
 
-async fn ready_count(api: &Api<DynamicObject>) -> usize {
-    let Ok(list) = api.list(&ListParams::default()).await else { return 0 };
-    list.items
-        .iter()
-        .filter(|o| wasmop::status::ready_of(&o.data["status"]).is_some_and(|(s, _, _)| s == "True"))
-        .count()
+impl Server {
+    async fn start(simulate: Duration) -> Server {
+        if std::env::var("WASMOP_BENCH_PLANE").is_ok_and(|v| v == "real") {
+            return Server::Real(ControlPlane::shared().await.expect("the real control plane (make controlplane)"));
+        }
+        if std::env::var("WASMOP_BENCH_SERVER").is_ok_and(|v| v == "inproc") {
+            let config = Config { simulate_deployments: true, simulate_delay: simulate, ..Config::default() };
+            return Server::Local(ApiServer::start(config).await.expect("api server"));
+        }
+        Server::Remote(Remote::start(Some(simulate)))
+    }
+
+    /// A client with kube-rs's defaults: no client-side rate limit (client-go's would be 5 QPS,
+    /// burst 10).
+    async fn client(&self) -> Client {
+        let url = match self {
+            Server::Local(s) => s.url(),
+            Server::Remote(r) => r.url().to_string(),
+            Server::Real(plane) => return plane.client().await.expect("client"),
+        };
+        Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("client")
+    }
+
+    /// The namespace of one run: `default`, or a fresh one per run on the shared real plane.
+    async fn namespace(&self, client: &Client, label: &str) -> String {
+        if !matches!(self, Server::Real(_)) {
+            return "default".into();
+        }
+        let ns = format!("bench-{label}-{}", std::process::id());
+        let namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.expect("namespace");
+        ns
+    }
+
+    fn reset_stats(&mut self) {
+        match self {
+            Server::Local(s) => s.reset_stats(),
+            Server::Remote(r) => r.reset_stats(),
+            Server::Real(_) => {}
+        }
+    }
+
+    fn stats(&mut self) -> RequestStats {
+        match self {
+            Server::Local(s) => s.stats(),
+            Server::Remote(r) => RequestStats { counts: r.stats() },
+            // The real API server's counts are not read here.
+            Server::Real(_) => RequestStats::default(),
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Server::Remote(r) => Some(r.pid()),
+            _ => None,
+        }
+    }
+
+    async fn shutdown(self) {
+        if let Server::Local(s) = self {
+            s.shutdown().await;
+        }
+    }
+}
+
+fn is_ready(o: &DynamicObject) -> bool {
+    wasmop::status::ready_of(&o.data["status"]).is_some_and(|(s, _, _)| s == "True")
+}
+
+/// Waits until `n` parents are Ready, following them with one watch (default), or polling a
+/// list every 250 ms (`WASMOP_BENCH_READY=list`, as up to 0.2.0: each list of 10,000 objects
+/// costs the server a full serialisation). Panics when no parent became Ready for 120 s.
+async fn wait_ready(label: &str, api: Api<DynamicObject>, n: usize, started: tokio::sync::oneshot::Receiver<()>) {
+    let stall = Duration::from_secs(120);
+    if std::env::var("WASMOP_BENCH_READY").is_ok_and(|v| v == "list") {
+        let _ = started.await;
+        let (mut last, mut progressed) = (0, Instant::now());
+        loop {
+            let ready = match api.list(&ListParams::default()).await {
+                Ok(list) => list.items.iter().filter(|o| is_ready(o)).count(),
+                Err(_) => 0,
+            };
+            if ready >= n {
+                return;
+            }
+            if ready > last {
+                (last, progressed) = (ready, Instant::now());
+            }
+            assert!(progressed.elapsed() < stall, "{label}: stalled at {ready}/{n} Ready for 120 s");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let mut ready = HashSet::new();
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+    while ready.len() < n {
+        let event = tokio::time::timeout(stall, events.next()).await;
+        let Ok(Some(event)) = event else { panic!("{label}: stalled at {}/{n} Ready for 120 s", ready.len()) };
+        match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) if is_ready(&o) => {
+                ready.insert(o.name_any());
+            }
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o)) => {
+                ready.remove(&o.name_any());
+            }
+            _ => {}
+        }
+    }
 }
 
 async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n: usize) {
-    let config = Config { simulate_deployments: true, simulate_delay: Duration::from_millis(100), ..Config::default() };
-    let server = ApiServer::start(config).await.expect("api server");
-    let client = Client::try_from(kube::Config::new(server.url().parse().expect("url"))).expect("client");
+    let mut server = Server::start(Duration::from_millis(100)).await;
+    let client = server.client().await;
     operator::install_crd(&client, plugin, None).await.expect("crd");
+    let ns = server.namespace(&client, label).await;
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("tools.wasmop.dev", "v1", "Appoperator"),
         "appoperators",
     );
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
 
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     let telemetry = wasmop::telemetry::Telemetry::new();
     let stats = telemetry.stats.clone();
-    let options = ControllerOptions { concurrency: 16, ..ControllerOptions::default() };
+    let options = ControllerOptions { concurrency: 16, namespace: Some(ns.clone()), ..ControllerOptions::default() };
     let task = tokio::spawn(controller::run_plugin(
         client.clone(),
         logic,
@@ -116,16 +236,23 @@ async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n
         },
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let (created, created_rx) = tokio::sync::oneshot::channel();
+    let ready = tokio::spawn({
+        let (api, label) = (api.clone(), label.to_string());
+        async move { wait_ready(&label, api, n, created_rx).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
     server.reset_stats();
+    let cpu = (cpu_seconds(None), cpu_seconds(server.pid()));
 
     let started = Instant::now();
     futures::stream::iter(0..n)
         .for_each_concurrent(32, |i| {
-            let api = api.clone();
+            let (api, ns) = (api.clone(), ns.clone());
             async move {
                 let obj: DynamicObject = serde_json::from_value(json!({
                     "apiVersion": "tools.wasmop.dev/v1", "kind": "Appoperator",
-                    "metadata": {"name": format!("app-{i}"), "namespace": "default"},
+                    "metadata": {"name": format!("app-{i}"), "namespace": ns},
                     "spec": {"workload": {"image": "nginx:1.27", "replicas": 2}},
                 }))
                 .expect("object");
@@ -133,31 +260,38 @@ async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n
             }
         })
         .await;
-    // A bench that cannot converge says so instead of waiting forever.
-    let (mut last, mut progressed) = (0, Instant::now());
-    loop {
-        let ready = ready_count(&api).await;
-        if ready >= n {
-            break;
-        }
-        if ready > last {
-            (last, progressed) = (ready, Instant::now());
-        }
-        assert!(progressed.elapsed() < Duration::from_secs(120), "{label}: stalled at {ready}/{n} Ready for 120 s");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let _ = created.send(());
+    ready.await.expect("ready");
     let wall = started.elapsed();
     let requests = server.stats();
     let reconciles = Stats::get(&stats.reconciles);
+    let (operator_cpu, server_cpu) = (cpu_seconds(None) - cpu.0, cpu_seconds(server.pid()) - cpu.1);
+    let rss = match (&server, server.pid()) {
+        (Server::Local(_), _) => format!(
+            "RSS {} MiB (peak {} MiB, server and operator)",
+            memory_kib(None, "VmRSS:") / 1024,
+            memory_kib(None, "VmHWM:") / 1024
+        ),
+        (_, pid) => format!(
+            "operator RSS {} MiB (peak {} MiB){}",
+            memory_kib(None, "VmRSS:") / 1024,
+            memory_kib(None, "VmHWM:") / 1024,
+            pid.map(|p| format!(", server process RSS {} MiB", memory_kib(Some(p), "VmRSS:") / 1024))
+                .unwrap_or_default(),
+        ),
+    };
     println!(
-        "{label:<7} {n:>6} parents: all Ready in {:>7.2}s  {:>7.0} reconciles/s  {:>5.2} API requests/object ({:.2} writes, creates included)  RSS {} MiB (peak {} MiB)",
+        "{label:<7} {n:>6} parents: all Ready in {:>7.2}s  {:>7.0} reconciles/s  {:>5.2} API requests/object ({:.2} writes, creates included)  {rss}",
         wall.as_secs_f64(),
         reconciles as f64 / wall.as_secs_f64(),
         requests.total() as f64 / n as f64,
         requests.writes("*") as f64 / n as f64,
-        memory_kib("VmRSS:") / 1024,
-        memory_kib("VmHWM:") / 1024,
     );
+    if server.pid().is_some() {
+        println!(
+            "{label:<7} {n:>6} parents: CPU seconds: operator process {operator_cpu:.1}, server process {server_cpu:.1}"
+        );
+    }
     // Where the requests go, per object: what to cut next.
     let per_object: Vec<String> = requests
         .counts
@@ -171,6 +305,7 @@ async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n
 }
 
 fn main() {
+    server::serve_if_child();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin/appoperator.wasm");
     assert!(path.exists(), "{} is missing: run `make plugins` (make bench does)", path.display());
     let sizes: Vec<usize> = std::env::var("WASMOP_BENCH_PARENTS")

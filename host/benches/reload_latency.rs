@@ -1,7 +1,14 @@
 //! Reload latency: from the write of a new plugin version to its logic applied to every one of
 //! N parents (default 1,000), against the in-memory API server. Uses the test plugin `hostile`
 //! in its v1 and v2 builds (v2 labels its ConfigMaps differently); `make bench` builds both.
+//! The API server runs in a child process (`WASMOP_BENCH_SERVER=inproc`: in this one) and the
+//! ConfigMaps are followed with one watch (`WASMOP_BENCH_READY=list`: a list polled every
+//! 50 ms, as up to 0.2.0, whose cost at 10,000 objects was most of the figure).
 
+#[path = "common/server.rs"]
+mod server;
+
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +19,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use wasmop::controller::ControllerOptions;
@@ -24,9 +32,65 @@ async fn count_variant(api: &Api<ConfigMap>, variant: &str) -> usize {
     list.items.iter().filter(|c| c.labels().get("wasmop.test/variant").map(String::as_str) == Some(variant)).count()
 }
 
+/// The variant label of every ConfigMap, kept current by one watch; `wait` returns once `n`
+/// carry `variant`.
+struct Variants {
+    rx: tokio::sync::watch::Receiver<HashMap<String, usize>>,
+}
+
+impl Variants {
+    fn follow(api: Api<ConfigMap>) -> Variants {
+        let (tx, rx) = tokio::sync::watch::channel(HashMap::new());
+        tokio::spawn(async move {
+            let mut by_name: HashMap<String, String> = HashMap::new();
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+            while let Some(event) = events.next().await {
+                let (name, variant) = match event {
+                    Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
+                        (c.name_any(), c.labels().get("wasmop.test/variant").cloned())
+                    }
+                    Ok(watcher::Event::Delete(c)) => (c.name_any(), None),
+                    _ => continue,
+                };
+                let previous = match variant {
+                    Some(v) => {
+                        *counts.entry(v.clone()).or_default() += 1;
+                        by_name.insert(name, v)
+                    }
+                    None => by_name.remove(&name),
+                };
+                if let Some(c) = previous.and_then(|p| counts.get_mut(&p)) {
+                    *c -= 1;
+                }
+                if tx.send(counts.clone()).is_err() {
+                    return;
+                }
+            }
+        });
+        Variants { rx }
+    }
+
+    async fn wait(&mut self, api: &Api<ConfigMap>, variant: &str, n: usize, every: Duration) {
+        if std::env::var("WASMOP_BENCH_READY").is_ok_and(|v| v == "list") {
+            while count_variant(api, variant).await < n {
+                tokio::time::sleep(every).await;
+            }
+            return;
+        }
+        let _ = self.rx.wait_for(|c| c.get(variant).copied().unwrap_or(0) >= n).await;
+    }
+}
+
 async fn run(n: usize, v1: PathBuf, v2: PathBuf) {
-    let server = ApiServer::start(Config::default()).await.expect("api server");
-    let client = Client::try_from(kube::Config::new(server.url().parse().expect("url"))).expect("client");
+    let (local, remote) = if std::env::var("WASMOP_BENCH_SERVER").is_ok_and(|v| v == "inproc") {
+        (Some(ApiServer::start(Config::default()).await.expect("api server")), None)
+    } else {
+        (None, Some(server::Remote::start(None)))
+    };
+    let url =
+        local.as_ref().map_or_else(|| remote.as_ref().map(|r| r.url().to_string()).unwrap_or_default(), |s| s.url());
+    let client = Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("client");
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
         "metadata": {"name": "hostiles.test.wasmop.dev"},
@@ -71,27 +135,36 @@ async fn run(n: usize, v1: PathBuf, v2: PathBuf) {
         })
         .await;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    while count_variant(&config_maps, "v1").await < n {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut variants = Variants::follow(config_maps.clone());
+    variants.wait(&config_maps, "v1", n, Duration::from_millis(100)).await;
 
+    let pid = remote.as_ref().map(server::Remote::pid);
+    let cpu = (server::cpu_seconds(None), server::cpu_seconds(pid));
     let started = Instant::now();
     let tmp = dir.path().join("hostile.wasm.tmp");
     std::fs::copy(&v2, &tmp).expect("copy v2");
     std::fs::rename(&tmp, &file).expect("rename");
-    while count_variant(&config_maps, "v2").await < n {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    variants.wait(&config_maps, "v2", n, Duration::from_millis(50)).await;
+    let wall = started.elapsed().as_secs_f64();
+    let (operator_cpu, server_cpu) = (server::cpu_seconds(None) - cpu.0, server::cpu_seconds(pid) - cpu.1);
     println!(
-        "reload: new version applied to all {n} parents {:.2}s after the file write (cold compile of the new version included)",
-        started.elapsed().as_secs_f64()
+        "reload: new version applied to all {n} parents {wall:.2}s after the file write (cold compile of the new version included)"
     );
+    if pid.is_some() {
+        println!(
+            "reload: CPU seconds meanwhile: operator process {operator_cpu:.1}, server process {server_cpu:.1}; operator RSS {} MiB",
+            server::memory_kib(None, "VmRSS:") / 1024
+        );
+    }
     let _ = stop.send(true);
     let _ = task.await;
-    server.shutdown().await;
+    if let Some(server) = local {
+        server.shutdown().await;
+    }
 }
 
 fn main() {
+    server::serve_if_child();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin");
     let (v1, v2) = (dir.join("hostile.wasm"), dir.join("hostile_v2.wasm"));
     assert!(v1.exists() && v2.exists(), "hostile plugins missing: run `make test-plugins` (make bench does)");

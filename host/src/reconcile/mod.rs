@@ -39,6 +39,11 @@ use crate::telemetry::Metrics;
 
 /// How soon to ask a finalizing plugin again when it has not finished and gave no hint.
 const FINALIZE_RETRY: Duration = Duration::from_secs(5);
+/// How long the first status of a new parent waits for the children its first reconcile wrote,
+/// when they are not ready yet: if they are within this time, the first status written is the
+/// final one (one write instead of a `Progressing` then an `Available`); if not, `Progressing`
+/// is written at its end.
+const FIRST_STATUS_GRACE: Duration = Duration::from_secs(2);
 
 /// The logic that computes a parent's desired state: a WebAssembly plugin in production, the
 /// native build of the same logic in benchmarks.
@@ -244,7 +249,7 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
             return finalize(parent, ctx).await;
         }
         // Garbage collection takes the children.
-        ctx.state.forget(&uid(parent));
+        ctx.state.forget_all(&uid(parent));
         ctx.loops.forget(&uid(parent));
         return Ok(Action::await_change());
     }
@@ -264,9 +269,9 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
         Ok(d) => d,
         Err(e) => return report_failure(parent, ctx, e).await,
     };
-    let conflicts = apply(parent, ctx, &desired, &observed).await?;
+    let applied = apply(parent, ctx, &desired, &observed).await?;
     prune(parent, ctx, &desired, &observed).await?;
-    report(parent, ctx, &desired, &conflicts).await
+    report(parent, ctx, &desired, &applied).await
 }
 
 /// A parent's children as the caches hold them, keyed by full identity: the index of their
@@ -377,6 +382,15 @@ pub struct Conflict {
     pub owner: String,
 }
 
+/// What the apply step did.
+#[derive(Default)]
+struct Applied {
+    /// Desired children the host may not write.
+    conflicts: Vec<Conflict>,
+    /// Children written.
+    written: usize,
+}
+
 /// Step 4, apply: marks each desired child and server-side applies the ones that changed.
 /// An existing object this parent does not control is never written (see [`Ownership`]); it
 /// is returned as a conflict.
@@ -385,9 +399,9 @@ async fn apply(
     ctx: &Context,
     desired: &Desired,
     observed: &Observed,
-) -> Result<Vec<Conflict>, ReconcileError> {
+) -> Result<Applied, ReconcileError> {
     let (owner, meta) = (owner_of(parent, ctx), ctx.plugin.metadata());
-    let mut conflicts = Vec::new();
+    let mut applied = Applied::default();
     for mut child in desired.children.clone() {
         apply::mark_child(&mut child, &owner, &meta.name, ctx.plugin.revision());
         let Some(kind) = child_kind(ctx, &child) else {
@@ -396,12 +410,19 @@ async fn apply(
         let verb = match observed.children.get(&ChildKey::of(&child)) {
             Some((_, _, current)) if apply::already_applied(&child, current) => continue,
             Some(_) => "Updated",
+            // Absent from the cache: most often absent from the cluster, which one guarded
+            // apply proves while creating it; if it fails, read who owns the object.
+            None if apply::create_child(&ctx.client, &kind.resource, &child).await.is_ok() => {
+                written(parent, ctx, kind, "Created", &child).await;
+                applied.written += 1;
+                continue;
+            }
             None => match existing_ownership(ctx, kind, &child, &owner.uid).await? {
                 None => "Created",
                 Some(Ownership::Ours) => "Updated",
                 Some(Ownership::Adoptable) => "Adopted",
                 Some(Ownership::Conflict(owner)) => {
-                    conflicts.push(Conflict { object: describe(&child), owner });
+                    applied.conflicts.push(Conflict { object: describe(&child), owner });
                     continue;
                 }
             },
@@ -414,11 +435,17 @@ async fn apply(
             }
             return Err(err);
         }
-        Stats::bump(&ctx.stats.applies);
-        ctx.metrics.child_written(&meta.name, &kind.resource.kind, false);
-        publish(ctx, parent, EventType::Normal, verb, "Apply", format!("{verb} {}", describe(&child))).await;
+        written(parent, ctx, kind, verb, &child).await;
+        applied.written += 1;
     }
-    Ok(conflicts)
+    Ok(applied)
+}
+
+/// Counts a child write and publishes its Event (`verb`: Created, Updated, Adopted).
+async fn written(parent: &DynamicObject, ctx: &Context, kind: &ChildKindCache, verb: &str, child: &Value) {
+    Stats::bump(&ctx.stats.applies);
+    ctx.metrics.child_written(&ctx.plugin.metadata().name, &kind.resource.kind, false);
+    publish(ctx, parent, EventType::Normal, verb, "Apply", format!("{verb} {}", describe(child))).await;
 }
 
 /// Who controls an object the caches do not show as this parent's: `None` if it does not exist.
@@ -469,8 +496,9 @@ async fn report(
     parent: &DynamicObject,
     ctx: &Context,
     desired: &Desired,
-    conflicts: &[Conflict],
+    applied: &Applied,
 ) -> Result<Action, ReconcileError> {
+    let conflicts = &applied.conflicts;
     let mut conditions = desired.conditions.clone();
     if !conflicts.is_empty() {
         let message = conflicts.iter().map(|c| format!("{} exists and is {}", c.object, c.owner)).collect::<Vec<_>>();
@@ -486,11 +514,31 @@ async fn report(
         let message = format!("{} children in sync", desired.children.len());
         conditions.insert(0, ready(ConditionStatus::True, "Reconciled", message));
     }
-    write_status(parent, ctx, &Report { fields: Some(desired.status.clone().unwrap_or_default()), conditions }).await?;
+    let report = Report { fields: Some(desired.status.clone().unwrap_or_default()), conditions };
+    if let Some(wait) = first_status_wait(parent, ctx, &report, applied.written > 0) {
+        return Ok(Action::requeue(wait));
+    }
+    ctx.state.first_status_done(&uid(parent));
+    write_status(parent, ctx, &report).await?;
     Ok(match desired.requeue_after {
         Some(after) => Action::requeue(after.max(ratelimit::MIN_REQUEUE).max(ctx.bucket.reserve())),
         None => Action::await_change(),
     })
+}
+
+/// How long a new parent's first status may wait (see [`FIRST_STATUS_GRACE`]): only a parent
+/// that has no conditions yet, whose report is not `Ready=True`, and whose children were
+/// written by this reconcile or one of the same generation within the grace time.
+fn first_status_wait(parent: &DynamicObject, ctx: &Context, report: &Report, wrote: bool) -> Option<Duration> {
+    let uid = uid(parent);
+    let ready = report.conditions.iter().any(|c| c.type_ == "Ready" && c.status == ConditionStatus::True);
+    let cached_rv = parent.resource_version().unwrap_or_default();
+    let has_status =
+        !parent.data["status"]["conditions"].is_null() || ctx.state.unseen_status(&uid, &cached_rv).is_some();
+    if ready || has_status {
+        return None;
+    }
+    ctx.state.first_status_wait(&uid, parent.meta().generation.unwrap_or_default(), wrote, FIRST_STATUS_GRACE)
 }
 
 fn ready(status: ConditionStatus, reason: &str, message: String) -> Condition {
@@ -514,9 +562,14 @@ fn owner_of(parent: &DynamicObject, ctx: &Context) -> Owner {
 }
 
 /// Writes the parent's status with server-side apply (field manager `wasmop`), when it differs
-/// from what is there: a field the plugin stops returning goes away.
+/// from what is there: a field the plugin stops returning goes away. "What is there" is the
+/// cached parent, or the host's own last write when the cache does not show it yet (a child
+/// event often triggers the next reconcile before the parent's watch delivers the status the
+/// last one wrote; comparing with the stale copy would write the same status again).
 async fn write_status(parent: &DynamicObject, ctx: &Context, report: &Report) -> Result<(), ReconcileError> {
-    let current = &parent.data["status"];
+    let cached_rv = parent.resource_version().unwrap_or_default();
+    let unseen = ctx.state.unseen_status(&uid(parent), &cached_rv);
+    let current = unseen.as_ref().unwrap_or(&parent.data["status"]);
     let Some(next) = status::next_status(current, parent.meta().generation, report, &status::now()) else {
         return Ok(());
     };
@@ -526,6 +579,7 @@ async fn write_status(parent: &DynamicObject, ctx: &Context, report: &Report) ->
     match api.patch_status(&parent.name_any(), &params, &Patch::Apply(&patch)).await {
         Ok(_) => {
             Stats::bump(&ctx.stats.status_writes);
+            ctx.state.status_written(&uid(parent), &cached_rv, &next);
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -579,7 +633,7 @@ async fn finalize(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
         return Ok(Action::requeue(desired.requeue_after.unwrap_or(FINALIZE_RETRY)));
     }
     release_finalizer(parent, ctx, "the plugin finished its cleanup").await?;
-    ctx.state.forget(&uid(parent));
+    ctx.state.forget_all(&uid(parent));
     Ok(Action::await_change())
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Entries beyond the number of live parents kept before a sweep drops those of deleted ones.
 const SWEEP_SLACK: usize = 256;
@@ -25,6 +26,20 @@ pub struct ParentState {
     entries: Mutex<HashMap<String, Entry>>,
     /// Parents with a retry or requeue scheduled that has not started yet (`workqueue_depth`).
     scheduled: Mutex<HashSet<String>>,
+    /// The status last written to each parent, until the cache shows the write.
+    written: Mutex<HashMap<String, Written>>,
+    /// Parents whose first status waits for the children just written: (generation, until).
+    first_status: Mutex<HashMap<String, (i64, Instant)>>,
+}
+
+/// A status write the parent cache may not show yet.
+#[derive(Debug)]
+struct Written {
+    /// The parent's resourceVersion the write was computed from: while the cache still shows
+    /// it, the cache is behind by (at least) this write.
+    before: String,
+    /// The status written, as JSON text (smaller than a `Value`).
+    status: String,
 }
 
 impl ParentState {
@@ -78,6 +93,61 @@ impl ParentState {
         self.with(|map| map.remove(uid));
     }
 
+    /// Forgets everything about `uid`, its last status write too: it is gone.
+    pub fn forget_all(&self, uid: &str) {
+        self.forget(uid);
+        if let Ok(mut written) = self.written.lock() {
+            written.remove(uid);
+        }
+        self.first_status_done(uid);
+    }
+
+    /// Remembers that `status` was written to `uid`, whose cached copy had resourceVersion
+    /// `before`.
+    pub fn status_written(&self, uid: &str, before: &str, status: &serde_json::Value) {
+        if let Ok(mut written) = self.written.lock() {
+            written.insert(uid.into(), Written { before: before.into(), status: status.to_string() });
+        }
+    }
+
+    /// The status last written to `uid` when the cache (showing resourceVersion `cached`) has
+    /// not caught up with that write yet; `None` when it has (and the entry is dropped).
+    pub fn unseen_status(&self, uid: &str, cached: &str) -> Option<serde_json::Value> {
+        let mut written = self.written.lock().ok()?;
+        match written.get(uid) {
+            Some(w) if w.before == cached => serde_json::from_str(&w.status).ok(),
+            Some(_) => {
+                written.remove(uid);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// How much longer the first status of generation `generation` of `uid` may wait for its
+    /// children: `start` (children were just written) opens a window of `grace` if none is
+    /// open; later reconciles of the same generation honour it. `None` once it is over.
+    pub fn first_status_wait(&self, uid: &str, generation: i64, start: bool, grace: Duration) -> Option<Duration> {
+        let mut waiting = self.first_status.lock().ok()?;
+        let now = Instant::now();
+        let until = match waiting.get(uid) {
+            Some((g, until)) if *g == generation => *until,
+            _ if start => {
+                waiting.insert(uid.into(), (generation, now + grace));
+                now + grace
+            }
+            _ => return None,
+        };
+        until.checked_duration_since(now).filter(|wait| !wait.is_zero())
+    }
+
+    /// The first status of `uid` was written (or is not waited for any more).
+    pub fn first_status_done(&self, uid: &str) {
+        if let Ok(mut waiting) = self.first_status.lock() {
+            waiting.remove(uid);
+        }
+    }
+
     /// Number of parents remembered.
     pub fn len(&self) -> usize {
         self.with(|map| map.len())
@@ -91,10 +161,18 @@ impl ParentState {
     /// Drops the entries of parents that no longer exist, when the map has grown past the live
     /// count plus a slack; `live` is asked for the live UIDs only then.
     pub fn sweep(&self, live_count: usize, live: impl FnOnce() -> HashSet<String>) {
-        if self.len() <= live_count + SWEEP_SLACK {
+        let written = self.written.lock().map(|w| w.len()).unwrap_or_default();
+        let waiting = self.first_status.lock().map(|w| w.len()).unwrap_or_default();
+        if self.len().max(written).max(waiting) <= live_count + SWEEP_SLACK {
             return;
         }
         let live = live();
+        if let Ok(mut written) = self.written.lock() {
+            written.retain(|uid, _| live.contains(uid));
+        }
+        if let Ok(mut waiting) = self.first_status.lock() {
+            waiting.retain(|uid, _| live.contains(uid));
+        }
         self.with(|map| map.retain(|uid, _| live.contains(uid)));
         if let Ok(mut scheduled) = self.scheduled.lock() {
             scheduled.retain(|uid| live.contains(uid));
@@ -132,5 +210,37 @@ mod tests {
             live.remove(&uid);
         }
         assert!(state.len() <= SWEEP_SLACK + 1, "{} entries remembered", state.len());
+    }
+
+    #[test]
+    fn a_status_write_counts_until_the_cache_shows_it() {
+        let state = ParentState::default();
+        let status = serde_json::json!({"observedGeneration": 1});
+        state.status_written("uid-1", "10", &status);
+        // The cache still shows the parent as it was before the write.
+        assert_eq!(state.unseen_status("uid-1", "10"), Some(status));
+        // It moved on: the cache is what counts again, and the entry is dropped.
+        assert_eq!(state.unseen_status("uid-1", "11"), None);
+        assert_eq!(state.unseen_status("uid-1", "10"), None);
+        state.status_written("uid-2", "10", &serde_json::json!({}));
+        state.forget_all("uid-2");
+        assert_eq!(state.unseen_status("uid-2", "10"), None);
+    }
+
+    #[test]
+    fn a_first_status_waits_only_within_the_window_of_its_generation() {
+        let state = ParentState::default();
+        let grace = Duration::from_secs(60);
+        // No children written, no window open: write at once.
+        assert_eq!(state.first_status_wait("uid-1", 1, false, grace), None);
+        // Children written: wait; a later reconcile of the same generation honours the window.
+        assert!(state.first_status_wait("uid-1", 1, true, grace).is_some());
+        assert!(state.first_status_wait("uid-1", 1, false, grace).is_some());
+        // A new generation does not inherit it.
+        assert_eq!(state.first_status_wait("uid-1", 2, false, grace), None);
+        // Over: write.
+        assert!(state.first_status_wait("uid-2", 1, true, Duration::ZERO).is_none());
+        state.first_status_done("uid-1");
+        assert_eq!(state.first_status_wait("uid-1", 1, false, grace), None);
     }
 }
