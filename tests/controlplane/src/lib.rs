@@ -282,6 +282,10 @@ impl ControlPlane {
             ("root-ca-file", self.pki.ca_cert.display().to_string()),
             ("cluster-name", "wasmop".into()),
             ("profiling", "false".into()),
+            // Its default client limit (20 QPS, burst 30) makes it, not the operator under test,
+            // the bound of any test creating many Deployments (about five requests each).
+            ("kube-api-qps", "200".into()),
+            ("kube-api-burst", "400".into()),
         ]);
         self.spawn("kube-controller-manager", &kcm_args)?;
         if self.builder.nodes {
