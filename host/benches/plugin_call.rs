@@ -4,8 +4,9 @@
 //!
 //! Run with `make bench` (builds the plugin first) or `cargo bench -p wasmop --bench plugin_call`.
 //!
-//! With `WASMOP_PROFILE=wasm` (or `native`) it only runs [`PROFILE_CALLS`] calls of that path in
-//! [`profiled_calls`], for an instruction count under callgrind (see BENCHMARKS.md):
+//! With `WASMOP_PROFILE=wasm` (or `native`) it only runs [`PROFILE_CALLS`] calls (or
+//! `WASMOP_PROFILE_CALLS`) of that path in [`profiled_calls`], for an instruction count under
+//! callgrind or a `perf record` (see BENCHMARKS.md):
 //! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*profiled_calls*' <bench binary>`.
 
 use std::hint::black_box;
@@ -62,7 +63,8 @@ const PROFILE_CALLS: usize = 200;
 /// The calls a profiler counts (callgrind: `--toggle-collect='*profiled_calls*'`).
 #[inline(never)]
 fn profiled_calls(mut call: impl FnMut()) {
-    for _ in 0..PROFILE_CALLS {
+    let calls = std::env::var("WASMOP_PROFILE_CALLS").ok().and_then(|n| n.parse().ok()).unwrap_or(PROFILE_CALLS);
+    for _ in 0..calls {
         call();
     }
 }
