@@ -3,6 +3,11 @@
 //! same JSON work. Prints both medians and their ratio at the end.
 //!
 //! Run with `make bench` (builds the plugin first) or `cargo bench -p wasmop --bench plugin_call`.
+//!
+//! With `WASMOP_PROFILE=wasm` (or `native`) it only runs [`PROFILE_CALLS`] calls (or
+//! `WASMOP_PROFILE_CALLS`) of that path in [`profiled_calls`], for an instruction count under
+//! callgrind or a `perf record` (see BENCHMARKS.md):
+//! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*profiled_calls*' <bench binary>`.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -52,16 +57,39 @@ fn median(mut f: impl FnMut(), samples: usize) -> Duration {
     times[samples / 2]
 }
 
+/// Calls of one path counted when profiling.
+const PROFILE_CALLS: usize = 200;
+
+/// The calls a profiler counts (callgrind: `--toggle-collect='*profiled_calls*'`).
+#[inline(never)]
+fn profiled_calls(mut call: impl FnMut()) {
+    let calls = std::env::var("WASMOP_PROFILE_CALLS").ok().and_then(|n| n.parse().ok()).unwrap_or(PROFILE_CALLS);
+    for _ in 0..calls {
+        call();
+    }
+}
+
 fn main() {
     let plugin_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin/appoperator.wasm");
     assert!(plugin_path.exists(), "{} is missing: run `make plugins` (make bench does)", plugin_path.display());
-    let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
+    let profile = std::env::var("WASMOP_PROFILE").ok();
+    // Valgrind cannot reserve the default pool's address space; two slots are enough to profile.
+    let config = match profile {
+        Some(_) => RuntimeConfig { max_instances: 2, ..RuntimeConfig::default() },
+        None => RuntimeConfig::default(),
+    };
+    let rt = Runtime::new(config).expect("runtime");
     let plugin = rt.load_operator(&plugin_path, Limits::default()).expect("load appoperator");
     let req = request();
     let mut from_wasm = plugin.reconcile(&req).expect("wasm reconcile").children;
     // The host places children in the parent's namespace; the logic itself leaves it out.
     from_wasm.iter_mut().for_each(|c| drop(c["metadata"].as_object_mut().and_then(|m| m.remove("namespace"))));
     assert_eq!(from_wasm, native(&req), "both paths must compute the same children");
+    match profile.as_deref() {
+        Some("wasm") => return profiled_calls(|| drop(black_box(plugin.reconcile(black_box(&req))))),
+        Some("native") => return profiled_calls(|| drop(black_box(native(black_box(&req))))),
+        _ => {}
+    }
 
     let mut criterion = Criterion::default().configure_from_args();
     let mut group = criterion.benchmark_group("appoperator-reconcile");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreContextMut};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreContextMut};
 
 use super::bindings;
 use super::cache::{CacheStats, CodeCache, sha256_hex};
@@ -104,7 +104,10 @@ impl Runtime {
             // a reconcile touches about this much, and re-faulting it on every call costs more
             // than the memory it saves.
             .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
-            .table_keep_resident(KEEP_RESIDENT_BYTES);
+            .table_keep_resident(KEEP_RESIDENT_BYTES)
+            // Where the kernel can say which pages an instance wrote (Linux 6.7+), reset only
+            // those instead of the whole resident part of the slot.
+            .pagemap_scan(Enabled::Auto);
         let mut wasm = Config::new();
         wasm.wasm_component_model(true);
         #[cfg(feature = "component-model-async")]
