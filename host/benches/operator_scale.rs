@@ -13,20 +13,19 @@
 //!
 //! `make bench` runs it; `WASMOP_BENCH_PARENTS=1000,10000` picks the sizes (default 1000).
 
+#[path = "common/apps.rs"]
+mod apps;
 #[path = "common/server.rs"]
 mod server;
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::Client;
+use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use server::{Remote, cpu_seconds, memory_kib};
 use wasmop::controller::{self, ControllerOptions};
@@ -166,50 +165,6 @@ impl Server {
     }
 }
 
-fn is_ready(o: &DynamicObject) -> bool {
-    wasmop::status::ready_of(&o.data["status"]).is_some_and(|(s, _, _)| s == "True")
-}
-
-/// Waits until `n` parents are Ready, following them with one watch (default), or polling a
-/// list every 250 ms (`WASMOP_BENCH_READY=list`, as up to 0.2.0: each list of 10,000 objects
-/// costs the server a full serialisation). Panics when no parent became Ready for 120 s.
-async fn wait_ready(label: &str, api: Api<DynamicObject>, n: usize, started: tokio::sync::oneshot::Receiver<()>) {
-    let stall = Duration::from_secs(120);
-    if std::env::var("WASMOP_BENCH_READY").is_ok_and(|v| v == "list") {
-        let _ = started.await;
-        let (mut last, mut progressed) = (0, Instant::now());
-        loop {
-            let ready = match api.list(&ListParams::default()).await {
-                Ok(list) => list.items.iter().filter(|o| is_ready(o)).count(),
-                Err(_) => 0,
-            };
-            if ready >= n {
-                return;
-            }
-            if ready > last {
-                (last, progressed) = (ready, Instant::now());
-            }
-            assert!(progressed.elapsed() < stall, "{label}: stalled at {ready}/{n} Ready for 120 s");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-    let mut ready = HashSet::new();
-    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
-    while ready.len() < n {
-        let event = tokio::time::timeout(stall, events.next()).await;
-        let Ok(Some(event)) = event else { panic!("{label}: stalled at {}/{n} Ready for 120 s", ready.len()) };
-        match event {
-            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) if is_ready(&o) => {
-                ready.insert(o.name_any());
-            }
-            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o)) => {
-                ready.remove(&o.name_any());
-            }
-            _ => {}
-        }
-    }
-}
-
 async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n: usize) {
     let mut server = Server::start(Duration::from_millis(100)).await;
     let client = server.client().await;
@@ -239,27 +194,14 @@ async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n
     let (created, created_rx) = tokio::sync::oneshot::channel();
     let ready = tokio::spawn({
         let (api, label) = (api.clone(), label.to_string());
-        async move { wait_ready(&label, api, n, created_rx).await }
+        async move { apps::wait_ready(&label, api, n, created_rx).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.reset_stats();
     let cpu = (cpu_seconds(None), cpu_seconds(server.pid()));
 
     let started = Instant::now();
-    futures::stream::iter(0..n)
-        .for_each_concurrent(32, |i| {
-            let (api, ns) = (api.clone(), ns.clone());
-            async move {
-                let obj: DynamicObject = serde_json::from_value(json!({
-                    "apiVersion": "tools.wasmop.dev/v1", "kind": "Appoperator",
-                    "metadata": {"name": format!("app-{i}"), "namespace": ns},
-                    "spec": {"workload": {"image": "nginx:1.27", "replicas": 2}},
-                }))
-                .expect("object");
-                api.create(&PostParams::default(), &obj).await.expect("create");
-            }
-        })
-        .await;
+    apps::create(&api, &ns, 0..n).await;
     let _ = created.send(());
     ready.await.expect("ready");
     let wall = started.elapsed();

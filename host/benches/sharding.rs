@@ -9,15 +9,16 @@
 //! figures show is the split of the work and the takeover. `make bench` runs it;
 //! `WASMOP_BENCH_PARENTS=10000` picks the size (default 1000).
 
+#[path = "common/apps.rs"]
+mod apps;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use kube::Client;
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
-use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wasmop::controller::{self, ControllerOptions};
@@ -97,46 +98,16 @@ impl Replica {
     }
 }
 
-async fn ready_count(api: &Api<DynamicObject>) -> usize {
-    let Ok(list) = api.list(&ListParams::default()).await else { return 0 };
-    list.items
-        .iter()
-        .filter(|o| wasmop::status::ready_of(&o.data["status"]).is_some_and(|(s, _, _)| s == "True"))
-        .count()
-}
-
-/// Creates parents `app-{range}` 32 at a time.
-async fn create(api: &Api<DynamicObject>, range: std::ops::Range<usize>) {
-    futures::stream::iter(range)
-        .for_each_concurrent(32, |i| {
-            let api = api.clone();
-            async move {
-                let obj: DynamicObject = serde_json::from_value(json!({
-                    "apiVersion": "tools.wasmop.dev/v1", "kind": "Appoperator",
-                    "metadata": {"name": format!("app-{i}"), "namespace": "default"},
-                    "spec": {"workload": {"image": "nginx:1.27", "replicas": 2}},
-                }))
-                .expect("object");
-                api.create(&PostParams::default(), &obj).await.expect("create");
-            }
-        })
-        .await;
-}
-
-/// Waits until `n` parents are Ready; a run that stops progressing for 120 s fails.
-async fn all_ready(api: &Api<DynamicObject>, n: usize, what: &str) {
-    let (mut last, mut progressed) = (0, Instant::now());
-    loop {
-        let ready = ready_count(api).await;
-        if ready >= n {
-            return;
-        }
-        if ready > last {
-            (last, progressed) = (ready, Instant::now());
-        }
-        assert!(progressed.elapsed() < Duration::from_secs(120), "{what}: stalled at {ready}/{n} Ready for 120 s");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+/// Creates parents `range` and waits until `total` parents are Ready.
+async fn create_until_ready(api: &Api<DynamicObject>, range: std::ops::Range<usize>, total: usize, what: &str) {
+    let (created, started) = tokio::sync::oneshot::channel();
+    let ready = tokio::spawn({
+        let (api, what) = (api.clone(), what.to_string());
+        async move { apps::wait_ready(&what, api, total, started).await }
+    });
+    apps::create(api, "default", range).await;
+    let _ = created.send(());
+    ready.await.expect("ready");
 }
 
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
@@ -163,8 +134,7 @@ async fn run(plugin: &OperatorPlugin, replicas: u32, n: usize) {
     until("one shard each", || started.iter().all(|r| r.shards.owned().len() == 1)).await;
 
     let clock = Instant::now();
-    create(&api, 0..n).await;
-    all_ready(&api, n, "sharded run").await;
+    create_until_ready(&api, 0..n, n, "sharded run").await;
     let wall = clock.elapsed();
     let counts: Vec<String> = started
         .iter()
@@ -189,8 +159,7 @@ async fn run(plugin: &OperatorPlugin, replicas: u32, n: usize) {
         .await;
         let taken = clock.elapsed();
         let more = n / 10;
-        create(&api, n..n + more).await;
-        all_ready(&api, n + more, "after failover").await;
+        create_until_ready(&api, n..n + more, n + more, "after failover").await;
         println!(
             "{replicas} replica(s), {n:>6} parents: failover: shard {orphaned:?} held again after {:.1}s (lease {}s, retry {}s); {more} new parents all Ready {:.1}s after the kill",
             taken.as_secs_f64(),
