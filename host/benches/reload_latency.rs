@@ -78,7 +78,18 @@ impl Variants {
             }
             return;
         }
-        let _ = self.rx.wait_for(|c| c.get(variant).copied().unwrap_or(0) >= n).await;
+        // A run that stops progressing fails, saying how far it got, instead of waiting forever.
+        let stall = Duration::from_secs(120);
+        loop {
+            let seen = self.rx.borrow().get(variant).copied().unwrap_or(0);
+            if seen >= n {
+                return;
+            }
+            match tokio::time::timeout(stall, self.rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => panic!("no change for 120 s, at {seen}/{n} ConfigMaps of {variant}: {:?}", *self.rx.borrow()),
+            }
+        }
     }
 }
 
