@@ -179,23 +179,6 @@ pub async fn apply_child(client: &Client, ar: &ApiResource, child: &Value) -> Re
     api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(child)).await.map(drop)
 }
 
-/// A resourceVersion no existing object has (etcd revisions are signed 64-bit): as an apply's
-/// precondition it makes the apply create the object or fail.
-const NO_OBJECT_VERSION: &str = "18446744073709551615";
-
-/// Server-side applies a child only if no object of its name exists: the apply carries a
-/// resourceVersion precondition no existing object can meet, so an existing object — someone
-/// else's included — is refused with a conflict (409) and never written, while an absent one is
-/// created (by an apply, so the host owns its fields as after any other apply). One request
-/// instead of a read then an apply. An error says nothing about ownership: read, then decide.
-pub async fn create_child(client: &Client, ar: &ApiResource, child: &Value) -> Result<(), kube::Error> {
-    let mut guarded = child.clone();
-    if let Some(metadata) = guarded.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.insert("resourceVersion".into(), json!(NO_OBJECT_VERSION));
-    }
-    apply_child(client, ar, &guarded).await
-}
-
 /// Deletes a child that is no longer desired (background propagation, so its own dependents are
 /// collected after it). A child already gone is not an error.
 pub async fn prune_child(client: &Client, ar: &ApiResource, child: &DynamicObject) -> Result<(), kube::Error> {

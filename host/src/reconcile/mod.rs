@@ -410,13 +410,6 @@ async fn apply(
         let verb = match observed.children.get(&ChildKey::of(&child)) {
             Some((_, _, current)) if apply::already_applied(&child, current) => continue,
             Some(_) => "Updated",
-            // Absent from the cache: most often absent from the cluster, which one guarded
-            // apply proves while creating it; if it fails, read who owns the object.
-            None if apply::create_child(&ctx.client, &kind.resource, &child).await.is_ok() => {
-                written(parent, ctx, kind, "Created", &child).await;
-                applied.written += 1;
-                continue;
-            }
             None => match existing_ownership(ctx, kind, &child, &owner.uid).await? {
                 None => "Created",
                 Some(Ownership::Ours) => "Updated",

@@ -18,8 +18,9 @@ use serde_json::{Value, json};
 use wasmop_apiserver::{ApiServer, Config};
 use wasmop_controlplane::ControlPlane;
 
-/// How long `eventually` waits.
-pub const WAIT: Duration = Duration::from_secs(60);
+/// How long `eventually` waits: long enough for a watch that the shared real control plane
+/// closed (another test re-installing a CRD) to come back through kube-runtime's backoff.
+pub const WAIT: Duration = Duration::from_secs(120);
 
 /// A test's API server, client and namespace.
 pub struct Cluster {
