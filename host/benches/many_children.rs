@@ -15,9 +15,10 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::json;
+use wasmop::catalog::Catalog;
 use wasmop::controller::ControllerOptions;
 use wasmop::plugin::{Runtime, RuntimeConfig};
-use wasmop::reload::Supervisor;
+use wasmop::supervisor::Supervisor;
 use wasmop::telemetry::Telemetry;
 use wasmop_apiserver::{ApiServer, Config};
 
@@ -72,10 +73,8 @@ async fn run(n: usize, plugin: PathBuf) {
     let stats = telemetry.stats.clone();
     let options =
         ControllerOptions { concurrency: 4, resync: Duration::from_secs(3600), ..ControllerOptions::default() };
-    let supervisor = Supervisor::builder(client.clone(), Arc::new(runtime), dir.path().to_path_buf())
-        .options(options)
-        .telemetry(telemetry)
-        .build();
+    let catalog = Catalog::builder(Arc::new(runtime), dir.path().to_path_buf()).start().await.expect("catalog");
+    let supervisor = Supervisor::builder(client.clone(), &catalog).options(options).telemetry(telemetry).build();
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(supervisor.run(async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -105,12 +104,12 @@ async fn run(n: usize, plugin: PathBuf) {
     observed(1).await;
     let first = started.elapsed();
 
-    let applies = wasmop::reconcile::Stats::get(&stats.applies);
+    let applies = wasmop::telemetry::Stats::get(&stats.applies);
     let (cpu, wall) = (cpu_time(), Instant::now());
     parents.patch("crowd", &PatchParams::default(), &Patch::Merge(json!({"spec": {"nonce": 1}}))).await.expect("patch");
     observed(2).await;
     let (cpu, wall) = (cpu_time() - cpu, wall.elapsed());
-    let writes = wasmop::reconcile::Stats::get(&stats.applies) - applies;
+    let writes = wasmop::telemetry::Stats::get(&stats.applies) - applies;
     println!(
         "children {n:>6}: first reconcile (all created) {:>6.2}s; unchanged reconcile {:>7.1} ms wall, {:>7.1} ms CPU, {writes} child writes; peak RSS {} MiB",
         first.as_secs_f64(),

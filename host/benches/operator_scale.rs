@@ -29,13 +29,14 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 use server::{Remote, cpu_seconds, memory_kib};
 use wasmop::controller::{self, ControllerOptions};
-use wasmop::operator;
+use wasmop::crd;
 use wasmop::plugin::{
     Condition, ConditionStatus, Desired, Limits, OperatorMetadata, OperatorPlugin, PluginError, ReconcileRequest,
     Runtime, RuntimeConfig,
 };
 use wasmop::policy::PolicyChain;
-use wasmop::reconcile::{Reconciler, Stats};
+use wasmop::reconcile::Reconciler;
+use wasmop::telemetry::Stats;
 use wasmop_apiserver::{ApiServer, Config, RequestStats};
 use wasmop_controlplane::ControlPlane;
 
@@ -168,7 +169,7 @@ impl Server {
 async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n: usize) {
     let mut server = Server::start(Duration::from_millis(100)).await;
     let client = server.client().await;
-    operator::install_crd(&client, plugin, None).await.expect("crd");
+    crd::install(&client, plugin, None).await.expect("crd");
     let ns = server.namespace(&client, label).await;
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("tools.wasmop.dev", "v1", "Appoperator"),

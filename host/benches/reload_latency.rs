@@ -22,9 +22,10 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use wasmop::catalog::Catalog;
 use wasmop::controller::ControllerOptions;
 use wasmop::plugin::{Runtime, RuntimeConfig};
-use wasmop::reload::Supervisor;
+use wasmop::supervisor::Supervisor;
 use wasmop_apiserver::{ApiServer, Config};
 
 async fn count_variant(api: &Api<ConfigMap>, variant: &str) -> usize {
@@ -123,8 +124,8 @@ async fn run(n: usize, v1: PathBuf, v2: PathBuf) {
         Runtime::new(RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..RuntimeConfig::default() })
             .expect("runtime");
     let options = ControllerOptions { concurrency: 16, ..ControllerOptions::default() };
-    let supervisor =
-        Supervisor::builder(client.clone(), Arc::new(runtime), dir.path().to_path_buf()).options(options).build();
+    let catalog = Catalog::builder(Arc::new(runtime), dir.path().to_path_buf()).start().await.expect("catalog");
+    let supervisor = Supervisor::builder(client.clone(), &catalog).options(options).build();
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(supervisor.run(async move {
         let _ = rx.wait_for(|s| *s).await;

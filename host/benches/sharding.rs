@@ -22,12 +22,12 @@ use kube::core::{ApiResource, GroupVersionKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wasmop::controller::{self, ControllerOptions};
+use wasmop::crd;
 use wasmop::leader::LeaderSettings;
-use wasmop::operator;
 use wasmop::plugin::{Limits, OperatorPlugin, Runtime, RuntimeConfig};
 use wasmop::policy::PolicyChain;
-use wasmop::reconcile::Stats;
 use wasmop::shard::{self, ShardSettings, Shards};
+use wasmop::telemetry::Stats;
 use wasmop::telemetry::Telemetry;
 use wasmop_apiserver::{ApiServer, Config};
 
@@ -122,7 +122,7 @@ async fn run(plugin: &OperatorPlugin, replicas: u32, n: usize) {
     let config = Config { simulate_deployments: true, simulate_delay: Duration::from_millis(100), ..Config::default() };
     let server = ApiServer::start(config).await.expect("api server");
     let client = Client::try_from(kube::Config::new(server.url().parse().expect("url"))).expect("client");
-    operator::install_crd(&client, plugin, None).await.expect("crd");
+    crd::install(&client, plugin, None).await.expect("crd");
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("tools.wasmop.dev", "v1", "Appoperator"),
         "appoperators",

@@ -2,22 +2,23 @@
 //! plugins. See the README for the tour and `wit/plugin.wit` for the plugin contract.
 
 pub mod apply;
+pub mod catalog;
 pub mod controller;
+pub mod crd;
 pub mod golden;
 pub mod leader;
 pub mod manifest;
 pub mod migrate;
-pub mod operator;
 pub use wasmop_contract::names;
 pub mod plugin;
 pub mod policy;
 pub mod rbac;
 pub mod reconcile;
-pub mod reload;
 pub mod roundtrip;
 pub mod shard;
 pub mod sidecar;
 pub mod status;
+pub mod supervisor;
 pub mod telemetry;
 pub mod text;
 pub mod webhook;

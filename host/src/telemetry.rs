@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
@@ -28,9 +28,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::reconcile::Stats;
-use crate::reload::ReloadStats;
-
 /// Labels of a metric family: (name, value) pairs.
 type Labels = Vec<(String, String)>;
 
@@ -41,6 +38,67 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 fn seconds_histogram() -> Histogram {
     // 0.5 ms to ~16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Counters of what the pipeline did, for tests, benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Reconciles started.
+    pub reconciles: AtomicU64,
+    /// Plugin calls made.
+    pub plugin_calls: AtomicU64,
+    /// Children written with server-side apply.
+    pub applies: AtomicU64,
+    /// Children deleted because no longer desired.
+    pub prunes: AtomicU64,
+    /// Status writes.
+    pub status_writes: AtomicU64,
+    /// Reconciles that failed.
+    pub failures: AtomicU64,
+}
+
+impl Stats {
+    /// Adds one to a counter.
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of reloads, for tests, logs and metrics.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    /// Plugin versions started (the first load counts too).
+    pub loads: AtomicU64,
+    /// Plugin versions refused; the previous version, if any, kept serving.
+    pub failures: AtomicU64,
+    /// Plugins stopped because their kind lost its plugin (the file removed).
+    pub removals: AtomicU64,
+    /// Scans of the plugins directory completed (each follows a change to it).
+    pub scans: AtomicU64,
+    /// Revision serving now, by plugin name.
+    pub serving: Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl ReloadStats {
+    /// One line for humans: what serves, and how many reloads and rejections so far.
+    pub fn summary(&self) -> String {
+        let serving = self
+            .serving
+            .lock()
+            .map(|m| m.iter().map(|(name, rev)| format!("{name}@{rev}")).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default();
+        format!(
+            "plugins: {serving}  (loads {}, rejected {}, removed {})",
+            self.loads.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+            self.removals.load(Ordering::Relaxed)
+        )
+    }
 }
 
 /// The metric families, registered once in one registry.

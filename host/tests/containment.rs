@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::json;
-use wasmop::reconcile::Stats;
+use wasmop::telemetry::Stats;
 
 on_both_backends!(
     too_many_children_are_refused_and_others_converge,

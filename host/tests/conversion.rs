@@ -13,6 +13,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use serde_json::json;
+use wasmop::catalog::Catalog;
 
 on_both_backends!(
     upgrade_from_v1beta1_converts_migrates_and_survives_a_webhook_outage,
@@ -162,13 +163,14 @@ async fn a_webhook_without_a_supervisor_answers_as_a_standby_replica_does(cluste
     let file = common::operator::plugin_variant("hostile_lossy.wasm");
     std::fs::copy(&file, dir.path().join("lossy.wasm")).unwrap();
     let runtime = std::sync::Arc::new(common::runtime());
+    let catalog = Catalog::builder(runtime.clone(), dir.path().to_path_buf()).start().await.unwrap();
     let standby = wasmop::webhook::Webhook::builder(([127, 0, 0, 1], 0).into())
-        .plugins(runtime.clone(), dir.path().to_path_buf())
+        .catalog(&catalog)
         .start(client.clone())
         .await
         .unwrap();
     let plugin = runtime.load_operator(&file, wasmop::plugin::Limits::default()).unwrap();
-    wasmop::operator::install_crd(&client, &plugin, Some(&standby.conversion())).await.unwrap();
+    wasmop::crd::install(&client, &plugin, Some(&standby.conversion())).await.unwrap();
     let lossy = |version: &str| {
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("test.wasmop.dev", version, "Lossy"), "lossies")
     };
@@ -207,16 +209,16 @@ async fn a_renewed_certificate_from_a_directory_is_served_and_its_ca_injected(cl
     let file = common::operator::plugin_variant("hostile_lossy.wasm");
     std::fs::copy(&file, plugins.path().join("lossy.wasm")).unwrap();
     let runtime = std::sync::Arc::new(common::runtime());
+    let catalog = Catalog::builder(runtime.clone(), plugins.path().to_path_buf()).start().await.unwrap();
     let webhook = Webhook::builder(([127, 0, 0, 1], 0).into())
         .certs(CertSource::Dir(certs.path().to_path_buf()))
-        .plugins(runtime.clone(), plugins.path().to_path_buf())
+        .catalog(&catalog)
         .rotation_check(std::time::Duration::from_millis(200))
         .start(client.clone())
         .await
         .unwrap();
     let plugin = runtime.load_operator(&file, wasmop::plugin::Limits::default()).unwrap();
-    webhook.conversion().converters().publish(&plugin);
-    wasmop::operator::install_crd(&client, &plugin, Some(&webhook.conversion())).await.unwrap();
+    wasmop::crd::install(&client, &plugin, Some(&webhook.conversion())).await.unwrap();
     let bundle = || async {
         let crd = Api::<CustomResourceDefinition>::all(client.clone()).get("lossies.test.wasmop.dev").await.unwrap();
         let config = crd.spec.conversion.and_then(|c| c.webhook).and_then(|w| w.client_config);
@@ -268,12 +270,11 @@ async fn replicas_share_one_certificate_through_a_secret_and_renew_it(cluster: C
 /// its reason; an unknown kind names what is loaded; neither takes the webhook down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_conversions_answer_failed_with_the_reason() {
-    let runtime = common::runtime();
-    let plugin = runtime
-        .load_operator(&common::operator::plugin_variant("hostile_lossy.wasm"), wasmop::plugin::Limits::default())
-        .unwrap();
-    let converters = wasmop::webhook::Converters::default();
-    converters.publish(&plugin);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(common::operator::plugin_variant("hostile_lossy.wasm"), dir.path().join("lossy.wasm")).unwrap();
+    let runtime = std::sync::Arc::new(common::runtime());
+    let catalog = Catalog::builder(runtime, dir.path().to_path_buf()).start().await.unwrap();
+    let converters = wasmop::webhook::Converters::new(catalog.subscribe());
     let review = |name: &str, kind: &str, mode: &str| {
         json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "ConversionReview", "request": {
             "uid": "u-1", "desiredAPIVersion": "test.wasmop.dev/v2",

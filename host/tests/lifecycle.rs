@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use wasmop::controller::ControllerOptions;
-use wasmop::reconcile::Stats;
+use wasmop::telemetry::Stats;
 
 on_both_backends!(
     two_files_for_one_kind_do_not_fight_and_hand_over,

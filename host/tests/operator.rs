@@ -15,7 +15,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use wasmop::controller::ControllerOptions;
-use wasmop::reconcile::Stats;
+use wasmop::telemetry::Stats;
 
 on_both_backends!(
     appoperator_lifecycle_create_ready_scale_heal_delete,

@@ -167,7 +167,8 @@ async fn configmap_style_data_symlink_swap_triggers_a_reload(cluster: Cluster) {
     let rev2 = sha256_hex(&std::fs::read(hostile_v2()).unwrap())[..12].to_string();
     eventually("v2 after the swap", || all_carry(&config_maps, &["x"], "v2", &rev2)).await;
 
-    // A plugin over a ConfigMap's 1 MiB in such a directory is refused, saying so.
+    // A plugin over a ConfigMap's 1 MiB in such a directory is refused, saying so with its
+    // exact size.
     std::fs::write(new.join("big.wasm"), vec![0u8; 3 << 19]).unwrap();
     std::os::unix::fs::symlink("..data/big.wasm", dir.path().join("big.wasm")).unwrap();
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
@@ -176,7 +177,7 @@ async fn configmap_style_data_symlink_swap_triggers_a_reload(cluster: Cluster) {
             e.reason.as_deref() == Some("PluginRejected")
                 && e.note
                     .as_deref()
-                    .is_some_and(|n| n.contains("big.wasm") && n.contains("over the 1 MiB a ConfigMap can hold"))
+                    .is_some_and(|n| n.contains("big.wasm: 1572864 bytes (1.50 MiB) is over the 1048576 bytes (1 MiB)"))
         })
     })
     .await;

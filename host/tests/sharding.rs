@@ -20,9 +20,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wasmop::controller::ControllerOptions;
 use wasmop::leader::LeaderSettings;
-use wasmop::reconcile::Stats;
 use wasmop::shard::{self, ShardSettings, Shards};
 use wasmop::telemetry::Metrics;
+use wasmop::telemetry::Stats;
 
 on_both_backends!(replicas_split_rebalance_and_take_over_shards);
 

@@ -14,12 +14,14 @@ use anyhow::Context;
 use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::Value;
+use wasmop::catalog::Catalog;
 use wasmop::controller::{ControllerOptions, resolve};
+use wasmop::crd;
 use wasmop::manifest::read_objects;
-use wasmop::operator;
 use wasmop::plugin::{Gvk, Runtime};
-use wasmop::reload::{ReloadStats, Supervisor};
 use wasmop::status::ready_of;
+use wasmop::supervisor::Supervisor;
+use wasmop::telemetry::ReloadStats;
 use wasmop::telemetry::{self, Telemetry};
 use wasmop::webhook::{Conversion, Webhook};
 use wasmop_apiserver::{ApiServer, Config as ServerConfig};
@@ -152,27 +154,28 @@ async fn serve(rt: Runtime, args: &Args, server: &Server) -> anyhow::Result<Exit
     server.write_kubeconfig(&args.kubeconfig)?;
     let client = server.client().await?;
 
-    let rt = Arc::new(rt);
-    let plugins = super::run::load_dir(rt.clone(), args.plugins.clone()).await?;
+    let telemetry = Telemetry::new();
+    let catalog = Catalog::builder(Arc::new(rt), args.plugins.clone())
+        .events(client.clone(), None)
+        .telemetry(telemetry.clone())
+        .start()
+        .await?;
+    let plugins = catalog.snapshot();
     anyhow::ensure!(
         !plugins.operators.is_empty(),
-        "no operator plugin in {}; run `make dev` (it builds and copies them)",
-        args.plugins.display()
+        "{}\n  run `make dev` (it builds and copies the plugins)",
+        super::run::no_operator(&catalog)
     );
     // The conversion webhook of plugins whose CRD has several versions, on loopback.
-    let webhook = Webhook::builder(([127, 0, 0, 1], 0).into())
-        .plugins(rt.clone(), args.plugins.clone())
-        .start(client.clone())
-        .await?;
+    let webhook = Webhook::builder(([127, 0, 0, 1], 0).into()).catalog(&catalog).start(client.clone()).await?;
     let conversion = webhook.conversion();
-    for plugin in &plugins.operators {
-        conversion.converters().publish(plugin);
-        operator::install_crd(&client, plugin, Some(&conversion)).await?;
+    for revision in plugins.operators.values() {
+        crd::install(&client, &revision.plugin, Some(&conversion)).await?;
     }
     println!("wasmop dev: API server at {}", server.url());
     println!("  kubectl:  export KUBECONFIG={}", args.kubeconfig.display());
     println!("            kubectl get appoperators,deployments -A");
-    for p in &plugins.operators {
+    for p in plugins.operators.values().map(|r| &r.plugin) {
         println!(
             "  plugin:   {} {} ({}, revision {})",
             p.metadata().name,
@@ -181,7 +184,7 @@ async fn serve(rt: Runtime, args: &Args, server: &Server) -> anyhow::Result<Exit
             p.file().revision()
         );
     }
-    for p in &plugins.policies {
+    for p in plugins.policies.iter().map(|r| &r.plugin) {
         println!("  policy:   {} {}", p.metadata().name, p.metadata().version);
     }
     drop(plugins);
@@ -192,23 +195,22 @@ async fn serve(rt: Runtime, args: &Args, server: &Server) -> anyhow::Result<Exit
     }
     let examples = apply_examples(&client, &args.examples).await?;
     println!("  examples: {} applied from {}", examples.len(), args.examples.display());
-    run_operator(rt, args, (client, conversion), &examples).await
+    run_operator(&catalog, args, (client, conversion, telemetry), &examples).await
 }
 
 /// Runs the operator (the supervisor, as `wasmop run` does) beside the live table or `--once`.
 async fn run_operator(
-    rt: Arc<Runtime>,
+    catalog: &Catalog,
     args: &Args,
-    (client, conversion): (Client, Conversion),
+    (client, conversion, telemetry): (Client, Conversion, Telemetry),
     examples: &[(Gvk, Option<String>, String)],
 ) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let options = ControllerOptions { resync: Duration::from_secs(60), ..ControllerOptions::default() };
-    let telemetry = Telemetry::new();
     let reloads = telemetry.reloads.clone();
     let (metrics_addr, metrics_task) = telemetry::serve("127.0.0.1:0".parse()?, telemetry.clone()).await?;
     println!("  metrics:  http://{metrics_addr}/metrics");
-    let supervisor = Supervisor::builder(client.clone(), rt, args.plugins.clone())
+    let supervisor = Supervisor::builder(client.clone(), catalog)
         .options(options)
         .install_crds(true)
         .conversion(conversion)

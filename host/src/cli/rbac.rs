@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use wasmop::manifest::to_yaml_documents;
-use wasmop::operator;
 use wasmop::plugin::Runtime;
 use wasmop::rbac::{self, Identity};
 
@@ -32,7 +31,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
-    let plugins = operator::load_dir(rt, &args.plugins)?;
+    let plugins = wasmop::catalog::load_dir(rt, &args.plugins)?;
     if let Some((path, e)) = plugins.failures.first() {
         bail!("cannot derive RBAC: {} did not load: {e}", path.display());
     }

@@ -9,14 +9,14 @@ use anyhow::{Context, bail};
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::sync::watch;
+use wasmop::catalog::Catalog;
 use wasmop::controller::ControllerOptions;
 use wasmop::leader::{self, LeaderSettings};
-use wasmop::operator;
 use wasmop::plugin::Runtime;
-use wasmop::reload::Supervisor;
 use wasmop::shard::{self, ShardSettings, Shards};
+use wasmop::supervisor::Supervisor;
 use wasmop::telemetry::{self, Telemetry};
-use wasmop::webhook::{CertSource, Conversion, Endpoint, Webhook};
+use wasmop::webhook::{CertSource, Endpoint, Webhook};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -89,16 +89,11 @@ pub(crate) struct WebhookArgs {
 
 impl WebhookArgs {
     /// Starts the webhook unless `--no-webhook`.
-    pub(crate) async fn start(
-        &self,
-        client: &Client,
-        runtime: Arc<Runtime>,
-        plugins: PathBuf,
-    ) -> anyhow::Result<Option<Webhook>> {
+    pub(crate) async fn start(&self, client: &Client, catalog: &Catalog) -> anyhow::Result<Option<Webhook>> {
         if self.no_webhook {
             return Ok(None);
         }
-        let mut builder = Webhook::builder(self.webhook_addr).plugins(runtime, plugins);
+        let mut builder = Webhook::builder(self.webhook_addr).catalog(catalog);
         if self.webhook_service.is_none()
             && self.webhook_url.is_none()
             && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
@@ -205,21 +200,23 @@ impl LeaderArgs {
 
 pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     let client = client(args.kubeconfig.as_deref(), args.context.clone()).await?;
-    // Fail fast on a directory with no usable operator; the supervisor then loads (from the
-    // compiled-code cache), installs CRDs when asked, and follows changes.
-    let rt = Arc::new(rt);
-    let plugins = load_dir(rt.clone(), args.plugins.clone()).await?;
-    if plugins.operators.is_empty() {
-        bail!("no operator plugin could be loaded from {}; build one with `make plugins`", args.plugins.display());
+    let telemetry = Telemetry::new();
+    // The plugins are loaded once, here; the webhook, the supervisor and every namespace read
+    // the catalog's snapshots. Fail fast on a directory with no usable operator.
+    let catalog = Catalog::builder(Arc::new(rt), args.plugins.clone())
+        .events(client.clone(), args.namespaces.first().cloned())
+        .telemetry(telemetry.clone())
+        .start()
+        .await?;
+    if catalog.snapshot().operators.is_empty() {
+        bail!("{}", no_operator(&catalog));
     }
-    drop(plugins);
     let leader = args.leader.settings()?;
     let sharding = args.leader.shard_settings(args.shards, &args.shard_lease_prefix)?;
     let shards = sharding.as_ref().map_or_else(Shards::all, |s| Shards::none(s.shards));
     // Every replica answers conversion reviews, the leader and the standbys alike.
-    let webhook = args.webhook.start(&client, rt.clone(), args.plugins.clone()).await?;
+    let webhook = args.webhook.start(&client, &catalog).await?;
     let conversion = webhook.as_ref().map(Webhook::conversion);
-    let telemetry = Telemetry::new();
     let _metrics = serve_metrics(&args, &telemetry).await;
     let mut shutdown = std::pin::pin!(shutdown_signal());
 
@@ -244,8 +241,24 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
         let metrics = telemetry.metrics.clone();
         tokio::spawn(shard::run(client.clone(), settings, shards.clone(), metrics, stop_rx.clone()))
     });
-    let supervisors = supervise(client, rt, &args, (telemetry, conversion, shards), stop_rx);
-    let mut supervisors = std::pin::pin!(supervisors);
+    let mut builder = Supervisor::builder(client, &catalog)
+        .options(ControllerOptions {
+            concurrency: args.concurrency,
+            resync: Duration::from_secs(args.resync_seconds),
+            shards,
+            ..ControllerOptions::default()
+        })
+        .namespaces(args.namespaces.clone())
+        .install_crds(args.install_crds)
+        .telemetry(telemetry);
+    if let Some(conversion) = conversion {
+        builder = builder.conversion(conversion);
+    }
+    let mut stop = stop_rx.clone();
+    let supervisor = builder.build().run(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    let mut supervisor = std::pin::pin!(supervisor);
     let lost = async {
         match &leadership {
             Some(l) => l.lost().await,
@@ -253,12 +266,12 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     tokio::select! {
-        result = &mut supervisors => result?,
-        _ = &mut shutdown => {
+        () = &mut supervisor => {}
+        () = &mut shutdown => {
             // Stop taking new work, let reconciles in flight finish (bounded per controller),
             // then release the Lease so the next leader starts at once.
             let _ = stop_tx.send(true);
-            supervisors.await?;
+            supervisor.await;
             if let Some(l) = leadership {
                 l.release().await;
             }
@@ -276,46 +289,17 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Loads a plugins directory off the async threads: a plugin's `metadata()` may block in a
-/// WASI call, which must not run on (and panic) a runtime worker.
-pub(crate) async fn load_dir(rt: Arc<Runtime>, dir: PathBuf) -> anyhow::Result<operator::PluginSet> {
-    Ok(tokio::task::spawn_blocking(move || operator::load_dir(&rt, &dir)).await??)
-}
-
-/// One supervisor per watched namespace (or one for all), until `stop` turns true.
-async fn supervise(
-    client: Client,
-    runtime: Arc<Runtime>,
-    args: &Args,
-    (telemetry, conversion, shards): (Telemetry, Option<Conversion>, Shards),
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let options = ControllerOptions {
-        concurrency: args.concurrency,
-        resync: Duration::from_secs(args.resync_seconds),
-        shards,
-        ..ControllerOptions::default()
-    };
-    let namespaces: Vec<Option<String>> =
-        if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
-    let runs = namespaces.into_iter().map(|namespace| {
-        let mut builder = Supervisor::builder(client.clone(), runtime.clone(), args.plugins.clone())
-            .options(ControllerOptions { namespace, ..options.clone() })
-            .install_crds(args.install_crds)
-            .telemetry(telemetry.clone());
-        if let Some(conversion) = &conversion {
-            builder = builder.conversion(conversion.clone());
-        }
-        let supervisor = builder.build();
-        let mut stop = stop.clone();
-        supervisor.run(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-    });
-    for result in futures::future::join_all(runs).await {
-        result?;
+/// Why no operator serves: the directory's refusals, or that it holds none.
+pub(crate) fn no_operator(catalog: &Catalog) -> String {
+    let snapshot = catalog.snapshot();
+    let mut message = format!("no operator plugin could be loaded from {}", catalog.dir().display());
+    if snapshot.rejected.is_empty() {
+        message.push_str("; build one with `make plugins`, or copy a .wasm file into it");
     }
-    Ok(())
+    for (source, reason) in &snapshot.rejected {
+        message.push_str(&format!("\n  {source}: {reason}"));
+    }
+    message
 }
 
 /// Serves /metrics, /healthz and /readyz unless `--no-metrics`; a port in use is logged, not fatal.

@@ -140,15 +140,21 @@ impl Runtime {
 
     /// Loads a plugin file of either world with `limits`.
     pub fn load_with(&self, path: &Path, limits: Limits) -> Result<LoadedPlugin, PluginError> {
-        let start = Instant::now();
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_path_buf(), source })?;
+        self.load_bytes(path, &bytes, limits)
+    }
+
+    /// Loads a plugin of either world from `bytes` already read from `path` (named in errors
+    /// and in [`PluginFile::path`]), so a caller that hashed the bytes does not read them again.
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8], limits: Limits) -> Result<LoadedPlugin, PluginError> {
+        let start = Instant::now();
         let display = path.display().to_string();
-        check_header(&bytes, &display)?;
+        check_header(bytes, &display)?;
         let limits = self.clamp(limits);
-        let sha256 = sha256_hex(&bytes);
+        let sha256 = sha256_hex(bytes);
         let (component, cache) = self
             .cache
-            .component(&self.engine, &bytes, &sha256)
+            .component(&self.engine, bytes, &sha256)
             .map_err(|e| PluginError::Compile { path: path.to_path_buf(), reason: with_fix(format!("{e:#}")) })?;
         let (world, contract) = world_of(&self.engine, &component, &display)?;
         let current = contract.starts_with(CONTRACT_SERIES[0]);

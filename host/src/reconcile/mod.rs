@@ -9,9 +9,9 @@ mod owners;
 pub mod ratelimit;
 mod state;
 
+use crate::telemetry::Stats;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kube::api::{DynamicObject, Patch, PatchParams};
@@ -76,34 +76,6 @@ pub struct ChildKindCache {
     pub store: Store<DynamicObject>,
     /// The same children by controller-owner UID, from the same watch.
     pub owners: OwnerIndex,
-}
-
-/// Counters of what the pipeline did, for tests, benchmarks and metrics.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Reconciles started.
-    pub reconciles: AtomicU64,
-    /// Plugin calls made.
-    pub plugin_calls: AtomicU64,
-    /// Children written with server-side apply.
-    pub applies: AtomicU64,
-    /// Children deleted because no longer desired.
-    pub prunes: AtomicU64,
-    /// Status writes.
-    pub status_writes: AtomicU64,
-    /// Reconciles that failed.
-    pub failures: AtomicU64,
-}
-
-impl Stats {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Reads a counter.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
 }
 
 /// Everything a reconcile of one plugin's parents needs.

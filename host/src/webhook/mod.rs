@@ -7,15 +7,13 @@
 //! Every replica serves the webhook, leader or not: the API server calls whichever the Service
 //! picks.
 
-pub mod follow;
 pub mod review;
 pub mod server;
 pub mod tls;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -25,7 +23,8 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::plugin::{OperatorPlugin, Runtime};
+use crate::catalog::{Catalog, Snapshot};
+use crate::plugin::OperatorPlugin;
 use server::CertSlot;
 use tls::Material;
 
@@ -35,75 +34,34 @@ const ROTATION_CHECK: Duration = Duration::from_secs(3600);
 /// The path the webhook answers on.
 pub const PATH: &str = "/convert";
 
-/// Plugins that convert, by the (group, kind) of their parent: a supervisor publishes them
-/// where one runs; elsewhere (a standby) the webhook follows the plugins directory itself. The
-/// webhook reads them.
+/// The plugins that convert, read from the catalog's latest snapshot: the serving plugin of a
+/// kind converts it, if it converts at all. Every replica has one, leader or standby.
 #[derive(Clone, Default)]
 pub struct Converters {
-    map: Arc<RwLock<HashMap<(String, String), OperatorPlugin>>>,
-    /// Supervisors feeding this now; while there is one, the follower does not load.
-    fed: Arc<std::sync::atomic::AtomicUsize>,
-    /// Wakes the follower when the last supervisor stops feeding.
-    unfed: Arc<tokio::sync::Notify>,
+    snapshots: Option<watch::Receiver<Arc<Snapshot>>>,
 }
 
 impl Converters {
-    /// The plugin converting `group` `kind`, if one is loaded.
+    /// The converters of what `snapshots` serves, as it changes.
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> Converters {
+        Converters { snapshots: Some(snapshots) }
+    }
+
+    /// The plugin converting `group` `kind`, if one serves it.
     pub fn get(&self, group: &str, kind: &str) -> Option<OperatorPlugin> {
-        self.map.read().ok()?.get(&(group.to_string(), kind.to_string())).cloned()
-    }
-
-    /// Makes `plugin` answer for its parent kind (if it converts).
-    pub fn publish(&self, plugin: &OperatorPlugin) {
-        if !plugin.converts() {
-            return;
-        }
-        let parent = &plugin.metadata().parent;
-        if let Ok(mut map) = self.map.write() {
-            map.insert((parent.group.clone(), parent.kind.clone()), plugin.clone());
-        }
-    }
-
-    /// Makes exactly those of `serving` that convert answer, each for its parent kind.
-    pub fn replace(&self, serving: Vec<OperatorPlugin>) {
-        let map = serving
-            .into_iter()
-            .filter(OperatorPlugin::converts)
-            .map(|p| ((p.metadata().parent.group.clone(), p.metadata().parent.kind.clone()), p))
-            .collect();
-        if let Ok(mut current) = self.map.write() {
-            *current = map;
-        }
-    }
-
-    /// Marks a supervisor as the source of the converters until the guard is dropped, so the
-    /// plugins it has loaded are not loaded a second time by the follower.
-    #[must_use]
-    pub fn feed(&self) -> Fed {
-        self.fed.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Fed(self.clone())
-    }
-
-    /// Whether a supervisor feeds the converters now.
-    pub fn is_fed(&self) -> bool {
-        self.fed.load(std::sync::atomic::Ordering::Acquire) > 0
+        let snapshot = self.snapshots.as_ref()?.borrow().clone();
+        snapshot.operator(group, kind).map(|r| r.plugin.clone()).filter(OperatorPlugin::converts)
     }
 
     fn crd_names(&self) -> Vec<String> {
-        let Ok(map) = self.map.read() else { return Vec::new() };
-        map.values().filter_map(|p| p.metadata().crd.as_ref()?["metadata"]["name"].as_str().map(String::from)).collect()
-    }
-}
-
-/// A supervisor feeding [`Converters`] (see [`Converters::feed`]); dropping it hands the
-/// converters back to the follower, which loads the directory again.
-pub struct Fed(Converters);
-
-impl Drop for Fed {
-    fn drop(&mut self) {
-        if self.0.fed.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
-            self.0.unfed.notify_one();
-        }
+        let Some(snapshots) = &self.snapshots else { return Vec::new() };
+        let snapshot = snapshots.borrow().clone();
+        snapshot
+            .operators
+            .values()
+            .filter(|r| r.plugin.converts())
+            .filter_map(|r| r.plugin.metadata().crd.as_ref()?["metadata"]["name"].as_str().map(String::from))
+            .collect()
     }
 }
 
@@ -221,7 +179,7 @@ pub struct WebhookBuilder {
     addr: SocketAddr,
     endpoint: Endpoint,
     certs: CertSource,
-    plugins: Option<(Arc<Runtime>, PathBuf)>,
+    converters: Converters,
     rotation_check: Duration,
 }
 
@@ -239,10 +197,10 @@ impl WebhookBuilder {
         self
     }
 
-    /// Answer from the converting plugins of this directory, followed as it changes (every
-    /// replica; without it only what the supervisor publishes answers).
-    pub fn plugins(mut self, runtime: Arc<Runtime>, dir: PathBuf) -> Self {
-        self.plugins = Some((runtime, dir));
+    /// Answer from the converting plugins `catalog` serves, as it changes (default: none, and
+    /// every review is refused).
+    pub fn catalog(mut self, catalog: &Catalog) -> Self {
+        self.converters = Converters::new(catalog.subscribe());
         self
     }
 
@@ -276,15 +234,14 @@ impl WebhookBuilder {
             Err(e) => return Err(e.into()),
         };
         let slot = CertSlot::new(material.certified_key()?);
-        let converters = Converters::default();
+        let converters = self.converters;
         let serving = server::serve(listener, slot.clone(), converters.clone())?;
         let (config_tx, config_rx) = watch::channel(source.client_config(&material));
         let renewal = Renewal { every: self.rotation_check, slot, config: config_tx, converters: converters.clone() };
         let rotation = tokio::spawn(rotate(source, material, renewal));
-        let following = self.plugins.map(|(runtime, dir)| follow::follow(runtime, dir, converters.clone()));
         tracing::info!(%addr, "serving the conversion webhook");
         let conversion = Conversion { converters, client_config: config_rx };
-        Ok(Webhook { addr, conversion, tasks: [Some(serving), Some(rotation), following] })
+        Ok(Webhook { addr, conversion, tasks: [serving, rotation] })
     }
 }
 
@@ -293,7 +250,7 @@ pub struct Webhook {
     /// The bound address.
     pub addr: SocketAddr,
     conversion: Conversion,
-    tasks: [Option<tokio::task::JoinHandle<()>>; 3],
+    tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
 impl Webhook {
@@ -303,7 +260,7 @@ impl Webhook {
             addr,
             endpoint: Endpoint::Url(String::new()),
             certs: CertSource::Memory,
-            plugins: None,
+            converters: Converters::default(),
             rotation_check: ROTATION_CHECK,
         }
     }
@@ -316,7 +273,7 @@ impl Webhook {
 
 impl Drop for Webhook {
     fn drop(&mut self) {
-        self.tasks.iter().flatten().for_each(tokio::task::JoinHandle::abort);
+        self.tasks.iter().for_each(tokio::task::JoinHandle::abort);
     }
 }
 

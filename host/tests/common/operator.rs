@@ -10,9 +10,11 @@ use kube::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use wasmop::catalog::Catalog;
 use wasmop::controller::ControllerOptions;
-use wasmop::reconcile::Stats;
-use wasmop::reload::{ReloadStats, Supervisor};
+use wasmop::supervisor::Supervisor;
+use wasmop::telemetry::ReloadStats;
+use wasmop::telemetry::Stats;
 use wasmop::telemetry::Telemetry;
 use wasmop::webhook::Webhook;
 
@@ -51,13 +53,20 @@ impl Operator {
             wasmop::telemetry::serve_on(tokio::net::TcpListener::from_std(listener).unwrap(), telemetry.clone());
         let (client, runtime, dir) = (client.clone(), Arc::new(super::runtime()), dir.to_path_buf());
         let task = tokio::spawn(async move {
-            // The conversion webhook on loopback, as `wasmop dev` serves it.
+            // One catalog, read by the conversion webhook on loopback (as `wasmop dev` serves
+            // it) and the supervisor.
+            let catalog = Catalog::builder(runtime, dir)
+                .events(client.clone(), options.namespace.clone())
+                .telemetry(telemetry.clone())
+                .start()
+                .await
+                .expect("plugin catalog");
             let webhook = Webhook::builder(([127, 0, 0, 1], 0).into())
-                .plugins(runtime.clone(), dir.clone())
+                .catalog(&catalog)
                 .start(client.clone())
                 .await
                 .expect("conversion webhook");
-            let supervisor = Supervisor::builder(client, runtime, dir)
+            let supervisor = Supervisor::builder(client, &catalog)
                 .options(options)
                 .install_crds(true)
                 .conversion(webhook.conversion())
@@ -67,8 +76,7 @@ impl Operator {
                 .run(async move {
                     let _ = rx.wait_for(|s| *s).await;
                 })
-                .await
-                .expect("supervisor");
+                .await;
             drop(webhook);
         });
         Operator { stop, task: Some(task), stats, reloads, health, telemetry_addr, serving }

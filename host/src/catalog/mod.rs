@@ -1,0 +1,498 @@
+//! The catalog of plugin revisions: the one owner of plugin sources.
+//!
+//! The catalog watches the plugins directory, reads and loads each file version once (keyed
+//! by the sha256 of its bytes and of its `NAME.toml` sidecar), decides which revision serves
+//! each parent kind and which policies review, reports every refusal (log, counter, a
+//! `PluginRejected` Event), and hands out immutable [`Snapshot`]s of the result. Everything
+//! that needs plugins reads those snapshots: the supervisor's controllers, the conversion
+//! webhook's converters, `wasmop run`'s fail-fast check, for every watched namespace alike.
+//!
+//! A [`Source`] names where a revision comes from; the directory is the first kind of source,
+//! and a revision is plain data ([`Revision`]), so another kind of source (a registry) or a
+//! second resident revision of one plugin adds a variant or a field, not another owner.
+
+mod events;
+mod scan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+pub use events::Rejections;
+pub use scan::{PluginSet, load_dir, plugin_files};
+
+use crate::plugin::{LoadedPlugin, OperatorPlugin, PluginError, PolicyPlugin, ReconcileRequest, Runtime};
+use crate::telemetry::Telemetry;
+use scan::{Read, Stamp};
+
+/// Quiet time after the last file event before the directory is rescanned, so editors, `cp`
+/// writing in several steps and the `..data` symlink swap of a mounted ConfigMap end in one
+/// load of the final bytes.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// The parent kind an operator plugin serves, as (group, kind): one revision serves each.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KindKey {
+    /// API group of the parent.
+    pub group: String,
+    /// Kind of the parent.
+    pub kind: String,
+}
+
+impl KindKey {
+    /// The kind `plugin` serves.
+    pub fn of(plugin: &OperatorPlugin) -> KindKey {
+        let parent = &plugin.metadata().parent;
+        KindKey { group: parent.group.clone(), kind: parent.kind.clone() }
+    }
+}
+
+impl fmt::Display for KindKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.kind, self.group)
+    }
+}
+
+/// Where a revision comes from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// A `*.wasm` file of the plugins directory, with its `NAME.toml` sidecar.
+    File(PathBuf),
+}
+
+impl Source {
+    /// The short name Events use for the source (a file's name).
+    pub fn short_name(&self) -> String {
+        match self {
+            Source::File(path) => {
+                path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned())
+            }
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// One loaded version of a plugin with its settings: immutable, shared by every snapshot and
+/// reader that holds it.
+#[derive(Debug)]
+pub struct Revision<P> {
+    /// Where it came from.
+    pub source: Source,
+    /// The loaded plugin.
+    pub plugin: P,
+    /// Settings passed to the plugin on every call (JSON), from its sidecar.
+    pub settings: Option<String>,
+    /// sha256 of the plugin's bytes and of its sidecar's: a change to either is a new revision.
+    pub fingerprint: String,
+}
+
+/// A loaded operator plugin version.
+pub type OperatorRevision = Revision<OperatorPlugin>;
+/// A loaded policy plugin version.
+pub type PolicyRevision = Revision<PolicyPlugin>;
+
+/// What serves at one moment. Handed out whole and never changed: a new state is a new
+/// snapshot.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The operator revision serving each parent kind.
+    pub operators: BTreeMap<KindKey, Arc<OperatorRevision>>,
+    /// The policy revisions, in review order (source order).
+    pub policies: Vec<Arc<PolicyRevision>>,
+    /// Sources present but not serving (or whose newest version is refused while an older one
+    /// serves), with why.
+    pub rejected: BTreeMap<Source, String>,
+}
+
+impl Snapshot {
+    /// The operator plugin serving `group` `kind`, if any.
+    pub fn operator(&self, group: &str, kind: &str) -> Option<&Arc<OperatorRevision>> {
+        self.operators.get(&KindKey { group: group.to_string(), kind: kind.to_string() })
+    }
+
+    /// Whether `other` serves exactly the same revisions (refusals aside).
+    pub fn serves_same(&self, other: &Snapshot) -> bool {
+        self.operators.len() == other.operators.len()
+            && self.operators.iter().zip(&other.operators).all(|((k, a), (l, b))| k == l && Arc::ptr_eq(a, b))
+            && self.policies.len() == other.policies.len()
+            && self.policies.iter().zip(&other.policies).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+/// The catalog cannot follow its sources.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The plugins directory cannot be read.
+    #[error("cannot read plugins directory {path}: {source}; check that it exists and is readable")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The plugins directory cannot be watched for changes.
+    #[error("cannot watch plugins directory {path} for changes: {source}")]
+    Watch {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: notify::Error,
+    },
+}
+
+/// How to start a [`Catalog`]: the runtime and directory, then optional settings.
+#[must_use]
+pub struct CatalogBuilder {
+    runtime: Arc<Runtime>,
+    dir: PathBuf,
+    client: Option<Client>,
+    namespace: Option<String>,
+    telemetry: Telemetry,
+}
+
+impl CatalogBuilder {
+    /// Publish refusals as `PluginRejected` Events through `client` (default: logs and
+    /// counters only). Out of a cluster they are about `namespace` (else `default`); in a Pod
+    /// (POD_NAME, POD_NAMESPACE) about the Pod.
+    pub fn events(mut self, client: Client, namespace: Option<String>) -> Self {
+        self.client = Some(client);
+        self.namespace = namespace;
+        self
+    }
+
+    /// Counters and metrics to record loads and refusals into (default: fresh ones).
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
+    /// Scans the directory once (the first snapshot is ready when this returns), then follows
+    /// its changes in a task until the catalog is dropped.
+    pub async fn start(self) -> Result<Catalog, CatalogError> {
+        let rejections = Rejections::new(self.client, self.namespace.as_deref(), &self.telemetry);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let dir = self.dir.clone();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Reads (the catalog's own among them) are not changes: following them would
+            // rescan forever.
+            if event.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_))) {
+                let _ = events_tx.send(());
+            }
+        })
+        .map_err(|source| CatalogError::Watch { path: dir.clone(), source })?;
+        watcher
+            .watch(&self.dir, RecursiveMode::NonRecursive)
+            .map_err(|source| CatalogError::Watch { path: dir.clone(), source })?;
+        let mut state = State {
+            runtime: self.runtime,
+            dir: self.dir,
+            entries: BTreeMap::new(),
+            duplicates: HashMap::new(),
+            rejections: rejections.clone(),
+            telemetry: self.telemetry,
+        };
+        state.rescan().await.map_err(|source| CatalogError::Dir { path: dir.clone(), source })?;
+        let (tx, snapshots) = watch::channel(Arc::new(state.snapshot()));
+        let task = tokio::spawn(follow(state, watcher, events, tx));
+        Ok(Catalog { snapshots, rejections, dir, task })
+    }
+}
+
+/// The running catalog: the latest snapshot, and a way to follow the next ones. Stops
+/// following the sources when dropped.
+pub struct Catalog {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    rejections: Rejections,
+    dir: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Catalog {
+    /// A builder of the catalog of the plugins directory `dir`.
+    pub fn builder(runtime: Arc<Runtime>, dir: PathBuf) -> CatalogBuilder {
+        CatalogBuilder { runtime, dir, client: None, namespace: None, telemetry: Telemetry::new() }
+    }
+
+    /// What serves now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// A receiver of every new snapshot (it sees the current one as already seen).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.clone()
+    }
+
+    /// Where refusals are reported, for what refuses a revision after the catalog (the
+    /// supervisor's permission check).
+    pub fn rejections(&self) -> Rejections {
+        self.rejections.clone()
+    }
+
+    /// The directory followed.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Catalog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Rescans after every burst of changes and publishes what changed.
+async fn follow(
+    mut state: State,
+    _watcher: notify::RecommendedWatcher,
+    mut events: mpsc::UnboundedReceiver<()>,
+    tx: watch::Sender<Arc<Snapshot>>,
+) {
+    while events.recv().await.is_some() {
+        // Wait for the burst to end: the last write wins.
+        while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
+        if let Err(e) = state.rescan().await {
+            tracing::error!(dir = %state.dir.display(), error = %e, "cannot read plugins directory");
+            continue;
+        }
+        let next = state.snapshot();
+        tx.send_if_modified(|current| {
+            let changed = !current.serves_same(&next) || current.rejected != next.rejected;
+            if changed {
+                *current = Arc::new(next);
+            }
+            changed
+        });
+    }
+}
+
+/// What the catalog knows of one file.
+struct Entry {
+    /// What the file and its sidecar looked like when last read: unchanged, it is not read.
+    stamp: Stamp,
+    /// Of the bytes last read.
+    fingerprint: String,
+    /// The newest good version, serving until a newer good one replaces it.
+    loaded: Option<Loaded>,
+    /// Why the newest version read is refused, if it is.
+    failure: Option<String>,
+}
+
+/// A loaded revision of either world.
+#[derive(Clone)]
+enum Loaded {
+    Operator(Arc<OperatorRevision>),
+    Policy(Arc<PolicyRevision>),
+}
+
+/// The catalog's own state, owned by its task.
+struct State {
+    runtime: Arc<Runtime>,
+    dir: PathBuf,
+    entries: BTreeMap<PathBuf, Entry>,
+    /// The last duplicate refusal reported per file, so it is reported once.
+    duplicates: HashMap<PathBuf, String>,
+    rejections: Rejections,
+    telemetry: Telemetry,
+}
+
+impl State {
+    /// Brings the entries in line with the directory: files gone are forgotten, files whose
+    /// stamp changed are read, and loaded when their content changed.
+    async fn rescan(&mut self) -> std::io::Result<()> {
+        let files = plugin_files(&self.dir)?;
+        self.entries.retain(|path, _| files.contains(path));
+        self.duplicates.retain(|path, _| files.contains(path));
+        for path in files {
+            let stamp = Stamp::of(&path);
+            if self.entries.get(&path).is_some_and(|e| e.stamp == stamp && !stamp.is_recent()) {
+                continue;
+            }
+            self.refresh(path, stamp).await;
+        }
+        self.telemetry.reloads.scans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.report_duplicates().await;
+        Ok(())
+    }
+
+    /// Reads a file whose stamp changed; loads it when its content changed.
+    async fn refresh(&mut self, path: PathBuf, stamp: Stamp) {
+        let read = scan::read(&path);
+        let previous = self.entries.remove(&path);
+        let (loaded, known) = previous.map_or((None, None), |e| (e.loaded, Some((e.fingerprint, e.failure))));
+        let fingerprint = read.fingerprint();
+        if let Some((known, failure)) = known.filter(|(f, _)| *f == fingerprint) {
+            self.entries.insert(path, Entry { stamp, fingerprint: known, loaded, failure });
+            return;
+        }
+        let outcome = self.load(&path, read, loaded.as_ref()).await;
+        let source = Source::File(path.clone());
+        let (loaded, failure) = match outcome {
+            Ok(fresh) => (Some(fresh), None),
+            Err(reason) => {
+                let serving = loaded.as_ref().map(|l| l.revision().to_string());
+                self.rejections.reject(&source, &reason, serving.as_deref()).await;
+                (loaded, Some(reason))
+            }
+        };
+        self.entries.insert(path, Entry { stamp, fingerprint, loaded, failure });
+    }
+
+    /// Checks and loads the bytes read, off the async threads.
+    async fn load(&self, path: &Path, read: Read, previous: Option<&Loaded>) -> Result<Loaded, String> {
+        let fingerprint = read.fingerprint();
+        let (bytes, sidecar) = read.into_parts().map_err(|e| e.to_string())?;
+        if let Some(reason) = scan::over_configmap_limit(&self.dir, bytes.len()) {
+            return Err(reason);
+        }
+        let (runtime, file, limits) = (self.runtime.clone(), path.to_path_buf(), sidecar.limits);
+        let result =
+            tokio::task::spawn_blocking(move || runtime.load_bytes(&file, &bytes, limits).and_then(smoke_test))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(PluginError::Trap { plugin: path.display().to_string(), message: e.to_string() })
+                });
+        let source = Source::File(path.to_path_buf());
+        let settings = sidecar.settings;
+        let loaded = match result.map_err(|e| e.to_string())? {
+            LoadedPlugin::Operator(plugin) => {
+                tracing::info!(plugin = %plugin.metadata().name, file = %path.display(),
+                    revision = plugin.file().revision(), "loaded operator plugin");
+                Loaded::Operator(Arc::new(Revision { source, plugin, settings, fingerprint }))
+            }
+            LoadedPlugin::Policy(plugin) => {
+                tracing::info!(policy = %plugin.metadata().name, file = %path.display(),
+                    revision = plugin.file().revision(), "loaded policy plugin");
+                Loaded::Policy(Arc::new(Revision { source, plugin, settings, fingerprint }))
+            }
+        };
+        match (previous, &loaded) {
+            (Some(Loaded::Operator(_)), Loaded::Policy(_)) => Err(world_switch("operator", "policy")),
+            (Some(Loaded::Policy(_)), Loaded::Operator(_)) => Err(world_switch("policy", "operator")),
+            _ => Ok(loaded),
+        }
+    }
+
+    /// Who serves: per parent kind the first file in name order (so the choice is the same
+    /// after a restart), per policy name likewise; the others are refused and held, to take
+    /// over when the first goes.
+    fn arbitrate(&self) -> (Snapshot, BTreeMap<PathBuf, String>) {
+        let mut snapshot = Snapshot::default();
+        let mut duplicates = BTreeMap::new();
+        let mut policy_owner: HashMap<String, &Path> = HashMap::new();
+        let mut kind_owner: HashMap<KindKey, &Path> = HashMap::new();
+        for (path, entry) in &self.entries {
+            if let Some(failure) = &entry.failure {
+                snapshot.rejected.insert(Source::File(path.clone()), failure.clone());
+            }
+            match &entry.loaded {
+                None => {}
+                Some(Loaded::Operator(rev)) => {
+                    let kind = KindKey::of(&rev.plugin);
+                    if let Some(owner) = kind_owner.get(&kind) {
+                        let reason = format!(
+                            "parent kind {} is already served by {} (the first file in name order serves a kind); \
+                             remove one of the two files",
+                            rev.plugin.metadata().parent,
+                            owner.display()
+                        );
+                        duplicates.insert(path.clone(), reason);
+                        continue;
+                    }
+                    kind_owner.insert(kind.clone(), path);
+                    snapshot.operators.insert(kind, rev.clone());
+                }
+                Some(Loaded::Policy(rev)) => {
+                    let name = rev.plugin.metadata().name.clone();
+                    if let Some(owner) = policy_owner.get(&name) {
+                        let reason = format!(
+                            "policy {name} is already loaded from {} (the first file in name order wins); \
+                             remove one of the two files",
+                            owner.display()
+                        );
+                        duplicates.insert(path.clone(), reason);
+                        continue;
+                    }
+                    policy_owner.insert(name, path);
+                    snapshot.policies.push(rev.clone());
+                }
+            }
+        }
+        for (path, reason) in &duplicates {
+            snapshot.rejected.entry(Source::File(path.clone())).or_insert_with(|| reason.clone());
+        }
+        (snapshot, duplicates)
+    }
+
+    /// The snapshot of the current entries.
+    fn snapshot(&self) -> Snapshot {
+        self.arbitrate().0
+    }
+
+    /// Reports each file newly refused as a duplicate, once per reason.
+    async fn report_duplicates(&mut self) {
+        let (_, duplicates) = self.arbitrate();
+        self.duplicates.retain(|path, _| duplicates.contains_key(path));
+        for (path, reason) in duplicates {
+            if self.duplicates.get(&path) == Some(&reason) {
+                continue;
+            }
+            self.rejections.reject(&Source::File(path.clone()), &reason, None).await;
+            self.duplicates.insert(path, reason);
+        }
+    }
+}
+
+impl Loaded {
+    fn revision(&self) -> &str {
+        match self {
+            Loaded::Operator(r) => r.plugin.file().revision(),
+            Loaded::Policy(r) => r.plugin.file().revision(),
+        }
+    }
+}
+
+fn world_switch(was: &str, now: &str) -> String {
+    format!(
+        "the file switched from world {was} to world {now}; the {was} keeps serving. Give the {now} plugin a file of its own"
+    )
+}
+
+/// Calls a new operator plugin once on a minimal parent of its kind before it may serve: any
+/// answer (even `invalid`) passes; a crash, timeout or memory blow-up refuses it.
+fn smoke_test(loaded: LoadedPlugin) -> Result<LoadedPlugin, PluginError> {
+    let LoadedPlugin::Operator(plugin) = &loaded else { return Ok(loaded) };
+    let parent = &plugin.metadata().parent;
+    let request = ReconcileRequest {
+        parent: serde_json::json!({
+            "apiVersion": parent.api_version(), "kind": parent.kind,
+            "metadata": {"name": "wasmop-smoke-test", "namespace": "default", "uid": "00000000-0000-0000-0000-000000000000", "generation": 1},
+            "spec": {},
+        }),
+        children: vec![],
+        finalizing: false,
+        settings: None,
+    };
+    match plugin.reconcile(&request) {
+        Err(e @ (PluginError::Timeout { .. } | PluginError::OutOfMemory { .. } | PluginError::Trap { .. })) => {
+            Err(PluginError::Trap {
+                plugin: plugin.metadata().name.clone(),
+                message: format!("smoke test on an empty parent failed: {e}"),
+            })
+        }
+        _ => Ok(loaded),
+    }
+}
