@@ -13,12 +13,13 @@ use serde_json::json;
 use wasmop::plugin::sha256_hex;
 
 use common::cluster::*;
-use common::operator::{Operator, quiet};
+use common::operator::{Operator, plugins_dir, quiet};
 
 on_both_backends!(
     replace_break_recover_and_remove_a_plugin_without_restart,
     configmap_style_data_symlink_swap_triggers_a_reload,
     a_new_version_with_another_parent_kind_moves_the_controller,
+    each_plugin_file_is_read_once_and_not_at_idle,
 );
 
 fn supervise(cluster: &Cluster, dir: &Path) -> Operator {
@@ -235,6 +236,87 @@ async fn a_plugin_whose_kind_is_not_served_yet_starts_once_it_is() {
         config_maps.get_opt("late-crd").await.unwrap().is_some()
     })
     .await;
+    running.stop().await;
+    cluster.shutdown().await;
+}
+
+/// Opens of the files of a directory, seen from outside through inotify, as strace would.
+struct Opens {
+    events: std::sync::Arc<std::sync::Mutex<Vec<notify::Event>>>,
+    dir: PathBuf,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl Opens {
+    fn watch(dir: &Path) -> Opens {
+        use notify::Watcher;
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+            if let Ok(e) = e {
+                sink.lock().unwrap().push(e);
+            }
+        })
+        .unwrap();
+        watcher.watch(dir, notify::RecursiveMode::NonRecursive).unwrap();
+        Opens { events, dir: dir.to_path_buf(), _watcher: watcher }
+    }
+
+    /// Times `file` was opened so far.
+    fn count(&self, file: &str) -> usize {
+        let path = self.dir.join(file);
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .filter(|e| matches!(e.kind, notify::EventKind::Access(notify::event::AccessKind::Open(_))))
+            .filter(|e| e.paths.contains(&path))
+            .count()
+    }
+
+    /// Waits until every open made before now has been seen: inotify keeps order, so once a
+    /// file created now is seen, so is everything before it.
+    async fn fence(&self, name: &str) {
+        let path = self.dir.join(name);
+        std::fs::write(&path, "").unwrap();
+        eventually("the fence file seen", || async {
+            self.events.lock().unwrap().iter().any(|e| e.paths.contains(&path))
+        })
+        .await;
+    }
+}
+
+/// Start-up (the catalog, the webhook's converters and the supervisor) reads each plugin file
+/// once; an idle host reads none, even when something else in the directory changes.
+async fn each_plugin_file_is_read_once_and_not_at_idle(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
+    install_hostile_crd(&client).await;
+    let dir = plugins_dir(&[("hostile", Some("[limits]\ntimeout_ms = 2000\n")), ("appoperator", None)]);
+    // Written a minute ago as far as anyone can tell: a stamp of a file written just now is not
+    // trusted (the kernel's file times are coarse), so it would be read again on the next scan.
+    let minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for file in ["hostile.wasm", "hostile.toml", "appoperator.wasm"] {
+        std::fs::File::options().write(true).open(dir.path().join(file)).unwrap().set_modified(minute_ago).unwrap();
+    }
+    let opens = Opens::watch(dir.path());
+    let running = Operator::start(&cluster, dir.path(), quiet());
+    let ar = hostile_resource();
+    create(&client, &ar, ns, "x", json!({"mode": "ok"})).await;
+    eventually("x reconciled", || ready_is(&client, &ar, ns, "x", "True", "Reconciled")).await;
+    wait_served(&client, &app_resource()).await;
+    opens.fence("fence-1").await;
+    assert_eq!(
+        (opens.count("hostile.wasm"), opens.count("appoperator.wasm")),
+        (1, 1),
+        "read more than once at start-up"
+    );
+
+    // A change beside the plugins makes the catalog scan again; the scan reads no plugin.
+    let scans = running.reloads.scans.load(Ordering::Relaxed);
+    std::fs::write(dir.path().join("notes.txt"), "not a plugin").unwrap();
+    eventually("the directory scanned again", || async { running.reloads.scans.load(Ordering::Relaxed) > scans }).await;
+    opens.fence("fence-2").await;
+    assert_eq!((opens.count("hostile.wasm"), opens.count("appoperator.wasm")), (1, 1), "an idle scan read a plugin");
+    assert_eq!(opens.count("hostile.toml"), 1, "an idle scan read a sidecar");
     running.stop().await;
     cluster.shutdown().await;
 }

@@ -352,6 +352,12 @@ async fn rotate(source: Source, mut material: Material, renewal: Renewal) {
 /// Puts `client_config` (with the new CA bundle) into each CRD's conversion webhook.
 async fn inject(client: &Client, crds: &[String], client_config: &Value) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut client_config = client_config.clone();
+    if let Some(config) = client_config.as_object_mut() {
+        // One member of the url / service union: the other is cleared in the same write.
+        let other = if config.contains_key("url") { "service" } else { "url" };
+        config.insert(other.to_string(), Value::Null);
+    }
     let patch = json!({ "spec": { "conversion": { "webhook": { "clientConfig": client_config } } } });
     for name in crds {
         if let Err(e) = api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -18,9 +18,8 @@ use serde_json::{Value, json};
 use wasmop_apiserver::{ApiServer, Config};
 use wasmop_controlplane::ControlPlane;
 
-/// How long `eventually` waits: long enough for a watch that the shared real control plane
-/// closed (another test re-installing a CRD) to come back through kube-runtime's backoff.
-pub const WAIT: Duration = Duration::from_secs(120);
+/// How long `eventually` waits.
+pub const WAIT: Duration = Duration::from_secs(60);
 
 /// A test's API server, client and namespace.
 pub struct Cluster {
@@ -52,6 +51,11 @@ impl Cluster {
         let ns = format!("t{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.unwrap();
+        // Pods of a namespace are refused until kube-controller-manager has made its `default`
+        // ServiceAccount, and the ReplicaSet controller retries them with a backoff that grows
+        // to minutes: a test whose Deployment raced it would wait for no fault of the operator.
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        await_condition(accounts, "default", |sa: Option<&ServiceAccount>| sa.is_some()).await.unwrap();
         Cluster { client, ns, memory: None }
     }
 
