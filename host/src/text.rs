@@ -2,6 +2,9 @@
 //! with control characters escaped. Used by the sandbox (guest output, messages) and by the
 //! status and Event writers alike.
 
+/// The most of a plugin's own text (a name, a message) quoted in a log line or an error.
+pub const MAX_QUOTE: usize = 1024;
+
 /// `text` cut to at most `max` bytes (at a character boundary), with a marker saying how much
 /// was dropped, so a plugin's huge message never makes a write the API server refuses.
 pub fn cap(text: &str, max: usize) -> String {

@@ -19,6 +19,7 @@ on_both_backends!(
     a_status_that_changes_on_every_call_does_not_loop,
     huge_messages_and_status_are_capped_or_refused,
     sleeping_plugins_do_not_starve_another_plugin,
+    a_child_of_an_undeclared_api_version_spelling_is_refused_on_the_parent,
 );
 
 /// What every containment test proves beside its own point, while the misbehaving parents are
@@ -126,6 +127,29 @@ async fn sleeping_plugins_do_not_starve_another_plugin(cluster: Cluster) {
         let name = format!("sleeper-{i}");
         eventually("PluginTimeout", || ready_is(&client, &ar, ns, &name, "False", "PluginTimeout")).await;
     }
+    running.stop().await;
+    cluster.shutdown().await;
+}
+
+/// A child whose apiVersion is spelled other than its declared kind's ("/v1" for "v1") is
+/// refused like any other invalid output: `Ready=False/InvalidPluginOutput` on the parent,
+/// naming the child, and nothing applied.
+async fn a_child_of_an_undeclared_api_version_spelling_is_refused_on_the_parent(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
+    install_hostile_crd(&client).await;
+    let dir = plugins_dir(&[("hostile", None)]);
+    let running = Operator::start(&cluster, dir.path(), quiet());
+    let ar = hostile_resource();
+    create(&client, &ar, ns, "slash", json!({"mode": "api-version", "apiVersion": "/v1"})).await;
+    eventually("InvalidPluginOutput", || ready_is(&client, &ar, ns, "slash", "False", "InvalidPluginOutput")).await;
+    let obj = get(&client, &ar, ns, "slash").await.unwrap();
+    let message = ready(&obj).unwrap().2;
+    assert!(
+        message.contains("ConfigMap") && message.contains("match none of the plugin's declared child kinds"),
+        "{message}"
+    );
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    assert!(config_maps.get_opt("slash").await.unwrap().is_none(), "the refused child was applied");
     running.stop().await;
     cluster.shutdown().await;
 }

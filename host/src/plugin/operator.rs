@@ -185,7 +185,12 @@ impl OperatorPlugin {
 pub const MAX_CHILD_KINDS: usize = 64;
 
 fn validate_metadata(raw: wit::OperatorMetadata, label: &str) -> Result<OperatorMetadata, PluginError> {
-    let bad = |reason: String| PluginError::InvalidMetadata { plugin: label.to_string(), reason };
+    // The reason may quote guest text of any size (a name, the CRD's group): cut like every
+    // other quote of it, so a refusal is never a 10 MiB log line.
+    let bad = |reason: String| PluginError::InvalidMetadata {
+        plugin: label.to_string(),
+        reason: crate::text::cap(&reason, crate::text::MAX_QUOTE),
+    };
     let (mut meta, crd) = metadata_from_wit(raw);
     if !names::is_dns_label(&meta.name) {
         return Err(bad(format!("name {:?} must be a lowercase DNS label (a-z, 0-9, '-')", meta.name)));
@@ -246,4 +251,25 @@ fn check_crd(meta: &OperatorMetadata) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::bindings::operator::wasmop::plugin::types::Gvk as WitGvk;
+
+    #[test]
+    fn a_huge_name_is_refused_with_a_capped_quote() {
+        let raw = wit::OperatorMetadata {
+            name: "X".repeat(10 << 20),
+            version: "1".into(),
+            parent: WitGvk { group: "g".into(), version: "v1".into(), kind: "K".into() },
+            children: vec![],
+            crd: None,
+            finalizer: false,
+        };
+        let err = validate_metadata(raw, "huge.wasm").unwrap_err().to_string();
+        assert!(err.len() <= 2 * crate::text::MAX_QUOTE, "{} bytes", err.len());
+        assert!(err.contains("huge.wasm") && err.contains("bytes truncated]"), "{err}");
+    }
 }

@@ -91,7 +91,10 @@ impl PolicyPlugin {
         if !names::is_dns_label(&raw.name) {
             return Err(PluginError::InvalidMetadata {
                 plugin: label.to_string(),
-                reason: format!("name {:?} must be a lowercase DNS label (a-z, 0-9, '-')", raw.name),
+                reason: crate::text::cap(
+                    &format!("name {:?} must be a lowercase DNS label (a-z, 0-9, '-')", raw.name),
+                    crate::text::MAX_QUOTE,
+                ),
             });
         }
         let meta = PolicyMetadata {

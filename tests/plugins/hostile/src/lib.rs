@@ -179,6 +179,11 @@ impl Guest for Hostile {
             "undeclared-kind" => {
                 vec![serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}}).to_string()]
             }
+            // A ConfigMap whose apiVersion is spelled other than declared (e.g. "/v1").
+            "api-version" => vec![
+                serde_json::json!({"apiVersion": spec["apiVersion"], "kind": "ConfigMap", "metadata": {"name": name}})
+                    .to_string(),
+            ],
             "other-namespace" => vec![config_map(&name, Some("kube-system"), "escape")],
             "many" => {
                 let count = spec["count"].as_u64().unwrap_or(10);
