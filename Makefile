@@ -78,8 +78,7 @@ eval: plugins
 ## Regenerate deploy/ manifests from the plugins: the CRD and the least-privilege RBAC (tests
 ## fail when the checked-in files drift from the plugins).
 manifests: plugins
-	$(CARGO) run -q -p wasmop -- crd --plugin $(PLUGIN_DIR)/appoperator.wasm \
-	  --webhook-service wasmop-system/wasmop-webhook > deploy/base/crds/appoperator.yaml
+	$(CARGO) run -q -p wasmop -- crd --plugin $(PLUGIN_DIR)/appoperator.wasm > deploy/base/crds/appoperator.yaml
 	@rm -rf target/shipped-plugins && mkdir -p target/shipped-plugins
 	cp $(addprefix $(PLUGIN_DIR)/,$(addsuffix .wasm,$(subst -,_,$(PLUGINS)))) target/shipped-plugins/
 	$(CARGO) run -q -p wasmop -- rbac --plugins target/shipped-plugins > deploy/base/rbac.yaml

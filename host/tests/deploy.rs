@@ -18,6 +18,7 @@ use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -565,4 +566,67 @@ async fn sharding_without_list_on_leases_says_what_to_grant() {
     let expected = "sharding needs `list` on leases (coordination.k8s.io) in namespace wasmop-system";
     eventually("the log names the missing rule", || async { process.log().contains(expected) }).await;
     assert!(process.log().contains("deploy/overlays/sharded grants it"), "{}", process.log());
+}
+
+/// Whoever sets the conversion webhook's address sets it whole, clearing the other member of
+/// the `url` / `service` union (the API server refuses both with a 422), and deploy/ sets
+/// neither: `kubectl apply --server-side -k deploy/` works over a CRD a wasmop outside the
+/// cluster pointed at itself (`wasmop dev --no-operator`, `wasmop run --install-crds`), and a
+/// wasmop outside the cluster can point a CRD addressed by Service at itself, by installing it
+/// or by injecting its address. Each is followed by a read of the other version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conversion_address_is_switched_whole_by_whoever_sets_it() {
+    use wasmop::webhook::{Endpoint, Webhook};
+    let plane = ControlPlane::shared().await.unwrap();
+    let client = plane.client().await.unwrap();
+    install(&plane).await;
+    let dir = shipped_plugins();
+    let catalog = wasmop::catalog::Catalog::builder(std::sync::Arc::new(common::runtime()), dir.path().to_path_buf())
+        .start()
+        .await
+        .unwrap();
+    let plugin = catalog.snapshot().operator("tools.wasmop.dev", "Appoperator").unwrap().plugin.clone();
+    let outside = Webhook::builder(([127, 0, 0, 1], 0).into()).catalog(&catalog).start(client.clone()).await.unwrap();
+    // What an in-cluster replica sets: the Service (unreachable from here, never called).
+    let service = Endpoint::Service { namespace: "wasmop-system".into(), name: "wasmop-webhook".into(), port: 443 };
+    let inside = Webhook::builder(([127, 0, 0, 1], 0).into())
+        .endpoint(service)
+        .catalog(&catalog)
+        .start(client.clone())
+        .await
+        .unwrap();
+    let ns = "conversion-address";
+    create_app(&client, ns, "web").await;
+    let old = kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("tools.wasmop.dev", "v1beta1", "Appoperator"),
+        "appoperators",
+    );
+    let read_old = || async {
+        Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), ns, &old).get("web").await.is_ok()
+    };
+    let member = || async {
+        let crd =
+            Api::<CustomResourceDefinition>::all(client.clone()).get("appoperators.tools.wasmop.dev").await.unwrap();
+        let config = crd.spec.conversion.and_then(|c| c.webhook).and_then(|w| w.client_config).unwrap();
+        (config.url.is_some(), config.service.is_some())
+    };
+
+    // A wasmop outside installs the CRD pointing at itself; deploy/ applied over it.
+    wasmop::crd::install(&client, &plugin, Some(&outside.conversion())).await.unwrap();
+    assert_eq!(member().await, (true, false));
+    kubectl(plane.kubeconfig_yaml(), &["apply", "--server-side", "-k", "deploy/"]);
+    eventually("v1beta1 read through the url", read_old).await;
+
+    // An in-cluster replica points it at the Service; a wasmop outside installs it again.
+    wasmop::crd::inject_conversion(&client, &plugin, &inside.conversion()).await.unwrap();
+    assert_eq!(member().await, (false, true));
+    wasmop::crd::install(&client, &plugin, Some(&outside.conversion())).await.unwrap();
+    assert_eq!(member().await, (true, false));
+    eventually("v1beta1 read after the install", read_old).await;
+
+    // The same, by injection (`wasmop run` without --install-crds).
+    wasmop::crd::inject_conversion(&client, &plugin, &inside.conversion()).await.unwrap();
+    wasmop::crd::inject_conversion(&client, &plugin, &outside.conversion()).await.unwrap();
+    assert_eq!(member().await, (true, false));
+    eventually("v1beta1 read after the injection", read_old).await;
 }
