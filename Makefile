@@ -5,7 +5,7 @@ PLUGIN_PROFILE := plugin
 PLUGIN_DIR := target/$(PLUGIN_TARGET)/$(PLUGIN_PROFILE)
 PLUGINS := appoperator deny-latest-tag
 # Plugins built only for the test suite (misbehaving on purpose).
-TEST_PLUGINS := hostile contract-future mutator
+TEST_PLUGINS := hostile contract-future mutator single-version
 
 # Backend of `make dev`: memory (the embedded in-memory API server) or real (make controlplane).
 CONTROL_PLANE ?= memory
@@ -48,6 +48,8 @@ test-plugins: wasm-target
 	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_slowmeta.wasm
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) -p hostile --features lossy
 	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_lossy.wasm
+	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) -p single-version --features two-versions
+	cp $(PLUGIN_DIR)/single_version.wasm $(PLUGIN_DIR)/single_version_two.wasm
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) $(addprefix -p ,$(TEST_PLUGINS))
 
 ## Plugins in other languages: examples/python-operator (componentize-py, pinned, in a venv)

@@ -579,7 +579,7 @@ async fn the_conversion_address_is_switched_whole_by_whoever_sets_it() {
     use wasmop::webhook::{Endpoint, Webhook};
     let plane = ControlPlane::shared().await.unwrap();
     let client = plane.client().await.unwrap();
-    install(&plane).await;
+    install(plane).await;
     let dir = shipped_plugins();
     let catalog = wasmop::catalog::Catalog::builder(std::sync::Arc::new(common::runtime()), dir.path().to_path_buf())
         .start()

@@ -22,7 +22,27 @@ on_both_backends!(
     idle_resync_makes_zero_writes,
     invalid_spec_is_reported_without_a_retry_storm,
     a_timing_out_object_does_not_stall_the_others_and_pruning_and_finalizers_work,
+    a_plugin_without_a_converter_serves_its_single_version_kind,
 );
+
+/// A plugin written against the WIT without an SDK, exporting `reconciler` only (world
+/// `single-version-operator`), is an operator: its CRD installed, its parents reconciled.
+async fn a_plugin_without_a_converter_serves_its_single_version_kind(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
+    let dir = plugins_dir(&[("single-version", None)]);
+    let running = Operator::start(&cluster, dir.path(), quiet());
+    let ar = kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("test.wasmop.dev", "v1", "Single"),
+        "singles",
+    );
+    wait_served(&client, &ar).await;
+    create(&client, &ar, ns, "one", json!({})).await;
+    eventually("Ready", || ready_is(&client, &ar, ns, "one", "True", "Reconciled")).await;
+    let child = Api::<ConfigMap>::namespaced(client.clone(), ns).get("one").await.unwrap();
+    assert_eq!(child.data.unwrap()["from"], "single");
+    running.stop().await;
+    cluster.shutdown().await;
+}
 
 /// The hostile test plugin with a 100 ms time limit, from its sidecar.
 const HOSTILE_100MS: &str = "[limits]\ntimeout_ms = 100\n";

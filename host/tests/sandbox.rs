@@ -135,6 +135,14 @@ fn wrong_kinds_of_file_are_incompatible_or_unparseable() {
     let message = err.to_string();
     assert!(message.contains("wasmop:plugin/reconciler@0.9.0") && message.contains("0.2.x and 0.1.x"), "{message}");
 
+    // Without a converter (world single-version-operator): an operator, unless its CRD has
+    // several versions, which only a converter can serve.
+    let single = rt.load_operator(&common::plugin("single-version"), Limits::default()).unwrap();
+    assert!(!single.converts() && single.file().contract.starts_with("0.2"), "{:?}", single.file());
+    let two = common::plugin("single-version").with_file_name("single_version_two.wasm");
+    let message = rt.load_operator(&two, Limits::default()).unwrap_err().to_string();
+    assert!(message.contains(r#"versions ["v1", "v2"] but it exports no converter"#), "{message}");
+
     let good = std::fs::read(common::plugin("appoperator")).unwrap();
     let truncated = dir.path().join("truncated.wasm");
     std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();

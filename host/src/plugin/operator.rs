@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
+use wasmtime::component::InstancePre;
 
 use super::bindings::operator::OperatorPre;
 use super::bindings::operator::exports::wasmop::plugin::reconciler as wit;
@@ -13,7 +14,7 @@ use super::file::PluginFile;
 use super::legacy;
 use super::limits::Limits;
 use super::output::{check_conversion, check_response};
-use super::sandbox::{CallState, EpochTicker, call_in, instantiate_via_bindings};
+use super::sandbox::{CallState, EpochTicker, Instantiate, call_in, instantiate_via_bindings};
 use crate::names;
 use crate::text::escape_controls;
 
@@ -36,8 +37,10 @@ impl std::fmt::Debug for OperatorPlugin {
 
 /// How to instantiate an operator of either contract version.
 pub(crate) enum Pre {
-    /// Contract 0.2: reconciler and converter.
+    /// Contract 0.2, world `operator`: reconciler and converter.
     Current(OperatorPre<CallState>),
+    /// Contract 0.2, world `single-version-operator`: reconciler only.
+    SingleVersion(SingleVersionPre),
     /// Contract 0.1 (frozen): reconciler only.
     V01(legacy::bindings::operator::OperatorPre<CallState>),
 }
@@ -47,10 +50,52 @@ instantiate_via_bindings!(
     legacy::bindings::operator::OperatorPre<CallState> => legacy::bindings::operator::Operator,
 );
 
+/// A 0.2 operator exporting `reconciler` only: the `reconciler` export's own indices, so its
+/// calls use the same bindings as the `operator` world's.
+pub(crate) struct SingleVersionPre {
+    pre: InstancePre<CallState>,
+    indices: wit::GuestIndices,
+}
+
+/// An instance of a [`SingleVersionPre`].
+pub(crate) struct SingleVersion(wit::Guest);
+
+impl SingleVersion {
+    fn wasmop_plugin_reconciler(&self) -> &wit::Guest {
+        &self.0
+    }
+}
+
+impl Instantiate for SingleVersionPre {
+    type Instance = SingleVersion;
+    fn engine(&self) -> &wasmtime::Engine {
+        self.pre.engine()
+    }
+    fn instantiate(&self, store: &mut wasmtime::Store<CallState>) -> wasmtime::Result<SingleVersion> {
+        let instance = self.pre.instantiate(&mut *store)?;
+        Ok(SingleVersion(self.indices.load(&mut *store, &instance)?))
+    }
+}
+
 impl Pre {
+    /// A contract 0.2 operator: with a converter if it exports one, else reconciler only.
+    pub(crate) fn current(pre: InstancePre<CallState>) -> wasmtime::Result<Pre> {
+        match OperatorPre::new(pre.clone()) {
+            Ok(both) => Ok(Pre::Current(both)),
+            Err(with_converter) => match wit::GuestIndices::new(&pre) {
+                Ok(indices) => Ok(Pre::SingleVersion(SingleVersionPre { pre, indices })),
+                // Not even the reconciler: the first error says what the operator world lacks.
+                Err(_) => Err(with_converter),
+            },
+        }
+    }
+
     fn metadata(&self, label: &Arc<str>, limits: &Limits) -> Result<wit::OperatorMetadata, PluginError> {
         match self {
             Pre::Current(pre) => call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_metadata(s)),
+            Pre::SingleVersion(pre) => {
+                call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_metadata(s))
+            }
             Pre::V01(pre) => {
                 call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_metadata(s)).map(legacy::metadata)
             }
@@ -65,6 +110,9 @@ impl Pre {
     ) -> Result<Result<wit::Response, wit::Error>, PluginError> {
         match self {
             Pre::Current(pre) => {
+                call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_reconcile(s, req))
+            }
+            Pre::SingleVersion(pre) => {
                 call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_reconcile(s, req))
             }
             Pre::V01(pre) => {
@@ -107,6 +155,18 @@ impl OperatorPlugin {
         let label: Arc<str> = file.path.display().to_string().into();
         let raw = pre.metadata(&label, &limits)?;
         let meta = validate_metadata(raw, &label)?;
+        let versions = meta.crd_versions();
+        if matches!(pre, Pre::SingleVersion(_)) && versions.len() > 1 {
+            let names: Vec<&str> = versions.iter().map(|v| v.name.as_str()).collect();
+            return Err(PluginError::Incompatible {
+                plugin: label.to_string(),
+                reason: format!(
+                    "its CRD defines versions {names:?} but it exports no converter \
+                     (world single-version-operator); build it for world operator and export \
+                     wasmop:plugin/converter, or define one version"
+                ),
+            });
+        }
         file.load_time = started.elapsed();
         let name = meta.name.as_str().into();
         Ok(OperatorPlugin { inner: Arc::new(Inner { pre, meta, name, limits, file, _ticker: ticker }) })

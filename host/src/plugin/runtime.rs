@@ -175,7 +175,7 @@ impl Runtime {
             World::Operator => {
                 let bad = |e| incompatible_exports(&display, e);
                 let pre = if current {
-                    operator::Pre::Current(bindings::operator::OperatorPre::new(pre).map_err(bad)?)
+                    operator::Pre::current(pre).map_err(bad)?
                 } else {
                     operator::Pre::V01(legacy::bindings::operator::OperatorPre::new(pre).map_err(bad)?)
                 };
