@@ -35,6 +35,9 @@ pub struct ControllerOptions {
     pub settings: Option<String>,
     /// The shards of parents this replica reconciles (default: all parents, unsharded).
     pub shards: Shards,
+    /// How long reconciles may be in flight with none finishing before the controller is
+    /// reported stalled (a warning naming the plugin and its queue, and a `/readyz` note).
+    pub stall_after: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -45,6 +48,7 @@ impl Default for ControllerOptions {
             resync: Duration::from_secs(600),
             settings: None,
             shards: Shards::all(),
+            stall_after: Duration::from_secs(60),
         }
     }
 }
@@ -138,9 +142,11 @@ pub async fn run_plugin(
         bucket: Default::default(),
         loops: Default::default(),
         shards: options.shards.clone(),
+        progress: Default::default(),
     });
     let health = telemetry.health.clone();
     let synced = wait_for_caches(ctx.clone(), health.clone(), meta.name.clone());
+    let ctx_for_watchdog = ctx.clone();
     // A resync, or a shard newly held, reconciles every parent (those of other shards are skipped).
     let resync = futures::stream::select(tokio_stream_interval(options.resync), options.shards.gained());
     tracing::info!(plugin = %meta.name, parent = %meta.parent, "controller started");
@@ -155,11 +161,49 @@ pub async fn run_plugin(
             }
         });
     let synced = tokio::spawn(synced);
+    let watchdog =
+        tokio::spawn(watch_progress(ctx_for_watchdog, health.clone(), meta.name.clone(), options.stall_after));
     run.await;
     synced.abort();
+    watchdog.abort();
+    health.set_stalled(&meta.name, None);
     health.set_synced(&meta.name, true);
     tracing::info!(plugin = %meta.name, "controller stopped");
     Ok(())
+}
+
+/// Reports the controller stalled while reconciles are in flight and none has finished for
+/// `after`: a warning naming the plugin, its reconciles in flight, the parents waiting for a
+/// retry or requeue and the parents cached, and the same as a `/readyz` note (readiness is kept:
+/// the replica still serves conversions). Says so again when reconciles finish once more.
+async fn watch_progress(ctx: Arc<Context>, health: Arc<Health>, name: String, after: Duration) {
+    let check = (after / 4).max(Duration::from_millis(50));
+    let (mut last, mut since, mut stalled) = (0, tokio::time::Instant::now(), false);
+    loop {
+        tokio::time::sleep(check).await;
+        let finished = ctx.progress.finished.load(std::sync::atomic::Ordering::Relaxed);
+        let in_flight = ctx.progress.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+        if finished != last || in_flight == 0 {
+            if stalled {
+                tracing::info!(plugin = %name, "controller progressing again");
+                health.set_stalled(&name, None);
+            }
+            (last, since, stalled) = (finished, tokio::time::Instant::now(), false);
+            continue;
+        }
+        if !stalled && since.elapsed() >= after {
+            let note = format!(
+                "no reconcile finished for {:?}: {in_flight} in flight, {} parents waiting for a retry or requeue, \
+                 {} parents cached",
+                since.elapsed(),
+                ctx.state.scheduled(),
+                ctx.parents.len()
+            );
+            tracing::warn!(plugin = %name, in_flight, "controller stalled: {note}");
+            health.set_stalled(&name, Some(note));
+            stalled = true;
+        }
+    }
 }
 
 /// Marks the controller synced in `health` once the parent cache and every child cache have

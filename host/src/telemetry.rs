@@ -282,6 +282,7 @@ pub struct Health {
     loaded: AtomicBool,
     standby: AtomicBool,
     unsynced: Mutex<BTreeSet<String>>,
+    stalled: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl Health {
@@ -306,6 +307,27 @@ impl Health {
         } else {
             unsynced.insert(controller.to_string());
         }
+    }
+
+    /// Notes `controller` stalled, with why (`None`: progressing).
+    pub fn set_stalled(&self, controller: &str, note: Option<String>) {
+        let mut stalled = match self.stalled.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match note {
+            Some(note) => stalled.insert(controller.to_string(), note),
+            None => stalled.remove(controller),
+        };
+    }
+
+    /// What `/readyz` says beside its verdict: each stalled controller and why.
+    pub fn notes(&self) -> Vec<String> {
+        let stalled = match self.stalled.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        stalled.iter().map(|(name, note)| format!("stalled: controller {name}: {note}")).collect()
     }
 
     /// `Ok` when ready, else what it waits for.
@@ -424,10 +446,15 @@ fn respond(req: &Request<Incoming>, telemetry: &Telemetry) -> Response<Full<Byte
             (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", telemetry.render())
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" => match telemetry.health.ready() {
-            Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-            Err(waiting) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {waiting}\n")),
-        },
+        "/readyz" => {
+            let notes: String = telemetry.health.notes().iter().map(|n| format!("{n}\n")).collect();
+            match telemetry.health.ready() {
+                Ok(()) => (StatusCode::OK, "text/plain", format!("ok\n{notes}")),
+                Err(waiting) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {waiting}\n{notes}"))
+                }
+            }
+        }
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz or /readyz\n".to_string()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

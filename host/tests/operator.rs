@@ -23,7 +23,37 @@ on_both_backends!(
     invalid_spec_is_reported_without_a_retry_storm,
     a_timing_out_object_does_not_stall_the_others_and_pruning_and_finalizers_work,
     a_plugin_without_a_converter_serves_its_single_version_kind,
+    a_stalled_controller_is_named_on_readyz,
 );
+
+/// A controller with reconciles in flight and none finishing is named on `/readyz` (which stays
+/// ready: the replica still serves), with its queue; the note goes once reconciles finish.
+async fn a_stalled_controller_is_named_on_readyz(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
+    install_hostile_crd(&client).await;
+    let dir = plugins_dir(&[("hostile", Some("[limits]\ntimeout_ms = 3000\n"))]);
+    let options = ControllerOptions { stall_after: Duration::from_millis(500), ..quiet() };
+    let running = Operator::start(&cluster, dir.path(), options);
+    let ar = hostile_resource();
+    create(&client, &ar, ns, "sleeper", json!({"mode": "sleep", "seconds": 600})).await;
+    eventually("the stall named on /readyz", || async {
+        running.readyz().await.is_some_and(|(code, body)| {
+            code == 200
+                && body.contains("stalled: controller hostile: no reconcile finished")
+                && body.contains("1 in flight")
+        })
+    })
+    .await;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    api.patch("sleeper", &PatchParams::default(), &Patch::Merge(json!({"spec": {"mode": "ok"}}))).await.unwrap();
+    eventually("reconciled", || ready_is(&client, &ar, ns, "sleeper", "True", "Reconciled")).await;
+    eventually("the note gone", || async {
+        running.readyz().await.is_some_and(|(code, body)| code == 200 && !body.contains("stalled"))
+    })
+    .await;
+    running.stop().await;
+    cluster.shutdown().await;
+}
 
 /// A plugin written against the WIT without an SDK, exporting `reconciler` only (world
 /// `single-version-operator`), is an operator: its CRD installed, its parents reconciled.

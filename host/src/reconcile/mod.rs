@@ -108,6 +108,18 @@ pub struct Context {
     pub loops: ratelimit::LoopDetector,
     /// The shards of parents this replica reconciles; others' parents are skipped.
     pub shards: Shards,
+    /// Reconciles in flight and finished, watched for a stall (`controller::watch_progress`).
+    pub progress: Progress,
+}
+
+/// Reconciles of one controller in flight and finished: a controller with reconciles in flight
+/// and none finishing is stalled.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Reconciles running now.
+    pub in_flight: std::sync::atomic::AtomicU64,
+    /// Reconciles finished so far (any outcome).
+    pub finished: std::sync::atomic::AtomicU64,
 }
 
 fn key(parent: &DynamicObject) -> String {
@@ -139,7 +151,10 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     let started = std::time::Instant::now();
     let writes = || Stats::get(&ctx.stats.applies) + Stats::get(&ctx.stats.status_writes);
     let writes_before = writes();
+    ctx.progress.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let result = pipeline(&parent, &ctx).instrument(span.clone()).await;
+    ctx.progress.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.progress.finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // Approximate (other parents' writes count too): enough to tell a busy loop from a resync.
     let wrote = writes() > writes_before;
     workers.dec();

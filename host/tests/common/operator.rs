@@ -85,14 +85,27 @@ impl Operator {
     /// Whether `/healthz` answers 200 within the 5 s a liveness probe would allow: the host's
     /// async runtime is not stalled.
     pub async fn healthz(&self) -> bool {
+        self.get("/healthz").await.is_some_and(|(code, _)| code == 200)
+    }
+
+    /// `/readyz`: its status code and body.
+    pub async fn readyz(&self) -> Option<(u16, String)> {
+        self.get("/readyz").await
+    }
+
+    /// A GET of the telemetry endpoint `path` answered within 5 s: status code and body.
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
         let probe = async {
             let mut stream = tokio::net::TcpStream::connect(self.telemetry_addr).await.ok()?;
-            stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: wasmop\r\nConnection: close\r\n\r\n").await.ok()?;
+            let request = format!("GET {path} HTTP/1.1\r\nHost: wasmop\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.ok()?;
             let mut reply = String::new();
             stream.read_to_string(&mut reply).await.ok()?;
-            Some(reply.starts_with("HTTP/1.1 200"))
+            let code = reply.get(9..12)?.parse().ok()?;
+            let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+            Some((code, body))
         };
-        matches!(tokio::time::timeout(Duration::from_secs(5), probe).await, Ok(Some(true)))
+        tokio::time::timeout(Duration::from_secs(5), probe).await.ok().flatten()
     }
 
     /// Stops the operator and waits for it.
