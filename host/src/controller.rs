@@ -140,7 +140,6 @@ pub async fn run_plugin(
         metrics: telemetry.metrics.clone(),
         state: Default::default(),
         bucket: Default::default(),
-        loops: Default::default(),
         shards: options.shards.clone(),
         progress: Default::default(),
     });

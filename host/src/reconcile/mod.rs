@@ -100,12 +100,10 @@ pub struct Context {
     pub stats: Arc<Stats>,
     /// The metrics registry's families.
     pub metrics: Arc<Metrics>,
-    /// Per-parent memory (backoff, invalid specs), keyed by UID.
+    /// Per-parent memory (backoff, invalid specs, status writes, loops): one entry per UID.
     pub state: ParentState,
     /// The controller's overall limit on retries and requeues.
     pub bucket: ratelimit::TokenBucket,
-    /// Parents reconciled too often without a spec change.
-    pub loops: ratelimit::LoopDetector,
     /// The shards of parents this replica reconciles; others' parents are skipped.
     pub shards: Shards,
     /// Reconciles in flight and finished, watched for a stall (`controller::watch_progress`).
@@ -175,7 +173,9 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
 /// Counts a reconcile that wrote or requeued without a spec change; reports a loop (Warning
 /// Event, metric) when there are too many.
 async fn watch_for_loop(parent: &DynamicObject, ctx: &Context) {
-    let Some(count) = ctx.loops.record(&uid(parent), parent.meta().generation.unwrap_or_default()) else { return };
+    let Some(count) = ctx.state.record_loop(&uid(parent), parent.meta().generation.unwrap_or_default()) else {
+        return;
+    };
     let note = format!(
         "reconciled {count} times within {:?} without a spec change, each writing or requeueing: the plugin \
          requeues too often, or fights another writer over a child; requeues and retries are rate limited",
@@ -204,10 +204,6 @@ fn remember(parent: &DynamicObject, ctx: &Context, result: &Result<Action, Recon
     }
     let live = || ctx.parents.state().iter().map(|p| self::uid(p)).collect::<HashSet<String>>();
     ctx.state.sweep(ctx.parents.len(), live);
-    if ctx.loops.len() > ctx.parents.len() + 256 {
-        let live = live();
-        ctx.loops.retain(|u| live.contains(u));
-    }
 }
 
 /// Decides when to retry a failed reconcile: conflicts at once, everything else with
@@ -237,7 +233,6 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
         }
         // Garbage collection takes the children.
         ctx.state.forget_all(&uid(parent));
-        ctx.loops.forget(&uid(parent));
         return Ok(Action::await_change());
     }
     if ctx.state.is_reported_invalid(&uid(parent), parent.meta().generation.unwrap_or_default()) {
