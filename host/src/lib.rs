@@ -1,7 +1,8 @@
 //! wasmop: a Kubernetes operator host whose reconcile logic lives in sandboxed WebAssembly
 //! plugins. See the README for the tour and `wit/plugin.wit` for the plugin contract.
+#![warn(missing_docs)]
 
-pub mod apply;
+mod apply;
 pub mod catalog;
 pub mod controller;
 pub mod crd;
@@ -20,5 +21,5 @@ pub mod sidecar;
 pub mod status;
 pub mod supervisor;
 pub mod telemetry;
-pub mod text;
+mod text;
 pub mod webhook;

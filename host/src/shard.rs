@@ -220,7 +220,7 @@ pub async fn run(
         for shard in 0..settings.shards {
             match (wanted.contains(&shard), claims.get(&shard)) {
                 (true, None) => {
-                    let claim = Claim::start(&mut tasks, &client, &settings, shard, (&shards, &metrics));
+                    let claim = Claim::start(&mut tasks, &client, &settings, shard, &shards, &metrics);
                     claims.insert(shard, claim);
                 }
                 (false, Some(claim)) => {
@@ -360,7 +360,8 @@ impl Claim {
         client: &Client,
         settings: &ShardSettings,
         shard: u32,
-        (shards, metrics): (&Shards, &Arc<Metrics>),
+        shards: &Shards,
+        metrics: &Arc<Metrics>,
     ) -> Claim {
         let (give_back, mut asked) = watch::channel(false);
         let (done_tx, done) = watch::channel(false);

@@ -195,14 +195,16 @@ async fn serve(rt: Runtime, args: &Args, server: &Server) -> anyhow::Result<Exit
     }
     let examples = apply_examples(&client, &args.examples).await?;
     println!("  examples: {} applied from {}", examples.len(), args.examples.display());
-    run_operator(&catalog, args, (client, conversion, telemetry), &examples).await
+    run_operator(&catalog, args, client, conversion, telemetry, &examples).await
 }
 
 /// Runs the operator (the supervisor, as `wasmop run` does) beside the live table or `--once`.
 async fn run_operator(
     catalog: &Catalog,
     args: &Args,
-    (client, conversion, telemetry): (Client, Conversion, Telemetry),
+    client: Client,
+    conversion: Conversion,
+    telemetry: Telemetry,
     examples: &[(Gvk, Option<String>, String)],
 ) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -128,9 +128,11 @@ impl Pre {
         &self,
         label: &Arc<str>,
         limits: &Limits,
-        (obj, to_version): (String, String),
+        obj: String,
+        to_version: &str,
     ) -> Option<Result<Result<String, String>, PluginError>> {
         let Pre::Current(pre) = self else { return None };
+        let to_version = to_version.to_string();
         Some(call_in(pre, label, limits, |s, i| i.wasmop_plugin_converter().call_convert(s, &obj, &to_version)))
     }
 }
@@ -228,10 +230,8 @@ impl OperatorPlugin {
             to_version: to_version.to_string(),
             message,
         };
-        let answer = inner
-            .pre
-            .convert(&inner.name, &inner.limits, (obj.to_string(), to_version.to_string()))
-            .ok_or_else(|| {
+        let answer =
+            inner.pre.convert(&inner.name, &inner.limits, obj.to_string(), to_version).ok_or_else(|| {
                 failed(
                     "it is built against contract 0.1, which has no conversion; rebuild it with wasmop-sdk 0.2".into(),
                 )

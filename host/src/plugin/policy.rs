@@ -57,13 +57,16 @@ impl Pre {
         &self,
         label: &Arc<str>,
         limits: &Limits,
-        (p, c, s): (String, String, Option<&str>),
+        parent: String,
+        child: String,
+        settings: Option<&str>,
     ) -> Result<wit::Verdict, PluginError> {
+        let (p, c, s) = (&parent, &child, settings);
         match self {
             Pre::Current(pre) => {
-                call_in(pre, label, limits, |st, i| i.wasmop_plugin_reviewer().call_review(st, &p, &c, s))
+                call_in(pre, label, limits, |st, i| i.wasmop_plugin_reviewer().call_review(st, p, c, s))
             }
-            Pre::V01(pre) => call_in(pre, label, limits, |st, i| i.wasmop_plugin_reviewer().call_review(st, &p, &c, s))
+            Pre::V01(pre) => call_in(pre, label, limits, |st, i| i.wasmop_plugin_reviewer().call_review(st, p, c, s))
                 .map(legacy::verdict),
         }
     }
@@ -127,8 +130,7 @@ impl PolicyPlugin {
     /// finalizers); the host's labels and annotations are applied after every policy.
     pub fn review(&self, parent: &Value, child: &Value, settings: Option<&str>) -> Result<Verdict, PluginError> {
         let inner = &*self.inner;
-        let verdict =
-            inner.pre.review(&inner.name, &inner.limits, (parent.to_string(), child.to_string(), settings))?;
+        let verdict = inner.pre.review(&inner.name, &inner.limits, parent.to_string(), child.to_string(), settings)?;
         match verdict {
             wit::Verdict::Allow => Ok(Verdict::Allow),
             wit::Verdict::Deny(message) => Ok(Verdict::Deny(message)),
