@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 
 /// Why leader election could not start, or ended.
@@ -87,6 +88,8 @@ pub struct Leadership {
     manager: LeaseManager,
     settings: LeaderSettings,
     client: Client,
+    /// Where the watchdog reads the Lease: a watch's cache, or (`None`) a GET per retry period.
+    leases: Option<Store<Lease>>,
 }
 
 /// Waits until this replica holds the Lease.
@@ -113,10 +116,29 @@ pub async fn acquire(client: &Client, settings: &LeaderSettings) -> Result<Leade
         }
     }
     tracing::info!(lease = %settings.lease(), identity = %settings.identity, "holding the Lease");
-    Ok(Leadership { manager, settings: settings.clone(), client: client.clone() })
+    Ok(Leadership { manager, settings: settings.clone(), client: client.clone(), leases: None })
 }
 
 impl Leadership {
+    /// Confirms the renewals from `leases`, a watch of the Lease's namespace that someone
+    /// already keeps (the sharding's), instead of a GET per retry period.
+    #[must_use]
+    pub fn confirmed_by(mut self, leases: Store<Lease>) -> Leadership {
+        self.leases = Some(leases);
+        self
+    }
+
+    /// The Lease as last seen (from the watch, else read now).
+    async fn read(&self, api: &Api<Lease>) -> Result<Option<Lease>, kube::Error> {
+        match &self.leases {
+            Some(store) => {
+                let key = ObjectRef::new(&self.settings.lease_name).within(&self.settings.namespace);
+                Ok(store.get(&key).map(|lease| lease.as_ref().clone()))
+            }
+            None => api.get(&self.settings.lease_name).await.map(Some),
+        }
+    }
+
     /// Keeps the Lease renewed; completes when the leadership is lost, saying why.
     pub async fn lost(&self) -> LeaderError {
         let lease = self.settings.lease();
@@ -141,8 +163,9 @@ impl Leadership {
         let mut confirmed = SystemTime::now();
         loop {
             tokio::time::sleep(self.settings.retry_period).await;
-            match api.get(&self.settings.lease_name).await {
-                Ok(lease) => {
+            match self.read(&api).await {
+                Ok(None) => {}
+                Ok(Some(lease)) => {
                     let spec = lease.spec.unwrap_or_default();
                     if spec.holder_identity.as_deref() != Some(self.settings.identity.as_str()) {
                         return format!("the Lease is held by {:?}", spec.holder_identity.unwrap_or_default());

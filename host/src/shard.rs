@@ -16,10 +16,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -44,6 +46,8 @@ pub struct Shards {
     count: u32,
     owned: Arc<RwLock<BTreeSet<u32>>>,
     in_flight: Arc<[AtomicUsize]>,
+    /// Wakes `give_back` when work in a shard ends.
+    idle: Arc<tokio::sync::Notify>,
     gained: watch::Sender<u64>,
 }
 
@@ -76,6 +80,7 @@ impl Shards {
             count,
             owned: Arc::default(),
             in_flight: (0..count).map(|_| AtomicUsize::new(0)).collect(),
+            idle: Arc::default(),
             gained: watch::Sender::new(0),
         }
     }
@@ -122,8 +127,13 @@ impl Shards {
             owned.remove(&shard);
         }
         let idle = async {
-            while self.in_flight[shard as usize].load(Ordering::Acquire) > 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            loop {
+                // Registered before the count is read, so an end in between is not missed.
+                let ended = self.idle.notified();
+                if self.in_flight[shard as usize].load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                ended.await;
             }
         };
         tokio::time::timeout(drain, idle).await.is_ok()
@@ -148,7 +158,9 @@ pub struct InShard {
 
 impl Drop for InShard {
     fn drop(&mut self) {
-        self.shards.in_flight[self.shard as usize].fetch_sub(1, Ordering::AcqRel);
+        if self.shards.in_flight[self.shard as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shards.idle.notify_waiters();
+        }
     }
 }
 
@@ -205,13 +217,18 @@ pub async fn run(
     settings.validate()?;
     // Every task is in this set, so they all end with this function, even when it is aborted.
     let mut tasks = JoinSet::new();
+    let leases = LeaseWatch::start(&mut tasks, &client, &settings.lease.namespace, stop.clone());
     tasks.spawn(hold_membership(client.clone(), settings.member_lease(), stop.clone()));
     let mut claims: HashMap<u32, Claim> = HashMap::new();
+    let mut reported = None;
     loop {
-        let wanted = match view(&client, &settings).await {
+        let wanted = match leases.view(&settings) {
             Ok(view) => view.wanted(&settings.lease.identity),
             Err(e) => {
-                report_list_error(&e, &settings.lease.namespace);
+                if let Some(e) = e.filter(|e| reported.as_ref() != Some(e)) {
+                    report_watch_error(&e, &settings.lease.namespace);
+                    reported = Some(e);
+                }
                 claims.keys().copied().collect()
             }
         };
@@ -220,7 +237,7 @@ pub async fn run(
         for shard in 0..settings.shards {
             match (wanted.contains(&shard), claims.get(&shard)) {
                 (true, None) => {
-                    let claim = Claim::start(&mut tasks, &client, &settings, shard, &shards, &metrics);
+                    let claim = Claim::start(&mut tasks, &client, &settings, shard, &shards, &metrics, &leases);
                     claims.insert(shard, claim);
                 }
                 (false, Some(claim)) => {
@@ -241,13 +258,81 @@ pub async fn run(
     Ok(())
 }
 
-/// Says why the Leases could not be listed; a refusal names the missing rule and its fix.
-fn report_list_error(e: &kube::Error, namespace: &str) {
-    if matches!(e, kube::Error::Api(status) if status.code == 403) {
-        tracing::error!(error = %e, "sharding needs `list` on leases (coordination.k8s.io) in namespace {namespace} to \
-            see the other replicas; deploy/overlays/sharded grants it. No shard is claimed until then");
-    } else {
-        tracing::warn!(error = %e, "cannot list the shard Leases; keeping the shards claimed");
+/// The Leases of the sharding namespace, from one watch (a reflector): the members, the shard
+/// holders and the per-shard watchdogs all read it, so holding shards costs no LIST or GET per
+/// retry period.
+#[derive(Clone)]
+struct LeaseWatch {
+    store: Store<Lease>,
+    /// The watch's last error while it has not listed the Leases yet, for the log.
+    error: Arc<std::sync::Mutex<Option<WatchError>>>,
+}
+
+/// Why the Leases cannot be watched.
+#[derive(Clone, Debug, PartialEq)]
+enum WatchError {
+    /// The identity may not list or watch Leases.
+    Forbidden(String),
+    /// Anything else (the API server unreachable).
+    Other(String),
+}
+
+impl LeaseWatch {
+    /// Starts watching the Leases of `namespace` in a task of `tasks`, until `stop` turns true.
+    fn start(tasks: &mut JoinSet<()>, client: &Client, namespace: &str, mut stop: watch::Receiver<bool>) -> LeaseWatch {
+        let (store, writer) = reflector::store();
+        let error = Arc::new(std::sync::Mutex::new(None));
+        let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+        let seen = error.clone();
+        let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
+        tasks.spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let event = tokio::select! {
+                    event = stream.next() => event,
+                    () = until(&mut stop) => return,
+                };
+                let Some(event) = event else { return };
+                let failure = match event {
+                    Ok(_) => None,
+                    Err(
+                        watcher::Error::InitialListFailed(kube::Error::Api(s))
+                        | watcher::Error::WatchFailed(kube::Error::Api(s)),
+                    ) if s.code == 403 => Some(WatchError::Forbidden(s.message)),
+                    Err(e) => Some(WatchError::Other(e.to_string())),
+                };
+                if let Ok(mut error) = seen.lock() {
+                    *error = failure;
+                }
+            }
+        });
+        LeaseWatch { store, error }
+    }
+
+    /// What the Leases say now (see [`View`]); until the Leases were listed once, nothing, with
+    /// the watch's error if it failed.
+    fn view(&self, settings: &ShardSettings) -> Result<View, Option<WatchError>> {
+        if self.store.is_empty() && !self.listed() {
+            return Err(self.error.lock().ok().and_then(|e| e.clone()));
+        }
+        Ok(View::of(self.store.state().iter().map(|l| l.as_ref().clone()), settings, SystemTime::now()))
+    }
+
+    /// Whether the first list completed (an empty namespace lists nothing).
+    fn listed(&self) -> bool {
+        futures::FutureExt::now_or_never(self.store.wait_until_ready()).is_some_and(|r| r.is_ok())
+    }
+}
+
+/// Says why the Leases could not be watched; a refusal names the missing rules and their fix.
+fn report_watch_error(e: &WatchError, namespace: &str) {
+    match e {
+        WatchError::Forbidden(message) => tracing::error!(error = %message,
+            "sharding needs `list` and `watch` on leases (coordination.k8s.io) in namespace {namespace} to \
+            see the other replicas; deploy/overlays/sharded grants them. No shard is claimed until then"),
+        WatchError::Other(message) => {
+            tracing::warn!(error = %message, "cannot watch the shard Leases; keeping the shards claimed")
+        }
     }
 }
 
@@ -311,31 +396,31 @@ impl View {
     }
 }
 
-/// Reads the member and shard Leases. A Lease counts as held while its holder renews it within
-/// its duration; a shard whose holder is not a live member counts as free (its Lease is then
-/// about to expire, and the claim waits for that). This replica is always a member.
-async fn view(client: &Client, settings: &ShardSettings) -> Result<View, kube::Error> {
-    let api: Api<Lease> = Api::namespaced(client.clone(), &settings.lease.namespace);
-    let (prefix, member_prefix) = (format!("{}-", settings.lease.lease_name), settings.member_prefix());
-    let now = SystemTime::now();
-    let mut view = View { holders: vec![None; settings.shards as usize], ..View::default() };
-    view.members.insert(settings.lease.identity.clone());
-    let mut held = Vec::new();
-    for lease in api.list(&ListParams::default()).await?.items {
-        let Some(name) = lease.metadata.name.clone() else { continue };
-        let Some(holder) = live_holder(lease, now) else { continue };
-        if name.starts_with(&member_prefix) {
-            view.members.insert(holder);
-        } else if let Some(Ok(shard)) = name.strip_prefix(&prefix).map(str::parse::<usize>) {
-            held.push((shard, holder));
+impl View {
+    /// What `leases` say at `now`. A Lease counts as held while its holder renews it within its
+    /// duration; a shard whose holder is not a live member counts as free (its Lease is then
+    /// about to expire, and the claim waits for that). This replica is always a member.
+    fn of(leases: impl Iterator<Item = Lease>, settings: &ShardSettings, now: SystemTime) -> View {
+        let (prefix, member_prefix) = (format!("{}-", settings.lease.lease_name), settings.member_prefix());
+        let mut view = View { holders: vec![None; settings.shards as usize], ..View::default() };
+        view.members.insert(settings.lease.identity.clone());
+        let mut held = Vec::new();
+        for lease in leases {
+            let Some(name) = lease.metadata.name.clone() else { continue };
+            let Some(holder) = live_holder(lease, now) else { continue };
+            if name.starts_with(&member_prefix) {
+                view.members.insert(holder);
+            } else if let Some(Ok(shard)) = name.strip_prefix(&prefix).map(str::parse::<usize>) {
+                held.push((shard, holder));
+            }
         }
-    }
-    for (shard, holder) in held {
-        if shard < view.holders.len() && view.members.contains(&holder) {
-            view.holders[shard] = Some(holder);
+        for (shard, holder) in held {
+            if shard < view.holders.len() && view.members.contains(&holder) {
+                view.holders[shard] = Some(holder);
+            }
         }
+        view
     }
-    Ok(view)
 }
 
 /// The Lease's holder if it renewed within the Lease's duration.
@@ -362,11 +447,12 @@ impl Claim {
         shard: u32,
         shards: &Shards,
         metrics: &Arc<Metrics>,
+        leases: &LeaseWatch,
     ) -> Claim {
         let (give_back, mut asked) = watch::channel(false);
         let (done_tx, done) = watch::channel(false);
-        let (client, lease, shards, metrics) =
-            (client.clone(), settings.shard_lease(shard), shards.clone(), metrics.clone());
+        let (client, lease, shards, metrics, leases) =
+            (client.clone(), settings.shard_lease(shard), shards.clone(), metrics.clone(), leases.clone());
         let drain = settings.lease.renew_deadline;
         tasks.spawn(async move {
             let held = tokio::select! {
@@ -378,6 +464,7 @@ impl Claim {
             };
             match held {
                 Ok(held) => {
+                    let held = held.confirmed_by(leases.store.clone());
                     shards.hold(shard);
                     metrics.set_leader(&lease.lease_name, true);
                     tracing::info!(shard, lease = %lease.lease_name, "shard held");
