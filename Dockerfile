@@ -6,7 +6,7 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 RUN rustup target add wasm32-wasip2
 COPY . .
-RUN cargo build --release -p wasmop \
+RUN cargo build --release -p wasmop --no-default-features \
  && cargo build --target wasm32-wasip2 --profile plugin -p appoperator -p deny-latest-tag \
  && mkdir -p /out/plugins \
  && cp target/release/wasmop /out/wasmop \

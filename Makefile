@@ -65,6 +65,7 @@ kubectl:
 test: plugins test-plugins polyglot kubectl controlplane
 	node --test examples/js-policy/ plugins/sdk-js/
 	$(CARGO) test --no-fail-fast --workspace --all-targets $(addprefix --exclude ,$(TEST_PLUGINS))
+	$(CARGO) check -p wasmop --no-default-features
 
 ## The main job on the embedded default: in-memory API server, default plugin, examples, live view.
 ## CONTROL_PLANE=real runs it on the real control plane instead.

@@ -28,6 +28,7 @@ use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 use server::{Remote, cpu_seconds, memory_kib};
+use wasmop::catalog::Catalog;
 use wasmop::controller::{self, ControllerOptions};
 use wasmop::crd;
 use wasmop::plugin::{
@@ -36,6 +37,7 @@ use wasmop::plugin::{
 };
 use wasmop::policy::PolicyChain;
 use wasmop::reconcile::Reconciler;
+use wasmop::supervisor::Supervisor;
 use wasmop::telemetry::Stats;
 use wasmop_apiserver::{ApiServer, Config, RequestStats};
 use wasmop_controlplane::ControlPlane;
@@ -166,7 +168,15 @@ impl Server {
     }
 }
 
-async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n: usize) {
+/// What reconciles: the plugin file through the supervisor, or the native baseline.
+enum Logic {
+    /// A directory holding the plugin.
+    Wasm(PathBuf),
+    /// The same logic compiled into the host.
+    Native(Arc<dyn Reconciler>),
+}
+
+async fn run(label: &str, logic: Logic, plugin: &OperatorPlugin, n: usize) {
     let mut server = Server::start(Duration::from_millis(100)).await;
     let client = server.client().await;
     crd::install(&client, plugin, None).await.expect("crd");
@@ -181,16 +191,31 @@ async fn run(label: &str, logic: Arc<dyn Reconciler>, plugin: &OperatorPlugin, n
     let telemetry = wasmop::telemetry::Telemetry::new();
     let stats = telemetry.stats.clone();
     let options = ControllerOptions { concurrency: 16, namespace: Some(ns.clone()), ..ControllerOptions::default() };
-    let task = tokio::spawn(controller::run_plugin(
-        client.clone(),
-        logic,
-        PolicyChain::default(),
-        options,
-        telemetry,
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        },
-    ));
+    let stopped = async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    // The plugin runs as in production: a catalog of its directory and the supervisor. The
+    // native baseline (the same logic compiled into the host) has no file, so it starts its
+    // controller directly; production never takes that path.
+    let _catalog;
+    let task = match logic {
+        Logic::Wasm(dir) => {
+            let runtime = Arc::new(Runtime::new(RuntimeConfig::default()).expect("runtime"));
+            let catalog = Catalog::builder(runtime, dir).start().await.expect("catalog");
+            let supervisor =
+                Supervisor::builder(client.clone(), &catalog).options(options).telemetry(telemetry).build();
+            _catalog = Some(catalog);
+            tokio::spawn(supervisor.run(stopped))
+        }
+        Logic::Native(logic) => {
+            _catalog = None;
+            let run =
+                controller::run_plugin(client.clone(), logic, PolicyChain::default(), options, telemetry, stopped);
+            tokio::spawn(async move {
+                let _ = run.await;
+            })
+        }
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (created, created_rx) = tokio::sync::oneshot::channel();
     let ready = tokio::spawn({
@@ -270,9 +295,11 @@ fn main() {
     let tokio = tokio::runtime::Runtime::new().expect("tokio");
     // Under `cargo test --benches` run a token size so the bench is exercised, not measured.
     let sizes = if std::env::args().any(|a| a == "--bench") { sizes } else { vec![20] };
+    let dir = tempfile::tempdir().expect("plugins directory");
+    std::fs::copy(&path, dir.path().join("appoperator.wasm")).expect("copy the plugin");
     for n in sizes {
-        tokio.block_on(run("wasm", Arc::new(plugin.clone()), &plugin, n));
+        tokio.block_on(run("wasm", Logic::Wasm(dir.path().to_path_buf()), &plugin, n));
         let native = Arc::new(Native { meta: plugin.metadata().clone() });
-        tokio.block_on(run("native", native, &plugin, n));
+        tokio.block_on(run("native", Logic::Native(native), &plugin, n));
     }
 }

@@ -21,12 +21,13 @@ use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use wasmop::controller::{self, ControllerOptions};
+use wasmop::catalog::Catalog;
+use wasmop::controller::ControllerOptions;
 use wasmop::crd;
 use wasmop::leader::LeaderSettings;
 use wasmop::plugin::{Limits, OperatorPlugin, Runtime, RuntimeConfig};
-use wasmop::policy::PolicyChain;
 use wasmop::shard::{self, ShardSettings, Shards};
+use wasmop::supervisor::Supervisor;
 use wasmop::telemetry::Stats;
 use wasmop::telemetry::Telemetry;
 use wasmop_apiserver::{ApiServer, Config};
@@ -42,7 +43,9 @@ struct Replica {
 }
 
 impl Replica {
-    fn start(url: &str, plugin: &OperatorPlugin, identity: String, count: u32) -> Replica {
+    /// A replica as `wasmop run --shards` runs one: a catalog of `dir`, the supervisor and the
+    /// shard claimer.
+    async fn start(url: &str, dir: &std::path::Path, identity: String, count: u32) -> Replica {
         let client = Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("client");
         let shards = Shards::none(count);
         let telemetry = Telemetry::new();
@@ -51,18 +54,16 @@ impl Replica {
         let options = ControllerOptions { concurrency: 16, shards: shards.clone(), ..ControllerOptions::default() };
         let metrics = telemetry.metrics.clone();
         let mut stopped = rx.clone();
-        let run = controller::run_plugin(
-            client.clone(),
-            Arc::new(plugin.clone()),
-            PolicyChain::default(),
-            options,
-            telemetry,
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        );
+        let runtime = Arc::new(Runtime::new(RuntimeConfig::default()).expect("runtime"));
+        let catalog = Catalog::builder(runtime, dir.to_path_buf()).start().await.expect("catalog");
+        let supervisor = Supervisor::builder(client.clone(), &catalog).options(options).telemetry(telemetry).build();
         let controller = tokio::spawn(async move {
-            let _ = run.await;
+            supervisor
+                .run(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+            drop(catalog);
         });
         let settings = ShardSettings {
             shards: count,
@@ -128,8 +129,12 @@ async fn run(plugin: &OperatorPlugin, replicas: u32, n: usize) {
         "appoperators",
     );
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
-    let started: Vec<Replica> =
-        (0..replicas).map(|i| Replica::start(&server.url(), plugin, format!("r{i}"), replicas)).collect();
+    let dir = tempfile::tempdir().expect("plugins directory");
+    std::fs::copy(plugin.file().path.clone(), dir.path().join("appoperator.wasm")).expect("copy the plugin");
+    let mut started = Vec::new();
+    for i in 0..replicas {
+        started.push(Replica::start(&server.url(), dir.path(), format!("r{i}"), replicas).await);
+    }
     // Balanced before the clock starts: one shard each.
     until("one shard each", || started.iter().all(|r| r.shards.owned().len() == 1)).await;
 

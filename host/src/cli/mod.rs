@@ -2,6 +2,7 @@
 
 mod convert;
 mod crd;
+#[cfg(feature = "embedded")]
 mod dev;
 mod eval;
 mod inspect;
@@ -58,6 +59,7 @@ enum Command {
     /// Run the operator against a cluster (current kubeconfig or in-cluster config).
     Run(Box<run::Args>),
     /// Run the embedded API server, the plugins and the examples, with a live view.
+    #[cfg(feature = "embedded")]
     Dev(dev::Args),
     /// Convert objects with a plugin's conversion, or check its round trips (--check), offline.
     Convert(convert::Args),
@@ -80,10 +82,20 @@ enum PluginCommand {
     Inspect(inspect::Args),
 }
 
+/// Whether `command` runs until stopped (it keeps SIGPIPE ignored).
+fn long_running(command: &Command) -> bool {
+    match command {
+        Command::Run(_) => true,
+        #[cfg(feature = "embedded")]
+        Command::Dev(_) => true,
+        _ => false,
+    }
+}
+
 /// Parses arguments, runs the command, and turns an error into one clear line and exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run(_) | Command::Dev(_)) {
+    if !long_running(&cli.command) {
         restore_sigpipe();
     }
     // A long-running operator logs what it does; one-shot commands only warnings.
@@ -91,6 +103,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format, default_level);
     let result = match cli.command {
         Command::Run(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| block_on(run::run(rt, *args))),
+        #[cfg(feature = "embedded")]
         Command::Dev(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| block_on(dev::run(rt, args))),
         Command::Eval(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| eval::run(&rt, args)),
         Command::Crd(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| crd::run(&rt, args)),

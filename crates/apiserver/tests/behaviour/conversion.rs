@@ -1,7 +1,7 @@
 //! CRD conversion webhooks: objects stored in the storage version of their time, converted by
 //! a real HTTPS webhook (`webhook.rs`) for every read and write in another version, the
 //! failures kube-apiserver reports, and `status.storedVersions`. The round trip and the error
-//! texts also run against the real control plane (`tests/controlplane`).
+//! texts also run against the real control plane (`crates/controlplane`).
 
 use std::time::Duration;
 

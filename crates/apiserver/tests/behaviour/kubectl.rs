@@ -1,5 +1,5 @@
 //! The machine's real kubectl through a written kubeconfig, against the in-memory server and the
-//! real control plane (`tests/controlplane`) from the same test code: where they disagree, the
+//! real control plane (`crates/controlplane`) from the same test code: where they disagree, the
 //! real one is right.
 
 use std::io::{BufRead, BufReader, Write};
