@@ -8,15 +8,13 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use kube::Client;
 use kube::api::{Api, DynamicObject};
-use kube::core::{ApiResource, GroupVersionKind};
-use kube::discovery::{self, Scope};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 
 use crate::apply::{MANAGED_BY_LABEL, PLUGIN_LABEL};
-use crate::plugin::Gvk;
+use crate::discovery::{KindNotServed, resolve};
 use crate::policy::PolicyChain;
 use crate::reconcile::{self, ChildKindCache, Context, OwnerIndex, Reconciler};
 use crate::shard::Shards;
@@ -50,27 +48,6 @@ impl Default for ControllerOptions {
             shards: Shards::all(),
             stall_after: Duration::from_secs(60),
         }
-    }
-}
-
-/// A kind the cluster does not serve, or discovery failed.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot find {gvk} in the cluster ({source}); install its CRD (wasmop run --install-crds) or fix the plugin's metadata"
-)]
-pub struct KindNotServed {
-    /// The kind.
-    pub gvk: Gvk,
-    /// Discovery's error.
-    pub source: kube::Error,
-}
-
-/// Looks a kind up in the cluster's discovery: its plural and whether it is namespaced.
-pub async fn resolve(client: &Client, gvk: &Gvk) -> Result<(ApiResource, bool), KindNotServed> {
-    let key = GroupVersionKind::gvk(&gvk.group, &gvk.version, &gvk.kind);
-    match discovery::pinned_kind(client, &key).await {
-        Ok((ar, caps)) => Ok((ar, caps.scope == Scope::Namespaced)),
-        Err(source) => Err(KindNotServed { gvk: gvk.clone(), source }),
     }
 }
 

@@ -8,7 +8,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::controller::resolve;
+use crate::discovery::resolve;
 use crate::plugin::OperatorPlugin;
 
 /// The finalizer the host puts on parents of plugins that declare one.

@@ -173,7 +173,7 @@ pub async fn ready_is(client: &Client, ar: &ApiResource, ns: &str, name: &str, s
 /// Waits until the API server serves `ar`'s kind (its CRD installed by the operator).
 pub async fn wait_served(client: &Client, ar: &ApiResource) {
     let gvk = wasmop::plugin::Gvk::new(&ar.group, &ar.version, &ar.kind);
-    eventually("kind served", || async { wasmop::controller::resolve(client, &gvk).await.is_ok() }).await;
+    eventually("kind served", || async { wasmop::discovery::resolve(client, &gvk).await.is_ok() }).await;
 }
 
 /// The revision (hash prefix) of a built plugin, as children carry it.
