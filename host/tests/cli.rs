@@ -1,7 +1,56 @@
 //! How the `wasmop` process behaves around its work: a one-shot command whose reader goes away,
-//! and `wasmop run` started in a cluster without the webhook's Service.
+//! `wasmop run` started in a cluster without the webhook's Service, and `wasmop run` over several
+//! namespaces reading each plugin file once.
 
 mod common;
+
+use common::cluster::*;
+use common::opens::{Opens, written_a_minute_ago};
+use common::operator::plugins_dir;
+use serde_json::json;
+
+on_both_backends!(wasmop_run_reads_each_plugin_once_for_every_namespace);
+
+/// `wasmop run --namespace A --namespace B`: the fail-fast check, the conversion webhook and the
+/// controllers of both namespaces share one load of each plugin file, seen from outside.
+async fn wasmop_run_reads_each_plugin_once_for_every_namespace(cluster: Cluster) {
+    let client = cluster.client.clone();
+    install_hostile_crd(&client).await;
+    let second = format!("{}-b", cluster.ns);
+    let namespace: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": second}})).unwrap();
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&Default::default(), &namespace)
+        .await
+        .unwrap();
+    let dir = plugins_dir(&[("hostile", None), ("appoperator", None)]);
+    written_a_minute_ago(dir.path(), &["hostile.wasm", "appoperator.wasm"]);
+    let opens = Opens::watch(dir.path());
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml().await).unwrap();
+    let mut child = common::wasmop_command()
+        .args(["run", "--no-metrics", "--webhook-addr=127.0.0.1:0", "--plugins"])
+        .arg(dir.path())
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--namespace", &cluster.ns, "--namespace", &second])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ar = hostile_resource();
+    for ns in [cluster.ns.as_str(), second.as_str()] {
+        create(&client, &ar, ns, "x", json!({"mode": "ok"})).await;
+    }
+    for ns in [cluster.ns.as_str(), second.as_str()] {
+        eventually("reconciled in both namespaces", || ready_is(&client, &ar, ns, "x", "True", "Reconciled")).await;
+    }
+    opens.fence("fence").await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!((opens.count("hostile.wasm"), opens.count("appoperator.wasm")), (1, 1), "a plugin read more than once");
+    cluster.shutdown().await;
+}
 
 use std::io::Read;
 use std::process::Stdio;
@@ -66,4 +115,30 @@ fn run_in_a_cluster_without_the_webhook_service_warns_what_to_pass() {
         text.contains("without --webhook-service") && text.contains("pass --webhook-service NAMESPACE/NAME"),
         "{text}"
     );
+}
+
+#[test]
+fn run_without_a_usable_operator_names_each_refused_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.wasm"), b"not a component").unwrap();
+    std::fs::copy(common::plugin("deny-latest-tag"), dir.path().join("policy.wasm")).unwrap();
+    // A kubeconfig whose server is never reached: nothing runs without an operator.
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:9'}}]\n\
+         users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n",
+    )
+    .unwrap();
+    let out = common::wasmop_command()
+        .args(["run", "--no-metrics", "--no-webhook", "--plugins"])
+        .arg(dir.path())
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no operator plugin could be loaded from"), "{stderr}");
+    assert!(stderr.contains("broken.wasm: ") && stderr.contains("is not a valid WebAssembly component"), "{stderr}");
 }

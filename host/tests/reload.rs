@@ -13,6 +13,7 @@ use serde_json::json;
 use wasmop::plugin::sha256_hex;
 
 use common::cluster::*;
+use common::opens::Opens;
 use common::operator::{Operator, plugins_dir, quiet};
 
 on_both_backends!(
@@ -240,63 +241,13 @@ async fn a_plugin_whose_kind_is_not_served_yet_starts_once_it_is() {
     cluster.shutdown().await;
 }
 
-/// Opens of the files of a directory, seen from outside through inotify, as strace would.
-struct Opens {
-    events: std::sync::Arc<std::sync::Mutex<Vec<notify::Event>>>,
-    dir: PathBuf,
-    _watcher: notify::RecommendedWatcher,
-}
-
-impl Opens {
-    fn watch(dir: &Path) -> Opens {
-        use notify::Watcher;
-        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = events.clone();
-        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
-            if let Ok(e) = e {
-                sink.lock().unwrap().push(e);
-            }
-        })
-        .unwrap();
-        watcher.watch(dir, notify::RecursiveMode::NonRecursive).unwrap();
-        Opens { events, dir: dir.to_path_buf(), _watcher: watcher }
-    }
-
-    /// Times `file` was opened so far.
-    fn count(&self, file: &str) -> usize {
-        let path = self.dir.join(file);
-        let events = self.events.lock().unwrap();
-        events
-            .iter()
-            .filter(|e| matches!(e.kind, notify::EventKind::Access(notify::event::AccessKind::Open(_))))
-            .filter(|e| e.paths.contains(&path))
-            .count()
-    }
-
-    /// Waits until every open made before now has been seen: inotify keeps order, so once a
-    /// file created now is seen, so is everything before it.
-    async fn fence(&self, name: &str) {
-        let path = self.dir.join(name);
-        std::fs::write(&path, "").unwrap();
-        eventually("the fence file seen", || async {
-            self.events.lock().unwrap().iter().any(|e| e.paths.contains(&path))
-        })
-        .await;
-    }
-}
-
 /// Start-up (the catalog, the webhook's converters and the supervisor) reads each plugin file
 /// once; an idle host reads none, even when something else in the directory changes.
 async fn each_plugin_file_is_read_once_and_not_at_idle(cluster: Cluster) {
     let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
     install_hostile_crd(&client).await;
     let dir = plugins_dir(&[("hostile", Some("[limits]\ntimeout_ms = 2000\n")), ("appoperator", None)]);
-    // Written a minute ago as far as anyone can tell: a stamp of a file written just now is not
-    // trusted (the kernel's file times are coarse), so it would be read again on the next scan.
-    let minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-    for file in ["hostile.wasm", "hostile.toml", "appoperator.wasm"] {
-        std::fs::File::options().write(true).open(dir.path().join(file)).unwrap().set_modified(minute_ago).unwrap();
-    }
+    common::opens::written_a_minute_ago(dir.path(), &["hostile.wasm", "hostile.toml", "appoperator.wasm"]);
     let opens = Opens::watch(dir.path());
     let running = Operator::start(&cluster, dir.path(), quiet());
     let ar = hostile_resource();

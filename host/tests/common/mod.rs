@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod opens;
 pub mod operator;
 
 use std::path::PathBuf;
