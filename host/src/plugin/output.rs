@@ -169,6 +169,15 @@ fn check_child(
             ),
         ));
     };
+    // The host's caches and applies key children by the exact apiVersion: "/v1" or "apps/v1/"
+    // parse as a declared kind but match no cache.
+    if !kind_decl.gvk.matches(&child) {
+        return Err(invalid(
+            meta,
+            label,
+            format!("apiVersion {api_version:?} is not spelled as declared: write {:?}", kind_decl.gvk.api_version()),
+        ));
+    }
     for field in ["ownerReferences", "finalizers"] {
         if obj.get("metadata").and_then(|m| m.get(field)).is_some_and(|v| !v.is_null()) {
             return Err(invalid(

@@ -244,7 +244,7 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
     }
     let observed = observe(parent, ctx)?;
     let desired = match compute(parent, ctx, &observed, false).await {
-        Ok(d) => review(parent, ctx, d).await.and_then(|d| known_kinds(ctx, d)),
+        Ok(d) => review(parent, ctx, d).await,
         Err(e) => Err(e),
     };
     let desired = match desired {
@@ -254,16 +254,6 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
     let applied = apply(parent, ctx, &desired, &observed).await?;
     prune(parent, ctx, &desired, &observed).await?;
     report(parent, ctx, &desired, &applied).await
-}
-
-/// Refuses desired children whose apiVersion and kind match none of the watched child kinds
-/// exactly, before anything is applied, so the refusal reaches the parent's condition like
-/// any other invalid output.
-fn known_kinds(ctx: &Context, desired: Desired) -> Result<Desired, ReconcileError> {
-    match desired.children.iter().find(|child| child_kind(ctx, child).is_none()) {
-        Some(child) => Err(ReconcileError::UnknownChildKind { object: describe(child) }),
-        None => Ok(desired),
-    }
 }
 
 /// A parent's children as the caches hold them, keyed by full identity: the index of their
