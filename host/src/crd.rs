@@ -134,12 +134,8 @@ async fn clear_other_member(
 /// `spec.conversion` as a merge patch that also clears the member of the `url` / `service`
 /// union it does not set.
 fn clearing_the_other(mut conversion: Value) -> Value {
-    if let Some(config) = conversion.pointer_mut("/webhook/clientConfig").and_then(Value::as_object_mut) {
-        for (member, other) in [("url", "service"), ("service", "url")] {
-            if config.get(member).is_some_and(|v| !v.is_null()) {
-                config.insert(other.to_string(), Value::Null);
-            }
-        }
+    if let Some(config) = conversion.pointer_mut("/webhook/clientConfig") {
+        crate::webhook::clear_the_other_member(config);
     }
     conversion
 }

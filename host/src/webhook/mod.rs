@@ -168,6 +168,18 @@ impl Conversion {
     }
 }
 
+/// Makes a `clientConfig` merge patch clear the member of the `url` / `service` union it does
+/// not set: the API server refuses a clientConfig with both, and a merge patch (or server-side
+/// apply) setting one keeps the other.
+pub(crate) fn clear_the_other_member(client_config: &mut Value) {
+    let Some(config) = client_config.as_object_mut() else { return };
+    for (member, other) in [("url", "service"), ("service", "url")] {
+        if config.get(member).is_some_and(|v| !v.is_null()) {
+            config.insert(other.to_string(), Value::Null);
+        }
+    }
+}
+
 /// `spec.conversion` of a CRD converted by a webhook at `client_config`.
 pub fn crd_conversion(client_config: Value) -> Value {
     json!({ "strategy": "Webhook", "webhook": { "conversionReviewVersions": ["v1"], "clientConfig": client_config } })
@@ -353,11 +365,7 @@ async fn rotate(source: Source, mut material: Material, renewal: Renewal) {
 async fn inject(client: &Client, crds: &[String], client_config: &Value) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut client_config = client_config.clone();
-    if let Some(config) = client_config.as_object_mut() {
-        // One member of the url / service union: the other is cleared in the same write.
-        let other = if config.contains_key("url") { "service" } else { "url" };
-        config.insert(other.to_string(), Value::Null);
-    }
+    clear_the_other_member(&mut client_config);
     let patch = json!({ "spec": { "conversion": { "webhook": { "clientConfig": client_config } } } });
     for name in crds {
         if let Err(e) = api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
