@@ -78,13 +78,7 @@ fn run_in_a_cluster_without_the_webhook_service_warns_what_to_pass() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(common::plugin("appoperator"), dir.path().join("appoperator.wasm")).unwrap();
     // A kubeconfig whose server is never reached before the warning.
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:9'}}]\n\
-         users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n",
-    )
-    .unwrap();
+    let kubeconfig = unreachable_kubeconfig(dir.path());
     let log = dir.path().join("stderr.log");
     let mut child = common::wasmop_command()
         .args(["run", "--no-metrics", "--webhook-addr=127.0.0.1:0", "--plugins"])
@@ -122,14 +116,8 @@ fn run_without_a_usable_operator_names_each_refused_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("broken.wasm"), b"not a component").unwrap();
     std::fs::copy(common::plugin("deny-latest-tag"), dir.path().join("policy.wasm")).unwrap();
-    // A kubeconfig whose server is never reached: nothing runs without an operator.
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:9'}}]\n\
-         users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n",
-    )
-    .unwrap();
+    // Nothing runs without an operator: the server is never reached.
+    let kubeconfig = unreachable_kubeconfig(dir.path());
     let out = common::wasmop_command()
         .args(["run", "--no-metrics", "--no-webhook", "--plugins"])
         .arg(dir.path())
@@ -141,4 +129,16 @@ fn run_without_a_usable_operator_names_each_refused_file() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no operator plugin could be loaded from"), "{stderr}");
     assert!(stderr.contains("broken.wasm: ") && stderr.contains("is not a valid WebAssembly component"), "{stderr}");
+}
+
+/// A kubeconfig in `dir` whose server nothing listens on.
+fn unreachable_kubeconfig(dir: &std::path::Path) -> std::path::PathBuf {
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:9'}}]\n\
+         users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n",
+    )
+    .unwrap();
+    kubeconfig
 }
