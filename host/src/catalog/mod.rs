@@ -204,8 +204,8 @@ impl CatalogBuilder {
             rejections: rejections.clone(),
             telemetry: self.telemetry,
         };
-        state.rescan().await.map_err(|source| CatalogError::Dir { path: dir.clone(), source })?;
-        let (tx, snapshots) = watch::channel(Arc::new(state.snapshot()));
+        let first = state.rescan().await.map_err(|source| CatalogError::Dir { path: dir.clone(), source })?;
+        let (tx, snapshots) = watch::channel(Arc::new(first));
         let task = tokio::spawn(follow(state, watcher, events, tx));
         Ok(Catalog { snapshots, rejections, dir, task })
     }
@@ -264,11 +264,13 @@ async fn follow(
     while events.recv().await.is_some() {
         // Wait for the burst to end: the last write wins.
         while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
-        if let Err(e) = state.rescan().await {
-            tracing::error!(dir = %state.dir.display(), error = %e, "cannot read plugins directory");
-            continue;
-        }
-        let next = state.snapshot();
+        let next = match state.rescan().await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(dir = %state.dir.display(), error = %e, "cannot read plugins directory");
+                continue;
+            }
+        };
         tx.send_if_modified(|current| {
             let changed = !current.serves_same(&next) || current.rejected != next.rejected;
             if changed {
@@ -311,8 +313,8 @@ struct State {
 
 impl State {
     /// Brings the entries in line with the directory: files gone are forgotten, files whose
-    /// stamp changed are read, and loaded when their content changed.
-    async fn rescan(&mut self) -> std::io::Result<()> {
+    /// stamp changed are read, and loaded when their content changed. Returns what serves now.
+    async fn rescan(&mut self) -> std::io::Result<Snapshot> {
         let files = plugin_files(&self.dir)?;
         self.entries.retain(|path, _| files.contains(path));
         self.duplicates.retain(|path, _| files.contains(path));
@@ -324,8 +326,9 @@ impl State {
             self.refresh(path, stamp).await;
         }
         self.telemetry.reloads.scans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.report_duplicates().await;
-        Ok(())
+        let (snapshot, duplicates) = self.arbitrate();
+        self.report_duplicates(duplicates).await;
+        Ok(snapshot)
     }
 
     /// Reads a file whose stamp changed; loads it when its content changed.
@@ -437,14 +440,8 @@ impl State {
         (snapshot, duplicates)
     }
 
-    /// The snapshot of the current entries.
-    fn snapshot(&self) -> Snapshot {
-        self.arbitrate().0
-    }
-
     /// Reports each file newly refused as a duplicate, once per reason.
-    async fn report_duplicates(&mut self) {
-        let (_, duplicates) = self.arbitrate();
+    async fn report_duplicates(&mut self, duplicates: BTreeMap<PathBuf, String>) {
         self.duplicates.retain(|path, _| duplicates.contains_key(path));
         for (path, reason) in duplicates {
             if self.duplicates.get(&path) == Some(&reason) {
