@@ -84,7 +84,11 @@ impl ParentState {
             Err(poisoned) => poisoned.into_inner(),
         };
         let Entries { map, scheduled } = &mut *entries;
-        let entry = map.entry(uid.to_string()).or_default();
+        // Most calls find nothing to remember (a parent that reconciles cleanly): the key is
+        // allocated only when an entry is kept.
+        let mut fresh = Entry::default();
+        let known = map.contains_key(uid);
+        let entry = map.get_mut(uid).unwrap_or(&mut fresh);
         let was_scheduled = entry.scheduled;
         let result = f(entry);
         match (was_scheduled, entry.scheduled) {
@@ -92,8 +96,14 @@ impl ParentState {
             (true, false) => *scheduled -= 1,
             _ => {}
         }
-        if entry.is_empty() {
-            map.remove(uid);
+        match (known, entry.is_empty()) {
+            (true, true) => {
+                map.remove(uid);
+            }
+            (false, false) => {
+                map.insert(uid.to_string(), fresh);
+            }
+            _ => {}
         }
         result
     }
