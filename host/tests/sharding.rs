@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use serde_json::json;
@@ -129,6 +130,19 @@ async fn replicas_split_rebalance_and_take_over_shards(cluster: Cluster) {
     .await;
     create_and_converge(&cluster, 0..16).await;
     assert!(a.reconciles() > 0 && b.reconciles() > 0, "a: {}, b: {}", a.reconciles(), b.reconciles());
+    if let Some(server) = cluster.memory_server() {
+        // Holding shards costs no LIST per retry period: the replicas read one Lease watch.
+        let before = server.stats();
+        assert!(before.count("list", "leases") > 0, "the replicas' first list of Leases is not counted: {before:?}");
+        let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), &cluster.ns);
+        let renewed = || async { leases.get("shard-0").await.unwrap().spec.unwrap().renew_time.unwrap().0 };
+        let first = renewed().await.as_second();
+        // Renewed once a retry period (1 s): three seconds on, three periods have passed.
+        eventually("shard-0's Lease renewed three periods on", || async { renewed().await.as_second() >= first + 3 })
+            .await;
+        let during = server.stats().since(&before);
+        assert_eq!(during.count("list", "leases"), 0, "Leases listed while holding shards: {during:?}");
+    }
 
     // c joins: the one holding two gives one back, and c claims it.
     let c = Replica::start(&cluster, dir.path(), "c", 3);
