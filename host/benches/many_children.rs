@@ -73,7 +73,7 @@ async fn run(n: usize, plugin: PathBuf) {
     let stats = telemetry.stats.clone();
     let options =
         ControllerOptions { concurrency: 4, resync: Duration::from_secs(3600), ..ControllerOptions::default() };
-    let catalog = Catalog::builder(Arc::new(runtime), dir.path().to_path_buf()).start().await.expect("catalog");
+    let catalog = Catalog::builder(Arc::new(runtime)).dir(dir.path().to_path_buf()).start().await.expect("catalog");
     let supervisor = Supervisor::builder(client.clone(), &catalog).options(options).telemetry(telemetry).build();
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(supervisor.run(async move {

@@ -201,7 +201,7 @@ async fn run(label: &str, logic: Logic, plugin: &OperatorPlugin, n: usize) {
     let task = match logic {
         Logic::Wasm(dir) => {
             let runtime = Arc::new(Runtime::new(RuntimeConfig::default()).expect("runtime"));
-            let catalog = Catalog::builder(runtime, dir).start().await.expect("catalog");
+            let catalog = Catalog::builder(runtime).dir(dir).start().await.expect("catalog");
             let supervisor =
                 Supervisor::builder(client.clone(), &catalog).options(options).telemetry(telemetry).build();
             _catalog = Some(catalog);

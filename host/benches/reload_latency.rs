@@ -124,7 +124,7 @@ async fn run(n: usize, v1: PathBuf, v2: PathBuf) {
         Runtime::new(RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..RuntimeConfig::default() })
             .expect("runtime");
     let options = ControllerOptions { concurrency: 16, ..ControllerOptions::default() };
-    let catalog = Catalog::builder(Arc::new(runtime), dir.path().to_path_buf()).start().await.expect("catalog");
+    let catalog = Catalog::builder(Arc::new(runtime)).dir(dir.path().to_path_buf()).start().await.expect("catalog");
     let supervisor = Supervisor::builder(client.clone(), &catalog).options(options).build();
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(supervisor.run(async move {

@@ -55,7 +55,7 @@ impl Replica {
         let metrics = telemetry.metrics.clone();
         let mut stopped = rx.clone();
         let runtime = Arc::new(Runtime::new(RuntimeConfig::default()).expect("runtime"));
-        let catalog = Catalog::builder(runtime, dir.to_path_buf()).start().await.expect("catalog");
+        let catalog = Catalog::builder(runtime).dir(dir.to_path_buf()).start().await.expect("catalog");
         let supervisor = Supervisor::builder(client.clone(), &catalog).options(options).telemetry(telemetry).build();
         let controller = tokio::spawn(async move {
             supervisor

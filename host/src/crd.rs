@@ -86,6 +86,24 @@ pub async fn install(
     Ok(())
 }
 
+/// Server-side applies the `WasmPlugin` CRD and waits until it is Established (`wasmop run
+/// --install-crds` with the cluster plugin source).
+pub async fn install_wasmplugin(client: &Client) -> Result<(), CrdError> {
+    let crd = crate::wasmplugin::crd();
+    let crd_name = crd.metadata.name.clone().unwrap_or_default();
+    let bad = |reason: String| CrdError::Install { plugin: "WasmPlugin".into(), reason };
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.patch(&crd_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    let established = await_condition(api, &crd_name, conditions::is_crd_established());
+    tokio::time::timeout(CRD_ESTABLISH_TIMEOUT, established)
+        .await
+        .map_err(|_| bad(format!("{crd_name} was not Established within {CRD_ESTABLISH_TIMEOUT:?}")))?
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(())
+}
+
 /// Points the CRD of a converting plugin, installed by someone else (`make install`), at the
 /// host's webhook with its CA bundle: a merge patch of `spec.conversion` only.
 pub async fn inject_conversion(

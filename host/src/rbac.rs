@@ -171,6 +171,34 @@ pub struct Identity {
     pub watched: Vec<String>,
     /// Whether it keeps a conversion webhook certificate in a Secret of its namespace.
     pub webhook_secret: bool,
+    /// Whether it follows `WasmPlugin` objects (the cluster plugin source).
+    pub wasmplugins: bool,
+}
+
+/// The cluster-wide rules of the cluster plugin source: following `WasmPlugin`s and writing
+/// their status.
+pub fn wasmplugin_rules() -> Vec<Rule> {
+    vec![
+        Rule::new("wasmop.dev", "wasmplugins", &["get", "list", "watch"], "the cluster plugin source"),
+        Rule::new("wasmop.dev", "wasmplugins/status", &["patch"], "WasmPlugin status"),
+    ]
+}
+
+/// With `--install-crds` and the cluster plugin source: applying the `WasmPlugin` CRD (only it).
+pub fn wasmplugin_crd_rule() -> Rule {
+    let mut rule =
+        Rule::new("apiextensions.k8s.io", "customresourcedefinitions", CRD_VERBS, "--install-crds: the WasmPlugin CRD");
+    rule.names = vec!["wasmplugins.wasmop.dev".to_string()];
+    rule
+}
+
+/// The rules of the cluster plugin source in the operator's own namespace: pull Secrets read
+/// by name (`get` only) and ConfigMap sources followed.
+pub fn wasmplugin_namespace_rules() -> Vec<Rule> {
+    vec![
+        Rule::new("", "secrets", &["get"], "WasmPlugin pull Secrets"),
+        Rule::new("", "configmaps", &["get", "list", "watch"], "WasmPlugin ConfigMap sources"),
+    ]
 }
 
 /// The manifests: a ClusterRole and binding (or a Role and binding per watched namespace),
@@ -196,19 +224,37 @@ pub fn manifests(rules: &[Rule], identity: &Identity) -> Vec<Value> {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": "wasmop"},
             "subjects": subject})
     };
+    let cluster_json: Vec<Value> =
+        if identity.wasmplugins { wasmplugin_rules().iter().map(Rule::to_json).collect() } else { Vec::new() };
     if identity.watched.is_empty() {
-        out.push(role("ClusterRole", None, json!(rules_json)));
+        let all: Vec<Value> = rules_json.into_iter().chain(cluster_json).collect();
+        out.push(role("ClusterRole", None, json!(all)));
         out.push(binding("ClusterRoleBinding", "ClusterRole", "wasmop", None));
     } else {
         for ns in &identity.watched {
             out.push(role("Role", Some(ns), json!(rules_json)));
             out.push(binding("RoleBinding", "Role", "wasmop", Some(ns)));
         }
+        // WasmPlugins are cluster-scoped: their rules stay cluster-wide.
+        if !cluster_json.is_empty() {
+            let mut cluster_role = role("ClusterRole", None, json!(cluster_json));
+            cluster_role["metadata"]["name"] = json!("wasmop-wasmplugins");
+            let mut cluster_binding = binding("ClusterRoleBinding", "ClusterRole", "wasmop-wasmplugins", None);
+            cluster_binding["roleRef"]["name"] = json!("wasmop-wasmplugins");
+            out.push(cluster_role);
+            out.push(cluster_binding);
+        }
     }
-    let mut own_rules = vec![Rule::new("coordination.k8s.io", "leases", LEASE_VERBS, "leader election")];
+    let mut others = Vec::new();
     if identity.webhook_secret {
-        own_rules.extend(webhook_secret_rules());
+        others.extend(webhook_secret_rules());
     }
+    if identity.wasmplugins {
+        others.extend(wasmplugin_namespace_rules());
+    }
+    // The Lease rule first: deploy/overlays/sharded patches it by position.
+    let mut own_rules = vec![Rule::new("coordination.k8s.io", "leases", LEASE_VERBS, "leader election")];
+    own_rules.extend(merge(others));
     let own_json: Vec<Value> = own_rules.iter().map(Rule::to_json).collect();
     let mut lease_role = role("Role", Some(&identity.namespace), json!(own_json));
     lease_role["metadata"]["name"] = json!("wasmop-leader-election");
@@ -341,6 +387,7 @@ mod tests {
             service_account: "wasmop".into(),
             watched: vec!["a".into()],
             webhook_secret: false,
+            wasmplugins: false,
         };
         let docs = manifests(&merge(plugin_rules(&meta())), &identity);
         let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
@@ -348,5 +395,31 @@ mod tests {
         assert_eq!(docs[0]["metadata"]["namespace"], "a");
         assert_eq!(docs[2]["metadata"]["namespace"], "ops");
         assert_eq!(docs[2]["rules"][0]["resources"][0], "leases");
+    }
+
+    #[test]
+    fn the_cluster_source_reads_wasmplugins_cluster_wide_and_secrets_only_at_home() {
+        let identity = Identity {
+            namespace: "ops".into(),
+            service_account: "wasmop".into(),
+            watched: vec!["a".into()],
+            webhook_secret: true,
+            wasmplugins: true,
+        };
+        let docs = manifests(&merge(plugin_rules(&meta())), &identity);
+        let cluster = docs.iter().find(|d| d["metadata"]["name"] == "wasmop-wasmplugins" && d["kind"] == "ClusterRole");
+        let cluster = cluster.expect("a ClusterRole for the cluster-scoped WasmPlugins");
+        assert_eq!(cluster["rules"][0]["resources"][0], "wasmplugins");
+        assert_eq!(cluster["rules"][1]["resources"][0], "wasmplugins/status");
+        assert_eq!(cluster["rules"][1]["verbs"], json!(["patch"]));
+        let own =
+            docs.iter().find(|d| d["metadata"]["name"] == "wasmop-leader-election" && d["kind"] == "Role").unwrap();
+        assert_eq!(own["metadata"]["namespace"], "ops");
+        let secrets: Vec<&Value> =
+            own["rules"].as_array().unwrap().iter().filter(|r| r["resources"][0] == "secrets").collect();
+        assert!(secrets.iter().all(|r| !r["verbs"].as_array().unwrap().contains(&json!("list"))), "{secrets:?}");
+        let namespaced: Vec<&Value> =
+            docs.iter().filter(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == "a").collect();
+        assert!(namespaced.iter().all(|r| !r["rules"].to_string().contains("wasmplugins")));
     }
 }

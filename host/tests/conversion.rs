@@ -163,7 +163,7 @@ async fn a_webhook_without_a_supervisor_answers_as_a_standby_replica_does(cluste
     let file = common::operator::plugin_variant("hostile_lossy.wasm");
     std::fs::copy(&file, dir.path().join("lossy.wasm")).unwrap();
     let runtime = std::sync::Arc::new(common::runtime());
-    let catalog = Catalog::builder(runtime.clone(), dir.path().to_path_buf()).start().await.unwrap();
+    let catalog = Catalog::builder(runtime.clone()).dir(dir.path().to_path_buf()).start().await.unwrap();
     let standby = wasmop::webhook::Webhook::builder(([127, 0, 0, 1], 0).into())
         .catalog(&catalog)
         .start(client.clone())
@@ -209,7 +209,7 @@ async fn a_renewed_certificate_from_a_directory_is_served_and_its_ca_injected(cl
     let file = common::operator::plugin_variant("hostile_lossy.wasm");
     std::fs::copy(&file, plugins.path().join("lossy.wasm")).unwrap();
     let runtime = std::sync::Arc::new(common::runtime());
-    let catalog = Catalog::builder(runtime.clone(), plugins.path().to_path_buf()).start().await.unwrap();
+    let catalog = Catalog::builder(runtime.clone()).dir(plugins.path().to_path_buf()).start().await.unwrap();
     let webhook = Webhook::builder(([127, 0, 0, 1], 0).into())
         .certs(CertSource::Dir(certs.path().to_path_buf()))
         .catalog(&catalog)
@@ -273,7 +273,7 @@ async fn refused_conversions_answer_failed_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(common::operator::plugin_variant("hostile_lossy.wasm"), dir.path().join("lossy.wasm")).unwrap();
     let runtime = std::sync::Arc::new(common::runtime());
-    let catalog = Catalog::builder(runtime, dir.path().to_path_buf()).start().await.unwrap();
+    let catalog = Catalog::builder(runtime).dir(dir.path().to_path_buf()).start().await.unwrap();
     let converters = wasmop::webhook::Converters::new(catalog.subscribe());
     let review = |name: &str, kind: &str, mode: &str| {
         json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "ConversionReview", "request": {

@@ -535,6 +535,12 @@ fn every_overlay_renders_on_the_base() {
         if dir.ends_with("configmap-plugins") {
             assert!(args.contains("--plugins=/plugins-configmap"), "{args}");
         }
+        if dir.ends_with("registry-plugins") {
+            assert!(
+                args.contains("--plugins=/plugins-default") && args.contains("--plugin-sources=dir,cluster"),
+                "{args}"
+            );
+        }
         rendered += 1;
     }
     assert!(rendered >= 2, "no overlays under {}", overlays.display());
@@ -581,7 +587,8 @@ async fn the_conversion_address_is_switched_whole_by_whoever_sets_it() {
     let client = plane.client().await.unwrap();
     install(plane).await;
     let dir = shipped_plugins();
-    let catalog = wasmop::catalog::Catalog::builder(std::sync::Arc::new(common::runtime()), dir.path().to_path_buf())
+    let catalog = wasmop::catalog::Catalog::builder(std::sync::Arc::new(common::runtime()))
+        .dir(dir.path().to_path_buf())
         .start()
         .await
         .unwrap();
@@ -631,4 +638,88 @@ async fn the_conversion_address_is_switched_whole_by_whoever_sets_it() {
     wasmop::crd::inject_conversion(&client, &plugin, &outside.conversion()).await.unwrap();
     assert_eq!(member().await, (true, false));
     eventually("v1beta1 read after the injection", read_old).await;
+}
+
+/// The base's `--plugin-sources=dir,cluster` under exactly the generated RBAC: the leader reads
+/// a pull Secret in its own namespace, pulls a policy delivered as a WasmPlugin from a real
+/// registry, writes the WasmPlugin's status, and the policy then reviews.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_rbac_follows_a_wasmplugin_with_a_pull_secret() {
+    use base64::Engine as _;
+    use common::registry::Registry;
+    use k8s_openapi::api::core::v1::Secret;
+    use wasmop::wasmplugin::WasmPlugin;
+    let plane = ControlPlane::shared().await.unwrap();
+    let client = plane.client().await.unwrap();
+    install(plane).await;
+    let registry = Registry::start();
+    let policy = common::plugin("deny-latest-tag");
+    let reference = format!("{}:v1", registry.repo("policies/deny-latest-tag"));
+    common::stdout(&common::wasmop(&[
+        "plugin",
+        "push",
+        policy.to_str().unwrap(),
+        &reference,
+        "--insecure-registry",
+        &registry.host,
+    ]));
+    let auth = base64::engine::general_purpose::STANDARD.encode("robot:token");
+    let config = json!({"auths": {registry.host.clone(): {"auth": auth}}}).to_string();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "regcred-deploy-test"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)},
+    }))
+    .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "wasmop-system");
+    secrets
+        .patch("regcred-deploy-test", &PatchParams::apply("wasmop-tests").force(), &Patch::Apply(&secret))
+        .await
+        .unwrap();
+
+    let kubeconfig = token_kubeconfig(plane, &client, "wasmop").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(common::plugin("appoperator"), dir.path().join("appoperator.wasm")).unwrap();
+    let cache = dir.path().join("artifacts");
+    let flags = [
+        "--leader-elect",
+        "--leader-elect-id=wasmplugin-test",
+        "--namespace=team-wp",
+        "--plugin-sources=dir,cluster",
+        "--insecure-registry",
+        &registry.host,
+        "--plugin-cache-dir",
+        cache.to_str().unwrap(),
+    ];
+    let process = Wasmop::start("replica-wp", &kubeconfig, dir.path(), &flags);
+    eventually("replica-wp leads", || async {
+        process.sample("leader_election_master_status{name=\"wasmplugin-test\"}").await == Some(1.0)
+    })
+    .await;
+
+    let plugins: Api<WasmPlugin> = Api::all(client.clone());
+    let object: WasmPlugin = serde_json::from_value(json!({
+        "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": "deny-latest-deploy-test"},
+        "spec": {"source": {"oci": {"ref": reference, "pullSecretRef": {"name": "regcred-deploy-test"}}}},
+    }))
+    .unwrap();
+    plugins.create(&PostParams::default(), &object).await.unwrap();
+    eventually("the WasmPlugin's status says it reviews", || async {
+        let Some(status) = plugins.get_opt("deny-latest-deploy-test").await.unwrap().and_then(|p| p.status) else {
+            return false;
+        };
+        status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True" && c.message.contains("policy"))
+    })
+    .await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces.get_opt("team-wp").await.unwrap().is_none() {
+        let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": "team-wp"}})).unwrap();
+        namespaces.create(&PostParams::default(), &namespace).await.unwrap();
+    }
+    let app = app_resource();
+    create(&client, &app, "team-wp", "latest", json!({"workload": {"image": "nginx:latest"}})).await;
+    eventually("the delivered policy denies", || ready_is(&client, &app, "team-wp", "latest", "False", "PolicyDenied"))
+        .await;
+    plugins.delete("deny-latest-deploy-test", &Default::default()).await.unwrap();
+    assert!(!process.log().contains("forbidden"), "{}", process.log());
 }

@@ -163,7 +163,8 @@ fn checked_in_rbac_matches_the_plugins() {
     for p in ["appoperator", "deny-latest-tag"] {
         std::fs::copy(common::plugin(p), dir.path().join(format!("{}.wasm", p.replace('-', "_")))).unwrap();
     }
-    let generated = stdout(&wasmop(&["rbac", "--plugins", dir.path().to_str().unwrap()]));
+    let args = ["rbac", "--plugins", dir.path().to_str().unwrap(), "--plugin-sources", "dir,cluster"];
+    let generated = stdout(&wasmop(&args));
     let path = common::workspace().join("deploy/base/rbac.yaml");
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
@@ -172,6 +173,21 @@ fn checked_in_rbac_matches_the_plugins() {
         path.display()
     );
     assert!(!generated.contains('*'), "a wildcard in the generated RBAC:\n{generated}");
+}
+
+#[test]
+fn checked_in_wasmplugin_crd_matches_the_host() {
+    let generated = stdout(&wasmop(&["crd", "--wasmplugin"]));
+    let path = common::workspace().join("deploy/base/crds/wasmplugin.yaml");
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        generated == checked_in,
+        "{} is out of date with the host; regenerate it with `make manifests`",
+        path.display()
+    );
+    let crd = &wasmop::manifest::parse_objects(&generated, Path::new("crd")).unwrap()[0];
+    assert_eq!(crd["metadata"]["name"], "wasmplugins.wasmop.dev");
+    assert_eq!(crd["spec"]["scope"], "Cluster");
 }
 
 #[test]

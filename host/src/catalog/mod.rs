@@ -7,14 +7,17 @@
 //! that needs plugins reads those snapshots: the supervisor's controllers, the conversion
 //! webhook's converters, `wasmop run`'s fail-fast check, for every watched namespace alike.
 //!
-//! A [`Source`] names where a revision comes from; the directory is the first kind of source,
-//! and a revision is plain data ([`Revision`]), so another kind of source (a registry) or a
-//! second resident revision of one plugin adds a variant or a field, not another owner.
+//! A [`Source`] names where a revision comes from: a file of the directory, or a `WasmPlugin`
+//! object of the cluster (see [`cluster`]), whose bytes come from a registry or a ConfigMap.
+//! Both feed the same entries, loads and arbitration, with the same guarantees; a revision is
+//! plain data ([`Revision`]), so a second resident revision of one plugin adds a field, not
+//! another owner.
 
+pub mod cluster;
 mod events;
 mod scan;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,14 +25,16 @@ use std::time::Duration;
 
 use kube::Client;
 use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
+pub use cluster::ClusterSource;
 pub use events::Rejections;
 pub use scan::{PluginSet, load_dir, plugin_files};
 
-use crate::plugin::{LoadedPlugin, OperatorPlugin, PluginError, PolicyPlugin, ReconcileRequest, Runtime};
+use crate::plugin::{Limits, LoadedPlugin, OperatorPlugin, PluginError, PolicyPlugin, ReconcileRequest, Runtime};
 use crate::telemetry::Telemetry;
-use scan::{Read, Stamp};
+use cluster::Delivery;
+use scan::Stamp;
 
 /// Quiet time after the last file event before the directory is rescanned, so editors, `cp`
 /// writing in several steps and the `..data` symlink swap of a mounted ConfigMap end in one
@@ -59,20 +64,32 @@ impl fmt::Display for KindKey {
     }
 }
 
-/// Where a revision comes from.
+/// Where a revision comes from. The order is the arbitration order: files (in name order)
+/// before `WasmPlugin`s (in name order).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Source {
     /// A `*.wasm` file of the plugins directory, with its `NAME.toml` sidecar.
     File(PathBuf),
+    /// A `WasmPlugin` object, by name.
+    Cluster(String),
 }
 
 impl Source {
-    /// The short name Events use for the source (a file's name).
+    /// The short name Events use for the source (a file's name, a WasmPlugin's name).
     pub fn short_name(&self) -> String {
         match self {
             Source::File(path) => {
                 path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned())
             }
+            Source::Cluster(name) => name.clone(),
+        }
+    }
+
+    /// The path the runtime names the plugin by in errors and logs.
+    fn display_path(&self) -> PathBuf {
+        match self {
+            Source::File(path) => path.clone(),
+            Source::Cluster(name) => PathBuf::from(format!("wasmplugin/{name}")),
         }
     }
 }
@@ -81,6 +98,7 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::File(path) => write!(f, "{}", path.display()),
+            Source::Cluster(name) => write!(f, "WasmPlugin {name}"),
         }
     }
 }
@@ -115,6 +133,9 @@ pub struct Snapshot {
     /// Sources present but not serving (or whose newest version is refused while an older one
     /// serves), with why.
     pub rejected: BTreeMap<Source, String>,
+    /// The rejected sources refused only because an earlier source serves their kind (or
+    /// policy name): they take over when it goes.
+    pub conflicts: BTreeSet<Source>,
 }
 
 impl Snapshot {
@@ -153,17 +174,30 @@ pub enum CatalogError {
     },
 }
 
-/// How to start a [`Catalog`]: the runtime and directory, then optional settings.
+/// How to start a [`Catalog`]: the runtime, then its sources and optional settings.
 #[must_use]
 pub struct CatalogBuilder {
     runtime: Arc<Runtime>,
-    dir: PathBuf,
+    dir: Option<PathBuf>,
+    cluster: Option<ClusterSource>,
     client: Option<Client>,
     namespace: Option<String>,
     telemetry: Telemetry,
 }
 
 impl CatalogBuilder {
+    /// Follow the plugins directory `dir` (its `*.wasm` files and their sidecars).
+    pub fn dir(mut self, dir: PathBuf) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    /// Follow the cluster's `WasmPlugin` objects too.
+    pub fn cluster(mut self, source: ClusterSource) -> Self {
+        self.cluster = Some(source);
+        self
+    }
+
     /// Publish refusals as `PluginRejected` Events through `client` (default: logs and
     /// counters only). Out of a cluster they are about `namespace` (else `default`); in a Pod
     /// (POD_NAME, POD_NAMESPACE) about the Pod.
@@ -179,36 +213,53 @@ impl CatalogBuilder {
         self
     }
 
-    /// Scans the directory once (the first snapshot is ready when this returns), then follows
-    /// its changes in a task until the catalog is dropped.
+    /// Reads every source once (the first snapshot is ready when this returns: the directory
+    /// scanned, the `WasmPlugin`s listed and fetched, bounded by the cluster source's wait),
+    /// then follows their changes in tasks until the catalog is dropped.
     pub async fn start(self) -> Result<Catalog, CatalogError> {
         let rejections = Rejections::new(self.client, self.namespace.as_deref(), &self.telemetry);
         let (events_tx, events) = mpsc::unbounded_channel();
-        let dir = self.dir.clone();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            // Reads (the catalog's own among them) are not changes: following them would
-            // rescan forever.
-            if event.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_))) {
-                let _ = events_tx.send(());
-            }
-        })
-        .map_err(|source| CatalogError::Watch { path: dir.clone(), source })?;
-        watcher
-            .watch(&self.dir, RecursiveMode::NonRecursive)
-            .map_err(|source| CatalogError::Watch { path: dir.clone(), source })?;
+        let watcher = match &self.dir {
+            Some(dir) => Some(watch_dir(dir, events_tx)?),
+            None => None,
+        };
         let mut state = State {
             runtime: self.runtime,
-            dir: self.dir,
+            dir: self.dir.clone(),
             entries: BTreeMap::new(),
             duplicates: HashMap::new(),
             rejections: rejections.clone(),
             telemetry: self.telemetry,
         };
-        let first = state.rescan().await.map_err(|source| CatalogError::Dir { path: dir.clone(), source })?;
+        let first = state
+            .rescan()
+            .await
+            .map_err(|source| CatalogError::Dir { path: self.dir.clone().unwrap_or_default(), source })?;
         let (tx, snapshots) = watch::channel(Arc::new(first));
-        let task = tokio::spawn(follow(state, watcher, events, tx));
-        Ok(Catalog { snapshots, rejections, dir, task })
+        let (deliveries_tx, deliveries) = mpsc::channel(16);
+        let task = tokio::spawn(follow(state, watcher, events, deliveries, tx));
+        let cluster = match self.cluster {
+            Some(source) => Some(source.start(deliveries_tx, snapshots.clone(), rejections.clone()).await),
+            None => None,
+        };
+        Ok(Catalog { snapshots, rejections, dir: self.dir, task, _cluster: cluster })
     }
+}
+
+/// Watches `dir` for changes, sending one message per change (reads excepted).
+fn watch_dir(dir: &Path, events: mpsc::UnboundedSender<()>) -> Result<notify::RecommendedWatcher, CatalogError> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reads (the catalog's own among them) are not changes: following them would
+        // rescan forever.
+        if event.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_))) {
+            let _ = events.send(());
+        }
+    })
+    .map_err(|source| CatalogError::Watch { path: dir.to_path_buf(), source })?;
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .map_err(|source| CatalogError::Watch { path: dir.to_path_buf(), source })?;
+    Ok(watcher)
 }
 
 /// The running catalog: the latest snapshot, and a way to follow the next ones. Stops
@@ -216,14 +267,15 @@ impl CatalogBuilder {
 pub struct Catalog {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     rejections: Rejections,
-    dir: PathBuf,
+    dir: Option<PathBuf>,
     task: tokio::task::JoinHandle<()>,
+    _cluster: Option<cluster::Running>,
 }
 
 impl Catalog {
-    /// A builder of the catalog of the plugins directory `dir`.
-    pub fn builder(runtime: Arc<Runtime>, dir: PathBuf) -> CatalogBuilder {
-        CatalogBuilder { runtime, dir, client: None, namespace: None, telemetry: Telemetry::new() }
+    /// A builder of a catalog; give it a directory, a cluster source, or both.
+    pub fn builder(runtime: Arc<Runtime>) -> CatalogBuilder {
+        CatalogBuilder { runtime, dir: None, cluster: None, client: None, namespace: None, telemetry: Telemetry::new() }
     }
 
     /// What serves now.
@@ -242,9 +294,9 @@ impl Catalog {
         self.rejections.clone()
     }
 
-    /// The directory followed.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The directory followed, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
     }
 }
 
@@ -254,22 +306,34 @@ impl Drop for Catalog {
     }
 }
 
-/// Rescans after every burst of changes and publishes what changed.
+/// Rescans after every burst of file changes, takes in every delivery of the cluster source,
+/// and publishes what changed.
 async fn follow(
     mut state: State,
-    _watcher: notify::RecommendedWatcher,
+    _watcher: Option<notify::RecommendedWatcher>,
     mut events: mpsc::UnboundedReceiver<()>,
+    mut deliveries: mpsc::Receiver<Delivery>,
     tx: watch::Sender<Arc<Snapshot>>,
 ) {
-    while events.recv().await.is_some() {
-        // Wait for the burst to end: the last write wins.
-        while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
-        let next = match state.rescan().await {
-            Ok(next) => next,
-            Err(e) => {
-                tracing::error!(dir = %state.dir.display(), error = %e, "cannot read plugins directory");
-                continue;
+    loop {
+        let (next, done) = tokio::select! {
+            Some(()) = events.recv() => {
+                // Wait for the burst to end: the last write wins.
+                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
+                match state.rescan().await {
+                    Ok(next) => (next, None),
+                    Err(e) => {
+                        let dir = state.dir.as_deref().unwrap_or(Path::new("")).display().to_string();
+                        tracing::error!(dir, error = %e, "cannot read plugins directory");
+                        continue;
+                    }
+                }
             }
+            Some(delivery) = deliveries.recv() => {
+                let (next, done) = state.deliver(delivery).await;
+                (next, Some(done))
+            }
+            else => break,
         };
         tx.send_if_modified(|current| {
             let changed = !current.serves_same(&next) || current.rejected != next.rejected;
@@ -278,19 +342,29 @@ async fn follow(
             }
             changed
         });
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
     }
 }
 
-/// What the catalog knows of one file.
+/// What the catalog knows of one source.
 struct Entry {
-    /// What the file and its sidecar looked like when last read: unchanged, it is not read.
-    stamp: Stamp,
+    /// What a file and its sidecar looked like when last read: unchanged, it is not read.
+    stamp: Option<Stamp>,
     /// Of the bytes last read.
     fingerprint: String,
     /// The newest good version, serving until a newer good one replaces it.
     loaded: Option<Loaded>,
     /// Why the newest version read is refused, if it is.
     failure: Option<String>,
+}
+
+/// The bytes of a version to load, with what the runtime needs besides.
+struct Content {
+    bytes: Vec<u8>,
+    limits: Limits,
+    settings: Option<String>,
 }
 
 /// A loaded revision of either world.
@@ -303,46 +377,90 @@ enum Loaded {
 /// The catalog's own state, owned by its task.
 struct State {
     runtime: Arc<Runtime>,
-    dir: PathBuf,
-    entries: BTreeMap<PathBuf, Entry>,
-    /// The last duplicate refusal reported per file, so it is reported once.
-    duplicates: HashMap<PathBuf, String>,
+    dir: Option<PathBuf>,
+    entries: BTreeMap<Source, Entry>,
+    /// The last duplicate refusal reported per source, so it is reported once.
+    duplicates: HashMap<Source, String>,
     rejections: Rejections,
     telemetry: Telemetry,
 }
 
 impl State {
-    /// Brings the entries in line with the directory: files gone are forgotten, files whose
-    /// stamp changed are read, and loaded when their content changed. Returns what serves now.
+    /// Brings the file entries in line with the directory: files gone are forgotten, files
+    /// whose stamp changed are read, and loaded when their content changed. Returns what
+    /// serves now.
     async fn rescan(&mut self) -> std::io::Result<Snapshot> {
-        let files = plugin_files(&self.dir)?;
-        self.entries.retain(|path, _| files.contains(path));
-        self.duplicates.retain(|path, _| files.contains(path));
-        for path in files {
-            let stamp = Stamp::of(&path);
-            if self.entries.get(&path).is_some_and(|e| e.stamp == stamp && !stamp.is_recent()) {
-                continue;
+        if let Some(dir) = self.dir.clone() {
+            let files = plugin_files(&dir)?;
+            let gone = |source: &Source| matches!(source, Source::File(path) if !files.contains(path));
+            self.entries.retain(|source, _| !gone(source));
+            self.duplicates.retain(|source, _| !gone(source));
+            for path in files {
+                let stamp = Stamp::of(&path);
+                let source = Source::File(path);
+                if self.entries.get(&source).is_some_and(|e| e.stamp.as_ref() == Some(&stamp) && !stamp.is_recent()) {
+                    continue;
+                }
+                let Source::File(path) = &source else { continue };
+                let read = scan::read(path);
+                let fingerprint = read.fingerprint();
+                let content = read.into_parts().map_err(|e| e.to_string()).and_then(|(bytes, sidecar)| {
+                    match scan::over_configmap_limit(&dir, bytes.len()) {
+                        Some(reason) => Err(reason),
+                        None => Ok(Content { bytes, limits: sidecar.limits, settings: sidecar.settings }),
+                    }
+                });
+                self.refresh(source, Some(stamp), fingerprint, content).await;
             }
-            self.refresh(path, stamp).await;
         }
         self.telemetry.reloads.scans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (snapshot, duplicates) = self.arbitrate();
-        self.report_duplicates(duplicates).await;
-        Ok(snapshot)
+        Ok(self.settle().await)
     }
 
-    /// Reads a file whose stamp changed; loads it when its content changed.
-    async fn refresh(&mut self, path: PathBuf, stamp: Stamp) {
-        let read = scan::read(&path);
-        let previous = self.entries.remove(&path);
+    /// Takes in a delivery of the cluster source; returns what serves now and whom to tell.
+    async fn deliver(&mut self, delivery: Delivery) -> (Snapshot, oneshot::Sender<()>) {
+        let done = match delivery {
+            Delivery::Put { name, bytes, settings, fingerprint, done } => {
+                let content = Content { bytes, limits: Limits::default(), settings };
+                self.refresh(Source::Cluster(name), None, fingerprint, Ok(content)).await;
+                done
+            }
+            Delivery::Remove { name, done } => {
+                let source = Source::Cluster(name);
+                self.entries.remove(&source);
+                self.duplicates.remove(&source);
+                done
+            }
+        };
+        (self.settle().await, done)
+    }
+
+    /// Who serves now, with the duplicate refusals reported.
+    async fn settle(&mut self) -> Snapshot {
+        let (snapshot, duplicates) = self.arbitrate();
+        self.report_duplicates(duplicates).await;
+        snapshot
+    }
+
+    /// Records a version of `source` read with `fingerprint`; loads it when its content
+    /// changed. A refused version leaves the previous good one serving.
+    async fn refresh(
+        &mut self,
+        source: Source,
+        stamp: Option<Stamp>,
+        fingerprint: String,
+        content: Result<Content, String>,
+    ) {
+        let previous = self.entries.remove(&source);
         let (loaded, known) = previous.map_or((None, None), |e| (e.loaded, Some((e.fingerprint, e.failure))));
-        let fingerprint = read.fingerprint();
         if let Some((known, failure)) = known.filter(|(f, _)| *f == fingerprint) {
-            self.entries.insert(path, Entry { stamp, fingerprint: known, loaded, failure });
+            self.entries.insert(source, Entry { stamp, fingerprint: known, loaded, failure });
             return;
         }
-        let outcome = self.load(&path, read, loaded.as_ref()).await;
-        let source = Source::File(path.clone());
+        let outcome = match content {
+            Ok(content) => self.load(&source, content, &fingerprint, loaded.as_ref()).await,
+            Err(reason) => Err(reason),
+        };
         let (loaded, failure) = match outcome {
             Ok(fresh) => (Some(fresh), None),
             Err(reason) => {
@@ -351,33 +469,32 @@ impl State {
                 (loaded, Some(reason))
             }
         };
-        self.entries.insert(path, Entry { stamp, fingerprint, loaded, failure });
+        self.entries.insert(source, Entry { stamp, fingerprint, loaded, failure });
     }
 
-    /// Checks and loads the bytes read, off the async threads.
-    async fn load(&self, path: &Path, read: Read, previous: Option<&Loaded>) -> Result<Loaded, String> {
-        let fingerprint = read.fingerprint();
-        let (bytes, sidecar) = read.into_parts().map_err(|e| e.to_string())?;
-        if let Some(reason) = scan::over_configmap_limit(&self.dir, bytes.len()) {
-            return Err(reason);
-        }
-        let (runtime, file, limits) = (self.runtime.clone(), path.to_path_buf(), sidecar.limits);
+    /// Loads and smoke-tests `content`, off the async threads.
+    async fn load(
+        &self,
+        source: &Source,
+        content: Content,
+        fingerprint: &str,
+        previous: Option<&Loaded>,
+    ) -> Result<Loaded, String> {
+        let Content { bytes, limits, settings } = content;
+        let (runtime, file) = (self.runtime.clone(), source.display_path());
         let result =
             tokio::task::spawn_blocking(move || runtime.load_bytes(&file, &bytes, limits).and_then(smoke_test))
                 .await
-                .unwrap_or_else(|e| {
-                    Err(PluginError::Trap { plugin: path.display().to_string(), message: e.to_string() })
-                });
-        let source = Source::File(path.to_path_buf());
-        let settings = sidecar.settings;
+                .unwrap_or_else(|e| Err(PluginError::Trap { plugin: source.to_string(), message: e.to_string() }));
+        let (source, fingerprint) = (source.clone(), fingerprint.to_string());
         let loaded = match result.map_err(|e| e.to_string())? {
             LoadedPlugin::Operator(plugin) => {
-                tracing::info!(plugin = %plugin.metadata().name, file = %path.display(),
+                tracing::info!(plugin = %plugin.metadata().name, source = %source,
                     revision = plugin.file().revision(), "loaded operator plugin");
                 Loaded::Operator(Arc::new(Revision { source, plugin, settings, fingerprint }))
             }
             LoadedPlugin::Policy(plugin) => {
-                tracing::info!(policy = %plugin.metadata().name, file = %path.display(),
+                tracing::info!(policy = %plugin.metadata().name, source = %source,
                     revision = plugin.file().revision(), "loaded policy plugin");
                 Loaded::Policy(Arc::new(Revision { source, plugin, settings, fingerprint }))
             }
@@ -389,17 +506,17 @@ impl State {
         }
     }
 
-    /// Who serves: per parent kind the first file in name order (so the choice is the same
-    /// after a restart), per policy name likewise; the others are refused and held, to take
-    /// over when the first goes.
-    fn arbitrate(&self) -> (Snapshot, BTreeMap<PathBuf, String>) {
+    /// Who serves: per parent kind the first source in order (files by name, then
+    /// `WasmPlugin`s by name, so the choice is the same after a restart), per policy name
+    /// likewise; the others are refused and held, to take over when the first goes.
+    fn arbitrate(&self) -> (Snapshot, BTreeMap<Source, String>) {
         let mut snapshot = Snapshot::default();
         let mut duplicates = BTreeMap::new();
-        let mut policy_owner: HashMap<String, &Path> = HashMap::new();
-        let mut kind_owner: HashMap<KindKey, &Path> = HashMap::new();
-        for (path, entry) in &self.entries {
+        let mut policy_owner: HashMap<String, &Source> = HashMap::new();
+        let mut kind_owner: HashMap<KindKey, &Source> = HashMap::new();
+        for (source, entry) in &self.entries {
             if let Some(failure) = &entry.failure {
-                snapshot.rejected.insert(Source::File(path.clone()), failure.clone());
+                snapshot.rejected.insert(source.clone(), failure.clone());
             }
             match &entry.loaded {
                 None => {}
@@ -407,48 +524,47 @@ impl State {
                     let kind = KindKey::of(&rev.plugin);
                     if let Some(owner) = kind_owner.get(&kind) {
                         let reason = format!(
-                            "parent kind {} is already served by {} (the first file in name order serves a kind); \
-                             remove one of the two files",
+                            "parent kind {} is already served by {owner} (files in name order serve first, then \
+                             WasmPlugins in name order); remove one of the two",
                             rev.plugin.metadata().parent,
-                            owner.display()
                         );
-                        duplicates.insert(path.clone(), reason);
+                        duplicates.insert(source.clone(), reason);
                         continue;
                     }
-                    kind_owner.insert(kind.clone(), path);
+                    kind_owner.insert(kind.clone(), source);
                     snapshot.operators.insert(kind, rev.clone());
                 }
                 Some(Loaded::Policy(rev)) => {
                     let name = rev.plugin.metadata().name.clone();
                     if let Some(owner) = policy_owner.get(&name) {
                         let reason = format!(
-                            "policy {name} is already loaded from {} (the first file in name order wins); \
-                             remove one of the two files",
-                            owner.display()
+                            "policy {name} is already loaded from {owner} (files in name order first, then \
+                             WasmPlugins in name order); remove one of the two"
                         );
-                        duplicates.insert(path.clone(), reason);
+                        duplicates.insert(source.clone(), reason);
                         continue;
                     }
-                    policy_owner.insert(name, path);
+                    policy_owner.insert(name, source);
                     snapshot.policies.push(rev.clone());
                 }
             }
         }
-        for (path, reason) in &duplicates {
-            snapshot.rejected.entry(Source::File(path.clone())).or_insert_with(|| reason.clone());
+        for (source, reason) in &duplicates {
+            snapshot.rejected.entry(source.clone()).or_insert_with(|| reason.clone());
+            snapshot.conflicts.insert(source.clone());
         }
         (snapshot, duplicates)
     }
 
-    /// Reports each file newly refused as a duplicate, once per reason.
-    async fn report_duplicates(&mut self, duplicates: BTreeMap<PathBuf, String>) {
-        self.duplicates.retain(|path, _| duplicates.contains_key(path));
-        for (path, reason) in duplicates {
-            if self.duplicates.get(&path) == Some(&reason) {
+    /// Reports each source newly refused as a duplicate, once per reason.
+    async fn report_duplicates(&mut self, duplicates: BTreeMap<Source, String>) {
+        self.duplicates.retain(|source, _| duplicates.contains_key(source));
+        for (source, reason) in duplicates {
+            if self.duplicates.get(&source) == Some(&reason) {
                 continue;
             }
-            self.rejections.reject(&Source::File(path.clone()), &reason, None).await;
-            self.duplicates.insert(path, reason);
+            self.rejections.reject(&source, &reason, None).await;
+            self.duplicates.insert(source, reason);
         }
     }
 }

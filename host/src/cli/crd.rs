@@ -11,8 +11,11 @@ use wasmop::webhook::{self, Endpoint};
 #[derive(clap::Args)]
 pub(crate) struct Args {
     /// Operator plugin file (repeatable).
-    #[arg(long = "plugin", required = true)]
+    #[arg(long = "plugin", required_unless_present = "wasmplugin")]
     plugins: Vec<PathBuf>,
+    /// Print the `WasmPlugin` CRD (wasmop's own, for the cluster plugin source) first.
+    #[arg(long)]
+    wasmplugin: bool,
     /// For plugins that convert between versions: the conversion webhook Service,
     /// NAMESPACE/NAME (port 443, path /convert); the running host injects the CA bundle.
     #[arg(long)]
@@ -21,6 +24,9 @@ pub(crate) struct Args {
 
 pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
     let mut crds = Vec::new();
+    if args.wasmplugin {
+        crds.push(serde_json::to_value(wasmop::wasmplugin::crd())?);
+    }
     for path in &args.plugins {
         let plugin = rt.load_operator(path, Limits::default())?;
         match &plugin.metadata().crd {

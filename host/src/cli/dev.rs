@@ -156,7 +156,8 @@ async fn serve(rt: Runtime, args: &Args, server: &Server) -> anyhow::Result<Exit
     let client = server.client().await?;
 
     let telemetry = Telemetry::new();
-    let catalog = Catalog::builder(Arc::new(rt), args.plugins.clone())
+    let catalog = Catalog::builder(Arc::new(rt))
+        .dir(args.plugins.clone())
         .events(client.clone(), None)
         .telemetry(telemetry.clone())
         .start()

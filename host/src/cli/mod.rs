@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch; one file per subcommand.
 
+mod artifact;
 mod convert;
 mod crd;
 #[cfg(feature = "embedded")]
@@ -80,6 +81,10 @@ enum Command {
 enum PluginCommand {
     /// Load a plugin and print what it declares and what loading it cost.
     Inspect(inspect::Args),
+    /// Push a plugin file to an OCI registry (CNCF Wasm layout) and print its digest.
+    Push(artifact::PushArgs),
+    /// Pull a plugin from an OCI registry, verified by digest, and print its digest.
+    Pull(artifact::PullArgs),
 }
 
 /// Whether `command` runs until stopped (it keeps SIGPIPE ignored).
@@ -102,7 +107,10 @@ pub fn main() -> ExitCode {
     let default_level = if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" };
     init_logging(cli.log_format, default_level);
     let result = match cli.command {
-        Command::Run(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| block_on(run::run(rt, *args))),
+        Command::Run(args) => {
+            let cache_dir = cli.cache_dir.clone().or_else(default_cache_dir);
+            runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| block_on(run::run(rt, *args, cache_dir)))
+        }
         #[cfg(feature = "embedded")]
         Command::Dev(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| block_on(dev::run(rt, args))),
         Command::Eval(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| eval::run(&rt, args)),
@@ -119,6 +127,10 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Inspect(args)) => {
             runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| inspect::run(&rt, args))
         }
+        Command::Plugin(PluginCommand::Push(args)) => {
+            runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| artifact::push(&rt, args))
+        }
+        Command::Plugin(PluginCommand::Pull(args)) => artifact::pull(args),
     };
     match result {
         Ok(code) => code,
@@ -159,6 +171,13 @@ fn runtime(cache_dir: &Option<PathBuf>, no_cache: bool) -> anyhow::Result<Runtim
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(future: F) -> anyhow::Result<ExitCode> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(future)
+}
+
+/// Runs one future to its value on a small runtime (one-shot commands).
+fn block_on_value<T, E: Into<anyhow::Error>>(
+    future: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(future).map_err(Into::into)
 }
 
 fn init_logging(format: LogFormat, default: &str) {

@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use futures::StreamExt;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::sync::watch;
-use wasmop::catalog::Catalog;
+use wasmop::catalog::{Catalog, CatalogBuilder, ClusterSource};
 use wasmop::controller::ControllerOptions;
 use wasmop::leader::{self, LeaderSettings};
 use wasmop::plugin::Runtime;
+use wasmop::registry::{ArtifactCache, Registry};
 use wasmop::shard::{self, ShardSettings, Shards};
 use wasmop::supervisor::Supervisor;
 use wasmop::telemetry::{self, Telemetry};
@@ -20,9 +22,12 @@ use wasmop::webhook::{CertSource, Endpoint, Webhook};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Directory of plugin files (`*.wasm`): operators and policies.
+    /// Directory of plugin files (`*.wasm`): operators and policies (needed with the `dir`
+    /// plugin source).
     #[arg(long)]
-    plugins: PathBuf,
+    plugins: Option<PathBuf>,
+    #[command(flatten)]
+    sources: SourceArgs,
     /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or the in-cluster config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -58,6 +63,96 @@ pub(crate) struct Args {
     shard_lease_prefix: String,
     #[command(flatten)]
     webhook: WebhookArgs,
+}
+
+/// Where plugins come from and how registries are reached.
+#[derive(clap::Args)]
+pub(crate) struct SourceArgs {
+    /// Plugin sources: `dir` (the --plugins directory), `cluster` (WasmPlugin objects), or
+    /// both (`dir,cluster`; a file serves a kind before a WasmPlugin does).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "dir")]
+    plugin_sources: Vec<PluginSourceKind>,
+    /// Reach this registry (HOST or HOST:PORT) over plain HTTP instead of HTTPS (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure_registries: Vec<String>,
+    /// Largest plugin artifact pulled or unpacked (bytes, or with a Ki/Mi/Gi suffix).
+    #[arg(long, default_value = "64Mi", value_parser = parse_size)]
+    max_plugin_size: u64,
+    /// Directory of pulled artifacts, keyed by digest (default: the cache directory's
+    /// `artifacts`); in a cluster an emptyDir, so a restart serves with the registry down.
+    #[arg(long)]
+    plugin_cache_dir: Option<PathBuf>,
+    /// Most bytes the artifact cache keeps (least recently used go first).
+    #[arg(long, default_value = "512Mi", value_parser = parse_size)]
+    plugin_cache_size: u64,
+    /// The operator's namespace, where WasmPlugin pull Secrets and ConfigMaps are read.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    operator_namespace: String,
+}
+
+/// A kind of plugin source.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PluginSourceKind {
+    /// The --plugins directory.
+    Dir,
+    /// The cluster's WasmPlugin objects.
+    Cluster,
+}
+
+impl SourceArgs {
+    fn has(&self, kind: PluginSourceKind) -> bool {
+        self.plugin_sources.contains(&kind)
+    }
+
+    /// How registries are reached (credentials from the docker config file).
+    pub(crate) fn registry(&self) -> Registry {
+        Registry::default().insecure(self.insecure_registries.clone()).max_size(self.max_plugin_size)
+    }
+
+    /// The catalog of the chosen sources; `writer` says when this replica writes WasmPlugin
+    /// status.
+    async fn catalog(
+        &self,
+        rt: Runtime,
+        plugins: Option<&PathBuf>,
+        client: &Client,
+        cache_dir: Option<PathBuf>,
+        writer: watch::Receiver<bool>,
+    ) -> anyhow::Result<CatalogBuilder> {
+        let mut builder = Catalog::builder(Arc::new(rt));
+        if self.has(PluginSourceKind::Dir) {
+            let Some(dir) = plugins else { bail!("the dir plugin source needs --plugins DIR") };
+            builder = builder.dir(dir.clone());
+        }
+        if self.has(PluginSourceKind::Cluster) {
+            let Some(dir) = self.plugin_cache_dir.clone().or_else(|| cache_dir.map(|d| d.join("artifacts"))) else {
+                bail!("no directory for pulled plugins: pass --plugin-cache-dir")
+            };
+            let cache = ArtifactCache::new(dir, self.plugin_cache_size);
+            let source = ClusterSource::new(client.clone(), self.operator_namespace.clone(), cache)
+                .registry(self.registry())
+                .status_writer(writer);
+            builder = builder.cluster(source);
+        }
+        Ok(builder)
+    }
+}
+
+/// A size in bytes: a number, optionally with a Ki, Mi or Gi suffix.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        _ => return Err(format!("{text:?}: write bytes, or a number with Ki, Mi or Gi (e.g. 64Mi)")),
+    };
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a size (e.g. 64Mi)"))?;
+    number.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Conversion webhook flags: every replica serves it; the API server calls it for CRDs whose
@@ -198,22 +293,38 @@ impl LeaderArgs {
     }
 }
 
-pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(rt: Runtime, args: Args, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let client = client(args.kubeconfig.as_deref(), args.context.clone()).await?;
     let telemetry = Telemetry::new();
+    let leader = args.leader.settings()?;
+    let sharding = args.leader.shard_settings(args.shards, &args.shard_lease_prefix)?;
+    let shards = sharding.as_ref().map_or_else(Shards::all, |s| Shards::none(s.shards));
+    // One replica writes WasmPlugin status: the leader, the holder of shard 0, or the only one.
+    let (writer_tx, writer) = watch::channel(leader.is_none() && sharding.is_none());
+    let cluster = args.sources.has(PluginSourceKind::Cluster);
+    if cluster && args.install_crds {
+        wasmop::crd::install_wasmplugin(&client).await?;
+    }
     // The plugins are loaded once, here; the webhook, the supervisor and every namespace read
-    // the catalog's snapshots. Fail fast on a directory with no usable operator.
-    let catalog = Catalog::builder(Arc::new(rt), args.plugins.clone())
+    // the catalog's snapshots. Fail fast on a directory with no usable operator (WasmPlugins
+    // may bring one later).
+    let catalog = args
+        .sources
+        .catalog(rt, args.plugins.as_ref(), &client, cache_dir, writer)
+        .await?
         .events(client.clone(), args.namespaces.first().cloned())
         .telemetry(telemetry.clone())
         .start()
         .await?;
     if catalog.snapshot().operators.is_empty() {
-        bail!("{}", no_operator(&catalog));
+        if !cluster {
+            bail!("{}", no_operator(&catalog));
+        }
+        tracing::warn!("no operator plugin serves yet; waiting for WasmPlugins");
     }
-    let leader = args.leader.settings()?;
-    let sharding = args.leader.shard_settings(args.shards, &args.shard_lease_prefix)?;
-    let shards = sharding.as_ref().map_or_else(Shards::all, |s| Shards::none(s.shards));
+    if sharding.is_some() {
+        tokio::spawn(follow_shard_zero(shards.clone(), writer_tx.clone()));
+    }
     // Every replica answers conversion reviews, the leader and the standbys alike.
     let webhook = args.webhook.start(&client, &catalog).await?;
     let conversion = webhook.as_ref().map(Webhook::conversion);
@@ -234,6 +345,7 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     telemetry.health.set_standby(false);
     if let Some(settings) = &leader {
         telemetry.metrics.set_leader(&settings.lease_name, true);
+        let _ = writer_tx.send(true);
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -289,10 +401,22 @@ pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Makes this replica the WasmPlugin status writer while it holds shard 0.
+async fn follow_shard_zero(shards: Shards, writer: watch::Sender<bool>) {
+    let mut gained = std::pin::pin!(shards.gained());
+    loop {
+        let _ = writer.send(shards.owned().contains(&0));
+        if gained.next().await.is_none() {
+            return;
+        }
+    }
+}
+
 /// Why no operator serves: the directory's refusals, or that it holds none.
 pub(crate) fn no_operator(catalog: &Catalog) -> String {
     let snapshot = catalog.snapshot();
-    let mut message = format!("no operator plugin could be loaded from {}", catalog.dir().display());
+    let dir = catalog.dir().map_or_else(|| "the plugin sources".to_string(), |d| d.display().to_string());
+    let mut message = format!("no operator plugin could be loaded from {dir}");
     if snapshot.rejected.is_empty() {
         message.push_str("; build one with `make plugins`, or copy a .wasm file into it");
     }

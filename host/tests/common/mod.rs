@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod opens;
 pub mod operator;
+pub mod registry;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -55,7 +55,8 @@ impl Operator {
         let task = tokio::spawn(async move {
             // One catalog, read by the conversion webhook on loopback (as `wasmop dev` serves
             // it) and the supervisor.
-            let catalog = Catalog::builder(runtime, dir)
+            let catalog = Catalog::builder(runtime)
+                .dir(dir)
                 .events(client.clone(), options.namespace.clone())
                 .telemetry(telemetry.clone())
                 .start()

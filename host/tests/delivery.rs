@@ -1,0 +1,323 @@
+//! Plugins delivered to a running cluster: OCI artifacts through a real registry (`crane
+//! registry serve`) and a client nobody here wrote (`oras`), and `WasmPlugin` objects followed
+//! by `wasmop run --plugin-sources=cluster`, seen from outside (status, children, Events).
+
+mod common;
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use common::cluster::*;
+use common::registry::{self, Registry, oras_ok, oras_push_wasm};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use wasmop::wasmplugin::WasmPlugin;
+
+fn run_ok(args: &[&str]) -> String {
+    common::stdout(&common::wasmop(args)).trim().to_string()
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn a_component_pushed_by_oras_is_pulled_and_run_by_wasmop() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(common::plugin("appoperator"), dir.path().join("appoperator.wasm")).unwrap();
+    let reference = format!("{}:v1", registry.repo("plugins/app"));
+    let pushed = oras_push_wasm(dir.path(), &reference, "appoperator.wasm");
+    let out = dir.path().join("pulled.wasm");
+    let pulled =
+        run_ok(&["plugin", "pull", &reference, "--insecure-registry", &registry.host, "-o", out.to_str().unwrap()]);
+    assert_eq!(pulled, pushed, "wasmop and oras disagree on the digest");
+    assert_eq!(read(&out), read(&common::plugin("appoperator")), "pulled bytes differ");
+    // And it runs.
+    let desired =
+        run_ok(&["eval", "--plugin", out.to_str().unwrap(), common::example("appoperator.yaml").to_str().unwrap()]);
+    assert!(desired.contains("kind: Deployment"), "{desired}");
+}
+
+#[test]
+fn a_component_pushed_by_wasmop_is_pulled_by_oras_byte_identical() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = common::plugin("appoperator");
+    let reference = format!("{}:v1", registry.repo("plugins/app"));
+    let digest =
+        run_ok(&["plugin", "push", plugin.to_str().unwrap(), &reference, "--insecure-registry", &registry.host]);
+    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{digest}");
+    assert_eq!(oras_ok(dir.path(), &["resolve", "--plain-http", &reference]).trim(), digest);
+    let pinned = format!("{}@{digest}", registry.repo("plugins/app"));
+    oras_ok(dir.path(), &["pull", "--plain-http", &pinned, "-o", "out"]);
+    assert_eq!(read(&dir.path().join("out/appoperator.wasm")), read(&plugin), "oras pulled other bytes");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&oras_ok(dir.path(), &["manifest", "fetch", "--plain-http", &pinned])).unwrap();
+    assert_eq!(manifest["config"]["mediaType"], "application/vnd.wasm.config.v0+json");
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
+    assert_eq!(manifest["layers"][0]["mediaType"], "application/wasm");
+    // The same bytes again give the same digest: a push is reproducible.
+    let again =
+        run_ok(&["plugin", "push", plugin.to_str().unwrap(), &reference, "--insecure-registry", &registry.host]);
+    assert_eq!(again, digest);
+}
+
+#[test]
+fn push_and_pull_refuse_what_is_not_a_wasmop_plugin_with_what_to_do() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not a component").unwrap();
+    let reference = format!("{}:junk", registry.repo("plugins/app"));
+    let out =
+        common::wasmop(&["plugin", "push", junk.to_str().unwrap(), &reference, "--insecure-registry", &registry.host]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("junk.wasm is not a wasmop plugin; not pushed"), "{stderr}");
+
+    // An image-like artifact (another config media type) is not a Wasm artifact.
+    std::fs::write(dir.path().join("readme.txt"), b"hello").unwrap();
+    let text = format!("{}:text", registry.repo("plugins/app"));
+    oras_ok(dir.path(), &["push", "--plain-http", &text, "readme.txt:text/plain"]);
+    let out = common::wasmop(&["plugin", "pull", &text, "--insecure-registry", &registry.host, "-o", "/dev/null"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("is not a Wasm artifact"), "{stderr}");
+
+    // Over the size limit: refused from the manifest, before the layer is fetched.
+    std::fs::copy(common::plugin("appoperator"), dir.path().join("app.wasm")).unwrap();
+    let app = format!("{}:v1", registry.repo("plugins/app"));
+    oras_push_wasm(dir.path(), &app, "app.wasm");
+    let out =
+        common::wasmop(&["plugin", "pull", &app, "--insecure-registry", &registry.host, "--max-plugin-size", "1Mi"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("over the limit of 1048576 bytes"), "{stderr}");
+
+    // Plain HTTP only when asked for: the default is HTTPS, which this registry does not speak.
+    let out = common::wasmop(&["plugin", "pull", &app, "-o", "/dev/null"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--insecure-registry"), "{stderr}");
+}
+
+on_both_backends!(a_wasmplugin_delivers_rolls_back_and_survives_the_registry);
+
+/// A `wasmop run --plugin-sources=cluster` process on the cluster, its stderr kept in a file.
+struct RunningOperator {
+    child: Child,
+}
+
+impl RunningOperator {
+    fn start(kubeconfig: &Path, ns: &str, registry: &str, cache: &Path, log: &Path) -> RunningOperator {
+        let log = std::fs::File::options().create(true).append(true).open(log).unwrap();
+        let child = common::wasmop_command()
+            .args(["run", "--plugin-sources=cluster", "--install-crds", "--no-metrics", "--webhook-addr=127.0.0.1:0"])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--namespace", ns, "--operator-namespace", ns, "--insecure-registry", registry])
+            .arg("--plugin-cache-dir")
+            .arg(cache)
+            .env("WASMOP_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        RunningOperator { child }
+    }
+}
+
+impl Drop for RunningOperator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The WasmPlugin's Ready condition: (status, reason, message), for the spec's generation.
+async fn ready_of(api: &Api<WasmPlugin>, name: &str) -> Option<(String, String, String)> {
+    let object = api.get_opt(name).await.ok()??;
+    let status = object.status?;
+    if status.observed_generation != object.metadata.generation {
+        return None;
+    }
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some((ready.status.clone(), ready.reason.clone(), ready.message.clone()))
+}
+
+async fn wait_ready(api: &Api<WasmPlugin>, name: &str, status: &str, reason: &str) -> String {
+    let mut last = None;
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            let now = ready_of(api, name).await;
+            if let Some((s, r, m)) = &now
+                && s == status
+                && r == reason
+            {
+                return m.clone();
+            }
+            last = now;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("WasmPlugin {name} not Ready={status} ({reason}); last: {last:?}"))
+}
+
+async fn set_ref(api: &Api<WasmPlugin>, name: &str, reference: &str) {
+    let patch = json!({"spec": {"source": {"oci": {"ref": reference}}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
+
+/// Whether every Deployment of `ns` carries plugin revision `revision`.
+async fn all_carry(client: &Client, ns: &str, count: usize, revision: &str) -> bool {
+    let Ok(list) = Api::<Deployment>::namespaced(client.clone(), ns).list(&ListParams::default()).await else {
+        return false;
+    };
+    list.items.len() == count
+        && list
+            .items
+            .iter()
+            .all(|d| d.annotations().get("wasmop.dev/plugin-revision").map(String::as_str) == Some(revision))
+}
+
+async fn install_wasmplugin_crd(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = wasmop::wasmplugin::crd();
+    api.patch("wasmplugins.wasmop.dev", &PatchParams::apply("wasmop-tests").force(), &Patch::Apply(&crd))
+        .await
+        .unwrap();
+    await_condition(api, "wasmplugins.wasmop.dev", conditions::is_crd_established()).await.unwrap();
+}
+
+/// One scenario, in order, because a WasmPlugin is cluster-wide: every operator on the shared
+/// control plane would see another test's.
+async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
+    let mut registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = read(&common::plugin("appoperator"));
+    let v2 = registry::rebuilt(&v1, "v2");
+    std::fs::write(dir.path().join("v1.wasm"), &v1).unwrap();
+    std::fs::write(dir.path().join("v2.wasm"), &v2).unwrap();
+    let (rev1, rev2) = (revision("appoperator"), wasmop::plugin::sha256_hex(&v2)[..12].to_string());
+    let repo = registry.repo("plugins/app");
+    let push = |file: &str, tag: &str| {
+        let path = dir.path().join(file);
+        run_ok(&[
+            "plugin",
+            "push",
+            path.to_str().unwrap(),
+            &format!("{repo}:{tag}"),
+            "--insecure-registry",
+            &registry.host,
+        ])
+    };
+    let (digest1, digest2) = (push("v1.wasm", "v1"), push("v2.wasm", "v2"));
+    // A 70 MiB artifact in the Wasm layout, pushed by oras (wasmop refuses to push it).
+    std::fs::write(dir.path().join("huge.wasm"), vec![0u8; 70 << 20]).unwrap();
+    oras_push_wasm(dir.path(), &format!("{repo}:huge"), "huge.wasm");
+
+    install_wasmplugin_crd(&client).await;
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml().await).unwrap();
+    let (cache, log) = (dir.path().join("artifacts"), dir.path().join("wasmop.log"));
+    let operator = RunningOperator::start(&kubeconfig, &ns, &registry.host, &cache, &log);
+
+    // 1. A WasmPlugin by tag: resolved once, recorded, served; Appoperators become Ready.
+    let plugins: Api<WasmPlugin> = Api::all(client.clone());
+    let name = format!("app-{ns}");
+    let object: WasmPlugin = serde_json::from_value(json!({
+        "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": name},
+        "spec": {"source": {"oci": {"ref": format!("{repo}:v1")}}},
+    }))
+    .unwrap();
+    plugins.create(&PostParams::default(), &object).await.unwrap();
+    let message = wait_ready(&plugins, &name, "True", "Serving").await;
+    assert!(message.contains(&rev1) && message.contains("Appoperator"), "{message}");
+    let status = plugins.get(&name).await.unwrap().status.unwrap();
+    assert_eq!(status.digest.as_deref(), Some(digest1.as_str()));
+    assert_eq!(status.resolved.as_ref().map(|r| r.digest.as_str()), Some(digest1.as_str()));
+    assert_eq!(status.kinds, ["Appoperator.tools.wasmop.dev"]);
+    let app = app_resource();
+    wait_served(&client, &app).await;
+    for parent in ["a", "b", "c"] {
+        create(&client, &app, &ns, parent, json!({"workload": {"image": "nginx:1.27"}})).await;
+    }
+    eventually("children carry v1", || all_carry(&client, &ns, 3, &rev1)).await;
+
+    // 2. v2 by digest: every parent's children move to v2's revision.
+    set_ref(&plugins, &name, &format!("{repo}@{digest2}")).await;
+    wait_ready(&plugins, &name, "True", "Serving").await;
+    eventually("children carry v2", || all_carry(&client, &ns, 3, &rev2)).await;
+
+    // 3. A wrong digest, an unreachable registry, a 70 MiB artifact: Ready=False with the
+    //    reason, Degraded=True, and v2 keeps serving (a new parent gets v2's children).
+    let wrong = format!("{repo}@sha256:{}", "0".repeat(64));
+    let unreachable = format!("{}/plugins/app:v1", registry::closed_address());
+    for (i, (reference, reason)) in [
+        (wrong.as_str(), "NotFound"),
+        (unreachable.as_str(), "RegistryUnreachable"),
+        (&format!("{repo}:huge"), "TooLarge"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        set_ref(&plugins, &name, reference).await;
+        let message = wait_ready(&plugins, &name, "False", reason).await;
+        assert!(!message.is_empty());
+        let status = plugins.get(&name).await.unwrap().status.unwrap();
+        let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "PreviousRevisionServing"));
+        assert_eq!(status.revision.as_deref(), Some(rev2.as_str()), "v2 no longer serves after {reason}");
+        let parent = format!("late-{i}");
+        create(&client, &app, &ns, &parent, json!({"workload": {"image": "nginx:1.27"}})).await;
+        eventually("a new parent is served by v2", || all_carry(&client, &ns, 4 + i, &rev2)).await;
+    }
+
+    // 4. Restart with the registry stopped: v1, pinned by digest, comes from the on-disk cache.
+    drop(operator);
+    registry.stop();
+    set_ref(&plugins, &name, &format!("{repo}@{digest1}")).await;
+    let operator = RunningOperator::start(&kubeconfig, &ns, &registry.host, &cache, &log);
+    wait_ready(&plugins, &name, "True", "Serving").await;
+    eventually("children back on v1, from the cache", || all_carry(&client, &ns, 6, &rev1)).await;
+
+    // 5. Deleting the WasmPlugin stops its plugin, as removing a file does: a ConfigMap-sourced
+    //    WasmPlugin for the same kind then serves it, not refused as a conflict. Its content is
+    //    gzip-compressed, so the 1.24 MiB plugin fits a ConfigMap.
+    plugins.delete(&name, &DeleteParams::default()).await.unwrap();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gzip.write_all(&v2).unwrap();
+    let packed = gzip.finish().unwrap();
+    assert!(packed.len() < 1 << 20, "gzipped default plugin is {} bytes", packed.len());
+    let config_map: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "app-plugin"},
+        "binaryData": {"app.wasm.gz": base64(&packed)},
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), &ns).create(&PostParams::default(), &config_map).await.unwrap();
+    let from_config_map = format!("cm-{ns}");
+    let object: WasmPlugin = serde_json::from_value(json!({
+        "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": from_config_map},
+        "spec": {"source": {"configMap": {"name": "app-plugin", "key": "app.wasm.gz"}}},
+    }))
+    .unwrap();
+    plugins.create(&PostParams::default(), &object).await.unwrap();
+    let message = wait_ready(&plugins, &from_config_map, "True", "Serving").await;
+    assert!(message.contains(&rev2), "{message}");
+    eventually("children on the ConfigMap's v2", || all_carry(&client, &ns, 6, &rev2)).await;
+    plugins.delete(&from_config_map, &DeleteParams::default()).await.unwrap();
+    drop(operator);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(log.contains("WasmPlugin deleted; its plugin stops serving"), "{log}");
+    cluster.shutdown().await;
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
