@@ -249,19 +249,36 @@ async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Clu
     }
     eventually("children carry v1", || all_carry(&client, &ns, 3, &rev1)).await;
 
+    // A second WasmPlugin for the same kind is refused, naming the one that serves it.
+    let duplicate = format!("dup-{ns}");
+    let object: WasmPlugin = serde_json::from_value(json!({
+        "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": duplicate},
+        "spec": {"source": {"oci": {"ref": format!("{repo}@{digest2}")}}},
+    }))
+    .unwrap();
+    plugins.create(&PostParams::default(), &object).await.unwrap();
+    let message = wait_ready(&plugins, &duplicate, "False", "KindConflict").await;
+    assert!(message.contains(&format!("WasmPlugin {name}")), "{message}");
+    plugins.delete(&duplicate, &DeleteParams::default()).await.unwrap();
+
     // 2. v2 by digest: every parent's children move to v2's revision.
     set_ref(&plugins, &name, &format!("{repo}@{digest2}")).await;
     wait_ready(&plugins, &name, "True", "Serving").await;
     eventually("children carry v2", || all_carry(&client, &ns, 3, &rev2)).await;
 
-    // 3. A wrong digest, an unreachable registry, a 70 MiB artifact: Ready=False with the
-    //    reason, Degraded=True, and v2 keeps serving (a new parent gets v2's children).
+    // 3. A wrong digest, an unreachable registry, a 70 MiB artifact, bytes that are no wasmop
+    //    plugin: Ready=False with the reason, Degraded=True, and v2 keeps serving (a new parent
+    //    gets v2's children).
+    std::fs::write(dir.path().join("junk.wasm"), b"not a component").unwrap();
+    oras_push_wasm(dir.path(), &format!("{repo}:junk"), "junk.wasm");
+    let junk = format!("{repo}:junk");
     let wrong = format!("{repo}@sha256:{}", "0".repeat(64));
     let unreachable = format!("{}/plugins/app:v1", registry::closed_address());
     for (i, (reference, reason)) in [
         (wrong.as_str(), "NotFound"),
         (unreachable.as_str(), "RegistryUnreachable"),
         (&format!("{repo}:huge"), "TooLarge"),
+        (junk.as_str(), "NotAWasmopPlugin"),
     ]
     .into_iter()
     .enumerate()
@@ -284,7 +301,7 @@ async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Clu
     set_ref(&plugins, &name, &format!("{repo}@{digest1}")).await;
     let operator = RunningOperator::start(&kubeconfig, &ns, &registry.host, &cache, &log);
     wait_ready(&plugins, &name, "True", "Serving").await;
-    eventually("children back on v1, from the cache", || all_carry(&client, &ns, 6, &rev1)).await;
+    eventually("children back on v1, from the cache", || all_carry(&client, &ns, 7, &rev1)).await;
 
     // 5. Deleting the WasmPlugin stops its plugin, as removing a file does: a ConfigMap-sourced
     //    WasmPlugin for the same kind then serves it, not refused as a conflict. Its content is
@@ -309,7 +326,7 @@ async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Clu
     plugins.create(&PostParams::default(), &object).await.unwrap();
     let message = wait_ready(&plugins, &from_config_map, "True", "Serving").await;
     assert!(message.contains(&rev2), "{message}");
-    eventually("children on the ConfigMap's v2", || all_carry(&client, &ns, 6, &rev2)).await;
+    eventually("children on the ConfigMap's v2", || all_carry(&client, &ns, 7, &rev2)).await;
     plugins.delete(&from_config_map, &DeleteParams::default()).await.unwrap();
     drop(operator);
     let log = std::fs::read_to_string(&log).unwrap_or_default();
