@@ -92,7 +92,7 @@ manifests: plugins
 	cp $(addprefix $(PLUGIN_DIR)/,$(addsuffix .wasm,$(subst -,_,$(PLUGINS)))) target/shipped-plugins/
 	$(CARGO) run -q -p wasmop -- rbac --plugins target/shipped-plugins --plugin-sources dir,cluster > deploy/base/rbac.yaml
 
-bench: plugins test-plugins
+bench: plugins test-plugins registry
 	$(CARGO) bench -p wasmop
 	$(MAKE) bench-cm-async
 
