@@ -104,6 +104,32 @@ fn push_and_pull_refuse_what_is_not_a_wasmop_plugin_with_what_to_do() {
     assert!(!out.status.success() && stderr.contains("--insecure-registry"), "{stderr}");
 }
 
+#[test]
+fn a_password_from_stdin_never_reaches_the_logs() {
+    use base64::Engine as _;
+    let registry = Registry::start();
+    let plugin = common::plugin("appoperator");
+    let reference = format!("{}:v1", registry.repo("plugins/app"));
+    let mut child = common::wasmop_command()
+        .args(["plugin", "push", plugin.to_str().unwrap(), &reference, "--insecure-registry", &registry.host])
+        .args(["--username", "robot", "--password-stdin"])
+        .env("WASMOP_LOG", "trace")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cr3t-pass\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("pushed"), "{stderr}");
+    let encoded = base64::engine::general_purpose::STANDARD.encode("robot:s3cr3t-pass");
+    for secret in ["s3cr3t-pass", encoded.as_str()] {
+        assert!(!stderr.contains(secret) && !String::from_utf8_lossy(&out.stdout).contains(secret), "{stderr}");
+    }
+}
+
 on_both_backends!(a_wasmplugin_delivers_rolls_back_and_survives_the_registry);
 
 /// A `wasmop run --plugin-sources=cluster` process on the cluster, its stderr kept in a file.

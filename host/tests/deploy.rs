@@ -642,7 +642,8 @@ async fn the_conversion_address_is_switched_whole_by_whoever_sets_it() {
 
 /// The base's `--plugin-sources=dir,cluster` under exactly the generated RBAC: the leader reads
 /// a pull Secret in its own namespace, pulls a policy delivered as a WasmPlugin from a real
-/// registry, writes the WasmPlugin's status, and the policy then reviews.
+/// registry by tag, records the digest and writes the WasmPlugin's status; the standby pulls the
+/// same digest into its own cache; and the policy then reviews.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_generated_rbac_follows_a_wasmplugin_with_a_pull_secret() {
     use base64::Engine as _;
@@ -696,6 +697,11 @@ async fn the_generated_rbac_follows_a_wasmplugin_with_a_pull_secret() {
         process.sample("leader_election_master_status{name=\"wasmplugin-test\"}").await == Some(1.0)
     })
     .await;
+    // A standby pulls too (the digest the leader resolved), into its own cache.
+    let standby_cache = dir.path().join("standby-artifacts");
+    let mut standby_flags = flags.to_vec();
+    *standby_flags.last_mut().unwrap() = standby_cache.to_str().unwrap();
+    let standby = Wasmop::start("replica-wp-standby", &kubeconfig, dir.path(), &standby_flags);
 
     let plugins: Api<WasmPlugin> = Api::all(client.clone());
     let object: WasmPlugin = serde_json::from_value(json!({
@@ -711,6 +717,10 @@ async fn the_generated_rbac_follows_a_wasmplugin_with_a_pull_secret() {
         status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True" && c.message.contains("policy"))
     })
     .await;
+    let resolved = plugins.get("deny-latest-deploy-test").await.unwrap().status.unwrap().resolved.unwrap();
+    let cached = standby_cache.join(format!("{}.wasm", resolved.digest.trim_start_matches("sha256:")));
+    eventually("the standby pulled the resolved digest", || async { cached.exists() }).await;
+    assert_eq!(std::fs::read(&cached).unwrap(), std::fs::read(&policy).unwrap());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if namespaces.get_opt("team-wp").await.unwrap().is_none() {
         let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": "team-wp"}})).unwrap();
@@ -722,4 +732,5 @@ async fn the_generated_rbac_follows_a_wasmplugin_with_a_pull_secret() {
         .await;
     plugins.delete("deny-latest-deploy-test", &Default::default()).await.unwrap();
     assert!(!process.log().contains("forbidden"), "{}", process.log());
+    assert!(!standby.log().contains("forbidden"), "{}", standby.log());
 }

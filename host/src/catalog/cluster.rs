@@ -297,8 +297,10 @@ fn fingerprint(bytes: &[u8], settings: Option<&str>) -> String {
 /// Where one object's newest generation stands.
 #[derive(Clone, Debug, PartialEq)]
 enum Progress {
-    /// Not fetched yet (or waiting for the status writer to resolve its tag).
+    /// Being fetched.
     Pending,
+    /// Its tag waits for the status writer's resolution (this replica is not the writer).
+    AwaitingResolution,
     /// The fetch failed.
     Failed(Failure),
     /// Delivered to the catalog with this fingerprint.
@@ -356,7 +358,10 @@ impl Actor {
             tokio::select! {
                 Some(event) = plugins.next() => match event {
                     Ok(event) => self.observe(event).await,
-                    Err(e) => tracing::warn!(error = %e, "watching WasmPlugins failed; retrying"),
+                    Err(e) => tracing::warn!(error = %e,
+                        "watching WasmPlugins failed; retrying. Is the WasmPlugin CRD installed (deploy/ installs \
+                         it; or `wasmop crd --wasmplugin | kubectl apply -f -`, or --install-crds) and may this \
+                         operator list and watch wasmplugins (`wasmop rbac --plugin-sources dir,cluster`)?"),
                 },
                 Some(Ok(event)) = config_maps.next() => self.config_map_changed(event),
                 Some(outcome) = outcomes.recv() => self.settle(outcome).await,
@@ -418,7 +423,7 @@ impl Actor {
             .as_ref()
             .is_some_and(|o| registry::parse_reference(&o.reference).is_ok_and(|r| r.digest().is_none()));
         if is_tag && pinned.is_none() && !writer {
-            record.progress = Progress::Pending;
+            record.progress = Progress::AwaitingResolution;
             return;
         }
         if let Some(fetch) = record.fetch.take() {
@@ -454,7 +459,8 @@ impl Actor {
             .records
             .iter()
             .filter(|(_, r)| r.object.spec.source.config_map.as_ref().is_some_and(|c| c.name == name))
-            .filter(|(_, r)| matches!(&r.started, Some((_, Some(read))) if Some(read) != version.as_ref()))
+            // A new version, or one that appeared after a fetch found none.
+            .filter(|(_, r)| matches!(&r.started, Some((_, read)) if read.as_ref() != version.as_ref()))
             .map(|(n, _)| n.clone())
             .collect();
         for plugin in stale {
@@ -513,7 +519,8 @@ impl Actor {
         }
     }
 
-    /// Tells the start that every object listed has an outcome.
+    /// Tells the start that every object listed has an outcome (or waits for the writer: at
+    /// start no replica is the writer yet, the leader included).
     fn check_ready(&mut self) {
         if self.listed
             && self.records.values().all(|r| r.progress != Progress::Pending)
@@ -527,7 +534,7 @@ impl Actor {
         let names: Vec<String> = self.records.keys().cloned().collect();
         for name in &names {
             // A replica that just became the writer resolves the tags the others wait on.
-            if self.records.get(name).is_some_and(|r| r.progress == Progress::Pending && r.fetch.is_none()) {
+            if self.records.get(name).is_some_and(|r| r.progress == Progress::AwaitingResolution) {
                 self.start_fetch(name, None);
             }
             self.write(name).await;
@@ -605,7 +612,7 @@ fn status_of(record: &Record, snapshot: &Snapshot, current: &WasmPluginStatus) -
     let serving = serving(snapshot, &name);
     let source = Source::Cluster(name);
     let (ready, reason, message) = match &record.progress {
-        Progress::Pending => return None,
+        Progress::Pending | Progress::AwaitingResolution => return None,
         Progress::Failed(failure) => ("False", failure.reason, failure.message.clone()),
         Progress::Delivered { fingerprint } => match (&serving, snapshot.rejected.get(&source)) {
             (Some(s), None) if s.fingerprint == *fingerprint => {

@@ -105,13 +105,13 @@ impl SourceArgs {
     }
 
     /// How registries are reached (credentials from the docker config file).
-    pub(crate) fn registry(&self) -> Registry {
+    fn registry(&self) -> Registry {
         Registry::default().insecure(self.insecure_registries.clone()).max_size(self.max_plugin_size)
     }
 
     /// The catalog of the chosen sources; `writer` says when this replica writes WasmPlugin
     /// status.
-    async fn catalog(
+    fn catalog(
         &self,
         rt: Runtime,
         plugins: Option<&PathBuf>,
@@ -310,8 +310,7 @@ pub(crate) async fn run(rt: Runtime, args: Args, cache_dir: Option<PathBuf>) -> 
     // may bring one later).
     let catalog = args
         .sources
-        .catalog(rt, args.plugins.as_ref(), &client, cache_dir, writer)
-        .await?
+        .catalog(rt, args.plugins.as_ref(), &client, cache_dir, writer)?
         .events(client.clone(), args.namespaces.first().cloned())
         .telemetry(telemetry.clone())
         .start()
@@ -475,4 +474,18 @@ pub(crate) async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_suffixes_and_refuse_others_clearly() {
+        assert_eq!(parse_size("64Mi"), Ok(64 << 20));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("2Gi"), Ok(2 << 30));
+        assert!(parse_size("64MB").unwrap_err().contains("Ki, Mi or Gi"));
+        assert!(parse_size("Mi").unwrap_err().contains("not a size"));
+    }
 }
