@@ -3,8 +3,7 @@
 //! into the image. The catalog follows these objects like files of the plugins directory
 //! (see `catalog::cluster`); this module holds the types and their CRD.
 
-use kube::CustomResource;
-use kube::CustomResourceExt;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -38,9 +37,12 @@ pub struct WasmPluginSpec {
     pub settings: Option<serde_json::Value>,
 }
 
-/// Where a `WasmPlugin`'s component comes from.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Where a `WasmPlugin`'s component comes from. The API server refuses a source naming none or
+/// both (a CEL rule), so `kubectl apply` says so at once.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.oci) != has(self.configMap)")
+    .message("set exactly one of spec.source.oci and spec.source.configMap"))]
 pub struct PluginSource {
     /// An OCI artifact (CNCF Wasm layout), by tag or digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,7 +153,26 @@ pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::
     WasmPlugin::crd()
 }
 
+/// The one source a valid spec names.
+#[derive(Clone, Copy, Debug)]
+pub enum SourceRef<'a> {
+    /// An OCI artifact.
+    Oci(&'a OciSource),
+    /// A ConfigMap key.
+    ConfigMap(&'a ConfigMapSource),
+}
+
 impl WasmPluginSpec {
+    /// The source the spec names; refuses a spec that names none or both.
+    pub fn source(&self) -> Result<SourceRef<'_>, String> {
+        self.check()?;
+        match (&self.source.oci, &self.source.config_map) {
+            (Some(oci), _) => Ok(SourceRef::Oci(oci)),
+            (None, Some(config_map)) => Ok(SourceRef::ConfigMap(config_map)),
+            (None, None) => Err("spec.source names no source".into()),
+        }
+    }
+
     /// Refuses a spec that names no source or both.
     pub fn check(&self) -> Result<(), String> {
         match (&self.source.oci, &self.source.config_map) {
@@ -173,8 +194,10 @@ mod tests {
         assert_eq!(crd["spec"]["scope"], "Cluster");
         let version = &crd["spec"]["versions"][0];
         assert!(version["subresources"]["status"].is_object());
-        let settings = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["settings"];
-        assert_eq!(settings["x-kubernetes-preserve-unknown-fields"], true, "{settings}");
+        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        assert_eq!(spec["settings"]["x-kubernetes-preserve-unknown-fields"], true, "{}", spec["settings"]);
+        let rules = &spec["source"]["x-kubernetes-validations"];
+        assert_eq!(rules[0]["rule"], "has(self.oci) != has(self.configMap)", "{}", spec["source"]);
     }
 
     #[test]

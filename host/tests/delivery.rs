@@ -275,6 +275,25 @@ async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Clu
     }
     eventually("children carry v1", || all_carry(&client, &ns, 3, &rev1)).await;
 
+    // A source naming both: the real API server refuses it (the CRD's CEL rule); the in-memory
+    // one does not run CEL, and the host refuses it instead.
+    let both = format!("both-{ns}");
+    let object: WasmPlugin = serde_json::from_value(json!({
+        "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": both},
+        "spec": {"source": {"oci": {"ref": format!("{repo}:v1")}, "configMap": {"name": "x", "key": "y"}}},
+    }))
+    .unwrap();
+    let created = plugins.create(&PostParams::default(), &object).await;
+    if cluster.memory_server().is_none() {
+        let error = created.expect_err("the API server accepted a source naming both").to_string();
+        assert!(error.contains("set exactly one of spec.source.oci and spec.source.configMap"), "{error}");
+    } else {
+        created.unwrap();
+        let message = wait_ready(&plugins, &both, "False", "InvalidSpec").await;
+        assert!(message.contains("keep one of the two"), "{message}");
+        plugins.delete(&both, &DeleteParams::default()).await.unwrap();
+    }
+
     // A second WasmPlugin for the same kind is refused, naming the one that serves it.
     let duplicate = format!("dup-{ns}");
     let object: WasmPlugin = serde_json::from_value(json!({

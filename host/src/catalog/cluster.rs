@@ -26,7 +26,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Rejections, Snapshot, Source};
 use crate::registry::{self, ArtifactCache, Credentials, Registry, RegistryError};
-use crate::wasmplugin::{DEGRADED, PluginCondition, READY, Resolved, WasmPlugin, WasmPluginSpec, WasmPluginStatus};
+use crate::wasmplugin::{
+    DEGRADED, PluginCondition, READY, Resolved, SourceRef, WasmPlugin, WasmPluginSpec, WasmPluginStatus,
+};
 
 /// How long [`super::CatalogBuilder::start`] waits for the first fetch of every `WasmPlugin`.
 const DEFAULT_INITIAL_WAIT: Duration = Duration::from_secs(30);
@@ -194,11 +196,11 @@ struct Fetcher {
 impl Fetcher {
     /// Fetches the component `spec` names; `pinned` is the digest a tag was resolved to.
     async fn fetch(&self, spec: &WasmPluginSpec, pinned: Option<&str>) -> Result<Fetched, Failure> {
-        spec.check().map_err(|message| Failure { reason: "InvalidSpec", message, transient: false })?;
-        if let Some(source) = &spec.source.config_map {
-            return self.fetch_config_map(&source.name, &source.key).await;
-        }
-        let Some(oci) = &spec.source.oci else { unreachable!("checked above") };
+        let source = spec.source().map_err(|message| Failure { reason: "InvalidSpec", message, transient: false })?;
+        let oci = match source {
+            SourceRef::Oci(oci) => oci,
+            SourceRef::ConfigMap(source) => return self.fetch_config_map(&source.name, &source.key).await,
+        };
         let reference = registry::parse_reference(&oci.reference)?;
         let credentials = match &oci.pull_secret_ref {
             Some(secret) => Some(self.pull_secret(&secret.name).await?),

@@ -16,7 +16,7 @@ use std::str::FromStr;
 
 use futures::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use sha2::{Digest as _, Sha256};
@@ -432,14 +432,32 @@ fn classify(reference: &Reference, error: OciDistributionError) -> RegistryError
             RegistryError::NotFound { reference: whole, message }
         }
         OciDistributionError::RegistryError { envelope, .. }
-            if envelope.errors.iter().any(|e| format!("{:?}", e.code).contains("Unknown")) =>
+            if envelope.errors.iter().any(|e| {
+                matches!(
+                    e.code,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::BlobUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::NotFound
+                )
+            }) =>
         {
             RegistryError::NotFound { reference: whole, message: envelope.to_string() }
         }
         OciDistributionError::RegistryError { envelope, .. }
-            if envelope.errors.iter().any(|e| format!("{:?}", e.code).contains("Unauthorized")) =>
+            if envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)) =>
         {
             RegistryError::AuthRefused { registry, reference: whole, message: envelope.to_string() }
+        }
+        OciDistributionError::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::DigestInvalid)) =>
+        {
+            RegistryError::DigestMismatch {
+                what: "the content",
+                reference: whole,
+                expected: reference.digest().unwrap_or("the digest asked for").to_string(),
+                actual: envelope.to_string(),
+            }
         }
         OciDistributionError::DigestError(e) => RegistryError::DigestMismatch {
             what: "the content",
