@@ -105,7 +105,7 @@ async fn upgrade_from_v1beta1_converts_migrates_and_survives_a_webhook_outage(cl
         })
     })
     .await;
-    eventually("Ready under the v1 plugin", || ready_is(&client, &new_ar, &ns, "old", "True", "Available")).await;
+    wait_ready(&client, &new_ar, &ns, "old", "True", "Available").await;
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, cluster.kubeconfig_yaml().await).unwrap();
     let shown =

@@ -174,7 +174,7 @@ async fn ready_of(api: &Api<WasmPlugin>, name: &str) -> Option<(String, String, 
     Some((ready.status.clone(), ready.reason.clone(), ready.message.clone()))
 }
 
-async fn wait_ready(api: &Api<WasmPlugin>, name: &str, status: &str, reason: &str) -> String {
+async fn wait_plugin_ready(api: &Api<WasmPlugin>, name: &str, status: &str, reason: &str) -> String {
     let mut last = None;
     let found = tokio::time::timeout(WAIT, async {
         loop {
@@ -262,7 +262,7 @@ async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Clu
     }))
     .unwrap();
     plugins.create(&PostParams::default(), &object).await.unwrap();
-    let message = wait_ready(&plugins, &name, "True", "Serving").await;
+    let message = wait_plugin_ready(&plugins, &name, "True", "Serving").await;
     assert!(message.contains(&rev1) && message.contains("Appoperator"), "{message}");
     let status = plugins.get(&name).await.unwrap().status.unwrap();
     assert_eq!(status.digest.as_deref(), Some(digest1.as_str()));
@@ -289,7 +289,7 @@ async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Clu
         assert!(error.contains("set exactly one of spec.source.oci and spec.source.configMap"), "{error}");
     } else {
         created.unwrap();
-        let message = wait_ready(&plugins, &both, "False", "InvalidSpec").await;
+        let message = wait_plugin_ready(&plugins, &both, "False", "InvalidSpec").await;
         assert!(message.contains("keep one of the two"), "{message}");
         plugins.delete(&both, &DeleteParams::default()).await.unwrap();
     }
@@ -302,13 +302,13 @@ async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Clu
     }))
     .unwrap();
     plugins.create(&PostParams::default(), &object).await.unwrap();
-    let message = wait_ready(&plugins, &duplicate, "False", "KindConflict").await;
+    let message = wait_plugin_ready(&plugins, &duplicate, "False", "KindConflict").await;
     assert!(message.contains(&format!("WasmPlugin {name}")), "{message}");
     plugins.delete(&duplicate, &DeleteParams::default()).await.unwrap();
 
     // 2. v2 by digest: every parent's children move to v2's revision.
     set_ref(&plugins, &name, &format!("{repo}@{digest2}")).await;
-    wait_ready(&plugins, &name, "True", "Serving").await;
+    wait_plugin_ready(&plugins, &name, "True", "Serving").await;
     eventually("children carry v2", || all_carry(&client, &ns, 3, &rev2)).await;
 
     // 3. A wrong digest, an unreachable registry, a 70 MiB artifact, bytes that are no wasmop
@@ -329,7 +329,7 @@ async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Clu
     .enumerate()
     {
         set_ref(&plugins, &name, reference).await;
-        let message = wait_ready(&plugins, &name, "False", reason).await;
+        let message = wait_plugin_ready(&plugins, &name, "False", reason).await;
         assert!(!message.is_empty());
         let status = plugins.get(&name).await.unwrap().status.unwrap();
         let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
@@ -345,7 +345,7 @@ async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Clu
     registry.stop();
     set_ref(&plugins, &name, &format!("{repo}@{digest1}")).await;
     let operator = RunningOperator::start(&kubeconfig, &ns, &registry.host, &cache, &log);
-    wait_ready(&plugins, &name, "True", "Serving").await;
+    wait_plugin_ready(&plugins, &name, "True", "Serving").await;
     eventually("children back on v1, from the cache", || all_carry(&client, &ns, 7, &rev1)).await;
 
     // 5. Deleting the WasmPlugin stops its plugin, as removing a file does: a ConfigMap-sourced
@@ -369,7 +369,7 @@ async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Clu
     }))
     .unwrap();
     plugins.create(&PostParams::default(), &object).await.unwrap();
-    let message = wait_ready(&plugins, &from_config_map, "True", "Serving").await;
+    let message = wait_plugin_ready(&plugins, &from_config_map, "True", "Serving").await;
     assert!(message.contains(&rev2), "{message}");
     eventually("children on the ConfigMap's v2", || all_carry(&client, &ns, 7, &rev2)).await;
     plugins.delete(&from_config_map, &DeleteParams::default()).await.unwrap();

@@ -19,7 +19,7 @@ use wasmop_apiserver::{ApiServer, Config};
 use wasmop_controlplane::ControlPlane;
 
 /// How long `eventually` waits.
-pub const WAIT: Duration = Duration::from_secs(60);
+pub const WAIT: Duration = Duration::from_secs(120);
 
 /// A test's API server, client and namespace.
 pub struct Cluster {
@@ -168,6 +168,21 @@ pub fn ready(obj: &DynamicObject) -> Option<(String, String, String)> {
 
 pub async fn ready_is(client: &Client, ar: &ApiResource, ns: &str, name: &str, status: &str, reason: &str) -> bool {
     get(client, ar, ns, name).await.and_then(|o| ready(&o)).is_some_and(|(s, r, _)| s == status && r == reason)
+}
+
+/// Waits for `name`'s Ready condition to be `status`/`reason`; on timeout the panic shows the
+/// last condition seen, so a failure says where the parent stood.
+pub async fn wait_ready(client: &Client, ar: &ApiResource, ns: &str, name: &str, status: &str, reason: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        last = get(client, ar, ns, name).await.and_then(|o| ready(&o));
+        if last.as_ref().is_some_and(|(s, r, _)| s == status && r == reason) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {ns}/{name} Ready={status} ({reason}); last Ready condition: {last:?}");
 }
 
 /// Waits until the API server serves `ar`'s kind (its CRD installed by the operator).
