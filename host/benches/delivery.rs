@@ -4,22 +4,23 @@
 //! (default 1,000), with the new version's compiled code already cached (warm) and not (cold).
 //! The in-memory API server runs in a child process. Uses the test plugin `hostile` (v1, v2).
 
+#[path = "../tests/common/registry.rs"]
+#[allow(dead_code)]
+mod crane;
+#[path = "common/hostile.rs"]
+mod hostile;
 #[path = "common/server.rs"]
 mod server;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -28,43 +29,6 @@ use wasmop::controller::ControllerOptions;
 use wasmop::plugin::{Limits, Runtime, RuntimeConfig};
 use wasmop::registry::{self, ArtifactCache, Registry};
 use wasmop::supervisor::Supervisor;
-
-/// A `crane registry serve` on a free loopback port, killed on drop.
-struct Crane {
-    child: Child,
-    host: String,
-}
-
-impl Crane {
-    fn start() -> Crane {
-        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/registry/bin/crane");
-        assert!(bin.exists(), "{} is missing: run `make registry` (make bench does)", bin.display());
-        let mut child = Command::new(bin)
-            .args(["registry", "serve", "--address", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("crane");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some((_, port)) = line.split_once("serving on port ") {
-                    let _ = tx.send(port.trim().to_string());
-                }
-            }
-        });
-        let port = rx.recv_timeout(Duration::from_secs(30)).expect("crane did not start");
-        Crane { child, host: format!("127.0.0.1:{port}") }
-    }
-}
-
-impl Drop for Crane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The plugin revision on every ConfigMap, kept current by one watch.
 struct Revisions {
@@ -116,7 +80,7 @@ impl Revisions {
 }
 
 /// Pulls (and verifies) the default plugin `rounds` times; prints the median and the fastest.
-async fn pull_figures(crane: &Crane, rounds: usize) {
+async fn pull_figures(crane: &crane::Registry, rounds: usize) {
     let plugin = plugins_dir().join("appoperator.wasm");
     let bytes = std::fs::read(&plugin).expect("appoperator.wasm: run `make plugins`");
     let registry = Registry::default().insecure(vec![crane.host.clone()]);
@@ -143,34 +107,6 @@ fn plugins_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin")
 }
 
-async fn install_crds(client: &Client) {
-    let hostile: CustomResourceDefinition = serde_json::from_value(json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "hostiles.test.wasmop.dev"},
-        "spec": {"group": "test.wasmop.dev", "scope": "Namespaced",
-            "names": {"plural": "hostiles", "singular": "hostile", "kind": "Hostile"},
-            "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]},
-    }))
-    .expect("crd");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [hostile, wasmop::wasmplugin::crd()] {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        crds.create(&PostParams::default(), &crd).await.expect("create crd");
-        await_condition(crds.clone(), &name, conditions::is_crd_established()).await.expect("established");
-    }
-}
-
-/// `bytes` with a custom section appended: the same plugin, a new content hash (a new build).
-fn rebuilt(bytes: &[u8], tag: &str) -> Vec<u8> {
-    let mut out = bytes.to_vec();
-    let name = b"wasmop-bench-build";
-    out.extend_from_slice(&[0, (1 + name.len() + tag.len()) as u8, name.len() as u8]);
-    out.extend_from_slice(name);
-    out.extend_from_slice(tag.as_bytes());
-    out
-}
-
 /// Patches the WasmPlugin to `digest` and waits for its revision on all `n` children.
 async fn roll(
     plugins: &Api<DynamicObject>,
@@ -189,15 +125,16 @@ async fn roll(
 }
 
 async fn run(n: usize, rounds: usize) {
-    let crane = Crane::start();
+    let crane = crane::Registry::start();
     pull_figures(&crane, rounds).await;
 
     let remote = server::Remote::start(None);
     let client = Client::try_from(kube::Config::new(remote.url().parse().expect("url"))).expect("client");
-    install_crds(&client).await;
+    hostile::install(&client, hostile::crd()).await;
+    hostile::install(&client, wasmop::wasmplugin::crd()).await;
     let v1 = std::fs::read(plugins_dir().join("hostile.wasm")).expect("hostile.wasm: run `make test-plugins`");
     let warm = std::fs::read(plugins_dir().join("hostile_v2.wasm")).expect("hostile_v2.wasm");
-    let cold = rebuilt(&warm, "cold");
+    let cold = crane::rebuilt(&warm, "cold");
     let registry = Registry::default().insecure(vec![crane.host.clone()]);
     let repo = format!("{}/bench/hostile", crane.host);
     let mut digests = Vec::new();
@@ -236,21 +173,7 @@ async fn run(n: usize, rounds: usize) {
     }))
     .expect("object");
     plugins.create(&PostParams::default(), &object).await.expect("create WasmPlugin");
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("test.wasmop.dev", "v1", "Hostile"), "hostiles");
-    let parents: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
-    futures::stream::iter(0..n)
-        .for_each_concurrent(32, |i| {
-            let parents = parents.clone();
-            async move {
-                let obj: DynamicObject = serde_json::from_value(json!({
-                    "apiVersion": "test.wasmop.dev/v1", "kind": "Hostile",
-                    "metadata": {"name": format!("h-{i}"), "namespace": "default"}, "spec": {"mode": "ok"},
-                }))
-                .expect("object");
-                parents.create(&PostParams::default(), &obj).await.expect("create");
-            }
-        })
-        .await;
+    hostile::create_parents(&client, n).await;
     let mut revisions = Revisions::follow(Api::namespaced(client.clone(), "default"));
     revisions.wait(&wasmop::plugin::sha256_hex(&v1)[..12], n).await;
 

@@ -5,15 +5,16 @@
 //! returns N ConfigMaps (`mode: many`); a spec change forces the reconcile, which must write no
 //! child. `make bench` builds the plugin.
 
+#[path = "common/hostile.rs"]
+#[allow(dead_code)]
+mod hostile;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::wait::{await_condition, conditions};
 use serde_json::json;
 use wasmop::catalog::Catalog;
 use wasmop::controller::ControllerOptions;
@@ -48,18 +49,7 @@ fn peak_rss_mib() -> u64 {
 async fn run(n: usize, plugin: PathBuf) {
     let server = ApiServer::start(Config::default()).await.expect("api server");
     let client = Client::try_from(kube::Config::new(server.url().parse().expect("url"))).expect("client");
-    let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "hostiles.test.wasmop.dev"},
-        "spec": {"group": "test.wasmop.dev", "scope": "Namespaced",
-            "names": {"plural": "hostiles", "singular": "hostile", "kind": "Hostile"},
-            "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]},
-    }))
-    .expect("crd");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &crd).await.expect("create crd");
-    await_condition(crds, "hostiles.test.wasmop.dev", conditions::is_crd_established()).await.expect("established");
+    hostile::install(&client, hostile::crd()).await;
 
     let dir = tempfile::tempdir().expect("dir");
     std::fs::copy(&plugin, dir.path().join("hostile.wasm")).expect("copy");
@@ -80,8 +70,7 @@ async fn run(n: usize, plugin: PathBuf) {
         let _ = rx.wait_for(|s| *s).await;
     }));
 
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("test.wasmop.dev", "v1", "Hostile"), "hostiles");
-    let parents: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let parents: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &hostile::resource());
     let parent: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "test.wasmop.dev/v1", "kind": "Hostile",
         "metadata": {"name": "crowd", "namespace": "default"}, "spec": {"mode": "many", "count": n},

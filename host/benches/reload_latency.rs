@@ -5,6 +5,8 @@
 //! ConfigMaps are followed with one watch (`WASMOP_BENCH_READY=list`: a list polled every
 //! 50 ms, as up to 0.2.0, whose cost at 10,000 objects was most of the figure).
 
+#[path = "common/hostile.rs"]
+mod hostile;
 #[path = "common/server.rs"]
 mod server;
 
@@ -15,13 +17,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::api::{Api, ListParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use serde_json::json;
 use wasmop::catalog::Catalog;
 use wasmop::controller::ControllerOptions;
 use wasmop::plugin::{Runtime, RuntimeConfig};
@@ -103,18 +101,7 @@ async fn run(n: usize, v1: PathBuf, v2: PathBuf) {
     let url =
         local.as_ref().map_or_else(|| remote.as_ref().map(|r| r.url().to_string()).unwrap_or_default(), |s| s.url());
     let client = Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("client");
-    let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "hostiles.test.wasmop.dev"},
-        "spec": {"group": "test.wasmop.dev", "scope": "Namespaced",
-            "names": {"plural": "hostiles", "singular": "hostile", "kind": "Hostile"},
-            "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]},
-    }))
-    .expect("crd");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &crd).await.expect("create crd");
-    await_condition(crds, "hostiles.test.wasmop.dev", conditions::is_crd_established()).await.expect("established");
+    hostile::install(&client, hostile::crd()).await;
 
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("hostile.wasm");
@@ -131,21 +118,7 @@ async fn run(n: usize, v1: PathBuf, v2: PathBuf) {
         let _ = rx.wait_for(|s| *s).await;
     }));
 
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("test.wasmop.dev", "v1", "Hostile"), "hostiles");
-    let parents: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
-    futures::stream::iter(0..n)
-        .for_each_concurrent(32, |i| {
-            let parents = parents.clone();
-            async move {
-                let obj: DynamicObject = serde_json::from_value(json!({
-                    "apiVersion": "test.wasmop.dev/v1", "kind": "Hostile",
-                    "metadata": {"name": format!("h-{i}"), "namespace": "default"}, "spec": {"mode": "ok"},
-                }))
-                .expect("object");
-                parents.create(&PostParams::default(), &obj).await.expect("create");
-            }
-        })
-        .await;
+    hostile::create_parents(&client, n).await;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let mut variants = Variants::follow(config_maps.clone());
     variants.wait(&config_maps, "v1", n, Duration::from_millis(100)).await;

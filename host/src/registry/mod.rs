@@ -11,7 +11,6 @@ mod auth;
 mod cache;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::str::FromStr;
 
 use futures::StreamExt;
@@ -269,11 +268,8 @@ impl Registry {
         reference: &Reference,
         credentials: Option<&Credentials>,
     ) -> Result<String, RegistryError> {
-        if let Some(digest) = reference.digest() {
-            return Ok(digest.to_string());
-        }
         let auth = self.auth(reference, credentials)?;
-        self.client().fetch_manifest_digest(reference, &auth).await.map_err(|e| classify(reference, e))
+        digest_of(&self.client(), &auth, reference).await
     }
 
     /// Pulls the artifact `reference` names (resolving a tag first), verified against its
@@ -283,10 +279,10 @@ impl Registry {
         reference: &Reference,
         credentials: Option<&Credentials>,
     ) -> Result<Artifact, RegistryError> {
-        let digest = self.resolve(reference, credentials).await?;
-        let pinned = reference.clone_with_digest(digest.clone());
         let auth = self.auth(reference, credentials)?;
         let client = self.client();
+        let digest = digest_of(&client, &auth, reference).await?;
+        let pinned = reference.clone_with_digest(digest.clone());
         let (manifest, _) = client
             .pull_manifest_raw(&pinned, &auth, &[OCI_IMAGE_MEDIA_TYPE])
             .await
@@ -359,9 +355,15 @@ impl Registry {
     }
 }
 
-impl fmt::Display for Registry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "registries (plain HTTP: {:?}, limit {} bytes)", self.insecure, self.max_size)
+/// The digest `reference` pins, or the one its tag points at now.
+async fn digest_of(
+    client: &oci_client::Client,
+    auth: &RegistryAuth,
+    reference: &Reference,
+) -> Result<String, RegistryError> {
+    match reference.digest() {
+        Some(digest) => Ok(digest.to_string()),
+        None => client.fetch_manifest_digest(reference, auth).await.map_err(|e| classify(reference, e)),
     }
 }
 

@@ -1,5 +1,6 @@
 //! A real OCI registry (`crane registry serve`, go-containerregistry) and a real client
-//! (`oras`), both built by `make registry` into `target/registry/bin`.
+//! (`oras`), both built by `make registry` into `target/registry/bin`. Shared by the tests and
+//! `benches/delivery.rs`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -7,7 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 
 /// Where `make registry` links the binaries.
 pub fn bin(name: &str) -> PathBuf {
-    let path = super::workspace().join("target/registry/bin").join(name);
+    // Not `super::workspace()`: the benches include this file too.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/registry/bin").join(name);
     assert!(path.exists(), "{} is missing: build it with `make registry` (make test does)", path.display());
     path
 }
