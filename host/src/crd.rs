@@ -69,11 +69,7 @@ pub async fn install(
             .await
             .map_err(|e| bad(e.to_string()))?;
     }
-    let established = await_condition(api, &crd_name, conditions::is_crd_established());
-    let installed = tokio::time::timeout(CRD_ESTABLISH_TIMEOUT, established)
-        .await
-        .map_err(|_| bad(format!("{crd_name} was not Established within {CRD_ESTABLISH_TIMEOUT:?}")))?
-        .map_err(|e| bad(e.to_string()))?;
+    let installed = established(api, &crd_name).await.map_err(bad)?;
     tracing::info!(plugin = %name, crd = %crd_name, "CRD installed");
     if let Some(installed) = installed.filter(needs_migration) {
         let client = client.clone();
@@ -96,12 +92,20 @@ pub async fn install_wasmplugin(client: &Client) -> Result<(), CrdError> {
     api.patch(&crd_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
         .await
         .map_err(|e| bad(e.to_string()))?;
-    let established = await_condition(api, &crd_name, conditions::is_crd_established());
+    established(api, &crd_name).await.map_err(bad)?;
+    Ok(())
+}
+
+/// Waits (bounded) until CRD `name` is Established; returns it as last seen.
+async fn established(
+    api: Api<CustomResourceDefinition>,
+    name: &str,
+) -> Result<Option<CustomResourceDefinition>, String> {
+    let established = await_condition(api, name, conditions::is_crd_established());
     tokio::time::timeout(CRD_ESTABLISH_TIMEOUT, established)
         .await
-        .map_err(|_| bad(format!("{crd_name} was not Established within {CRD_ESTABLISH_TIMEOUT:?}")))?
-        .map_err(|e| bad(e.to_string()))?;
-    Ok(())
+        .map_err(|_| format!("{name} was not Established within {CRD_ESTABLISH_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())
 }
 
 /// Points the CRD of a converting plugin, installed by someone else (`make install`), at the

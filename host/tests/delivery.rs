@@ -319,18 +319,21 @@ async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Clu
     let junk = format!("{repo}:junk");
     let wrong = format!("{repo}@sha256:{}", "0".repeat(64));
     let unreachable = format!("{}/plugins/app:v1", registry::closed_address());
-    for (i, (reference, reason)) in [
-        (wrong.as_str(), "NotFound"),
-        (unreachable.as_str(), "RegistryUnreachable"),
-        (&format!("{repo}:huge"), "TooLarge"),
-        (junk.as_str(), "NotAWasmopPlugin"),
+    let huge = format!("{repo}:huge");
+    let junk_source = format!("wasmplugin/{name}");
+    // Each refusal says what to do (or names the WasmPlugin whose bytes do not load).
+    for (i, (reference, reason, says)) in [
+        (wrong.as_str(), "NotFound", "check the repository and tag or digest"),
+        (unreachable.as_str(), "RegistryUnreachable", "--insecure-registry"),
+        (huge.as_str(), "TooLarge", "raise --max-plugin-size"),
+        (junk.as_str(), "NotAWasmopPlugin", junk_source.as_str()),
     ]
     .into_iter()
     .enumerate()
     {
         set_ref(&plugins, &name, reference).await;
         let message = wait_plugin_ready(&plugins, &name, "False", reason).await;
-        assert!(!message.is_empty());
+        assert!(message.contains(says), "{reason}: {message}");
         let status = plugins.get(&name).await.unwrap().status.unwrap();
         let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
         assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "PreviousRevisionServing"));
