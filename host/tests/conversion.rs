@@ -22,7 +22,9 @@ on_both_backends!(
     a_renewed_certificate_from_a_directory_is_served_and_its_ca_injected,
 );
 
-/// The tests installing the `Lossy` CRD (cluster-wide, on the shared control plane) take turns.
+/// The tests installing a CRD with a webhook (cluster-wide, on the shared control plane) take
+/// turns: the upgrade scenario timed out twice in CI while the others compiled and converted
+/// beside it on 2 cores (cause not proven; see the closing note of session 6).
 static LOSSY_CRD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const CRD: &str = "appoperators.tools.wasmop.dev";
@@ -64,6 +66,7 @@ async fn read(cluster: &Cluster, ar: &ApiResource, name: &str) -> Result<Dynamic
 }
 
 async fn upgrade_from_v1beta1_converts_migrates_and_survives_a_webhook_outage(cluster: Cluster) {
+    let _turn = LOSSY_CRD.lock().await;
     let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
     let (old_ar, new_ar) = (v1beta1(), app_resource());
 
