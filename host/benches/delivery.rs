@@ -11,17 +11,16 @@ mod crane;
 mod hostile;
 #[path = "common/server.rs"]
 mod server;
+#[path = "common/tally.rs"]
+mod tally;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use wasmop::catalog::{Catalog, ClusterSource};
@@ -30,53 +29,10 @@ use wasmop::plugin::{Limits, Runtime, RuntimeConfig};
 use wasmop::registry::{self, ArtifactCache, Registry};
 use wasmop::supervisor::Supervisor;
 
-/// The plugin revision on every ConfigMap, kept current by one watch.
-struct Revisions {
-    rx: tokio::sync::watch::Receiver<HashMap<String, usize>>,
-}
+use tally::Tally;
 
-impl Revisions {
-    fn follow(api: Api<ConfigMap>) -> Revisions {
-        let (tx, rx) = tokio::sync::watch::channel(HashMap::new());
-        tokio::spawn(async move {
-            let mut by_name: HashMap<String, String> = HashMap::new();
-            let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
-                        if let Some(revision) = c.annotations().get("wasmop.dev/plugin-revision") {
-                            by_name.insert(c.name_any(), revision.clone());
-                        }
-                    }
-                    Ok(watcher::Event::Delete(c)) => {
-                        by_name.remove(&c.name_any());
-                    }
-                    _ => continue,
-                }
-                let mut counts = HashMap::new();
-                for revision in by_name.values() {
-                    *counts.entry(revision.clone()).or_default() += 1;
-                }
-                if tx.send(counts).is_err() {
-                    return;
-                }
-            }
-        });
-        Revisions { rx }
-    }
-
-    /// Waits until `n` ConfigMaps carry `revision`; fails after 120 s without progress.
-    async fn wait(&mut self, revision: &str, n: usize) {
-        loop {
-            let seen = self.rx.borrow().get(revision).copied().unwrap_or(0);
-            if seen >= n {
-                return;
-            }
-            if !matches!(tokio::time::timeout(Duration::from_secs(120), self.rx.changed()).await, Ok(Ok(()))) {
-                panic!("no change for 120 s, at {seen}/{n} ConfigMaps of {revision}: {:?}", *self.rx.borrow());
-            }
-        }
-    }
+fn revision(c: &ConfigMap) -> Option<String> {
+    c.annotations().get("wasmop.dev/plugin-revision").cloned()
 }
 
 /// Pulls (and verifies) the default plugin `rounds` times; prints the median and the fastest.
@@ -110,7 +66,7 @@ fn plugins_dir() -> PathBuf {
 /// Patches the WasmPlugin to `digest` and waits for its revision on all `n` children.
 async fn roll(
     plugins: &Api<DynamicObject>,
-    revisions: &mut Revisions,
+    revisions: &mut Tally,
     repo: &str,
     digest: &str,
     bytes: &[u8],
@@ -174,7 +130,7 @@ async fn run(n: usize, rounds: usize) {
     .expect("object");
     plugins.create(&PostParams::default(), &object).await.expect("create WasmPlugin");
     hostile::create_parents(&client, n).await;
-    let mut revisions = Revisions::follow(Api::namespaced(client.clone(), "default"));
+    let mut revisions = Tally::follow(Api::namespaced(client.clone(), "default"), revision);
     revisions.wait(&wasmop::plugin::sha256_hex(&v1)[..12], n).await;
 
     let warm_s = roll(&plugins, &mut revisions, &repo, &digests[1], &warm, n).await;

@@ -9,16 +9,15 @@
 mod hostile;
 #[path = "common/server.rs"]
 mod server;
+#[path = "common/tally.rs"]
+mod tally;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use wasmop::catalog::Catalog;
 use wasmop::controller::ControllerOptions;
@@ -26,70 +25,27 @@ use wasmop::plugin::{Runtime, RuntimeConfig};
 use wasmop::supervisor::Supervisor;
 use wasmop_apiserver::{ApiServer, Config};
 
+use tally::Tally;
+
 async fn count_variant(api: &Api<ConfigMap>, variant: &str) -> usize {
     let Ok(list) = api.list(&ListParams::default()).await else { return 0 };
     list.items.iter().filter(|c| c.labels().get("wasmop.test/variant").map(String::as_str) == Some(variant)).count()
 }
 
-/// The variant label of every ConfigMap, kept current by one watch; `wait` returns once `n`
-/// carry `variant`.
-struct Variants {
-    rx: tokio::sync::watch::Receiver<HashMap<String, usize>>,
+/// Waits until `n` ConfigMaps carry `variant`: from the tally, or with
+/// `WASMOP_BENCH_READY=list` from a list polled `every` interval.
+async fn wait(tally: &mut Tally, api: &Api<ConfigMap>, variant: &str, n: usize, every: Duration) {
+    if std::env::var("WASMOP_BENCH_READY").is_ok_and(|v| v == "list") {
+        while count_variant(api, variant).await < n {
+            tokio::time::sleep(every).await;
+        }
+        return;
+    }
+    tally.wait(variant, n).await;
 }
 
-impl Variants {
-    fn follow(api: Api<ConfigMap>) -> Variants {
-        let (tx, rx) = tokio::sync::watch::channel(HashMap::new());
-        tokio::spawn(async move {
-            let mut by_name: HashMap<String, String> = HashMap::new();
-            let mut counts: HashMap<String, usize> = HashMap::new();
-            let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
-            while let Some(event) = events.next().await {
-                let (name, variant) = match event {
-                    Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
-                        (c.name_any(), c.labels().get("wasmop.test/variant").cloned())
-                    }
-                    Ok(watcher::Event::Delete(c)) => (c.name_any(), None),
-                    _ => continue,
-                };
-                let previous = match variant {
-                    Some(v) => {
-                        *counts.entry(v.clone()).or_default() += 1;
-                        by_name.insert(name, v)
-                    }
-                    None => by_name.remove(&name),
-                };
-                if let Some(c) = previous.and_then(|p| counts.get_mut(&p)) {
-                    *c -= 1;
-                }
-                if tx.send(counts.clone()).is_err() {
-                    return;
-                }
-            }
-        });
-        Variants { rx }
-    }
-
-    async fn wait(&mut self, api: &Api<ConfigMap>, variant: &str, n: usize, every: Duration) {
-        if std::env::var("WASMOP_BENCH_READY").is_ok_and(|v| v == "list") {
-            while count_variant(api, variant).await < n {
-                tokio::time::sleep(every).await;
-            }
-            return;
-        }
-        // A run that stops progressing fails, saying how far it got, instead of waiting forever.
-        let stall = Duration::from_secs(120);
-        loop {
-            let seen = self.rx.borrow().get(variant).copied().unwrap_or(0);
-            if seen >= n {
-                return;
-            }
-            match tokio::time::timeout(stall, self.rx.changed()).await {
-                Ok(Ok(())) => {}
-                _ => panic!("no change for 120 s, at {seen}/{n} ConfigMaps of {variant}: {:?}", *self.rx.borrow()),
-            }
-        }
-    }
+fn variant(c: &ConfigMap) -> Option<String> {
+    c.labels().get("wasmop.test/variant").cloned()
 }
 
 async fn run(n: usize, v1: PathBuf, v2: PathBuf) {
@@ -120,8 +76,8 @@ async fn run(n: usize, v1: PathBuf, v2: PathBuf) {
 
     hostile::create_parents(&client, n).await;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let mut variants = Variants::follow(config_maps.clone());
-    variants.wait(&config_maps, "v1", n, Duration::from_millis(100)).await;
+    let mut variants = Tally::follow(config_maps.clone(), variant);
+    wait(&mut variants, &config_maps, "v1", n, Duration::from_millis(100)).await;
 
     let pid = remote.as_ref().map(server::Remote::pid);
     let cpu = (server::cpu_seconds(None), server::cpu_seconds(pid));
@@ -129,7 +85,7 @@ async fn run(n: usize, v1: PathBuf, v2: PathBuf) {
     let tmp = dir.path().join("hostile.wasm.tmp");
     std::fs::copy(&v2, &tmp).expect("copy v2");
     std::fs::rename(&tmp, &file).expect("rename");
-    variants.wait(&config_maps, "v2", n, Duration::from_millis(50)).await;
+    wait(&mut variants, &config_maps, "v2", n, Duration::from_millis(50)).await;
     let wall = started.elapsed().as_secs_f64();
     let (operator_cpu, server_cpu) = (server::cpu_seconds(None) - cpu.0, server::cpu_seconds(pid) - cpu.1);
     println!(
