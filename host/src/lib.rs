@@ -14,6 +14,7 @@ pub mod migrate;
 pub use wasmop_contract::names;
 pub mod plugin;
 pub mod policy;
+pub mod preview;
 pub mod rbac;
 pub mod reconcile;
 pub mod registry;

@@ -101,7 +101,7 @@ pub(crate) fn policy_chain(rt: &Runtime, paths: &[PathBuf], settings: &[String])
     Ok(PolicyChain::new(policies))
 }
 
-fn read_settings(path: &Path) -> anyhow::Result<String> {
+pub(crate) fn read_settings(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read settings file {}", path.display()))
 }
 

@@ -9,6 +9,7 @@ mod eval;
 mod inspect;
 mod migrate;
 mod new;
+mod preview;
 mod rbac;
 mod run;
 mod test;
@@ -53,6 +54,8 @@ pub(crate) enum Output {
 enum Command {
     /// Run one plugin (and policies) on a custom resource offline and print the desired objects.
     Eval(eval::Args),
+    /// Show what a candidate plugin would change on the live parents of its kind, writing nothing.
+    Preview(preview::Args),
     /// Print the CustomResourceDefinitions that plugins ship.
     Crd(crd::Args),
     /// Print the least-privilege RBAC the plugins of a directory need.
@@ -113,6 +116,7 @@ pub fn main() -> ExitCode {
         }
         #[cfg(feature = "embedded")]
         Command::Dev(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| block_on(dev::run(rt, args))),
+        Command::Preview(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| block_on(preview::run(rt, args))),
         Command::Eval(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| eval::run(&rt, args)),
         Command::Crd(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| crd::run(&rt, args)),
         Command::Rbac(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| rbac::run(&rt, args)),

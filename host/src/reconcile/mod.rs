@@ -474,22 +474,13 @@ async fn report(
     applied: &Applied,
 ) -> Result<Action, ReconcileError> {
     let conflicts = &applied.conflicts;
-    let mut conditions = desired.conditions.clone();
+    let report = status_report(desired, conflicts);
     if !conflicts.is_empty() {
-        let message = conflicts.iter().map(|c| format!("{} exists and is {}", c.object, c.owner)).collect::<Vec<_>>();
-        let message = message.join("; ");
-        conditions.retain(|c| c.type_ != "Ready");
-        conditions.insert(0, ready(ConditionStatus::False, "ChildConflict", message.clone()));
+        let message = conflicts_message(conflicts);
         publish(ctx, parent, EventType::Warning, "ChildConflict", "Apply", message.clone()).await;
-        let fields = Some(desired.status.clone().unwrap_or_default());
-        write_status(parent, ctx, &Report { fields, conditions }).await?;
+        write_status(parent, ctx, &report).await?;
         return Err(ReconcileError::ChildConflict { message });
     }
-    if !conditions.iter().any(|c| c.type_ == "Ready") {
-        let message = format!("{} children in sync", desired.children.len());
-        conditions.insert(0, ready(ConditionStatus::True, "Reconciled", message));
-    }
-    let report = Report { fields: Some(desired.status.clone().unwrap_or_default()), conditions };
     if let Some(wait) = first_status_wait(parent, ctx, &report, applied.written > 0) {
         return Ok(Action::requeue(wait));
     }
@@ -499,6 +490,26 @@ async fn report(
         Some(after) => Action::requeue(after.max(ratelimit::MIN_REQUEUE).max(ctx.bucket.reserve())),
         None => Action::await_change(),
     })
+}
+
+/// The status a reconcile reports for `desired`: the plugin's status and conditions (a default
+/// `Ready=True` when it gave none), or `Ready=False/ChildConflict` naming each object the host
+/// may not write. Pure, so `wasmop preview` reports exactly what `run` would write.
+pub fn status_report(desired: &Desired, conflicts: &[Conflict]) -> Report {
+    let mut conditions = desired.conditions.clone();
+    if !conflicts.is_empty() {
+        conditions.retain(|c| c.type_ != "Ready");
+        conditions.insert(0, ready(ConditionStatus::False, "ChildConflict", conflicts_message(conflicts)));
+    } else if !conditions.iter().any(|c| c.type_ == "Ready") {
+        let message = format!("{} children in sync", desired.children.len());
+        conditions.insert(0, ready(ConditionStatus::True, "Reconciled", message));
+    }
+    Report { fields: Some(desired.status.clone().unwrap_or_default()), conditions }
+}
+
+/// `Kind ns/name exists and is …` for each conflict, joined.
+pub fn conflicts_message(conflicts: &[Conflict]) -> String {
+    conflicts.iter().map(|c| format!("{} exists and is {}", c.object, c.owner)).collect::<Vec<_>>().join("; ")
 }
 
 /// How long a new parent's first status may wait (see [`FIRST_STATUS_GRACE`]): only a parent
