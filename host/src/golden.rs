@@ -119,8 +119,9 @@ impl Case {
             settings: self.settings.clone(),
         };
         let desired = plugin.reconcile(&req).map_err(|e| failed(e.condition_reason(), e.to_string()))?;
-        let children =
+        let reviewed =
             policies.review(&parent, desired.children).map_err(|e| failed(e.condition_reason(), e.to_string()))?;
+        let children = reviewed.children;
         let mut answer = Map::new();
         answer.insert("children".into(), Value::Array(children));
         if let Some(status) = desired.status {

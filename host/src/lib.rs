@@ -6,6 +6,7 @@ mod apply;
 pub mod catalog;
 pub mod controller;
 pub mod crd;
+pub mod diff;
 pub mod discovery;
 pub mod golden;
 pub mod leader;

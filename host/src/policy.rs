@@ -34,30 +34,90 @@ impl ReviewError {
     }
 }
 
-/// Policies in the order they run, each with its settings.
+/// What a policy's verdicts do: `protect` enforces them (a deny blocks the parent's apply, a
+/// mutation is applied); `monitor` only records them as [`Finding`]s and applies the child as
+/// the previous policies left it. Going from monitor to protect is allowed at any time; going
+/// back needs the policy removed and added again (as Kubewarden does it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Verdicts are enforced.
+    #[default]
+    Protect,
+    /// Verdicts are recorded, not enforced.
+    Monitor,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Protect => "protect",
+            Mode::Monitor => "monitor",
+        })
+    }
+}
+
+/// A verdict of a monitoring policy that was not enforced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// The policy's name.
+    pub policy: String,
+    /// The child, as `Kind namespace/name`.
+    pub object: String,
+    /// What the policy would have done: `would deny: …`, `would change …` or `failed: …`.
+    pub verdict: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "policy {} on {}: {}", self.policy, self.object, self.verdict)
+    }
+}
+
+/// The children as the policies left them, and what the monitoring policies found.
+#[derive(Debug, Default)]
+pub struct Reviewed {
+    /// The children to apply.
+    pub children: Vec<Value>,
+    /// Verdicts of monitoring policies, in review order.
+    pub findings: Vec<Finding>,
+}
+
+/// One policy of a chain.
+#[derive(Clone)]
+struct Member {
+    plugin: PolicyPlugin,
+    settings: Option<String>,
+    mode: Mode,
+}
+
+/// Policies in the order they run, each with its settings and mode.
 #[derive(Clone, Default)]
 pub struct PolicyChain {
-    policies: Vec<(PolicyPlugin, Option<String>)>,
+    policies: Vec<Member>,
 }
 
 impl PolicyChain {
-    /// A chain of `policies` (with their settings), run in the given order.
-    pub fn new(policies: Vec<(PolicyPlugin, Option<String>)>) -> Self {
+    /// A chain of `policies` (with their settings and modes), run in the given order.
+    pub fn new(policies: Vec<(PolicyPlugin, Option<String>, Mode)>) -> Self {
+        let policies = policies.into_iter().map(|(plugin, settings, mode)| Member { plugin, settings, mode }).collect();
         PolicyChain { policies }
     }
 
     /// The same chain with the settings of the policies named in `settings` replaced; the
     /// error names a policy that is not in the chain.
     pub fn with_settings(&self, settings: &std::collections::BTreeMap<String, String>) -> Result<Self, String> {
-        if let Some(unknown) = settings.keys().find(|n| !self.policies.iter().any(|(p, _)| &p.metadata().name == *n)) {
+        if let Some(unknown) = settings.keys().find(|n| !self.policies.iter().any(|m| &m.plugin.metadata().name == *n))
+        {
             return Err(unknown.clone());
         }
-        let policies = self
-            .policies
-            .iter()
-            .map(|(p, current)| (p.clone(), settings.get(&p.metadata().name).cloned().or_else(|| current.clone())))
-            .collect();
-        Ok(PolicyChain { policies })
+        let mut chain = self.clone();
+        for member in &mut chain.policies {
+            if let Some(s) = settings.get(&member.plugin.metadata().name) {
+                member.settings = Some(s.clone());
+            }
+        }
+        Ok(chain)
     }
 
     /// Whether no policy is loaded.
@@ -65,31 +125,60 @@ impl PolicyChain {
         self.policies.is_empty()
     }
 
-    /// Reviews every child of `parent`; returns the children as the policies left them.
-    pub fn review(&self, parent: &Value, children: Vec<Value>) -> Result<Vec<Value>, ReviewError> {
-        children.into_iter().map(|child| self.review_one(parent, child)).collect()
+    /// The names of the policies in monitor mode.
+    pub fn monitoring(&self) -> Vec<&str> {
+        self.policies.iter().filter(|m| m.mode == Mode::Monitor).map(|m| m.plugin.metadata().name.as_str()).collect()
     }
 
-    fn review_one(&self, parent: &Value, mut child: Value) -> Result<Value, ReviewError> {
+    /// Reviews every child of `parent`; returns the children as the protecting policies left
+    /// them and the monitoring policies' findings.
+    pub fn review(&self, parent: &Value, children: Vec<Value>) -> Result<Reviewed, ReviewError> {
+        let mut reviewed = Reviewed::default();
+        for child in children {
+            let child = self.review_one(parent, child, &mut reviewed.findings)?;
+            reviewed.children.push(child);
+        }
+        Ok(reviewed)
+    }
+
+    fn review_one(&self, parent: &Value, mut child: Value, findings: &mut Vec<Finding>) -> Result<Value, ReviewError> {
         let gvk =
             Gvk::from_api_version(child["apiVersion"].as_str().unwrap_or(""), child["kind"].as_str().unwrap_or(""));
-        for (policy, settings) in &self.policies {
-            if !policy.metadata().applies_to(&gvk) {
+        for member in &self.policies {
+            if !member.plugin.metadata().applies_to(&gvk) {
                 continue;
             }
-            match policy.review(parent, &child, settings.as_deref())? {
+            let verdict = member.plugin.review(parent, &child, member.settings.as_deref());
+            let name = || member.plugin.metadata().name.clone();
+            if member.mode == Mode::Monitor {
+                if let Some(verdict) = monitored(verdict, &child) {
+                    findings.push(Finding { policy: name(), object: describe(&child), verdict });
+                }
+                continue;
+            }
+            match verdict? {
                 Verdict::Allow => {}
                 Verdict::Mutate(mutated) => child = mutated,
                 Verdict::Deny(message) => {
-                    return Err(ReviewError::Denied {
-                        policy: policy.metadata().name.clone(),
-                        object: describe(&child),
-                        message,
-                    });
+                    return Err(ReviewError::Denied { policy: name(), object: describe(&child), message });
                 }
             }
         }
         Ok(child)
+    }
+}
+
+/// What a monitoring policy's verdict on `child` would have done, if anything: a monitoring
+/// policy that fails is recorded too, and does not block.
+fn monitored(verdict: Result<Verdict, PluginError>, child: &Value) -> Option<String> {
+    match verdict {
+        Ok(Verdict::Allow) => None,
+        Ok(Verdict::Deny(message)) => Some(format!("would deny: {message}")),
+        Ok(Verdict::Mutate(mutated)) => {
+            let paths: Vec<String> = crate::diff::both(&mutated, child).into_iter().map(|c| c.path).collect();
+            (!paths.is_empty()).then(|| format!("would change {}", paths.join(", ")))
+        }
+        Err(e) => Some(format!("failed: {e}")),
     }
 }
 

@@ -12,6 +12,9 @@
 //! [settings]            # any table; the plugin receives it as a JSON object
 //! registry = "registry.example.com"
 //! ```
+//!
+//! A policy's sidecar may also say `mode = "monitor"` (record verdicts, enforce none) or
+//! `mode = "protect"` (the default), before any table.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +22,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::plugin::Limits;
+use crate::policy::Mode;
 
 /// A sidecar file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,7 @@ pub enum SidecarError {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct File {
+    mode: Option<Mode>,
     #[serde(default)]
     limits: LimitsTable,
     settings: Option<toml::Table>,
@@ -65,6 +70,8 @@ pub struct Sidecar {
     pub limits: Limits,
     /// Settings for the plugin, as JSON.
     pub settings: Option<String>,
+    /// A policy's mode (`None`: not set, protect).
+    pub mode: Option<Mode>,
     /// The raw bytes, so a change can be noticed (empty when there is no file).
     pub bytes: Vec<u8>,
 }
@@ -97,7 +104,7 @@ pub fn read(plugin: &Path) -> Result<Sidecar, SidecarError> {
     }
     let settings =
         file.settings.map(|table| serde_json::to_string(&table).map_err(|e| invalid(e.to_string()))).transpose()?;
-    Ok(Sidecar { limits, settings, bytes })
+    Ok(Sidecar { limits, settings, mode: file.mode, bytes })
 }
 
 #[cfg(test)]
@@ -115,6 +122,12 @@ mod tests {
         assert_eq!(sidecar.limits.timeout, Duration::from_millis(200));
         assert_eq!(sidecar.limits.memory_bytes, Limits::DEFAULT_MEMORY_BYTES);
         assert_eq!(sidecar.settings.as_deref(), Some(r#"{"registry":"r.example"}"#));
+        assert_eq!(sidecar.mode, None);
+        std::fs::write(path_for(&plugin), "mode = \"monitor\"\n[settings]\na = 1\n").unwrap();
+        assert_eq!(read(&plugin).unwrap().mode, Some(Mode::Monitor));
+        std::fs::write(path_for(&plugin), "mode = \"audit\"\n").unwrap();
+        let err = read(&plugin).unwrap_err().to_string();
+        assert!(err.contains("app.toml") && err.contains("monitor"), "{err}");
     }
 
     #[test]

@@ -332,7 +332,8 @@ impl Supervisor {
         telemetry.metrics.reload("loaded");
         // Not ready until its caches sync (a kind not served yet keeps it unready).
         telemetry.health.set_synced(&meta.name, false);
-        let chain = PolicyChain::new(self.policies.iter().map(|p| (p.plugin.clone(), p.settings.clone())).collect());
+        let chain =
+            PolicyChain::new(self.policies.iter().map(|p| (p.plugin.clone(), p.settings.clone(), p.mode)).collect());
         let tasks = self
             .namespaces
             .iter()

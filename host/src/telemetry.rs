@@ -113,6 +113,7 @@ pub struct Metrics {
     plugin_call_duration: Family<Labels, Histogram, fn() -> Histogram>,
     plugin_failures: Family<Labels, Counter>,
     policy_denials: Family<Labels, Counter>,
+    policy_findings: Family<Labels, Counter>,
     reloads: Family<Labels, Counter>,
     children_applied: Family<Labels, Counter>,
     children_pruned: Family<Labels, Counter>,
@@ -143,6 +144,7 @@ impl Metrics {
             plugin_call_duration: histogram(),
             plugin_failures: Family::default(),
             policy_denials: Family::default(),
+            policy_findings: Family::default(),
             reloads: Family::default(),
             children_applied: Family::default(),
             children_pruned: Family::default(),
@@ -176,6 +178,11 @@ impl Metrics {
         );
         registry.register("wasmop_plugin_failures", "Plugin calls that failed, by reason", m.plugin_failures.clone());
         registry.register("wasmop_policy_denials", "Children denied, by policy", m.policy_denials.clone());
+        registry.register(
+            "wasmop_policy_findings",
+            "New verdicts of monitoring policies (not enforced), by policy",
+            m.policy_findings.clone(),
+        );
         registry.register("wasmop_reloads", "Plugin files loaded, rejected or removed", m.reloads.clone());
         registry.register(
             "wasmop_children_applied",
@@ -239,6 +246,11 @@ impl Metrics {
     /// A policy denied a child.
     pub fn policy_denial(&self, policy: &str) {
         self.policy_denials.get_or_create(&labels(&[("policy", policy)])).inc();
+    }
+
+    /// A monitoring policy's verdict was recorded, not enforced.
+    pub fn policy_finding(&self, policy: &str) {
+        self.policy_findings.get_or_create(&labels(&[("policy", policy)])).inc();
     }
 
     /// A reload ended with `result` (`loaded`, `rejected`, `removed`).

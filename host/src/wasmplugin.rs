@@ -13,7 +13,7 @@ pub const READY: &str = "Ready";
 pub const DEGRADED: &str = "Degraded";
 
 /// What a `WasmPlugin` asks for.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "wasmop.dev",
     version = "v1alpha1",
@@ -28,6 +28,9 @@ pub const DEGRADED: &str = "Degraded";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "(has(oldSelf.mode) && oldSelf.mode == 'monitor') || !has(self.mode) || self.mode == 'protect'"
+).message("a protecting policy cannot go back to monitor mode: delete the WasmPlugin and create it again"))]
 pub struct WasmPluginSpec {
     /// Where the component comes from: exactly one of `oci` and `configMap`.
     pub source: PluginSource,
@@ -35,6 +38,11 @@ pub struct WasmPluginSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
     pub settings: Option<serde_json::Value>,
+    /// For a policy: `protect` (default) enforces its verdicts; `monitor` records them on each
+    /// parent (condition `PolicyCompliant`, Events) and applies the children anyway. Monitor to
+    /// protect is allowed; protect to monitor needs the object re-created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<crate::policy::Mode>,
 }
 
 /// Where a `WasmPlugin`'s component comes from. The API server refuses a source naming none or
@@ -198,6 +206,9 @@ mod tests {
         assert_eq!(spec["settings"]["x-kubernetes-preserve-unknown-fields"], true, "{}", spec["settings"]);
         let rules = &spec["source"]["x-kubernetes-validations"];
         assert_eq!(rules[0]["rule"], "has(self.oci) != has(self.configMap)", "{}", spec["source"]);
+        assert_eq!(spec["mode"]["enum"], serde_json::json!(["protect", "monitor"]), "{}", spec["mode"]);
+        let transition = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"];
+        assert!(transition[0]["rule"].as_str().is_some_and(|r| r.contains("oldSelf.mode")), "{transition}");
     }
 
     #[test]
@@ -208,6 +219,7 @@ mod tests {
                 config_map: cm.then(|| ConfigMapSource { name: "n".into(), key: "k".into() }),
             },
             settings: None,
+            mode: None,
         };
         assert!(spec(true, false).check().is_ok() && spec(false, true).check().is_ok());
         assert!(spec(false, false).check().unwrap_err().contains("names no source"));

@@ -130,7 +130,14 @@ fn a_password_from_stdin_never_reaches_the_logs() {
     }
 }
 
-on_both_backends!(a_wasmplugin_delivers_rolls_back_and_survives_the_registry);
+on_both_backends!(
+    a_wasmplugin_delivers_rolls_back_and_survives_the_registry,
+    a_policy_wasmplugin_monitors_then_protects
+);
+
+/// WasmPlugins are cluster-wide: every operator on the shared control plane sees (and, as the
+/// only replica, writes the status of) every test's, so the tests that create them take turns.
+static CLUSTER_WIDE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A `wasmop run --plugin-sources=cluster` process on the cluster, its stderr kept in a file.
 struct RunningOperator {
@@ -222,6 +229,7 @@ async fn install_wasmplugin_crd(client: &Client) {
 /// One scenario, in order, because a WasmPlugin is cluster-wide: every operator on the shared
 /// control plane would see another test's.
 async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Cluster) {
+    let _turn = CLUSTER_WIDE.lock().await;
     let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
     let mut registry = Registry::start();
     let dir = tempfile::tempdir().unwrap();
@@ -379,6 +387,83 @@ async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Clu
     drop(operator);
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(log.contains("WasmPlugin deleted; its plugin stops serving"), "{log}");
+    cluster.shutdown().await;
+}
+
+/// The `PolicyCompliant` condition of Hostile `name`: (status, reason, message).
+async fn policy_condition(client: &Client, ns: &str, name: &str) -> Option<(String, String, String)> {
+    let parent = get(client, &hostile_resource(), ns, name).await?;
+    let conditions = parent.data["status"]["conditions"].as_array()?.clone();
+    let c = conditions.into_iter().find(|c| c["type"] == "PolicyCompliant")?;
+    let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    Some((text("status"), text("reason"), text("message")))
+}
+
+/// A policy delivered by a WasmPlugin in monitor mode records, then protects once its spec says
+/// so; going back to monitor is refused by the API server's rule (the real one; the in-memory
+/// server runs no CEL, and the host refuses it instead, keeping the protecting revision).
+async fn a_policy_wasmplugin_monitors_then_protects(cluster: Cluster) {
+    let _turn = CLUSTER_WIDE.lock().await;
+    let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
+    install_wasmplugin_crd(&client).await;
+    install_hostile_crd(&client).await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let plugins: Api<WasmPlugin> = Api::all(client.clone());
+    let (operator_name, policy_name) = (format!("hostile-{ns}"), format!("mutator-{ns}"));
+    for (plugin, object, mode) in [("hostile", &operator_name, None), ("mutator", &policy_name, Some("monitor"))] {
+        let config_map: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": plugin}, "binaryData": {"plugin.wasm": base64(&read(&common::plugin(plugin)))},
+        }))
+        .unwrap();
+        config_maps.create(&PostParams::default(), &config_map).await.unwrap();
+        let mut spec = json!({"source": {"configMap": {"name": plugin, "key": "plugin.wasm"}}});
+        if let Some(mode) = mode {
+            spec["mode"] = json!(mode);
+        }
+        let object: WasmPlugin = serde_json::from_value(json!({
+            "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": object}, "spec": spec,
+        }))
+        .unwrap();
+        plugins.create(&PostParams::default(), &object).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml().await).unwrap();
+    let (cache, log) = (dir.path().join("artifacts"), dir.path().join("wasmop.log"));
+    let operator = RunningOperator::start(&kubeconfig, &ns, "127.0.0.1:1", &cache, &log);
+    wait_plugin_ready(&plugins, &operator_name, "True", "Serving").await;
+    let message = wait_plugin_ready(&plugins, &policy_name, "True", "Serving").await;
+    assert!(message.contains("reviews as a policy"), "{message}");
+
+    let ar = hostile_resource();
+    let denied = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "p-denied", "annotations": {"test.wasmop.dev/mutate": "deny"}}, "data": {"a": "1"}});
+    create(&client, &ar, &ns, "p", json!({"mode": "given", "children": [denied], "status": {}})).await;
+    wait_ready(&client, &ar, &ns, "p", "True", "Reconciled").await;
+    eventually("the finding on p", || async {
+        policy_condition(&client, &ns, "p").await.is_some_and(|(s, _, m)| s == "False" && m.contains("would deny"))
+    })
+    .await;
+
+    let mode = |mode: &str| json!({"spec": {"mode": mode}});
+    plugins.patch(&policy_name, &PatchParams::default(), &Patch::Merge(&mode("protect"))).await.unwrap();
+    wait_plugin_ready(&plugins, &policy_name, "True", "Serving").await;
+    wait_ready(&client, &ar, &ns, "p", "False", "PolicyDenied").await;
+
+    let back = plugins.patch(&policy_name, &PatchParams::default(), &Patch::Merge(&mode("monitor"))).await;
+    if cluster.memory_server().is_none() {
+        let error = back.expect_err("the API server let a protecting policy go back to monitor").to_string();
+        assert!(error.contains("cannot go back to monitor mode"), "{error}");
+    } else {
+        back.unwrap();
+        let message = wait_plugin_ready(&plugins, &policy_name, "False", "InvalidSpec").await;
+        assert!(message.contains("may not go back to monitor mode"), "{message}");
+    }
+    assert!(ready_is(&client, &ar, &ns, "p", "False", "PolicyDenied").await, "the protecting policy stopped serving");
+    for name in [&operator_name, &policy_name] {
+        plugins.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    drop(operator);
     cluster.shutdown().await;
 }
 

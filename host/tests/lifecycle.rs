@@ -25,6 +25,7 @@ on_both_backends!(
     existing_objects_are_never_taken_over_or_pruned,
     the_hosts_marks_always_win,
     policy_mutations_land_but_may_not_move_a_child,
+    a_monitoring_policy_records_verdicts_and_protect_enforces_them,
 );
 
 /// The `given` mode of the hostile plugin: it returns `children` and `status` verbatim.
@@ -342,6 +343,80 @@ async fn policy_mutations_land_but_may_not_move_a_child(cluster: Cluster) {
         .await;
     }
     assert!(config_maps.get_opt("a").await.unwrap().is_some(), "a refused review must not prune");
+    running.stop().await;
+    cluster.shutdown().await;
+}
+
+/// The parent's `PolicyCompliant` condition: (status, reason, message).
+async fn policy_condition(client: &Client, ns: &str, name: &str) -> Option<(String, String, String)> {
+    let parent = get(client, &hostile_resource(), ns, name).await?;
+    let conditions = parent.data["status"]["conditions"].as_array()?.clone();
+    let c = conditions.into_iter().find(|c| c["type"] == "PolicyCompliant")?;
+    let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    Some((text("status"), text("reason"), text("message")))
+}
+
+async fn a_monitoring_policy_records_verdicts_and_protect_enforces_them(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
+    install_hostile_crd(&client).await;
+    let dir = plugins_dir(&[("hostile", None), ("mutator", Some("mode = \"monitor\"\n"))]);
+    let sidecar = dir.path().join("mutator.toml");
+    let running = Operator::start(&cluster, dir.path(), quiet());
+    let ar = hostile_resource();
+    let annotated = |name: &str, how: &str| {
+        let mut cm = config_map(name, json!({"a": "1"}));
+        cm["metadata"]["annotations"] = json!({"test.wasmop.dev/mutate": how});
+        cm
+    };
+    // p: one child the policy denies; r: one it mutates; q: one it allows.
+    create(&client, &ar, ns, "p", given(json!([annotated("p-denied", "deny")]), json!({}))).await;
+    create(&client, &ar, ns, "r", given(json!([annotated("r-mutated", "label")]), json!({}))).await;
+    create(&client, &ar, ns, "q", given(json!([config_map("q-plain", json!({}))]), json!({}))).await;
+
+    // Monitor: nothing is blocked or changed; each parent says what the policy would have done.
+    for name in ["p", "r", "q"] {
+        wait_ready(&client, &ar, ns, name, "True", "Reconciled").await;
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    assert!(config_maps.get_opt("p-denied").await.unwrap().is_some(), "monitor mode blocked a child");
+    let r_child = config_maps.get("r-mutated").await.unwrap();
+    assert_eq!(r_child.labels().get("mutated"), None, "monitor mode applied a mutation");
+    eventually("p's finding", || async {
+        policy_condition(&client, ns, "p").await.is_some_and(|(s, r, m)| {
+            s == "False"
+                && r == "PolicyFindings"
+                && m.contains(&format!(
+                    "policy mutator on ConfigMap {ns}/p-denied: would deny: denied by its annotation"
+                ))
+        })
+    })
+    .await;
+    let (_, _, r_message) = policy_condition(&client, ns, "r").await.expect("r's condition");
+    assert!(r_message.contains("would change metadata.labels.mutated"), "{r_message}");
+    let (q_status, q_reason, _) = policy_condition(&client, ns, "q").await.expect("q's condition");
+    assert_eq!((q_status.as_str(), q_reason.as_str()), ("True", "NoFindings"));
+    eventually("a Warning Event names the finding", || async {
+        events(&client, ns, "PolicyFindings").await.iter().any(|note| note.contains(&format!("{ns}/p-denied")))
+    })
+    .await;
+
+    // Protect: the denial blocks p, the mutation lands, and no parent carries findings.
+    std::fs::write(&sidecar, "mode = \"protect\"\n").unwrap();
+    wait_ready(&client, &ar, ns, "p", "False", "PolicyDenied").await;
+    eventually("the mutation lands", || async {
+        config_maps.get("r-mutated").await.is_ok_and(|cm| cm.labels().get("mutated").map(String::as_str) == Some("yes"))
+    })
+    .await;
+    eventually("r's findings condition goes", || async { policy_condition(&client, ns, "r").await.is_none() }).await;
+
+    // Back to monitor is refused: the protecting revision keeps serving.
+    let failures = running.reloads.failures.load(std::sync::atomic::Ordering::Relaxed);
+    std::fs::write(&sidecar, "mode = \"monitor\"\n").unwrap();
+    eventually("protect to monitor refused", || async {
+        running.reloads.failures.load(std::sync::atomic::Ordering::Relaxed) > failures
+    })
+    .await;
+    assert!(ready_is(&client, &ar, ns, "p", "False", "PolicyDenied").await, "the protecting policy stopped serving");
     running.stop().await;
     cluster.shutdown().await;
 }

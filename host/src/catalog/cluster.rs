@@ -25,6 +25,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Rejections, Snapshot, Source};
+use crate::policy::Mode;
 use crate::registry::{self, ArtifactCache, Credentials, Registry, RegistryError};
 use crate::wasmplugin::{
     DEGRADED, PluginCondition, READY, Resolved, SourceRef, WasmPlugin, WasmPluginSpec, WasmPluginStatus,
@@ -47,7 +48,9 @@ pub(super) enum Delivery {
         bytes: Vec<u8>,
         /// Its settings (JSON).
         settings: Option<String>,
-        /// Of the bytes and settings: the same fingerprint is the same revision.
+        /// A policy's mode, if the spec sets one.
+        mode: Option<Mode>,
+        /// Of the bytes, settings and mode: the same fingerprint is the same revision.
         fingerprint: String,
         /// Told once the snapshot is published.
         done: oneshot::Sender<()>,
@@ -291,9 +294,10 @@ fn gunzip(raw: Vec<u8>, limit: u64) -> Result<Vec<u8>, String> {
 }
 
 /// Of a component and its settings: the catalog's revision key for a cluster source.
-fn fingerprint(bytes: &[u8], settings: Option<&str>) -> String {
+fn fingerprint(bytes: &[u8], settings: Option<&str>, mode: Option<Mode>) -> String {
     let hex = |b: &[u8]| Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect::<String>();
-    format!("{}:{}", hex(bytes), hex(settings.unwrap_or("").as_bytes()))
+    let mode = mode.map(|m| format!(":{m}")).unwrap_or_default();
+    format!("{}:{}{mode}", hex(bytes), hex(settings.unwrap_or("").as_bytes()))
 }
 
 /// Where one object's newest generation stands.
@@ -481,7 +485,8 @@ impl Actor {
         match result {
             Ok(fetched) => {
                 let settings = record.object.spec.settings.as_ref().map(|s| s.to_string());
-                let fingerprint = fingerprint(&fetched.bytes, settings.as_deref());
+                let mode = record.object.spec.mode;
+                let fingerprint = fingerprint(&fetched.bytes, settings.as_deref(), mode);
                 if let Some(digest) = fetched.resolved {
                     let reference = record.object.spec.source.oci.as_ref().map(|o| o.reference.clone());
                     record.resolved = reference.map(|reference| Resolved { reference, generation, digest });
@@ -492,7 +497,7 @@ impl Actor {
                 record.digests.insert(fingerprint.clone(), fetched.digest);
                 record.progress = Progress::Delivered { fingerprint: fingerprint.clone() };
                 let (done, delivered) = oneshot::channel();
-                let put = Delivery::Put { name: name.clone(), bytes: fetched.bytes, settings, fingerprint, done };
+                let put = Delivery::Put { name: name.clone(), bytes: fetched.bytes, settings, mode, fingerprint, done };
                 if self.deliveries.send(put).await.is_ok() {
                     let _ = delivered.await;
                 }
@@ -625,6 +630,9 @@ fn status_of(record: &Record, snapshot: &Snapshot, current: &WasmPluginStatus) -
                 ("True", "Serving", message)
             }
             (_, Some(refusal)) if snapshot.conflicts.contains(&source) => ("False", "KindConflict", refusal.clone()),
+            (_, Some(refusal)) if snapshot.settings_refused.contains(&source) => {
+                ("False", "InvalidSpec", refusal.clone())
+            }
             (_, Some(refusal)) => ("False", "NotAWasmopPlugin", refusal.clone()),
             _ => return None,
         },
@@ -697,7 +705,8 @@ mod tests {
 
     #[test]
     fn settings_are_part_of_the_fingerprint() {
-        assert_ne!(fingerprint(b"x", None), fingerprint(b"x", Some("{\"a\":1}")));
-        assert_eq!(fingerprint(b"x", None), fingerprint(b"x", Some("")));
+        assert_ne!(fingerprint(b"x", None, None), fingerprint(b"x", Some("{\"a\":1}"), None));
+        assert_eq!(fingerprint(b"x", None, None), fingerprint(b"x", Some(""), None));
+        assert_ne!(fingerprint(b"x", None, None), fingerprint(b"x", None, Some(Mode::Monitor)));
     }
 }

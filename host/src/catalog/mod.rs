@@ -32,6 +32,7 @@ pub use events::Rejections;
 pub use scan::{PluginSet, load_dir, plugin_files};
 
 use crate::plugin::{Limits, LoadedPlugin, OperatorPlugin, PluginError, PolicyPlugin, ReconcileRequest, Runtime};
+use crate::policy::Mode;
 use crate::telemetry::Telemetry;
 use cluster::Delivery;
 use scan::Stamp;
@@ -113,6 +114,8 @@ pub struct Revision<P> {
     pub plugin: P,
     /// Settings passed to the plugin on every call (JSON), from its sidecar.
     pub settings: Option<String>,
+    /// A policy's mode (protect for operators).
+    pub mode: Mode,
     /// sha256 of the plugin's bytes and of its sidecar's: a change to either is a new revision.
     pub fingerprint: String,
 }
@@ -136,6 +139,9 @@ pub struct Snapshot {
     /// The rejected sources refused only because an earlier source serves their kind (or
     /// policy name): they take over when it goes.
     pub conflicts: BTreeSet<Source>,
+    /// The rejected sources refused for what their sidecar or spec says (a `mode`), not for
+    /// their component.
+    pub settings_refused: BTreeSet<Source>,
 }
 
 impl Snapshot {
@@ -358,6 +364,16 @@ struct Entry {
     loaded: Option<Loaded>,
     /// Why the newest version read is refused, if it is.
     failure: Option<String>,
+    /// Whether that refusal is of its settings (a sidecar's or spec's `mode`), not its component.
+    settings_refused: bool,
+}
+
+/// Why a version is not loaded.
+enum Refused {
+    /// The component: unreadable, not a plugin, crashed its smoke test, switched worlds.
+    Component(String),
+    /// What its sidecar or spec says about it (a `mode` it may not have or take).
+    Settings(String),
 }
 
 /// The bytes of a version to load, with what the runtime needs besides.
@@ -365,6 +381,7 @@ struct Content {
     bytes: Vec<u8>,
     limits: Limits,
     settings: Option<String>,
+    mode: Option<Mode>,
 }
 
 /// A loaded revision of either world.
@@ -407,7 +424,12 @@ impl State {
                 let content = read.into_parts().map_err(|e| e.to_string()).and_then(|(bytes, sidecar)| {
                     match scan::over_configmap_limit(&dir, bytes.len()) {
                         Some(reason) => Err(reason),
-                        None => Ok(Content { bytes, limits: sidecar.limits, settings: sidecar.settings }),
+                        None => Ok(Content {
+                            bytes,
+                            limits: sidecar.limits,
+                            settings: sidecar.settings,
+                            mode: sidecar.mode,
+                        }),
                     }
                 });
                 self.refresh(source, Some(stamp), fingerprint, content).await;
@@ -420,8 +442,8 @@ impl State {
     /// Takes in a delivery of the cluster source; returns what serves now and whom to tell.
     async fn deliver(&mut self, delivery: Delivery) -> (Snapshot, oneshot::Sender<()>) {
         let done = match delivery {
-            Delivery::Put { name, bytes, settings, fingerprint, done } => {
-                let content = Content { bytes, limits: Limits::default(), settings };
+            Delivery::Put { name, bytes, settings, mode, fingerprint, done } => {
+                let content = Content { bytes, limits: Limits::default(), settings, mode };
                 self.refresh(Source::Cluster(name), None, fingerprint, Ok(content)).await;
                 done
             }
@@ -452,24 +474,29 @@ impl State {
         content: Result<Content, String>,
     ) {
         let previous = self.entries.remove(&source);
-        let (loaded, known) = previous.map_or((None, None), |e| (e.loaded, Some((e.fingerprint, e.failure))));
-        if let Some((known, failure)) = known.filter(|(f, _)| *f == fingerprint) {
-            self.entries.insert(source, Entry { stamp, fingerprint: known, loaded, failure });
+        let (loaded, known) =
+            previous.map_or((None, None), |e| (e.loaded, Some((e.fingerprint, (e.failure, e.settings_refused)))));
+        if let Some((known, (failure, settings_refused))) = known.filter(|(f, _)| *f == fingerprint) {
+            self.entries.insert(source, Entry { stamp, fingerprint: known, loaded, failure, settings_refused });
             return;
         }
         let outcome = match content {
             Ok(content) => self.load(&source, content, &fingerprint, loaded.as_ref()).await,
-            Err(reason) => Err(reason),
+            Err(reason) => Err(Refused::Component(reason)),
         };
-        let (loaded, failure) = match outcome {
-            Ok(fresh) => (Some(fresh), None),
-            Err(reason) => {
+        let (loaded, failure, settings_refused) = match outcome {
+            Ok(fresh) => (Some(fresh), None, false),
+            Err(refused) => {
+                let (reason, settings) = match refused {
+                    Refused::Component(reason) => (reason, false),
+                    Refused::Settings(reason) => (reason, true),
+                };
                 let serving = loaded.as_ref().map(|l| l.revision().to_string());
                 self.rejections.reject(&source, &reason, serving.as_deref()).await;
-                (loaded, Some(reason))
+                (loaded, Some(reason), settings)
             }
         };
-        self.entries.insert(source, Entry { stamp, fingerprint, loaded, failure });
+        self.entries.insert(source, Entry { stamp, fingerprint, loaded, failure, settings_refused });
     }
 
     /// Loads and smoke-tests `content`, off the async threads.
@@ -479,29 +506,47 @@ impl State {
         content: Content,
         fingerprint: &str,
         previous: Option<&Loaded>,
-    ) -> Result<Loaded, String> {
-        let Content { bytes, limits, settings } = content;
+    ) -> Result<Loaded, Refused> {
+        let Content { bytes, limits, settings, mode } = content;
         let (runtime, file) = (self.runtime.clone(), source.display_path());
         let result =
             tokio::task::spawn_blocking(move || runtime.load_bytes(&file, &bytes, limits).and_then(smoke_test))
                 .await
                 .unwrap_or_else(|e| Err(PluginError::Trap { plugin: source.to_string(), message: e.to_string() }));
         let (source, fingerprint) = (source.clone(), fingerprint.to_string());
-        let loaded = match result.map_err(|e| e.to_string())? {
+        let loaded = match result.map_err(|e| Refused::Component(e.to_string()))? {
+            LoadedPlugin::Operator(_) if mode.is_some() => {
+                let message = "`mode` applies to policy plugins only; remove it from the operator's sidecar or spec";
+                return Err(Refused::Settings(message.into()));
+            }
             LoadedPlugin::Operator(plugin) => {
                 tracing::info!(plugin = %plugin.metadata().name, source = %source,
                     revision = plugin.file().revision(), "loaded operator plugin");
-                Loaded::Operator(Arc::new(Revision { source, plugin, settings, fingerprint }))
+                Loaded::Operator(Arc::new(Revision { source, plugin, settings, mode: Mode::Protect, fingerprint }))
             }
             LoadedPlugin::Policy(plugin) => {
-                tracing::info!(policy = %plugin.metadata().name, source = %source,
+                let mode = mode.unwrap_or_default();
+                tracing::info!(policy = %plugin.metadata().name, source = %source, %mode,
                     revision = plugin.file().revision(), "loaded policy plugin");
-                Loaded::Policy(Arc::new(Revision { source, plugin, settings, fingerprint }))
+                Loaded::Policy(Arc::new(Revision { source, plugin, settings, mode, fingerprint }))
             }
         };
         match (previous, &loaded) {
-            (Some(Loaded::Operator(_)), Loaded::Policy(_)) => Err(world_switch("operator", "policy")),
-            (Some(Loaded::Policy(_)), Loaded::Operator(_)) => Err(world_switch("policy", "operator")),
+            (Some(Loaded::Policy(was)), Loaded::Policy(now))
+                if was.mode == Mode::Protect && now.mode == Mode::Monitor =>
+            {
+                Err(Refused::Settings(format!(
+                    "policy {} protects and may not go back to monitor mode; the protecting revision keeps \
+                     serving. Remove it (the file, or the WasmPlugin) and add it again to monitor",
+                    was.plugin.metadata().name
+                )))
+            }
+            (Some(Loaded::Operator(_)), Loaded::Policy(_)) => {
+                Err(Refused::Component(world_switch("operator", "policy")))
+            }
+            (Some(Loaded::Policy(_)), Loaded::Operator(_)) => {
+                Err(Refused::Component(world_switch("policy", "operator")))
+            }
             _ => Ok(loaded),
         }
     }
@@ -517,6 +562,9 @@ impl State {
         for (source, entry) in &self.entries {
             if let Some(failure) = &entry.failure {
                 snapshot.rejected.insert(source.clone(), failure.clone());
+                if entry.settings_refused {
+                    snapshot.settings_refused.insert(source.clone());
+                }
             }
             match &entry.loaded {
                 None => {}

@@ -60,7 +60,11 @@ pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
         let children = observed_children(&parent, &observed);
         let req = ReconcileRequest { parent: parent.clone(), children, finalizing: false, settings: settings.clone() };
         let mut desired = plugin.reconcile(&req)?;
-        desired.children = chain.review(&parent, std::mem::take(&mut desired.children))?;
+        let reviewed = chain.review(&parent, std::mem::take(&mut desired.children))?;
+        desired.children = reviewed.children;
+        for finding in reviewed.findings {
+            eprintln!("monitor: {finding}");
+        }
         results.push((parent, desired));
     }
     match args.output {
@@ -93,7 +97,7 @@ pub(crate) fn policy_chain(rt: &Runtime, paths: &[PathBuf], settings: &[String])
         let sidecar = sidecar::read(path)?;
         let policy = rt.load_policy(path, sidecar.limits)?;
         let settings = overrides.remove(&policy.metadata().name).or(sidecar.settings);
-        policies.push((policy, settings));
+        policies.push((policy, settings, sidecar.mode.unwrap_or_default()));
     }
     if let Some(name) = overrides.keys().next() {
         bail!("--policy-settings names policy {name:?}, which is not among the --policy files");

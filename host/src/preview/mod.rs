@@ -6,8 +6,6 @@
 //! The revision mark every child carries changes with any new plugin file, so re-stamping a
 //! child whose content stays the same is not counted as a change.
 
-pub mod diff;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -19,12 +17,13 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::apply::{self, ChildKey, Owner, Ownership};
+use crate::diff;
+pub use crate::diff::FieldChange;
 use crate::discovery::{self, KindNotServed};
 use crate::plugin::{Desired, OperatorPlugin, ReconcileRequest};
 use crate::policy::{PolicyChain, describe};
 use crate::reconcile::{Conflict, ReconcileError, conflicts_message, status_report};
 use crate::status;
-pub use diff::FieldChange;
 
 /// Longest failure message kept per parent.
 const MAX_MESSAGE: usize = 2048;
@@ -305,7 +304,7 @@ impl Preview {
         let desired = tokio::task::spawn_blocking(move || -> Result<Desired, ReconcileError> {
             let mut desired = plugin.reconcile(&request)?;
             if !policies.is_empty() {
-                desired.children = policies.review(&parent_json, std::mem::take(&mut desired.children))?;
+                desired.children = policies.review(&parent_json, std::mem::take(&mut desired.children))?.children;
             }
             Ok(desired)
         })

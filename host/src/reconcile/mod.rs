@@ -32,7 +32,7 @@ use crate::apply::{self, ChildKey, Owner, Ownership};
 use crate::plugin::{
     Condition, ConditionStatus, Desired, OperatorMetadata, OperatorPlugin, PluginError, ReconcileRequest,
 };
-use crate::policy::{PolicyChain, ReviewError, describe};
+use crate::policy::{Finding, PolicyChain, ReviewError, describe};
 use crate::shard::Shards;
 use crate::status::{self, Report};
 use crate::telemetry::Metrics;
@@ -247,13 +247,17 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
         Ok(d) => review(parent, ctx, d).await,
         Err(e) => Err(e),
     };
-    let desired = match desired {
+    let (desired, findings) = match desired {
         Ok(d) => d,
         Err(e) => return report_failure(parent, ctx, e).await,
     };
     let applied = apply(parent, ctx, &desired, &observed).await?;
     prune(parent, ctx, &desired, &observed).await?;
-    report(parent, ctx, &desired, &applied).await
+    let audit = audit_condition(&ctx.policies, &findings);
+    if let Some(audit) = &audit {
+        publish_findings(parent, ctx, audit, &findings).await;
+    }
+    report(parent, ctx, &desired, &applied, audit).await
 }
 
 /// A parent's children as the caches hold them, keyed by full identity: the index of their
@@ -326,15 +330,21 @@ async fn compute(
     Ok(answer?)
 }
 
-/// Step 3, review: the policy chain may allow, mutate or deny each child.
-async fn review(parent: &DynamicObject, ctx: &Context, mut desired: Desired) -> Result<Desired, ReconcileError> {
+/// Step 3, review: the policy chain may allow, mutate or deny each child; monitoring policies
+/// only add findings.
+async fn review(
+    parent: &DynamicObject,
+    ctx: &Context,
+    mut desired: Desired,
+) -> Result<(Desired, Vec<Finding>), ReconcileError> {
     if ctx.policies.is_empty() {
-        return Ok(desired);
+        return Ok((desired, Vec::new()));
     }
     let (policies, parent) = (ctx.policies.clone(), parent_json(parent, ctx)?);
     let children = std::mem::take(&mut desired.children);
-    desired.children = tokio::task::spawn_blocking(move || policies.review(&parent, children)).await??;
-    Ok(desired)
+    let reviewed = tokio::task::spawn_blocking(move || policies.review(&parent, children)).await??;
+    desired.children = reviewed.children;
+    Ok((desired, reviewed.findings))
 }
 
 /// Reports a failed compute or review on the parent; an invalid spec or a denial waits for a
@@ -472,9 +482,11 @@ async fn report(
     ctx: &Context,
     desired: &Desired,
     applied: &Applied,
+    audit: Option<Condition>,
 ) -> Result<Action, ReconcileError> {
     let conflicts = &applied.conflicts;
-    let report = status_report(desired, conflicts);
+    let mut report = status_report(desired, conflicts);
+    report.conditions.extend(audit);
     if !conflicts.is_empty() {
         let message = conflicts_message(conflicts);
         publish(ctx, parent, EventType::Warning, "ChildConflict", "Apply", message.clone()).await;
@@ -505,6 +517,47 @@ pub fn status_report(desired: &Desired, conflicts: &[Conflict]) -> Report {
         conditions.insert(0, ready(ConditionStatus::True, "Reconciled", message));
     }
     Report { fields: Some(desired.status.clone().unwrap_or_default()), conditions }
+}
+
+/// Condition type of what monitoring policies found on a parent's children.
+pub const POLICY_CONDITION: &str = "PolicyCompliant";
+/// Findings named in the condition's message; the rest are counted.
+const MAX_FINDINGS_NAMED: usize = 5;
+
+/// The [`POLICY_CONDITION`] when any policy monitors: `True` when the monitoring policies found
+/// nothing, `False` (`PolicyFindings`) naming what they would have denied or changed. `None`
+/// when no policy monitors, so parents of a chain without one carry no such condition.
+pub fn audit_condition(policies: &PolicyChain, findings: &[Finding]) -> Option<Condition> {
+    let monitoring = policies.monitoring();
+    if monitoring.is_empty() {
+        return None;
+    }
+    let (status, reason, message) = if findings.is_empty() {
+        (ConditionStatus::True, "NoFindings", format!("monitoring policies {} found nothing", monitoring.join(", ")))
+    } else {
+        let mut named: Vec<String> = findings.iter().take(MAX_FINDINGS_NAMED).map(Finding::to_string).collect();
+        if findings.len() > MAX_FINDINGS_NAMED {
+            named.push(format!("and {} more", findings.len() - MAX_FINDINGS_NAMED));
+        }
+        (ConditionStatus::False, "PolicyFindings", format!("not enforced (monitor mode): {}", named.join("; ")))
+    };
+    Some(Condition { type_: POLICY_CONDITION.into(), status, reason: reason.into(), message })
+}
+
+/// A Warning Event for new findings: only when the findings' condition differs from the one
+/// the parent carries, so an unchanged verdict is not published again on every reconcile.
+async fn publish_findings(parent: &DynamicObject, ctx: &Context, audit: &Condition, findings: &[Finding]) {
+    let current = parent.data["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == POLICY_CONDITION))
+        .and_then(|c| c["message"].as_str());
+    if findings.is_empty() || current == Some(audit.message.as_str()) {
+        return;
+    }
+    for finding in findings {
+        ctx.metrics.policy_finding(&finding.policy);
+    }
+    publish(ctx, parent, EventType::Warning, "PolicyFindings", "Review", audit.message.clone()).await;
 }
 
 /// `Kind ns/name exists and is …` for each conflict, joined.

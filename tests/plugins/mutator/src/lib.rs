@@ -4,6 +4,7 @@
 //! - `namespace`: moves the child to namespace `elsewhere` (must be refused);
 //! - `kind`: turns the child into a Secret (must be refused);
 //! - `strip-labels`: sets `metadata.labels` to null (the host's marks must still win);
+//! - `deny`: denies the child (for the monitor-mode tests);
 //! - anything else, or no annotation: allows the child unchanged.
 
 use serde_json::{Value, json};
@@ -28,6 +29,7 @@ impl Policy for Mutator {
             "namespace" => child["metadata"]["namespace"] = json!("elsewhere"),
             "kind" => child["kind"] = json!("Secret"),
             "strip-labels" => child["metadata"]["labels"] = Value::Null,
+            "deny" => return Verdict::Deny("denied by its annotation test.wasmop.dev/mutate: deny".into()),
             _ => return Verdict::Allow,
         }
         Verdict::Mutate(child)

@@ -1,7 +1,8 @@
-//! Field-level differences between a desired child and the live object, as server-side apply
-//! would make them: fields the desired object sets to another value, and fields the host applied
-//! before (its managed fields) that the desired object no longer sets. Fields only the server or
-//! other managers set (defaults, status, `metadata.uid`…) are not differences.
+//! Field-level differences (for `wasmop preview` and monitoring policies) between a desired
+//! object and the live one, as server-side apply would make them: fields the desired object sets
+//! to another value, and fields the host applied before (its managed fields) that the desired
+//! object no longer sets. Fields only the server or other managers set (defaults, status,
+//! `metadata.uid`…) are not differences.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -32,9 +33,13 @@ fn walk_changed(path: &str, desired: &Value, observed: &Value, out: &mut Vec<Fie
         (Value::Object(d), Value::Object(o)) => {
             for (key, dv) in d {
                 let path = join(path, key);
-                match o.get(key) {
-                    Some(ov) => walk_changed(&path, dv, ov, out),
-                    None => out.push(FieldChange { path, from: None, to: Some(dv.clone()) }),
+                match (o.get(key), dv) {
+                    (Some(ov), _) => walk_changed(&path, dv, ov, out),
+                    // A new object is named by its leaves.
+                    (None, Value::Object(fields)) if !fields.is_empty() => {
+                        walk_changed(&path, dv, &Value::Object(Map::new()), out)
+                    }
+                    (None, _) => out.push(FieldChange { path, from: None, to: Some(dv.clone()) }),
                 }
             }
         }
@@ -144,6 +149,8 @@ mod tests {
             ]
         );
         assert!(changed(&observed["metadata"], &observed["metadata"]).is_empty());
+        let added = changed(&json!({"metadata": {"labels": {"x": "1"}}}), &json!({"metadata": {}}));
+        assert_eq!(added, vec![FieldChange { path: "metadata.labels.x".into(), from: None, to: Some(json!("1")) }]);
     }
 
     #[test]
