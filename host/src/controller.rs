@@ -104,6 +104,9 @@ pub async fn run_plugin(
     }
 
     let reporter = Reporter { controller: "wasmop".into(), instance: std::env::var("POD_NAME").ok() };
+    // Findings of monitoring policies also go to a PolicyReport, if the cluster serves the kind
+    // (looked up even when no policy monitors now: a parent that had findings loses its report).
+    let reports = resolve(&client, &reconcile::reports::kind()).await.ok().map(|(ar, _)| ar);
     let ctx = Arc::new(Context {
         client: client.clone(),
         plugin,
@@ -119,6 +122,7 @@ pub async fn run_plugin(
         bucket: Default::default(),
         shards: options.shards.clone(),
         progress: Default::default(),
+        reports,
     });
     let health = telemetry.health.clone();
     let synced = wait_for_caches(ctx.clone(), health.clone(), meta.name.clone());

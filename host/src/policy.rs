@@ -2,7 +2,7 @@
 //! before it is applied. Mutations feed the next policy; one deny blocks the whole apply for
 //! that parent.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::plugin::{Gvk, PluginError, PolicyPlugin, Verdict};
 
@@ -64,13 +64,33 @@ pub struct Finding {
     pub policy: String,
     /// The child, as `Kind namespace/name`.
     pub object: String,
-    /// What the policy would have done: `would deny: …`, `would change …` or `failed: …`.
-    pub verdict: String,
+    /// The child's `apiVersion`, `kind`, `namespace` and `name`, for a report.
+    pub resource: Value,
+    /// What the policy would have done.
+    pub outcome: FindingOutcome,
+    /// The denial's reason, the fields a mutation would change, or the failure.
+    pub message: String,
+}
+
+/// What a monitoring policy would have done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FindingOutcome {
+    /// Deny the child.
+    Deny,
+    /// Change fields of the child.
+    Mutate,
+    /// The policy failed on the child.
+    Error,
 }
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "policy {} on {}: {}", self.policy, self.object, self.verdict)
+        let verdict = match self.outcome {
+            FindingOutcome::Deny => "would deny: ",
+            FindingOutcome::Mutate => "would change ",
+            FindingOutcome::Error => "failed: ",
+        };
+        write!(f, "policy {} on {}: {verdict}{}", self.policy, self.object, self.message)
     }
 }
 
@@ -151,8 +171,12 @@ impl PolicyChain {
             let verdict = member.plugin.review(parent, &child, member.settings.as_deref());
             let name = || member.plugin.metadata().name.clone();
             if member.mode == Mode::Monitor {
-                if let Some(verdict) = monitored(verdict, &child) {
-                    findings.push(Finding { policy: name(), object: describe(&child), verdict });
+                if let Some((outcome, message)) = monitored(verdict, &child) {
+                    let resource = json!({
+                        "apiVersion": child["apiVersion"], "kind": child["kind"],
+                        "namespace": child["metadata"]["namespace"], "name": child["metadata"]["name"],
+                    });
+                    findings.push(Finding { policy: name(), object: describe(&child), resource, outcome, message });
                 }
                 continue;
             }
@@ -170,15 +194,15 @@ impl PolicyChain {
 
 /// What a monitoring policy's verdict on `child` would have done, if anything: a monitoring
 /// policy that fails is recorded too, and does not block.
-fn monitored(verdict: Result<Verdict, PluginError>, child: &Value) -> Option<String> {
+fn monitored(verdict: Result<Verdict, PluginError>, child: &Value) -> Option<(FindingOutcome, String)> {
     match verdict {
         Ok(Verdict::Allow) => None,
-        Ok(Verdict::Deny(message)) => Some(format!("would deny: {message}")),
+        Ok(Verdict::Deny(message)) => Some((FindingOutcome::Deny, message)),
         Ok(Verdict::Mutate(mutated)) => {
             let paths: Vec<String> = crate::diff::both(&mutated, child).into_iter().map(|c| c.path).collect();
-            (!paths.is_empty()).then(|| format!("would change {}", paths.join(", ")))
+            (!paths.is_empty()).then(|| (FindingOutcome::Mutate, paths.join(", ")))
         }
-        Err(e) => Some(format!("failed: {e}")),
+        Err(e) => Some((FindingOutcome::Error, e.to_string())),
     }
 }
 

@@ -184,6 +184,12 @@ pub fn wasmplugin_rules() -> Vec<Rule> {
     ]
 }
 
+/// With policies (which may run in monitor mode): writing each parent's wg-policy
+/// `PolicyReport`, when the cluster serves that kind (server-side apply creates it).
+pub fn policy_report_rule() -> Rule {
+    Rule::new("wgpolicyk8s.io", "policyreports", &["create", "patch", "delete"], "monitoring policies' PolicyReports")
+}
+
 /// With `--install-crds` and the cluster plugin source: applying the `WasmPlugin` CRD (only it).
 pub fn wasmplugin_crd_rule() -> Rule {
     let mut rule =

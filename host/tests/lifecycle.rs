@@ -359,6 +359,15 @@ async fn policy_condition(client: &Client, ns: &str, name: &str) -> Option<(Stri
 async fn a_monitoring_policy_records_verdicts_and_protect_enforces_them(cluster: Cluster) {
     let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
     install_hostile_crd(&client).await;
+    install_policy_report_crd(&client).await;
+    let reports: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &kube::core::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", "PolicyReport"),
+            "policyreports",
+        ),
+    );
     let dir = plugins_dir(&[("hostile", None), ("mutator", Some("mode = \"monitor\"\n"))]);
     let sidecar = dir.path().join("mutator.toml");
     let running = Operator::start(&cluster, dir.path(), quiet());
@@ -399,6 +408,15 @@ async fn a_monitoring_policy_records_verdicts_and_protect_enforces_them(cluster:
         events(&client, ns, "PolicyFindings").await.iter().any(|note| note.contains(&format!("{ns}/p-denied")))
     })
     .await;
+    // The cluster serves PolicyReports: p's findings are one, owned by p.
+    let p_uid = get(&client, &ar, ns, "p").await.unwrap().uid().unwrap();
+    let p_report = format!("wasmop-{p_uid}");
+    eventually("p's PolicyReport", || async { reports.get_opt(&p_report).await.is_ok_and(|r| r.is_some()) }).await;
+    let report = reports.get(&p_report).await.unwrap();
+    assert_eq!(report.data["summary"]["fail"], 1, "{:?}", report.data);
+    assert_eq!(report.data["results"][0]["policy"], "mutator");
+    assert_eq!(report.data["results"][0]["resources"][0]["name"], "p-denied");
+    assert_eq!(report.owner_references()[0].uid, p_uid);
 
     // Protect: the denial blocks p, the mutation lands, and no parent carries findings.
     std::fs::write(&sidecar, "mode = \"protect\"\n").unwrap();
@@ -408,6 +426,10 @@ async fn a_monitoring_policy_records_verdicts_and_protect_enforces_them(cluster:
     })
     .await;
     eventually("r's findings condition goes", || async { policy_condition(&client, ns, "r").await.is_none() }).await;
+    eventually("no policy monitors: p's report goes", || async {
+        reports.get_opt(&p_report).await.is_ok_and(|r| r.is_none())
+    })
+    .await;
 
     // Back to monitor is refused: the protecting revision keeps serving.
     let failures = running.reloads.failures.load(std::sync::atomic::Ordering::Relaxed);

@@ -47,6 +47,10 @@ pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
     let mut rules: Vec<_> = metas.iter().flat_map(rbac::plugin_rules).collect();
     rules.extend(rbac::host_rules(&metas, args.install_crds, !args.no_webhook));
     let wasmplugins = args.plugin_sources.contains(&super::run::PluginSourceKind::Cluster);
+    // A policy from a file or a WasmPlugin may monitor and report.
+    if !plugins.policies.is_empty() || wasmplugins {
+        rules.push(rbac::policy_report_rule());
+    }
     if wasmplugins && args.install_crds {
         rules.push(rbac::wasmplugin_crd_rule());
     }

@@ -7,6 +7,7 @@ mod error;
 pub mod finalizer;
 mod owners;
 pub mod ratelimit;
+pub mod reports;
 mod state;
 
 use crate::telemetry::Stats;
@@ -108,6 +109,8 @@ pub struct Context {
     pub shards: Shards,
     /// Reconciles in flight and finished, watched for a stall (`controller::watch_progress`).
     pub progress: Progress,
+    /// The `PolicyReport` kind, when a policy monitors and the cluster serves it.
+    pub reports: Option<ApiResource>,
 }
 
 /// Reconciles of one controller in flight and finished: a controller with reconciles in flight
@@ -254,9 +257,7 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
     let applied = apply(parent, ctx, &desired, &observed).await?;
     prune(parent, ctx, &desired, &observed).await?;
     let audit = audit_condition(&ctx.policies, &findings);
-    if let Some(audit) = &audit {
-        publish_findings(parent, ctx, audit, &findings).await;
-    }
+    record_findings(parent, ctx, audit.as_ref(), &findings).await;
     report(parent, ctx, &desired, &applied, audit).await
 }
 
@@ -351,6 +352,10 @@ async fn review(
 /// change, anything else is retried with backoff.
 async fn report_failure(parent: &DynamicObject, ctx: &Context, e: ReconcileError) -> Result<Action, ReconcileError> {
     let reason = e.condition_reason();
+    if ctx.policies.monitoring().is_empty() {
+        // The failure's status drops the findings condition: the report goes with it.
+        record_findings(parent, ctx, None, &[]).await;
+    }
     if let ReconcileError::Review(ReviewError::Denied { policy, .. }) = &e {
         ctx.metrics.policy_denial(policy);
     }
@@ -544,20 +549,44 @@ pub fn audit_condition(policies: &PolicyChain, findings: &[Finding]) -> Option<C
     Some(Condition { type_: POLICY_CONDITION.into(), status, reason: reason.into(), message })
 }
 
-/// A Warning Event for new findings: only when the findings' condition differs from the one
-/// the parent carries, so an unchanged verdict is not published again on every reconcile.
-async fn publish_findings(parent: &DynamicObject, ctx: &Context, audit: &Condition, findings: &[Finding]) {
+/// When the findings differ from what the parent's `PolicyCompliant` condition says (so an
+/// unchanged verdict is not reported again on every reconcile): a Warning Event and the metric
+/// for new findings, and the parent's `PolicyReport` written (or, once no policy monitors,
+/// deleted) when the cluster serves that kind. A failed report write is logged; the condition
+/// still says it.
+async fn record_findings(parent: &DynamicObject, ctx: &Context, audit: Option<&Condition>, findings: &[Finding]) {
     let current = parent.data["status"]["conditions"]
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["type"] == POLICY_CONDITION))
         .and_then(|c| c["message"].as_str());
-    if findings.is_empty() || current == Some(audit.message.as_str()) {
+    if current == audit.map(|a| a.message.as_str()) {
         return;
     }
-    for finding in findings {
-        ctx.metrics.policy_finding(&finding.policy);
+    if let Some(audit) = audit
+        && !findings.is_empty()
+    {
+        for finding in findings {
+            ctx.metrics.policy_finding(&finding.policy);
+        }
+        publish(ctx, parent, EventType::Warning, "PolicyFindings", "Review", audit.message.clone()).await;
     }
-    publish(ctx, parent, EventType::Warning, "PolicyFindings", "Review", audit.message.clone()).await;
+    let (Some(resource), Some(namespace)) = (&ctx.reports, parent.namespace()) else { return };
+    let api: kube::Api<DynamicObject> = kube::Api::namespaced_with(ctx.client.clone(), &namespace, resource);
+    let name = reports::name(&uid(parent));
+    let written = match audit {
+        Some(_) => {
+            let report = reports::report(&owner_of(parent, ctx), &namespace, findings, jiff::Timestamp::now());
+            let params = PatchParams::apply(apply::FIELD_MANAGER).force();
+            api.patch(&name, &params, &Patch::Apply(&report)).await.map(drop)
+        }
+        None => match api.delete(&name, &Default::default()).await {
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            other => other.map(drop),
+        },
+    };
+    if let Err(e) = written {
+        tracing::warn!(error = %e, report = %name, "cannot write the PolicyReport; the PolicyCompliant condition says the same");
+    }
 }
 
 /// `Kind ns/name exists and is …` for each conflict, joined.

@@ -147,6 +147,31 @@ pub async fn install_hostile_crd_of(client: &Client, kind: &str) {
     await_condition(api, &name, conditions::is_crd_established()).await.unwrap();
 }
 
+/// Installs a CRD of the wg-policy `PolicyReport` kind (`wgpolicyk8s.io/v1alpha2`, as Kyverno
+/// ships it; here with an open schema) and waits until it is served.
+pub async fn install_policy_report_crd(client: &Client) {
+    let name = "policyreports.wgpolicyk8s.io";
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": name},
+        "spec": {
+            "group": "wgpolicyk8s.io", "scope": "Namespaced",
+            "names": {"plural": "policyreports", "singular": "policyreport", "kind": "PolicyReport", "shortNames": ["polr"]},
+            "versions": [{"name": "v1alpha2", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}],
+        },
+    }))
+    .unwrap();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.patch(name, &PatchParams::apply("wasmop-tests").force(), &Patch::Apply(&crd)).await.unwrap();
+    await_condition(api, name, conditions::is_crd_established()).await.unwrap();
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", "PolicyReport"),
+        "policyreports",
+    );
+    wait_served(client, &ar).await;
+}
+
 pub async fn create(client: &Client, ar: &ApiResource, ns: &str, name: &str, spec: Value) -> DynamicObject {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
     let obj: DynamicObject = serde_json::from_value(json!({
