@@ -390,15 +390,6 @@ async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Clu
     cluster.shutdown().await;
 }
 
-/// The `PolicyCompliant` condition of Hostile `name`: (status, reason, message).
-async fn policy_condition(client: &Client, ns: &str, name: &str) -> Option<(String, String, String)> {
-    let parent = get(client, &hostile_resource(), ns, name).await?;
-    let conditions = parent.data["status"]["conditions"].as_array()?.clone();
-    let c = conditions.into_iter().find(|c| c["type"] == "PolicyCompliant")?;
-    let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-    Some((text("status"), text("reason"), text("message")))
-}
-
 /// A policy delivered by a WasmPlugin in monitor mode records, then protects once its spec says
 /// so; going back to monitor is refused by the API server's rule (the real one; the in-memory
 /// server runs no CEL, and the host refuses it instead, keeping the protecting revision).

@@ -347,15 +347,6 @@ async fn policy_mutations_land_but_may_not_move_a_child(cluster: Cluster) {
     cluster.shutdown().await;
 }
 
-/// The parent's `PolicyCompliant` condition: (status, reason, message).
-async fn policy_condition(client: &Client, ns: &str, name: &str) -> Option<(String, String, String)> {
-    let parent = get(client, &hostile_resource(), ns, name).await?;
-    let conditions = parent.data["status"]["conditions"].as_array()?.clone();
-    let c = conditions.into_iter().find(|c| c["type"] == "PolicyCompliant")?;
-    let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-    Some((text("status"), text("reason"), text("message")))
-}
-
 async fn a_monitoring_policy_records_verdicts_and_protect_enforces_them(cluster: Cluster) {
     let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
     install_hostile_crd(&client).await;

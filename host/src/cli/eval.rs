@@ -15,17 +15,15 @@ use wasmop::sidecar;
 
 use super::Output;
 
+/// The operator plugin and policies to run, with their settings: shared by `eval` and `preview`.
 #[derive(clap::Args)]
-pub(crate) struct Args {
+pub(crate) struct Candidate {
     /// The operator plugin to run.
     #[arg(long)]
     plugin: PathBuf,
     /// Policy plugins to review the desired children, in order (repeatable).
     #[arg(long = "policy")]
     policies: Vec<PathBuf>,
-    /// Children that exist now (multi-document YAML), as the plugin would observe them.
-    #[arg(long)]
-    observed: Option<PathBuf>,
     /// File whose contents are passed to the plugin as its settings (default: the `[settings]`
     /// of its NAME.toml, as `wasmop run` passes them).
     #[arg(long)]
@@ -34,6 +32,29 @@ pub(crate) struct Args {
     /// NAME.toml beside it).
     #[arg(long = "policy-settings", value_name = "NAME=FILE")]
     policy_settings: Vec<String>,
+}
+
+impl Candidate {
+    /// Loads the plugin (with its sidecar's limits), the policy chain and the plugin's settings.
+    pub(crate) fn load(&self, rt: &Runtime) -> anyhow::Result<(OperatorPlugin, PolicyChain, Option<String>)> {
+        let sidecar = sidecar::read(&self.plugin)?;
+        let plugin = rt.load_operator(&self.plugin, sidecar.limits)?;
+        let chain = policy_chain(rt, &self.policies, &self.policy_settings)?;
+        let settings = match self.settings.as_deref() {
+            Some(path) => Some(read_settings(path)?),
+            None => sidecar.settings,
+        };
+        Ok((plugin, chain, settings))
+    }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    candidate: Candidate,
+    /// Children that exist now (multi-document YAML), as the plugin would observe them.
+    #[arg(long)]
+    observed: Option<PathBuf>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Yaml)]
     output: Output,
@@ -42,13 +63,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
-    let sidecar = sidecar::read(&args.plugin)?;
-    let plugin = rt.load_operator(&args.plugin, sidecar.limits)?;
-    let chain = policy_chain(rt, &args.policies, &args.policy_settings)?;
-    let settings = match args.settings.as_deref() {
-        Some(path) => Some(read_settings(path)?),
-        None => sidecar.settings,
-    };
+    let (plugin, chain, settings) = args.candidate.load(rt)?;
     let observed = match &args.observed {
         Some(path) => read_objects(path)?,
         None => Vec::new(),
@@ -105,7 +120,7 @@ pub(crate) fn policy_chain(rt: &Runtime, paths: &[PathBuf], settings: &[String])
     Ok(PolicyChain::new(policies))
 }
 
-pub(crate) fn read_settings(path: &Path) -> anyhow::Result<String> {
+fn read_settings(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read settings file {}", path.display()))
 }
 

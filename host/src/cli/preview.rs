@@ -9,25 +9,13 @@ use std::sync::Arc;
 use serde_json::Value;
 use wasmop::plugin::Runtime;
 use wasmop::preview::{FieldChange, Outcome, Preview, PreviewReport};
-use wasmop::sidecar;
 
-use super::eval::{policy_chain, read_settings};
+use super::eval::Candidate;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// The candidate operator plugin.
-    #[arg(long)]
-    plugin: PathBuf,
-    /// Policy plugins reviewing its children, in order (repeatable), as `wasmop run` runs them.
-    #[arg(long = "policy")]
-    policies: Vec<PathBuf>,
-    /// File whose contents are the plugin's settings (default: the `[settings]` of its
-    /// NAME.toml).
-    #[arg(long)]
-    settings: Option<PathBuf>,
-    /// Settings of one policy, NAME=FILE (repeatable).
-    #[arg(long = "policy-settings", value_name = "NAME=FILE")]
-    policy_settings: Vec<String>,
+    #[command(flatten)]
+    candidate: Candidate,
     /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or the in-cluster config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -52,13 +40,7 @@ enum Format {
 }
 
 pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
-    let sidecar = sidecar::read(&args.plugin)?;
-    let plugin = rt.load_operator(&args.plugin, sidecar.limits)?;
-    let chain = policy_chain(&rt, &args.policies, &args.policy_settings)?;
-    let settings = match args.settings.as_deref() {
-        Some(path) => Some(read_settings(path)?),
-        None => sidecar.settings,
-    };
+    let (plugin, chain, settings) = args.candidate.load(&rt)?;
     let client = super::run::client(args.kubeconfig.as_deref(), args.context.clone()).await?;
     let report = Preview::new(client, Arc::new(plugin))
         .policies(chain)

@@ -147,6 +147,16 @@ pub async fn install_hostile_crd_of(client: &Client, kind: &str) {
     await_condition(api, &name, conditions::is_crd_established()).await.unwrap();
 }
 
+/// The `PolicyCompliant` condition of Hostile `name` (what monitoring policies found):
+/// (status, reason, message).
+pub async fn policy_condition(client: &Client, ns: &str, name: &str) -> Option<(String, String, String)> {
+    let parent = get(client, &hostile_resource(), ns, name).await?;
+    let conditions = parent.data["status"]["conditions"].as_array()?.clone();
+    let c = conditions.into_iter().find(|c| c["type"] == "PolicyCompliant")?;
+    let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    Some((text("status"), text("reason"), text("message")))
+}
+
 /// Installs a CRD of the wg-policy `PolicyReport` kind (`wgpolicyk8s.io/v1alpha2`, as Kyverno
 /// ships it; here with an open schema) and waits until it is served.
 pub async fn install_policy_report_crd(client: &Client) {
