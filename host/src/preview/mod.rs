@@ -21,8 +21,8 @@ use crate::diff;
 pub use crate::diff::FieldChange;
 use crate::discovery::{self, KindNotServed};
 use crate::plugin::{Desired, OperatorPlugin, ReconcileRequest};
-use crate::policy::{PolicyChain, describe};
-use crate::reconcile::{Conflict, ReconcileError, conflicts_message, status_report};
+use crate::policy::{Finding, PolicyChain, describe};
+use crate::reconcile::{Conflict, ReconcileError, audit_condition, conflicts_message, status_report};
 use crate::status;
 
 /// Longest failure message kept per parent.
@@ -245,7 +245,7 @@ impl Preview {
             .flat_map(|(i, kind)| kind.by_owner.get(&uid).into_iter().flatten().map(move |o| (i, o)))
             .map(|(i, o)| (child_key(&kinds[i].resource, o), (i, o)))
             .collect();
-        let desired = self.compute(parent_ar, parent, &observed).await?;
+        let (desired, findings) = self.compute(parent_ar, parent, &observed).await?;
         let owner = Owner {
             api_version: parent_ar.api_version.clone(),
             kind: parent_ar.kind.clone(),
@@ -267,7 +267,9 @@ impl Preview {
         if !conflicts.is_empty() {
             return Err(ReconcileError::ChildConflict { message: conflicts_message(&conflicts) });
         }
-        let report = status_report(&desired, &conflicts);
+        // As `run` reports it, monitoring policies' findings included.
+        let mut report = status_report(&desired, &[]);
+        report.conditions.extend(audit_condition(&self.policies, &findings));
         let current = &parent.data["status"];
         let status = match status::next_status(current, parent.meta().generation, &report, &status::now()) {
             Some(next) => {
@@ -281,13 +283,14 @@ impl Preview {
         Ok(Outcome::Changed { children, status })
     }
 
-    /// The plugin's answer, reviewed by the policies, as `run`'s compute and review steps get it.
+    /// The plugin's answer, reviewed by the policies, as `run`'s compute and review steps get
+    /// it, with the monitoring policies' findings.
     async fn compute(
         &self,
         parent_ar: &ApiResource,
         parent: &DynamicObject,
         observed: &HashMap<ChildKey, (usize, &DynamicObject)>,
-    ) -> Result<Desired, ReconcileError> {
+    ) -> Result<(Desired, Vec<Finding>), ReconcileError> {
         let mut parent_json = serde_json::to_value(parent)?;
         parent_json["apiVersion"] = json!(parent_ar.api_version);
         parent_json["kind"] = json!(parent_ar.kind);
@@ -301,15 +304,14 @@ impl Preview {
             settings: self.settings.clone(),
         };
         let (plugin, policies) = (self.plugin.clone(), self.policies.clone());
-        let desired = tokio::task::spawn_blocking(move || -> Result<Desired, ReconcileError> {
+        let answer = tokio::task::spawn_blocking(move || -> Result<(Desired, Vec<Finding>), ReconcileError> {
             let mut desired = plugin.reconcile(&request)?;
-            if !policies.is_empty() {
-                desired.children = policies.review(&parent_json, std::mem::take(&mut desired.children))?.children;
-            }
-            Ok(desired)
+            let reviewed = policies.review(&parent_json, std::mem::take(&mut desired.children))?;
+            desired.children = reviewed.children;
+            Ok((desired, reviewed.findings))
         })
         .await??;
-        Ok(desired)
+        Ok(answer)
     }
 
     /// The children the candidate would write, with their changed fields, and the ones it may
