@@ -109,7 +109,7 @@ pub struct Context {
     pub shards: Shards,
     /// Reconciles in flight and finished, watched for a stall (`controller::watch_progress`).
     pub progress: Progress,
-    /// The `PolicyReport` kind, when a policy monitors and the cluster serves it.
+    /// The `PolicyReport` kind, when the cluster serves it (for monitoring policies' findings).
     pub reports: Option<ApiResource>,
 }
 
@@ -555,7 +555,10 @@ pub fn audit_condition(policies: &PolicyChain, findings: &[Finding]) -> Option<C
 /// deleted) when the cluster serves that kind. A failed report write is logged; the condition
 /// still says it.
 async fn record_findings(parent: &DynamicObject, ctx: &Context, audit: Option<&Condition>, findings: &[Finding]) {
-    let current = parent.data["status"]["conditions"]
+    // The host's own last status write when the cache does not show it yet (see `write_status`).
+    let unseen = ctx.state.unseen_status(&uid(parent), &parent.resource_version().unwrap_or_default());
+    let status = unseen.as_ref().unwrap_or(&parent.data["status"]);
+    let current = status["conditions"]
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["type"] == POLICY_CONDITION))
         .and_then(|c| c["message"].as_str());
