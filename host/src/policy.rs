@@ -1,6 +1,6 @@
 //! The policy chain: every policy plugin that applies to a desired child reviews it, in order,
 //! before it is applied. Mutations feed the next policy; one deny blocks the whole apply for
-//! that parent.
+//! that parent. A policy in monitor mode changes and blocks nothing: its verdicts are findings.
 
 use serde_json::{Value, json};
 
