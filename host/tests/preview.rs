@@ -88,14 +88,17 @@ async fn preview_reports_exactly_what_a_new_version_then_changes(cluster: Cluste
     let ar = hostile_resource();
     let kept = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d-kept"}, "data": {"k": "v"}});
     // a, b: v2 labels their ConfigMap differently; c, d: the same children under v1 and v2;
-    // e: traps under both; f: its status follows its spec.
+    // e: traps under both; f: its status follows its spec; g: its spec drops a field of its child.
     create(&client, &ar, &ns, "a", json!({"mode": "ok"})).await;
     create(&client, &ar, &ns, "b", json!({"mode": "ok"})).await;
     create(&client, &ar, &ns, "c", json!({"mode": "empty"})).await;
     create(&client, &ar, &ns, "d", json!({"mode": "given", "children": [kept]})).await;
     create(&client, &ar, &ns, "e", json!({"mode": "panic", "message": "boom on e"})).await;
     create(&client, &ar, &ns, "f", json!({"mode": "given", "children": [], "status": {"phase": "one"}})).await;
-    for name in ["a", "b", "c", "d", "f"] {
+    let g_child =
+        |data: Value| json!([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "g-cm"}, "data": data}]);
+    create(&client, &ar, &ns, "g", json!({"mode": "given", "children": g_child(json!({"a": "1", "b": "2"}))})).await;
+    for name in ["a", "b", "c", "d", "f", "g"] {
         wait_ready(&client, &ar, &ns, name, "True", "Reconciled").await;
     }
     wait_ready(&client, &ar, &ns, "e", "False", "PluginError").await;
@@ -105,6 +108,9 @@ async fn preview_reports_exactly_what_a_new_version_then_changes(cluster: Cluste
     let parents: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
     let patch = json!({"spec": {"status": {"phase": "two"}}});
     parents.patch("f", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    // g's child loses data.b: only the host's managed fields (as the server records them) say so.
+    let patch = json!({"spec": {"children": g_child(json!({"a": "1"}))}});
+    parents.patch("g", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
 
     let before = (versions(&cluster).await, cluster.memory_server().map(|s| s.stats()));
     let out = preview(&cluster, &hostile_v2(), &["-o", "json"]).await;
@@ -126,12 +132,13 @@ async fn preview_reports_exactly_what_a_new_version_then_changes(cluster: Cluste
         ("d", "unchanged"),
         ("e", "failing"),
         ("f", "changed"),
+        ("g", "changed"),
     ]
     .into_iter()
     .map(|(n, o)| (format!("Hostile {ns}/{n}"), o.to_string()))
     .collect();
     assert_eq!(outcomes(&report), expected, "{report:#}");
-    assert_eq!(report["summary"], json!({"unchanged": 2, "changed": 3, "failing": 1}));
+    assert_eq!(report["summary"], json!({"unchanged": 2, "changed": 4, "failing": 1}));
     let a = entry(&report, &format!("Hostile {ns}/a"));
     assert_eq!(
         a["children"],
@@ -141,6 +148,11 @@ async fn preview_reports_exactly_what_a_new_version_then_changes(cluster: Cluste
     let e = entry(&report, &format!("Hostile {ns}/e"));
     assert_eq!(e["reason"], "PluginError");
     assert!(e["message"].as_str().unwrap().contains("boom on e"), "{e}");
+    let g = entry(&report, &format!("Hostile {ns}/g"));
+    assert_eq!(
+        g["children"],
+        json!([{"object": format!("ConfigMap {ns}/g-cm"), "action": "update", "fields": [{"path": "data.b", "from": "2"}]}])
+    );
     let f = entry(&report, &format!("Hostile {ns}/f"));
     let status: Vec<(&str, &Value)> =
         f["status"].as_array().unwrap().iter().map(|c| (c["path"].as_str().unwrap(), &c["to"])).collect();
@@ -155,7 +167,7 @@ async fn preview_reports_exactly_what_a_new_version_then_changes(cluster: Cluste
     let text = common::stdout(&out);
     assert!(text.contains(&format!("Hostile {ns}/a: changes\n  update ConfigMap {ns}/a\n")), "{text}");
     assert!(text.contains("metadata.labels.wasmop.test/variant: \"v1\" -> \"v2\""), "{text}");
-    assert!(text.ends_with("on 6 parents: 2 unchanged, 4 changed, 0 failing\n"), "{text}");
+    assert!(text.ends_with("on 7 parents: 2 unchanged, 5 changed, 0 failing\n"), "{text}");
     let out = preview(&cluster, &hostile_v2(), &["--fail-on-change"]).await;
     assert_eq!(out.status.code(), Some(1), "--fail-on-change fails on a change");
 
@@ -167,7 +179,7 @@ async fn preview_reports_exactly_what_a_new_version_then_changes(cluster: Cluste
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     eventually("v2 stamps every child", || async {
         let list = config_maps.list(&ListParams::default().labels("wasmop.dev/plugin=hostile")).await.unwrap();
-        list.items.len() == 3
+        list.items.len() == 4
             && list.items.iter().all(|cm| cm.annotations().get("wasmop.dev/plugin-revision") == Some(&rev2))
     })
     .await;
@@ -177,5 +189,5 @@ async fn preview_reports_exactly_what_a_new_version_then_changes(cluster: Cluste
     .await;
     let after = contents(&cluster).await;
     let changed: Vec<&String> = after.keys().filter(|k| contents_before.get(*k) != after.get(*k)).collect();
-    assert_eq!(changed, vec!["a", "b"], "the children that changed are those of the parents the preview named");
+    assert_eq!(changed, vec!["a", "b", "g-cm"], "the children that changed are those of the parents the preview named");
 }
