@@ -34,10 +34,11 @@ impl ReviewError {
     }
 }
 
-/// What a policy's verdicts do: `protect` enforces them (a deny blocks the parent's apply, a
-/// mutation is applied); `monitor` only records them as [`Finding`]s and applies the child as
-/// the previous policies left it. Going from monitor to protect is allowed at any time; going
-/// back needs the policy removed and added again (as Kubewarden does it).
+/// What a policy's verdicts do: `protect` (the default) enforces them: a deny blocks the
+/// parent's apply, a mutation is applied. `monitor` only records them (the `PolicyCompliant`
+/// condition on each parent, Events, a PolicyReport) and applies the children anyway. Monitor to
+/// protect is allowed at any time; protect to monitor needs the policy removed and added again.
+// The doc above is also the WasmPlugin CRD's description of `spec.mode`: it is written for users.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
