@@ -15,7 +15,10 @@ use serde_json::{Value, json};
 use common::cluster::*;
 use common::operator::{Operator, quiet};
 
-on_both_backends!(preview_reports_exactly_what_a_new_version_then_changes);
+on_both_backends!(
+    preview_reports_exactly_what_a_new_version_then_changes,
+    a_candidate_in_a_registry_is_pulled_by_digest_and_previewed,
+);
 
 fn hostile_v2() -> std::path::PathBuf {
     common::plugin("hostile").with_file_name("hostile_v2.wasm")
@@ -190,4 +193,32 @@ async fn preview_reports_exactly_what_a_new_version_then_changes(cluster: Cluste
     let after = contents(&cluster).await;
     let changed: Vec<&String> = after.keys().filter(|k| contents_before.get(*k) != after.get(*k)).collect();
     assert_eq!(changed, vec!["a", "b", "g-cm"], "the children that changed are those of the parents the preview named");
+}
+
+/// `--plugin oci://REF`: the digest about to go into a WasmPlugin, previewed as it is.
+async fn a_candidate_in_a_registry_is_pulled_by_digest_and_previewed(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
+    install_hostile_crd(&client).await;
+    let registry = common::registry::Registry::start();
+    let reference = format!("{}:v2", registry.repo("plugins/hostile"));
+    let v2 = hostile_v2().display().to_string();
+    let (host, pushed) = (registry.host.clone(), reference.clone());
+    let push = tokio::task::spawn_blocking(move || {
+        common::wasmop(&["plugin", "push", &v2, &pushed, "--insecure-registry", &host])
+    });
+    let digest = common::stdout(&push.await.unwrap()).trim().to_string();
+    create(&client, &hostile_resource(), &ns, "fresh", json!({"mode": "ok"})).await;
+
+    let pinned = format!("oci://{}@{digest}", registry.repo("plugins/hostile"));
+    let out =
+        preview(&cluster, std::path::Path::new(&pinned), &["-o", "json", "--insecure-registry", &registry.host]).await;
+    let report: Value = serde_json::from_str(&common::stdout(&out)).expect("JSON report");
+    assert_eq!(report["revision"], wasmop::plugin::sha256_hex(&std::fs::read(hostile_v2()).unwrap())[..12]);
+    let fresh = entry(&report, &format!("Hostile {ns}/fresh"));
+    assert_eq!(fresh["children"], json!([{"object": format!("ConfigMap {ns}/fresh"), "action": "create"}]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("previewing {}@{digest}", registry.repo("plugins/hostile"))), "{stderr}");
+    let leftover = std::env::temp_dir().join(format!("wasmop-preview-{}.wasm", digest.replace(':', "-")));
+    assert!(!leftover.exists(), "the pulled candidate is removed once loaded");
+    cluster.shutdown().await;
 }

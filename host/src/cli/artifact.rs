@@ -27,7 +27,8 @@ pub(crate) struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    fn registry(&self) -> anyhow::Result<Registry> {
+    /// The registry client these flags describe.
+    pub(crate) fn registry(&self) -> anyhow::Result<Registry> {
         let mut registry = Registry::default().insecure(self.insecure_registries.clone());
         if let Some(username) = &self.username {
             let mut password = String::new();

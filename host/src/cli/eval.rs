@@ -18,7 +18,7 @@ use super::Output;
 /// The operator plugin and policies to run, with their settings: shared by `eval` and `preview`.
 #[derive(clap::Args)]
 pub(crate) struct Candidate {
-    /// The operator plugin to run.
+    /// The operator plugin to run (`preview` also takes `oci://REGISTRY/REPOSITORY@DIGEST`).
     #[arg(long)]
     plugin: PathBuf,
     /// Policy plugins to review the desired children, in order (repeatable).
@@ -35,6 +35,16 @@ pub(crate) struct Candidate {
 }
 
 impl Candidate {
+    /// The registry reference when the plugin is given as `oci://REF` (for `preview`).
+    pub(crate) fn oci_reference(&self) -> Option<&str> {
+        self.plugin.to_str().filter(|p| p.starts_with("oci://"))
+    }
+
+    /// The same candidate with the plugin read from `path` (a pulled artifact).
+    pub(crate) fn with_plugin(self, path: PathBuf) -> Candidate {
+        Candidate { plugin: path, ..self }
+    }
+
     /// Loads the plugin (with its sidecar's limits), the policy chain and the plugin's settings.
     pub(crate) fn load(&self, rt: &Runtime) -> anyhow::Result<(OperatorPlugin, PolicyChain, Option<String>)> {
         let sidecar = sidecar::read(&self.plugin)?;
@@ -63,6 +73,9 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(reference) = args.candidate.oci_reference() {
+        bail!("wasmop eval runs a file: pull {reference} first with `wasmop plugin pull REF -o FILE`");
+    }
     let (plugin, chain, settings) = args.candidate.load(rt)?;
     let observed = match &args.observed {
         Some(path) => read_objects(path)?,

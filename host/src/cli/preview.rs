@@ -6,10 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use serde_json::Value;
 use wasmop::plugin::Runtime;
 use wasmop::preview::{FieldChange, Outcome, Preview, PreviewReport};
+use wasmop::registry;
 
+use super::artifact::RegistryArgs;
 use super::eval::Candidate;
 
 #[derive(clap::Args)]
@@ -31,6 +34,11 @@ pub(crate) struct Args {
     /// Exit with code 1 when any parent would change, not only when one would fail.
     #[arg(long)]
     fail_on_change: bool,
+    /// Largest artifact accepted for `--plugin oci://REF` (bytes, or with a Ki/Mi/Gi suffix).
+    #[arg(long, default_value = "64Mi", value_parser = super::run::parse_size)]
+    max_plugin_size: u64,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -39,8 +47,25 @@ enum Format {
     Json,
 }
 
-pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
-    let (plugin, chain, settings) = args.candidate.load(&rt)?;
+pub(crate) async fn run(rt: Runtime, mut args: Args) -> anyhow::Result<ExitCode> {
+    // `--plugin oci://REF`: the artifact, pulled and verified as `wasmop run` pulls it, loaded
+    // from a file named by its digest that is removed once loaded.
+    let mut pulled = None;
+    if let Some(reference) = args.candidate.oci_reference() {
+        let reference = registry::parse_reference(reference)?;
+        let registry = args.registry.registry()?.max_size(args.max_plugin_size);
+        let artifact = registry.pull(&reference, None).await?;
+        let file = std::env::temp_dir().join(format!("wasmop-preview-{}.wasm", artifact.digest.replace(':', "-")));
+        std::fs::write(&file, &artifact.bytes).with_context(|| format!("cannot write {}", file.display()))?;
+        eprintln!("previewing {}@{}", reference.whole(), artifact.digest);
+        args.candidate = args.candidate.with_plugin(file.clone());
+        pulled = Some(file);
+    }
+    let loaded = args.candidate.load(&rt);
+    if let Some(file) = pulled {
+        let _ = std::fs::remove_file(file);
+    }
+    let (plugin, chain, settings) = loaded?;
     let client = super::run::client(args.kubeconfig.as_deref(), args.context.clone()).await?;
     let report = Preview::new(client, Arc::new(plugin))
         .policies(chain)
