@@ -363,9 +363,7 @@ struct Entry {
     /// The newest good version, serving until a newer good one replaces it.
     loaded: Option<Loaded>,
     /// Why the newest version read is refused, if it is.
-    failure: Option<String>,
-    /// Whether that refusal is of its settings (a sidecar's or spec's `mode`), not its component.
-    settings_refused: bool,
+    failure: Option<Refused>,
 }
 
 /// Why a version is not loaded.
@@ -374,6 +372,15 @@ enum Refused {
     Component(String),
     /// What its sidecar or spec says about it (a `mode` it may not have or take).
     Settings(String),
+}
+
+impl Refused {
+    /// Why, for the log, the Event and the status.
+    fn reason(&self) -> &str {
+        match self {
+            Refused::Component(reason) | Refused::Settings(reason) => reason,
+        }
+    }
 }
 
 /// The bytes of a version to load, with what the runtime needs besides.
@@ -474,29 +481,24 @@ impl State {
         content: Result<Content, String>,
     ) {
         let previous = self.entries.remove(&source);
-        let (loaded, known) =
-            previous.map_or((None, None), |e| (e.loaded, Some((e.fingerprint, (e.failure, e.settings_refused)))));
-        if let Some((known, (failure, settings_refused))) = known.filter(|(f, _)| *f == fingerprint) {
-            self.entries.insert(source, Entry { stamp, fingerprint: known, loaded, failure, settings_refused });
+        let (loaded, known) = previous.map_or((None, None), |e| (e.loaded, Some((e.fingerprint, e.failure))));
+        if let Some((known, failure)) = known.filter(|(f, _)| *f == fingerprint) {
+            self.entries.insert(source, Entry { stamp, fingerprint: known, loaded, failure });
             return;
         }
         let outcome = match content {
             Ok(content) => self.load(&source, content, &fingerprint, loaded.as_ref()).await,
             Err(reason) => Err(Refused::Component(reason)),
         };
-        let (loaded, failure, settings_refused) = match outcome {
-            Ok(fresh) => (Some(fresh), None, false),
+        let (loaded, failure) = match outcome {
+            Ok(fresh) => (Some(fresh), None),
             Err(refused) => {
-                let (reason, settings) = match refused {
-                    Refused::Component(reason) => (reason, false),
-                    Refused::Settings(reason) => (reason, true),
-                };
                 let serving = loaded.as_ref().map(|l| l.revision().to_string());
-                self.rejections.reject(&source, &reason, serving.as_deref()).await;
-                (loaded, Some(reason), settings)
+                self.rejections.reject(&source, &refused.reason(), serving.as_deref()).await;
+                (loaded, Some(refused))
             }
         };
-        self.entries.insert(source, Entry { stamp, fingerprint, loaded, failure, settings_refused });
+        self.entries.insert(source, Entry { stamp, fingerprint, loaded, failure });
     }
 
     /// Loads and smoke-tests `content`, off the async threads.
@@ -561,8 +563,8 @@ impl State {
         let mut kind_owner: HashMap<KindKey, &Source> = HashMap::new();
         for (source, entry) in &self.entries {
             if let Some(failure) = &entry.failure {
-                snapshot.rejected.insert(source.clone(), failure.clone());
-                if entry.settings_refused {
+                snapshot.rejected.insert(source.clone(), failure.reason().to_string());
+                if matches!(failure, Refused::Settings(_)) {
                     snapshot.settings_refused.insert(source.clone());
                 }
             }
