@@ -129,6 +129,16 @@ impl ChildKey {
             name: s("/metadata/name"),
         }
     }
+
+    /// The key of a cached or listed object of the kind `resource`.
+    pub fn of_object(resource: &ApiResource, object: &DynamicObject) -> ChildKey {
+        ChildKey {
+            api_version: resource.api_version.clone(),
+            kind: resource.kind.clone(),
+            namespace: object.namespace().unwrap_or_default(),
+            name: object.name_any(),
+        }
+    }
 }
 
 /// Why the host may not write an existing object that a parent's plugin desires.
@@ -162,6 +172,22 @@ pub fn ownership(existing: &DynamicObject, parent_uid: &str) -> Ownership {
 pub fn prunable(child: &DynamicObject, parent_uid: &str) -> bool {
     ownership(child, parent_uid) == Ownership::Ours
         && child.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some("wasmop")
+}
+
+/// The object of `ar` named like the desired `child` (in its namespace), read from the API
+/// server, and who may write it for the parent with `parent_uid`; `None` if it does not exist.
+pub async fn existing(
+    client: &Client,
+    ar: &ApiResource,
+    child: &Value,
+    parent_uid: &str,
+) -> Result<Option<(DynamicObject, Ownership)>, kube::Error> {
+    let api = api_for(client, ar, child["metadata"]["namespace"].as_str());
+    let existing = api.get_opt(child["metadata"]["name"].as_str().unwrap_or_default()).await?;
+    Ok(existing.map(|object| {
+        let ownership = ownership(&object, parent_uid);
+        (object, ownership)
+    }))
 }
 
 /// The API for objects of `ar` in `namespace` (or cluster-wide).

@@ -239,11 +239,12 @@ impl Preview {
         parent: &DynamicObject,
     ) -> Result<Outcome, ReconcileError> {
         let uid = parent.uid().unwrap_or_default();
-        let observed: HashMap<ChildKey, (usize, &DynamicObject)> = kinds
+        let observed: HashMap<ChildKey, &DynamicObject> = kinds
             .iter()
-            .enumerate()
-            .flat_map(|(i, kind)| kind.by_owner.get(&uid).into_iter().flatten().map(move |o| (i, o)))
-            .map(|(i, o)| (child_key(&kinds[i].resource, o), (i, o)))
+            .flat_map(|kind| {
+                let children = kind.by_owner.get(&uid).into_iter().flatten();
+                children.map(|o| (ChildKey::of_object(&kind.resource, o), o))
+            })
             .collect();
         let (desired, findings) = self.compute(parent_ar, parent, &observed).await?;
         let owner = Owner {
@@ -256,8 +257,8 @@ impl Preview {
         let wanted: HashSet<ChildKey> = desired.children.iter().map(ChildKey::of).collect();
         let mut gone: Vec<(&ChildKey, &DynamicObject)> = observed
             .iter()
-            .filter(|(key, (_, child))| !wanted.contains(key) && apply::prunable(child, &uid))
-            .map(|(key, (_, child))| (key, *child))
+            .filter(|(key, child)| !wanted.contains(key) && apply::prunable(child, &uid))
+            .map(|(key, child)| (key, *child))
             .collect();
         gone.sort_by(|a, b| a.0.cmp(b.0));
         for (key, child) in gone {
@@ -289,12 +290,12 @@ impl Preview {
         &self,
         parent_ar: &ApiResource,
         parent: &DynamicObject,
-        observed: &HashMap<ChildKey, (usize, &DynamicObject)>,
+        observed: &HashMap<ChildKey, &DynamicObject>,
     ) -> Result<(Desired, Vec<Finding>), ReconcileError> {
         let mut parent_json = serde_json::to_value(parent)?;
         parent_json["apiVersion"] = json!(parent_ar.api_version);
         parent_json["kind"] = json!(parent_ar.kind);
-        let mut children: Vec<(&ChildKey, &DynamicObject)> = observed.iter().map(|(k, (_, o))| (k, *o)).collect();
+        let mut children: Vec<(&ChildKey, &DynamicObject)> = observed.iter().map(|(k, o)| (k, *o)).collect();
         children.sort_by(|a, b| a.0.cmp(b.0));
         let children = children.into_iter().map(|(_, o)| serde_json::to_value(o)).collect::<Result<Vec<_>, _>>()?;
         let request = ReconcileRequest {
@@ -321,7 +322,7 @@ impl Preview {
         kinds: &[ChildKind],
         owner: &Owner,
         desired: &Desired,
-        observed: &HashMap<ChildKey, (usize, &DynamicObject)>,
+        observed: &HashMap<ChildKey, &DynamicObject>,
     ) -> Result<(Vec<ChildChange>, Vec<Conflict>), ReconcileError> {
         let (mut changes, mut conflicts) = (Vec::new(), Vec::new());
         let revision = self.plugin.file().revision();
@@ -335,7 +336,7 @@ impl Preview {
                 return Err(ReconcileError::UnknownChildKind { object });
             };
             let live = match observed.get(&ChildKey::of(&child)) {
-                Some((_, live)) => Live::Ours(serde_json::to_value(live)?),
+                Some(live) => Live::Ours(serde_json::to_value(live)?),
                 None => self.existing(kind, &child, &owner.uid).await?,
             };
             let change = match live {
@@ -360,17 +361,14 @@ impl Preview {
 
     /// The object of the desired child's name that the list did not show as this parent's.
     async fn existing(&self, kind: &ChildKind, child: &Value, parent_uid: &str) -> Result<Live, ReconcileError> {
-        let api = apply::api_for(&self.client, &kind.resource, child["metadata"]["namespace"].as_str());
-        let name = child["metadata"]["name"].as_str().unwrap_or_default();
-        let existing = api
-            .get_opt(name)
+        let found = apply::existing(&self.client, &kind.resource, child, parent_uid)
             .await
             .map_err(|source| ReconcileError::Api { action: format!("reading {}", describe(child)), source })?;
-        let Some(existing) = existing else { return Ok(Live::Absent) };
-        Ok(match apply::ownership(&existing, parent_uid) {
-            Ownership::Ours => Live::Ours(serde_json::to_value(&existing)?),
-            Ownership::Adoptable => Live::Adoptable,
-            Ownership::Conflict(by) => Live::Theirs(by),
+        Ok(match found {
+            None => Live::Absent,
+            Some((object, Ownership::Ours)) => Live::Ours(serde_json::to_value(&object)?),
+            Some((_, Ownership::Adoptable)) => Live::Adoptable,
+            Some((_, Ownership::Conflict(by))) => Live::Theirs(by),
         })
     }
 }
@@ -385,15 +383,6 @@ enum Live {
     Adoptable,
     /// Someone else's object, and whose.
     Theirs(String),
-}
-
-fn child_key(resource: &ApiResource, object: &DynamicObject) -> ChildKey {
-    ChildKey {
-        api_version: resource.api_version.clone(),
-        kind: resource.kind.clone(),
-        namespace: object.namespace().unwrap_or_default(),
-        name: object.name_any(),
-    }
 }
 
 /// The fields of the marked `child` that would change on `live`, leaving out the host's

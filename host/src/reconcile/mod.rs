@@ -284,12 +284,7 @@ fn observe(parent: &DynamicObject, ctx: &Context) -> Result<Observed, ReconcileE
     for (index, kind) in ctx.children.iter().enumerate() {
         for child in kind.owners.children_of(&uid).iter().filter_map(|key| kind.store.get(key)) {
             if child.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == uid) {
-                let key = ChildKey {
-                    api_version: kind.resource.api_version.clone(),
-                    kind: kind.resource.kind.clone(),
-                    namespace: child.namespace().unwrap_or_default(),
-                    name: child.name_any(),
-                };
+                let key = ChildKey::of_object(&kind.resource, &child);
                 let json = serde_json::to_value(&*child)?;
                 children.insert(key, (index, child, json));
             }
@@ -445,11 +440,8 @@ async fn existing_ownership(
     child: &Value,
     parent_uid: &str,
 ) -> Result<Option<Ownership>, ReconcileError> {
-    let name = child["metadata"]["name"].as_str().unwrap_or_default();
-    let api = apply::api_for(&ctx.client, &kind.resource, child["metadata"]["namespace"].as_str());
-    match api.get_opt(name).await {
-        Ok(None) => Ok(None),
-        Ok(Some(existing)) => Ok(Some(apply::ownership(&existing, parent_uid))),
+    match apply::existing(&ctx.client, &kind.resource, child, parent_uid).await {
+        Ok(found) => Ok(found.map(|(_, ownership)| ownership)),
         Err(source) => Err(ReconcileError::Api { action: format!("reading {}", describe(child)), source }),
     }
 }
