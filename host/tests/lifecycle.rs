@@ -408,6 +408,20 @@ async fn a_monitoring_policy_records_verdicts_and_protect_enforces_them(cluster:
     assert_eq!(report.data["results"][0]["policy"], "mutator");
     assert_eq!(report.data["results"][0]["resources"][0]["name"], "p-denied");
     assert_eq!(report.owner_references()[0].uid, p_uid);
+    // An unchanged verdict is not reported again: p reconciles with a new status and the same
+    // child (the status written after its findings were judged), and neither the findings metric
+    // nor the report moves.
+    let findings = "wasmop_policy_findings_total{policy=\"mutator\"}";
+    let counted = running.sample(findings).await;
+    assert!(counted >= 1.0, "the first findings were counted");
+    set_spec(&client, ns, "p", given(json!([annotated("p-denied", "deny")]), json!({"round": 2}))).await;
+    eventually("p reconciled again", || async {
+        get(&client, &ar, ns, "p").await.is_some_and(|p| p.data["status"]["round"] == 2)
+    })
+    .await;
+    assert_eq!(running.sample(findings).await, counted, "unchanged findings were reported again");
+    let again = reports.get(&p_report).await.unwrap();
+    assert_eq!(again.resource_version(), report.resource_version(), "the unchanged findings were written again");
 
     // Protect: the denial blocks p, the mutation lands, and no parent carries findings.
     std::fs::write(&sidecar, "mode = \"protect\"\n").unwrap();

@@ -94,6 +94,12 @@ impl Operator {
         self.get("/readyz").await
     }
 
+    /// The value of the sample line starting with `series` in `/metrics` (0 when absent).
+    pub async fn sample(&self, series: &str) -> f64 {
+        let Some((_, body)) = self.get("/metrics").await else { return 0.0 };
+        body.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+    }
+
     /// A GET of the telemetry endpoint `path` answered within 5 s: status code and body.
     async fn get(&self, path: &str) -> Option<(u16, String)> {
         let probe = async {
