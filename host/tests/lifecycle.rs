@@ -444,6 +444,15 @@ async fn a_monitoring_policy_records_verdicts_and_protect_enforces_them(cluster:
     })
     .await;
     assert!(ready_is(&client, &ar, ns, "p", "False", "PolicyDenied").await, "the protecting policy stopped serving");
+
+    // A mode is for policies: an operator's sidecar saying one is refused, its revision serving on.
+    let failures = running.reloads.failures.load(std::sync::atomic::Ordering::Relaxed);
+    std::fs::write(dir.path().join("hostile.toml"), "mode = \"monitor\"\n").unwrap();
+    eventually("an operator with a mode refused", || async {
+        running.reloads.failures.load(std::sync::atomic::Ordering::Relaxed) > failures
+    })
+    .await;
+    assert!(running.reloads.serving.lock().unwrap().contains_key("hostile"), "the operator stopped serving");
     running.stop().await;
     cluster.shutdown().await;
 }
