@@ -218,7 +218,5 @@ async fn a_candidate_in_a_registry_is_pulled_by_digest_and_previewed(cluster: Cl
     assert_eq!(fresh["children"], json!([{"object": format!("ConfigMap {ns}/fresh"), "action": "create"}]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("previewing {}@{digest}", registry.repo("plugins/hostile"))), "{stderr}");
-    let leftover = std::env::temp_dir().join(format!("wasmop-preview-{}.wasm", digest.replace(':', "-")));
-    assert!(!leftover.exists(), "the pulled candidate is removed once loaded");
     cluster.shutdown().await;
 }

@@ -40,19 +40,33 @@ impl Candidate {
         self.plugin.to_str().filter(|p| p.starts_with("oci://"))
     }
 
-    /// The same candidate with the plugin read from `path` (a pulled artifact).
-    pub(crate) fn with_plugin(self, path: PathBuf) -> Candidate {
-        Candidate { plugin: path, ..self }
-    }
-
     /// Loads the plugin (with its sidecar's limits), the policy chain and the plugin's settings.
     pub(crate) fn load(&self, rt: &Runtime) -> anyhow::Result<(OperatorPlugin, PolicyChain, Option<String>)> {
         let sidecar = sidecar::read(&self.plugin)?;
         let plugin = rt.load_operator(&self.plugin, sidecar.limits)?;
+        self.with_policies(rt, plugin, sidecar.settings)
+    }
+
+    /// The same for the plugin's pulled `bytes` (no sidecar: default limits, `--settings` only).
+    pub(crate) fn load_pulled(
+        &self,
+        rt: &Runtime,
+        bytes: &[u8],
+    ) -> anyhow::Result<(OperatorPlugin, PolicyChain, Option<String>)> {
+        let plugin = rt.load_operator_bytes(&self.plugin, bytes, Default::default())?;
+        self.with_policies(rt, plugin, None)
+    }
+
+    fn with_policies(
+        &self,
+        rt: &Runtime,
+        plugin: OperatorPlugin,
+        sidecar_settings: Option<String>,
+    ) -> anyhow::Result<(OperatorPlugin, PolicyChain, Option<String>)> {
         let chain = policy_chain(rt, &self.policies, &self.policy_settings)?;
         let settings = match self.settings.as_deref() {
             Some(path) => Some(read_settings(path)?),
-            None => sidecar.settings,
+            None => sidecar_settings,
         };
         Ok((plugin, chain, settings))
     }

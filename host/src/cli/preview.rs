@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use serde_json::Value;
 use wasmop::plugin::Runtime;
 use wasmop::preview::{FieldChange, Outcome, Preview, PreviewReport};
@@ -47,25 +46,18 @@ enum Format {
     Json,
 }
 
-pub(crate) async fn run(rt: Runtime, mut args: Args) -> anyhow::Result<ExitCode> {
-    // `--plugin oci://REF`: the artifact, pulled and verified as `wasmop run` pulls it, loaded
-    // from a file named by its digest that is removed once loaded.
-    let mut pulled = None;
-    if let Some(reference) = args.candidate.oci_reference() {
-        let reference = registry::parse_reference(reference)?;
-        let registry = args.registry.registry()?.max_size(args.max_plugin_size);
-        let artifact = registry.pull(&reference, None).await?;
-        let file = std::env::temp_dir().join(format!("wasmop-preview-{}.wasm", artifact.digest.replace(':', "-")));
-        std::fs::write(&file, &artifact.bytes).with_context(|| format!("cannot write {}", file.display()))?;
-        eprintln!("previewing {}@{}", reference.whole(), artifact.digest);
-        args.candidate = args.candidate.with_plugin(file.clone());
-        pulled = Some(file);
-    }
-    let loaded = args.candidate.load(&rt);
-    if let Some(file) = pulled {
-        let _ = std::fs::remove_file(file);
-    }
-    let (plugin, chain, settings) = loaded?;
+pub(crate) async fn run(rt: Runtime, args: Args) -> anyhow::Result<ExitCode> {
+    // `--plugin oci://REF`: the artifact, pulled and verified as `wasmop run` pulls it.
+    let (plugin, chain, settings) = match args.candidate.oci_reference() {
+        Some(reference) => {
+            let reference = registry::parse_reference(reference)?;
+            let registry = args.registry.registry()?.max_size(args.max_plugin_size);
+            let artifact = registry.pull(&reference, None).await?;
+            eprintln!("previewing {}@{}", reference.whole(), artifact.digest);
+            args.candidate.load_pulled(&rt, &artifact.bytes)?
+        }
+        None => args.candidate.load(&rt)?,
+    };
     let client = super::run::client(args.kubeconfig.as_deref(), args.context.clone()).await?;
     let report = Preview::new(client, Arc::new(plugin))
         .policies(chain)

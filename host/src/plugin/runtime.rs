@@ -195,16 +195,18 @@ impl Runtime {
 
     /// Loads an operator plugin, refusing a policy plugin with a clear message.
     pub fn load_operator(&self, path: &Path, limits: Limits) -> Result<OperatorPlugin, PluginError> {
-        match self.load_with(path, limits)? {
-            LoadedPlugin::Operator(p) => Ok(p),
-            LoadedPlugin::Policy(p) => Err(PluginError::Incompatible {
-                plugin: path.display().to_string(),
-                reason: format!(
-                    "it is the policy plugin {:?} (world policy) but an operator plugin (world operator) is needed here",
-                    p.metadata().name
-                ),
-            }),
-        }
+        operator_only(path, self.load_with(path, limits)?)
+    }
+
+    /// Loads an operator plugin from `bytes` (a pulled artifact, named `path` in messages),
+    /// refusing a policy plugin with a clear message.
+    pub fn load_operator_bytes(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        limits: Limits,
+    ) -> Result<OperatorPlugin, PluginError> {
+        operator_only(path, self.load_bytes(path, bytes, limits)?)
     }
 
     /// Loads a policy plugin, refusing an operator plugin with a clear message.
@@ -231,6 +233,20 @@ impl Runtime {
             limits.memory_bytes = self.max_memory_bytes;
         }
         limits
+    }
+}
+
+/// The operator plugin `loaded` is, or a clear refusal naming `path` when it is a policy.
+fn operator_only(path: &Path, loaded: LoadedPlugin) -> Result<OperatorPlugin, PluginError> {
+    match loaded {
+        LoadedPlugin::Operator(p) => Ok(p),
+        LoadedPlugin::Policy(p) => Err(PluginError::Incompatible {
+            plugin: path.display().to_string(),
+            reason: format!(
+                "it is the policy plugin {:?} (world policy) but an operator plugin (world operator) is needed here",
+                p.metadata().name
+            ),
+        }),
     }
 }
 
