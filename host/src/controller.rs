@@ -106,7 +106,7 @@ pub async fn run_plugin(
     let reporter = Reporter { controller: "wasmop".into(), instance: std::env::var("POD_NAME").ok() };
     // Findings of monitoring policies also go to a PolicyReport, if the cluster serves the kind
     // (looked up even when no policy monitors now: a parent that had findings loses its report).
-    let reports = resolve(&client, &reconcile::reports::kind()).await.ok().map(|(ar, _)| ar);
+    let reports = resolve(&client, &reconcile::findings::report_kind()).await.ok().map(|(ar, _)| ar);
     let ctx = Arc::new(Context {
         client: client.clone(),
         plugin,

@@ -5,9 +5,9 @@
 
 mod error;
 pub mod finalizer;
+pub mod findings;
 mod owners;
 pub mod ratelimit;
-pub mod reports;
 mod state;
 
 use crate::telemetry::Stats;
@@ -26,6 +26,7 @@ use tracing::{Instrument, info_span};
 
 pub use error::{BACKOFF_CAP, ReconcileError, backoff};
 pub use finalizer::FINALIZER;
+pub use findings::{POLICY_CONDITION, audit_condition};
 pub use owners::OwnerIndex;
 pub use state::ParentState;
 
@@ -257,7 +258,7 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
     let applied = apply(parent, ctx, &desired, &observed).await?;
     prune(parent, ctx, &desired, &observed).await?;
     let audit = audit_condition(&ctx.policies, &findings);
-    record_findings(parent, ctx, audit.as_ref(), &findings).await;
+    findings::record(parent, ctx, audit.as_ref(), &findings).await;
     report(parent, ctx, &desired, &applied, audit).await
 }
 
@@ -349,7 +350,7 @@ async fn report_failure(parent: &DynamicObject, ctx: &Context, e: ReconcileError
     let reason = e.condition_reason();
     if ctx.policies.monitoring().is_empty() {
         // The failure's status drops the findings condition: the report goes with it.
-        record_findings(parent, ctx, None, &[]).await;
+        findings::record(parent, ctx, None, &[]).await;
     }
     if let ReconcileError::Review(ReviewError::Denied { policy, .. }) = &e {
         ctx.metrics.policy_denial(policy);
@@ -514,74 +515,6 @@ pub fn status_report(desired: &Desired, conflicts: &[Conflict]) -> Report {
         conditions.insert(0, ready(ConditionStatus::True, "Reconciled", message));
     }
     Report { fields: Some(desired.status.clone().unwrap_or_default()), conditions }
-}
-
-/// Condition type of what monitoring policies found on a parent's children.
-pub const POLICY_CONDITION: &str = "PolicyCompliant";
-/// Findings named in the condition's message; the rest are counted.
-const MAX_FINDINGS_NAMED: usize = 5;
-
-/// The [`POLICY_CONDITION`] when any policy monitors: `True` when the monitoring policies found
-/// nothing, `False` (`PolicyFindings`) naming what they would have denied or changed. `None`
-/// when no policy monitors, so parents of a chain without one carry no such condition.
-pub fn audit_condition(policies: &PolicyChain, findings: &[Finding]) -> Option<Condition> {
-    let monitoring = policies.monitoring();
-    if monitoring.is_empty() {
-        return None;
-    }
-    let (status, reason, message) = if findings.is_empty() {
-        (ConditionStatus::True, "NoFindings", format!("monitoring policies {} found nothing", monitoring.join(", ")))
-    } else {
-        let mut named: Vec<String> = findings.iter().take(MAX_FINDINGS_NAMED).map(Finding::to_string).collect();
-        if findings.len() > MAX_FINDINGS_NAMED {
-            named.push(format!("and {} more", findings.len() - MAX_FINDINGS_NAMED));
-        }
-        (ConditionStatus::False, "PolicyFindings", format!("not enforced (monitor mode): {}", named.join("; ")))
-    };
-    Some(Condition { type_: POLICY_CONDITION.into(), status, reason: reason.into(), message })
-}
-
-/// When the findings differ from what the parent's `PolicyCompliant` condition says (so an
-/// unchanged verdict is not reported again on every reconcile): a Warning Event and the metric
-/// for new findings, and the parent's `PolicyReport` written (or, once no policy monitors,
-/// deleted) when the cluster serves that kind. A failed report write is logged; the condition
-/// still says it.
-async fn record_findings(parent: &DynamicObject, ctx: &Context, audit: Option<&Condition>, findings: &[Finding]) {
-    // The host's own last status write when the cache does not show it yet (see `write_status`).
-    let unseen = ctx.state.unseen_status(&uid(parent), &parent.resource_version().unwrap_or_default());
-    let status = unseen.as_ref().unwrap_or(&parent.data["status"]);
-    let current = status["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == POLICY_CONDITION))
-        .and_then(|c| c["message"].as_str());
-    if current == audit.map(|a| a.message.as_str()) {
-        return;
-    }
-    if let Some(audit) = audit
-        && !findings.is_empty()
-    {
-        for finding in findings {
-            ctx.metrics.policy_finding(&finding.policy);
-        }
-        publish(ctx, parent, EventType::Warning, "PolicyFindings", "Review", audit.message.clone()).await;
-    }
-    let (Some(resource), Some(namespace)) = (&ctx.reports, parent.namespace()) else { return };
-    let api: kube::Api<DynamicObject> = kube::Api::namespaced_with(ctx.client.clone(), &namespace, resource);
-    let name = reports::name(&uid(parent));
-    let written = match audit {
-        Some(_) => {
-            let report = reports::report(&owner_of(parent, ctx), &namespace, findings, jiff::Timestamp::now());
-            let params = PatchParams::apply(apply::FIELD_MANAGER).force();
-            api.patch(&name, &params, &Patch::Apply(&report)).await.map(drop)
-        }
-        None => match api.delete(&name, &Default::default()).await {
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            other => other.map(drop),
-        },
-    };
-    if let Err(e) = written {
-        tracing::warn!(error = %e, report = %name, "cannot write the PolicyReport; the PolicyCompliant condition says the same");
-    }
 }
 
 /// `Kind ns/name exists and is …` for each conflict, joined.
