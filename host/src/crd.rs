@@ -69,15 +69,14 @@ pub async fn install(
             .await
             .map_err(|e| bad(e.to_string()))?;
     }
-    let installed = established(api, &crd_name).await.map_err(bad)?;
+    established(api.clone(), &crd_name).await.map_err(bad)?;
     tracing::info!(plugin = %name, crd = %crd_name, "CRD installed");
-    if let Some(installed) = installed.filter(needs_migration) {
-        let client = client.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::migrate::migrate(&client, &installed).await {
-                tracing::error!(crd = %crd_name, error = %e, "storage version migration failed; run `wasmop migrate`");
-            }
-        });
+    // Read again, from etcd: the watch `established` used may serve the CRD from before the
+    // update (the API server's watch cache lags a write), which would hide the new storage
+    // version and skip the migration.
+    let installed = api.get(&crd_name).await.map_err(|e| bad(e.to_string()))?;
+    if needs_migration(&installed) {
+        tokio::spawn(crate::migrate::migrate_in_background(client.clone(), crd_name));
     }
     Ok(())
 }

@@ -66,6 +66,33 @@ pub async fn find_crd(client: &Client, kind: &str) -> Result<CustomResourceDefin
         .ok_or_else(|| MigrateError::UnknownKind(kind.into()))
 }
 
+/// How many times [`migrate_in_background`] tries before it gives up and says to run
+/// `wasmop migrate` (about eight minutes with the reconcile backoff between attempts).
+const BACKGROUND_ATTEMPTS: u32 = 10;
+
+/// Migrates CRD `name` after the host changed it, retrying with backoff: right after a CRD
+/// update the API server may not serve the new storage version yet (a 404 on the list), nor
+/// reach the conversion webhook with the new CA. The CRD is read again on each attempt, so a
+/// retry uses what is installed then.
+pub async fn migrate_in_background(client: Client, name: String) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for attempt in 1..=BACKGROUND_ATTEMPTS {
+        let outcome = match api.get(&name).await {
+            Ok(crd) => migrate(&client, &crd).await.map(drop),
+            Err(source) => Err(MigrateError::Api { crd: name.clone(), step: "reading the CRD", source }),
+        };
+        match outcome {
+            Ok(()) => return,
+            Err(e) if attempt < BACKGROUND_ATTEMPTS => {
+                tracing::warn!(crd = %name, attempt, error = %e, "storage version migration failed; retrying");
+                tokio::time::sleep(crate::reconcile::backoff(attempt)).await;
+            }
+            Err(e) => tracing::error!(crd = %name, error = %e,
+                "storage version migration failed; run `wasmop migrate --kind {name}`"),
+        }
+    }
+}
+
 /// Migrates every object of `crd` to its storage version and trims `status.storedVersions`.
 pub async fn migrate(client: &Client, crd: &CustomResourceDefinition) -> Result<Migration, MigrateError> {
     let name = crd.name_any();

@@ -30,9 +30,21 @@ pub struct Cluster {
     memory: Option<ApiServer>,
 }
 
+/// With `WASMOP_TEST_LOG` set (an `EnvFilter`, e.g. `wasmop=debug`), the host's logs go to
+/// the test's output, to see what an operator in a failing test did.
+fn logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("WASMOP_TEST_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        }
+    });
+}
+
 impl Cluster {
     /// A fresh in-memory API server with the Deployment simulator.
     pub async fn memory() -> Cluster {
+        logs();
         let config =
             Config { simulate_deployments: true, simulate_delay: Duration::from_millis(200), ..Config::default() };
         let server = ApiServer::start(config).await.expect("api server");
@@ -42,6 +54,7 @@ impl Cluster {
 
     /// A fresh namespace on the test binary's real control plane.
     pub async fn real() -> Cluster {
+        logs();
         let plane = match ControlPlane::shared().await {
             Ok(plane) => plane,
             Err(e) => panic!("the real control plane did not start: {e}"),
