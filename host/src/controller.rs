@@ -36,6 +36,8 @@ pub struct ControllerOptions {
     /// How long reconciles may be in flight with none finishing before the controller is
     /// reported stalled (a warning naming the plugin and its queue, and a `/readyz` note).
     pub stall_after: Duration,
+    /// The canary of a staged rollout, serving its share of the parents (default: none).
+    pub canary: Option<Arc<crate::catalog::Canary>>,
 }
 
 impl Default for ControllerOptions {
@@ -47,6 +49,7 @@ impl Default for ControllerOptions {
             settings: None,
             shards: Shards::all(),
             stall_after: Duration::from_secs(60),
+            canary: None,
         }
     }
 }
@@ -123,6 +126,8 @@ pub async fn run_plugin(
         shards: options.shards.clone(),
         progress: Default::default(),
         reports,
+        canary: options.canary.as_deref().map(reconcile::CanaryLogic::new),
+        revisions: telemetry.revisions.clone(),
     });
     let health = telemetry.health.clone();
     let synced = wait_for_caches(ctx.clone(), health.clone(), meta.name.clone());

@@ -8,8 +8,14 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-/// Basis points in the whole: a share is counted in hundredths of a percent.
-const WHOLE: u32 = 10_000;
+/// Phase of a rollout in progress.
+pub const PROGRESSING: &str = "Progressing";
+/// Phase of a rollout whose canary serves every parent (it is the stable revision now).
+pub const COMPLETE: &str = "Complete";
+/// Phase of a rollout rolled back by its analysis.
+pub const ROLLED_BACK: &str = "RolledBack";
+/// Phase of a rollout aborted by hand.
+pub const ABORTED: &str = "Aborted";
 
 /// The analysis defaults: roll back above 1% failures, judged after 50 canary reconciles.
 pub const DEFAULT_MAX_FAILURE_RATE: f64 = 0.01;
@@ -89,6 +95,11 @@ impl Plan {
         &self.steps
     }
 
+    /// The failure rate above which the canary is rolled back.
+    pub fn max_failure_rate(&self) -> f64 {
+        self.max_failure_rate
+    }
+
     /// What to do at step `step`, held for `held` so far, given the canary's figures.
     pub fn decide(&self, step: usize, held: Duration, canary: Figures) -> Decision {
         if canary.reconciles >= self.min_reconciles && canary.rate() > self.max_failure_rate {
@@ -106,14 +117,7 @@ impl Plan {
     }
 }
 
-/// Reconciles and failures of one revision.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Figures {
-    /// Reconciles it made.
-    pub reconciles: u64,
-    /// Of which failed: plugin failures, child conflicts, children refused by the API server.
-    pub failures: u64,
-}
+pub use crate::wasmplugin::RevisionFigures as Figures;
 
 impl Figures {
     /// Failures per reconcile (0 before the first).
@@ -135,20 +139,37 @@ pub enum Decision {
     RollBack(Figures),
 }
 
-/// Where a parent falls among all parents, in basis points: a hash of its UID, salted so it is
+/// Where a parent falls among all parents: a 64-bit hash of its UID, salted so it is
 /// independent of the shard a parent falls in. The same UID always falls at the same point.
-pub fn point(uid: &str) -> u32 {
+pub fn point(uid: &str) -> u64 {
     let digest = Sha256::digest(format!("wasmop.dev/rollout\0{uid}").as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
-    (u64::from_be_bytes(first) % u64::from(WHOLE)) as u32
+    u64::from_be_bytes(first)
 }
 
-/// Whether the canary serves the parent with `uid` at a share of `percent`: its point is within
-/// the share, or it matched the first step's selector (`selected`), so a parent that moved to
-/// the canary stays there as the share grows.
-pub fn serves_canary(uid: &str, percent: u32, selected: bool) -> bool {
-    selected || point(uid) < percent.min(100) * (WHOLE / 100)
+/// The point below which parents are on the canary so that it serves `percent` of the parents
+/// at `points` (exactly, up to rounding to a whole parent): the share is counted on the parents
+/// there are, not left to the spread of a hash. A parent created later falls by its own point,
+/// and as the share grows the threshold only rises, so a parent on the canary stays there.
+pub fn threshold(points: impl IntoIterator<Item = u64>, percent: u32) -> u64 {
+    let mut points: Vec<u64> = points.into_iter().collect();
+    points.sort_unstable();
+    let percent = percent.min(100);
+    let take = (points.len() * percent as usize + 50) / 100;
+    match points.get(take) {
+        _ if percent == 100 => u64::MAX,
+        Some(point) => *point,
+        // No parents yet: the share of the whole range.
+        None if points.is_empty() => u64::MAX / 100 * u64::from(percent),
+        None => u64::MAX,
+    }
+}
+
+/// Whether the canary serves the parent with `uid` below `threshold` (see [`threshold`]), or
+/// because it matched the rollout's selector (`selected`).
+pub fn serves_canary(uid: &str, threshold: u64, selected: bool) -> bool {
+    selected || point(uid) < threshold
 }
 
 /// Parses a pause as Kubernetes users write durations: `30s`, `2m`, `1h`, `1h30m`.
@@ -196,24 +217,28 @@ mod tests {
     }
 
     #[test]
-    fn shares_are_met_within_a_point_and_only_grow() {
-        let uids: Vec<String> = (0..10_000).map(|i| format!("7c9e6679-7425-40de-944b-e07fc1f9{i:04}")).collect();
-        let mut before: Vec<bool> = vec![false; uids.len()];
-        for percent in [5, 20, 50, 100] {
-            let now: Vec<bool> = uids.iter().map(|u| serves_canary(u, percent, false)).collect();
-            let share = now.iter().filter(|c| **c).count() as f64 / uids.len() as f64 * 100.0;
-            assert!((share - f64::from(percent)).abs() <= 1.0, "{percent}%: {share:.2}%");
-            assert!(before.iter().zip(&now).all(|(b, n)| !b || *n), "a parent left the canary at {percent}%");
-            before = now;
+    fn shares_are_met_to_the_parent_and_only_grow() {
+        for count in [7, 1_000, 10_000] {
+            let uids: Vec<String> = (0..count).map(|i| format!("7c9e6679-7425-40de-944b-e07fc1f9{i:04}")).collect();
+            let mut before: Vec<bool> = vec![false; uids.len()];
+            for percent in [0, 5, 20, 50, 100] {
+                let cut = threshold(uids.iter().map(|u| point(u)), percent);
+                let now: Vec<bool> = uids.iter().map(|u| serves_canary(u, cut, false)).collect();
+                let on = now.iter().filter(|c| **c).count();
+                assert_eq!(on, (count * percent as usize + 50) / 100, "{percent}% of {count}");
+                assert!(before.iter().zip(&now).all(|(b, n)| !b || *n), "a parent left the canary at {percent}%");
+                before = now;
+            }
+            assert!(serves_canary(&uids[0], 0, true), "a selected parent is on the canary from the first step");
         }
-        assert!(serves_canary(&uids[0], 0, true), "a selected parent is on the canary from the first step");
+        assert_eq!(threshold([], 20), u64::MAX / 100 * 20, "with no parents yet, the share of the range");
     }
 
     #[test]
     fn the_shard_hash_and_the_rollout_point_are_independent() {
         let on_canary_in_shard_0 = (0..4_000)
             .map(|i| format!("uid-{i}"))
-            .filter(|u| serves_canary(u, 50, false))
+            .filter(|u| serves_canary(u, u64::MAX / 2, false))
             .filter(|u| crate::shard::shard_of(u, 2) == 0)
             .count();
         assert!((900..=1100).contains(&on_canary_in_shard_0), "{on_canary_in_shard_0} of ~1000");

@@ -19,7 +19,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::catalog::{Catalog, KindKey, OperatorRevision, PolicyRevision, Rejections, Snapshot};
+use crate::catalog::{Canary, Catalog, KindKey, OperatorRevision, PolicyRevision, Rejections, Snapshot};
 use crate::controller::{self, ControllerOptions};
 use crate::crd::{self, CrdError};
 use crate::policy::PolicyChain;
@@ -40,6 +40,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The controller of one parent kind: a revision, run in each watched namespace.
 struct Running {
     revision: Arc<OperatorRevision>,
+    /// The canary of a staged rollout serving beside it, if any.
+    canary: Option<Arc<Canary>>,
     tasks: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
@@ -172,7 +174,7 @@ impl Supervisor {
                 () = &mut shutdown => break,
                 () = retry => {
                     for (kind, revision) in std::mem::take(&mut self.blocked) {
-                        self.start(kind, revision).await;
+                        self.start(kind, revision, None).await;
                     }
                 }
                 changed = self.snapshots.changed() => {
@@ -200,22 +202,30 @@ impl Supervisor {
             self.retire(&kind, None).await;
         }
         for (kind, revision) in &snapshot.operators {
-            let current = self.running.get(kind).map(|r| &r.revision);
+            let current = self.running.get(kind);
+            let canary = snapshot.canaries.get(kind).cloned();
             match current {
-                Some(current) if Arc::ptr_eq(current, revision) => {
-                    if policies_changed {
-                        self.restart(kind).await;
+                Some(current) if Arc::ptr_eq(&current.revision, revision) => {
+                    let same_canary = match (&current.canary, &canary) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        _ => false,
+                    };
+                    // A new share of a rollout restarts the controller: every parent is
+                    // reconciled again by the revision that now serves it.
+                    if policies_changed || !same_canary {
+                        self.restart(kind, canary).await;
                     }
                 }
                 _ if self.blocked.contains_key(kind) => {}
-                _ => self.start(kind.clone(), revision.clone()).await,
+                _ => self.start(kind.clone(), revision.clone(), canary).await,
             }
         }
     }
 
     /// Starts `revision` for `kind` once it may run (permissions, CRD), replacing the
     /// revision running for the kind, if any.
-    async fn start(&mut self, kind: KindKey, revision: Arc<OperatorRevision>) {
+    async fn start(&mut self, kind: KindKey, revision: Arc<OperatorRevision>, canary: Option<Arc<Canary>>) {
         if !self.allowed(&kind, &revision).await {
             self.blocked.insert(kind, revision);
             return;
@@ -227,7 +237,7 @@ impl Supervisor {
         if self.running.contains_key(&kind) {
             self.retire(&kind, Some(&revision)).await;
         }
-        let running = self.spawn(revision);
+        let running = self.spawn(revision, canary);
         self.running.insert(kind, running);
     }
 
@@ -261,12 +271,13 @@ impl Supervisor {
         }
     }
 
-    /// Restarts the controller of `kind` on the same revision (the policy chain changed).
-    async fn restart(&mut self, kind: &KindKey) {
+    /// Restarts the controller of `kind` on the same revision (the policy chain or the
+    /// rollout's canary changed).
+    async fn restart(&mut self, kind: &KindKey, canary: Option<Arc<Canary>>) {
         let Some(old) = self.running.remove(kind) else { return };
         let revision = old.revision.clone();
         stop(old).await;
-        let running = self.spawn(revision);
+        let running = self.spawn(revision, canary);
         self.running.insert(kind.clone(), running);
     }
 
@@ -319,7 +330,7 @@ impl Supervisor {
     }
 
     /// Runs `revision`'s controller in each watched namespace.
-    fn spawn(&self, revision: Arc<OperatorRevision>) -> Running {
+    fn spawn(&self, revision: Arc<OperatorRevision>, canary: Option<Arc<Canary>>) -> Running {
         let plugin = &revision.plugin;
         let meta = plugin.metadata();
         let telemetry = &self.telemetry;
@@ -341,6 +352,7 @@ impl Supervisor {
                 let options = ControllerOptions {
                     namespace: namespace.clone(),
                     settings: revision.settings.clone(),
+                    canary: canary.clone(),
                     ..self.options.clone()
                 };
                 let (stop, rx) = watch::channel(false);
@@ -355,7 +367,11 @@ impl Supervisor {
                 (stop, task)
             })
             .collect();
-        Running { revision, tasks }
+        if let Some(canary) = &canary {
+            tracing::info!(plugin = %meta.name, canary = canary.revision.plugin.file().revision(),
+                percent = canary.percent, "a staged rollout serves the canary beside the revision");
+        }
+        Running { revision, canary, tasks }
     }
 }
 

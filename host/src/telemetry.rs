@@ -119,6 +119,9 @@ pub struct Metrics {
     children_pruned: Family<Labels, Counter>,
     plugin_info: Family<Labels, Gauge>,
     reconcile_loops: Family<Labels, Counter>,
+    revision_reconciles: Family<Labels, Counter>,
+    rollout_percent: Family<Labels, Gauge>,
+    rollbacks: Family<Labels, Counter>,
     /// The `plugin_info` labels set per plugin, to remove them on a change.
     served: Mutex<std::collections::HashMap<String, Labels>>,
 }
@@ -150,6 +153,9 @@ impl Metrics {
             children_pruned: Family::default(),
             plugin_info: Family::default(),
             reconcile_loops: Family::default(),
+            revision_reconciles: Family::default(),
+            rollout_percent: Family::default(),
+            rollbacks: Family::default(),
             served: Mutex::default(),
         };
         let mut registry = Registry::default();
@@ -200,7 +206,40 @@ impl Metrics {
             "Parents reconciled too often without a spec change, by plugin",
             m.reconcile_loops.clone(),
         );
+        registry.register(
+            "wasmop_revision_reconciles",
+            "Reconciles per plugin revision and result (success, failure), what a rollout judges",
+            m.revision_reconciles.clone(),
+        );
+        registry.register(
+            "wasmop_rollout_canary_percent",
+            "Share of parents the canary of a WasmPlugin's rollout serves (0 when none runs)",
+            m.rollout_percent.clone(),
+        );
+        registry.register(
+            "wasmop_rollout_rollbacks",
+            "Rollouts rolled back, automatically or by hand, per WasmPlugin",
+            m.rollbacks.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// A reconcile by `revision` of `plugin` ended; `failed` as a rollout counts failures.
+    pub fn revision_reconciled(&self, plugin: &str, revision: &str, failed: bool) {
+        let result = if failed { "failure" } else { "success" };
+        self.revision_reconciles
+            .get_or_create(&labels(&[("plugin", plugin), ("revision", revision), ("result", result)]))
+            .inc();
+    }
+
+    /// The canary of WasmPlugin `name` serves `percent` of parents now.
+    pub fn rollout_percent(&self, name: &str, percent: u32) {
+        self.rollout_percent.get_or_create(&labels(&[("wasmplugin", name)])).set(i64::from(percent));
+    }
+
+    /// The rollout of WasmPlugin `name` went back to its stable revision.
+    pub fn rolled_back(&self, name: &str) {
+        self.rollbacks.get_or_create(&labels(&[("wasmplugin", name)])).inc();
     }
 
     /// A reconcile of `controller` ended with `result` (`success`, `requeue_after`, `error`)
@@ -366,6 +405,31 @@ pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     /// Readiness.
     pub health: Arc<Health>,
+    /// Reconciles and failures per plugin revision, which a rollout's analysis reads.
+    pub revisions: Arc<Revisions>,
+}
+
+/// Reconciles and failures per plugin revision, counted by the controllers and read by the
+/// status writer of a rollout (handed down to both, like the other counters).
+#[derive(Debug, Default)]
+pub struct Revisions {
+    figures: Mutex<std::collections::HashMap<String, crate::rollout::Figures>>,
+}
+
+impl Revisions {
+    /// Counts a reconcile by `revision`.
+    pub fn record(&self, revision: &str, failed: bool) {
+        if let Ok(mut figures) = self.figures.lock() {
+            let entry = figures.entry(revision.to_string()).or_default();
+            entry.reconciles += 1;
+            entry.failures += u64::from(failed);
+        }
+    }
+
+    /// What `revision` made so far on this replica.
+    pub fn get(&self, revision: &str) -> crate::rollout::Figures {
+        self.figures.lock().ok().and_then(|f| f.get(revision).copied()).unwrap_or_default()
+    }
 }
 
 impl Telemetry {
@@ -376,6 +440,7 @@ impl Telemetry {
             reloads: Arc::default(),
             metrics: Arc::new(Metrics::new()),
             health: Arc::default(),
+            revisions: Arc::default(),
         }
     }
 

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 pub const READY: &str = "Ready";
 /// Condition type: an older revision serves because the newest cannot.
 pub const DEGRADED: &str = "Degraded";
+/// Annotation asking the rollout in progress to go on (`promote`) or to go back to the stable
+/// revision (`abort`); a suffix after `:` (a timestamp, as `wasmop rollout` writes) makes the
+/// same request again. Each value is acted on once (`status.rollout.lastHandledAction`).
+pub const ROLLOUT_ACTION_ANNOTATION: &str = "wasmop.dev/rollout-action";
 
 /// What a `WasmPlugin` asks for.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -43,6 +47,73 @@ pub struct WasmPluginSpec {
     /// protect is allowed; protect to monitor needs the object re-created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<crate::policy::Mode>,
+    /// How a new revision of an operator plugin replaces the serving one: by steps of a share
+    /// of parents, with automatic rollback. Without it a new revision serves every parent at
+    /// once. (A policy's new revision always replaces the old one at once.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+}
+
+/// A staged rollout: steps of a share of parents, each held for a pause, and the analysis that
+/// rolls back a canary failing too often.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Rising shares ending at 100, e.g. `[{percent: 5, pause: 2m}, {percent: 50, pause: 5m},
+    /// {percent: 100}]`. A step without a pause waits for `wasmop rollout promote`.
+    pub steps: Vec<RolloutStep>,
+    /// Parents matching this label selector are on the canary from the first step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "label_selector")]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// When to roll back (default: more than 1% of at least 50 canary reconciles failing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<RolloutAnalysis>,
+}
+
+/// One step of a rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStep {
+    /// The share of parents the canary serves, 1–100.
+    pub percent: u32,
+    /// How long to hold the step (`30s`, `2m`, `1h30m`); none waits for a manual promote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<String>,
+}
+
+/// The failure analysis of a rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutAnalysis {
+    /// Roll back when more than this fraction of the canary's reconciles fail (default 0.01).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failure_rate: Option<f64>,
+    /// Judge only after the canary made this many reconciles (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_reconciles: Option<u64>,
+}
+
+impl RolloutSpec {
+    /// The validated plan, or what to fix.
+    pub fn plan(&self) -> Result<crate::rollout::Plan, String> {
+        let steps = self
+            .steps
+            .iter()
+            .map(|s| {
+                let pause = s.pause.as_deref().map(crate::rollout::parse_pause).transpose()?;
+                Ok(crate::rollout::Step { percent: s.percent, pause })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let plan = crate::rollout::Plan::new(steps).map_err(|e| e.to_string())?;
+        let analysis =
+            self.analysis.clone().unwrap_or(RolloutAnalysis { max_failure_rate: None, min_reconciles: None });
+        plan.analysis(
+            analysis.max_failure_rate.unwrap_or(crate::rollout::DEFAULT_MAX_FAILURE_RATE),
+            analysis.min_reconciles.unwrap_or(crate::rollout::DEFAULT_MIN_RECONCILES),
+        )
+        .map_err(|e| e.to_string())
+    }
 }
 
 /// Where a `WasmPlugin`'s component comes from. The API server refuses a source naming none or
@@ -114,6 +185,54 @@ pub struct WasmPluginStatus {
     /// the same one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved: Option<Resolved>,
+    /// The staged rollout of the newest revision, while it runs and after it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// Where a staged rollout stands. Written by the status writer only; every replica serves
+/// the share it says.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// `Progressing`, `Complete`, `RolledBack` or `Aborted`.
+    pub phase: String,
+    /// The spec generation rolled out.
+    pub generation: i64,
+    /// The revision serving the other parents (and every parent again after a rollback).
+    pub stable_revision: String,
+    /// The revision rolled out.
+    pub canary_revision: String,
+    /// Digest of the canary's artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_digest: Option<String>,
+    /// The step (0-based) of `spec.rollout.steps`.
+    pub step: u32,
+    /// The share of parents the canary serves now.
+    pub percent: u32,
+    /// When the step began (RFC 3339).
+    pub step_started_at: String,
+    /// The stable revision's reconciles and failures since the rollout began (as the status
+    /// writer measured them).
+    pub stable: RevisionFigures,
+    /// The canary's.
+    pub canary: RevisionFigures,
+    /// What happened last, in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The last `wasmop.dev/rollout-action` annotation acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_action: Option<String>,
+}
+
+/// Reconciles and failures of one revision.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionFigures {
+    /// Reconciles made.
+    pub reconciles: u64,
+    /// Of which failed (plugin failures, child conflicts, children refused by the API server).
+    pub failures: u64,
 }
 
 /// A tag resolved to a digest.
@@ -153,6 +272,25 @@ fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// A `metav1.LabelSelector`: `matchLabels` and `matchExpressions`.
+fn label_selector(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "properties": {
+            "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "matchExpressions": {"type": "array", "items": {
+                "type": "object",
+                "required": ["key", "operator"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "operator": {"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                    "values": {"type": "array", "items": {"type": "string"}},
+                },
+            }},
+        },
     })
 }
 
@@ -220,6 +358,7 @@ mod tests {
             },
             settings: None,
             mode: None,
+            rollout: None,
         };
         assert!(spec(true, false).check().is_ok() && spec(false, true).check().is_ok());
         assert!(spec(false, false).check().unwrap_err().contains("names no source"));

@@ -17,7 +17,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use wasmop::wasmplugin::WasmPlugin;
+use wasmop::wasmplugin::{RolloutStatus, WasmPlugin};
 
 fn run_ok(args: &[&str]) -> String {
     common::stdout(&common::wasmop(args)).trim().to_string()
@@ -132,7 +132,8 @@ fn a_password_from_stdin_never_reaches_the_logs() {
 
 on_both_backends!(
     a_wasmplugin_delivers_rolls_back_and_survives_the_registry,
-    a_policy_wasmplugin_monitors_then_protects
+    a_policy_wasmplugin_monitors_then_protects,
+    a_staged_rollout_promotes_rolls_back_and_aborts,
 );
 
 /// WasmPlugins are cluster-wide: every operator on the shared control plane sees (and, as the
@@ -461,4 +462,151 @@ async fn a_policy_wasmplugin_monitors_then_protects(cluster: Cluster) {
 fn base64(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// How many children of `ns` (ConfigMaps the host marked) carry each revision.
+async fn revisions_of_children(client: &Client, ns: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    let Ok(list) = Api::<ConfigMap>::namespaced(client.clone(), ns).list(&ListParams::default()).await else {
+        return counts;
+    };
+    for revision in list.items.iter().filter_map(|c| c.annotations().get("wasmop.dev/plugin-revision")) {
+        *counts.entry(revision.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// The WasmPlugin's `status.rollout`, once it describes `canary` in `phase` at `percent`.
+async fn wait_rollout(api: &Api<WasmPlugin>, name: &str, canary: &str, phase: &str, percent: u32) -> RolloutStatus {
+    let mut last = None;
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            let rollout = api.get(name).await.ok().and_then(|o| o.status).and_then(|s| s.rollout);
+            if let Some(r) = &rollout
+                && (r.canary_revision.as_str(), r.phase.as_str(), r.percent) == (canary, phase, percent)
+            {
+                return r.clone();
+            }
+            last = rollout;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("rollout of {canary} not {phase} at {percent}%; last: {last:?}"))
+}
+
+/// Asks the rollout of WasmPlugin `name` to go on or back, as `wasmop rollout` does.
+fn rollout_cli(kubeconfig: &Path, verb: &str, name: &str) -> String {
+    run_ok(&["rollout", verb, name, "--kubeconfig", kubeconfig.to_str().unwrap()])
+}
+
+/// A staged rollout over 1,000 parents: a good revision moves by steps to exactly the share
+/// each step names (promoted by hand, completed after a pause); a revision failing on 20% of
+/// parents is rolled back by its analysis; one aborted by hand goes back too. Children carry
+/// the revision that computed them throughout.
+async fn a_staged_rollout_promotes_rolls_back_and_aborts(cluster: Cluster) {
+    const PARENTS: usize = 1_000;
+    const FLAKY: usize = 200;
+    let _turn = CLUSTER_WIDE.lock().await;
+    let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
+    install_wasmplugin_crd(&client).await;
+    install_hostile_crd(&client).await;
+    let base = read(&common::plugin("hostile"));
+    let builds: Vec<Vec<u8>> = ["v1", "v2", "v3", "v4"].iter().map(|tag| registry::rebuilt(&base, tag)).collect();
+    let rev = |i: usize| wasmop::plugin::sha256_hex(&builds[i])[..12].to_string();
+    let binary: std::collections::BTreeMap<String, String> =
+        builds.iter().enumerate().map(|(i, b)| (format!("v{}.wasm", i + 1), base64(b))).collect();
+    let config_map: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "hostile-builds"}, "binaryData": binary})).unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), &ns).create(&PostParams::default(), &config_map).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml().await).unwrap();
+    let log = dir.path().join("wasmop.log");
+    let _operator = RunningOperator::start(&kubeconfig, &ns, "127.0.0.1:1", &dir.path().join("artifacts"), &log);
+
+    let plugins: Api<WasmPlugin> = Api::all(client.clone());
+    let name = format!("rollout-{ns}");
+    let object: WasmPlugin = serde_json::from_value(json!({
+        "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": name},
+        "spec": {"source": {"configMap": {"name": "hostile-builds", "key": "v1.wasm"}}},
+    }))
+    .unwrap();
+    plugins.create(&PostParams::default(), &object).await.unwrap();
+    wait_plugin_ready(&plugins, &name, "True", "Serving").await;
+    let hostile = hostile_resource();
+    wait_served(&client, &hostile).await;
+    for i in 0..PARENTS {
+        let mode = if i < FLAKY { "flaky" } else { "ok" };
+        create(&client, &hostile, &ns, &format!("p{i:04}"), json!({"mode": mode})).await;
+    }
+    let all_on = |revision: String| {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move { revisions_of_children(&client, &ns).await == [(revision, PARENTS)].into() }
+    };
+    eventually("every child on v1", || all_on(rev(0))).await;
+
+    // 1. A good v2 by steps of 10% and 50% (promoted by hand), then 100% for a pause of 1 s.
+    let rollout = |key: &str, settings: serde_json::Value, steps: serde_json::Value, analysis: serde_json::Value| {
+        json!({"spec": {"source": {"configMap": {"name": "hostile-builds", "key": key}}, "settings": settings,
+            "rollout": {"steps": steps, "analysis": analysis}}})
+    };
+    let steps = json!([{"percent": 10}, {"percent": 50}, {"percent": 100, "pause": "1s"}]);
+    let patch = rollout("v2.wasm", json!(null), steps, json!(null));
+    plugins.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    for percent in [10, 50] {
+        wait_rollout(&plugins, &name, &rev(1), "Progressing", percent).await;
+        let on_canary = PARENTS * percent as usize / 100;
+        let expected: std::collections::BTreeMap<String, usize> =
+            [(rev(1), on_canary), (rev(0), PARENTS - on_canary)].into_iter().filter(|(_, n)| *n > 0).collect();
+        eventually(&format!("exactly {percent}% of children on v2"), || {
+            let (client, ns, expected) = (client.clone(), ns.clone(), expected.clone());
+            async move { revisions_of_children(&client, &ns).await == expected }
+        })
+        .await;
+        rollout_cli(&kubeconfig, "promote", &name);
+    }
+    let done = wait_rollout(&plugins, &name, &rev(1), "Complete", 100).await;
+    assert_eq!(done.stable_revision, rev(0));
+    let message = wait_plugin_ready(&plugins, &name, "True", "Serving").await;
+    assert!(message.contains(&rev(1)), "{message}");
+    eventually("every child on v2", || all_on(rev(1))).await;
+
+    // 2. A v3 that traps on the 20% flaky parents: rolled back by the analysis at its first
+    //    step, every child back on v2, a Warning Event, Ready=False naming the failure rate.
+    let steps = json!([{"percent": 50, "pause": "10m"}, {"percent": 100}]);
+    let analysis = json!({"maxFailureRate": 0.05, "minReconciles": 50});
+    let patch = rollout("v3.wasm", json!({"failFlaky": true}), steps.clone(), analysis);
+    plugins.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let rolled = wait_rollout(&plugins, &name, &rev(2), "RolledBack", 50).await;
+    assert!(rolled.canary.failures * 20 > rolled.canary.reconciles, "{rolled:?}");
+    assert!(rolled.message.contains("more than the 5.0%"), "{}", rolled.message);
+    let message = wait_plugin_ready(&plugins, &name, "False", "RolledBack").await;
+    assert!(message.contains("failed") && message.contains(&rev(1)), "{message}");
+    eventually("every child back on v2", || all_on(rev(1))).await;
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns);
+    eventually("a RolledBack Warning Event", || async {
+        events.list(&ListParams::default()).await.is_ok_and(|l| {
+            l.items.iter().any(|e| e.reason.as_deref() == Some("RolledBack") && e.type_.as_deref() == Some("Warning"))
+        })
+    })
+    .await;
+
+    // 3. A good v4 aborted by hand at 50%: every child back on v2, and the status says so.
+    let patch = rollout("v4.wasm", json!(null), steps, json!(null));
+    plugins.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_rollout(&plugins, &name, &rev(3), "Progressing", 50).await;
+    eventually("half the children on v4", || async {
+        revisions_of_children(&client, &ns).await.get(&rev(3)) == Some(&(PARENTS / 2))
+    })
+    .await;
+    let said = rollout_cli(&kubeconfig, "abort", &name);
+    assert!(said.contains(&name), "{said}");
+    wait_rollout(&plugins, &name, &rev(3), "Aborted", 50).await;
+    eventually("every child back on v2 after the abort", || all_on(rev(1))).await;
+    let status = rollout_cli(&kubeconfig, "status", &name);
+    assert!(status.contains("Aborted") && status.contains(&rev(3)), "{status}");
+    plugins.delete(&name, &DeleteParams::default()).await.unwrap();
+    cluster.shutdown().await;
 }

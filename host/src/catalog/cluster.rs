@@ -24,12 +24,17 @@ use kube::{Api, Client, ResourceExt};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Rejections, Snapshot, Source};
+mod staged;
+
+use super::{Rejections, Snapshot, Source, Stage};
 use crate::policy::Mode;
 use crate::registry::{self, ArtifactCache, Credentials, Registry, RegistryError};
+use crate::rollout::Figures;
+use crate::telemetry::{Metrics, Revisions};
 use crate::wasmplugin::{
-    DEGRADED, PluginCondition, READY, Resolved, SourceRef, WasmPlugin, WasmPluginSpec, WasmPluginStatus,
+    DEGRADED, PluginCondition, READY, Resolved, RolloutSpec, SourceRef, WasmPlugin, WasmPluginSpec, WasmPluginStatus,
 };
+use staged::{rolled_back_here, rollout_condition};
 
 /// How long [`super::CatalogBuilder::start`] waits for the first fetch of every `WasmPlugin`.
 const DEFAULT_INITIAL_WAIT: Duration = Duration::from_secs(30);
@@ -37,6 +42,10 @@ const DEFAULT_INITIAL_WAIT: Duration = Duration::from_secs(30);
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 /// Longest wait between two tries of a failing fetch.
 const RETRY_MOST: Duration = Duration::from_secs(120);
+/// How often the status writer judges the rollouts in progress.
+const ROLLOUT_TICK: Duration = Duration::from_secs(1);
+/// Least time between two writes of a rollout's figures alone (a step change writes at once).
+const FIGURES_EVERY: Duration = Duration::from_secs(5);
 
 /// What the cluster source hands the catalog task.
 pub(super) enum Delivery {
@@ -50,8 +59,19 @@ pub(super) enum Delivery {
         settings: Option<String>,
         /// A policy's mode, if the spec sets one.
         mode: Option<Mode>,
-        /// Of the bytes, settings and mode: the same fingerprint is the same revision.
+        /// The spec asks for a staged rollout: a new operator revision becomes a canary.
+        staged: bool,
+        /// Of the bytes, settings, mode and rollout: the same fingerprint is the same revision.
         fingerprint: String,
+        /// Told once the snapshot is published.
+        done: oneshot::Sender<()>,
+    },
+    /// The rollout of `WasmPlugin` `name` moved (its status says so).
+    Stage {
+        /// The object's name.
+        name: String,
+        /// What its canary does now.
+        stage: Stage,
         /// Told once the snapshot is published.
         done: oneshot::Sender<()>,
     },
@@ -115,6 +135,7 @@ impl ClusterSource {
         deliveries: mpsc::Sender<Delivery>,
         snapshots: watch::Receiver<Arc<Snapshot>>,
         rejections: Rejections,
+        telemetry: &crate::telemetry::Telemetry,
     ) -> Running {
         let (ready_tx, ready) = oneshot::channel();
         let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
@@ -135,6 +156,8 @@ impl ClusterSource {
             outcomes_tx,
             listed: false,
             ready: Some(ready_tx),
+            revisions: telemetry.revisions.clone(),
+            metrics: telemetry.metrics.clone(),
         };
         let task = tokio::spawn(actor.run(self.client, self.namespace, outcomes));
         if tokio::time::timeout(self.initial_wait, ready).await.is_err() {
@@ -293,11 +316,13 @@ fn gunzip(raw: Vec<u8>, limit: u64) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Of a component and its settings: the catalog's revision key for a cluster source.
-fn fingerprint(bytes: &[u8], settings: Option<&str>, mode: Option<Mode>) -> String {
+/// Of a component, its settings, mode and rollout: the catalog's revision key for a cluster
+/// source (a changed rollout spec delivers the component again: a rolled-back one is retried).
+fn fingerprint(bytes: &[u8], settings: Option<&str>, mode: Option<Mode>, rollout: Option<&RolloutSpec>) -> String {
     let hex = |b: &[u8]| Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect::<String>();
     let mode = mode.map(|m| format!(":{m}")).unwrap_or_default();
-    format!("{}:{}{mode}", hex(bytes), hex(settings.unwrap_or("").as_bytes()))
+    let rollout = rollout.map(|r| format!(":{}", hex(serde_json::to_string(r).unwrap_or_default().as_bytes())));
+    format!("{}:{}{mode}{}", hex(bytes), hex(settings.unwrap_or("").as_bytes()), rollout.unwrap_or_default())
 }
 
 /// Where one object's newest generation stands.
@@ -326,6 +351,11 @@ struct Record {
     resolved: Option<Resolved>,
     /// Seen in the current (re)list.
     seen: bool,
+    /// The figures of (stable, canary) when this replica started the rollout of the canary
+    /// revision named, subtracted from what it counts since.
+    baseline: Option<(String, Figures, Figures)>,
+    /// When this replica last wrote the rollout's figures.
+    figures_written: Option<tokio::time::Instant>,
 }
 
 impl Record {
@@ -348,6 +378,9 @@ struct Actor {
     listed: bool,
     /// Told when the first list is complete and every object fetched once.
     ready: Option<oneshot::Sender<()>>,
+    /// Reconciles and failures per revision, which the rollouts judge.
+    revisions: Arc<Revisions>,
+    metrics: Arc<Metrics>,
 }
 
 impl Actor {
@@ -360,6 +393,8 @@ impl Actor {
         )
         .default_backoff();
         let mut config_maps = std::pin::pin!(config_maps);
+        let mut rollouts = tokio::time::interval(ROLLOUT_TICK);
+        rollouts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 Some(event) = plugins.next() => match event {
@@ -373,6 +408,7 @@ impl Actor {
                 Some(outcome) = outcomes.recv() => self.settle(outcome).await,
                 Ok(()) = self.snapshots.changed() => self.write_all().await,
                 Ok(()) = self.writer.changed() => self.write_all().await,
+                _ = rollouts.tick() => self.drive_rollouts().await,
             }
             self.check_ready();
         }
@@ -404,6 +440,8 @@ impl Actor {
             digests: BTreeMap::new(),
             resolved: None,
             seen: true,
+            baseline: None,
+            figures_written: None,
         });
         record.object = object;
         record.seen = true;
@@ -412,6 +450,7 @@ impl Actor {
         if started != Some(generation) {
             self.start_fetch(&name, None);
         }
+        self.follow_rollout(&name).await;
         self.write(&name).await;
     }
 
@@ -485,8 +524,20 @@ impl Actor {
         match result {
             Ok(fetched) => {
                 let settings = record.object.spec.settings.as_ref().map(|s| s.to_string());
-                let mode = record.object.spec.mode;
-                let fingerprint = fingerprint(&fetched.bytes, settings.as_deref(), mode);
+                let (mode, rollout) = (record.object.spec.mode, record.object.spec.rollout.as_ref());
+                let fingerprint = fingerprint(&fetched.bytes, settings.as_deref(), mode, rollout);
+                if let Some(Err(message)) = rollout.map(RolloutSpec::plan) {
+                    let message = format!("spec.rollout: {message}");
+                    record.progress = Progress::Failed(Failure { reason: "InvalidSpec", message, transient: false });
+                    self.write(&name).await;
+                    return;
+                }
+                if let Some(why) = rolled_back_here(record, &fetched.digest) {
+                    record.progress =
+                        Progress::Failed(Failure { reason: "RolledBack", message: why, transient: false });
+                    self.write(&name).await;
+                    return;
+                }
                 if let Some(digest) = fetched.resolved {
                     let reference = record.object.spec.source.oci.as_ref().map(|o| o.reference.clone());
                     record.resolved = reference.map(|reference| Resolved { reference, generation, digest });
@@ -497,10 +548,20 @@ impl Actor {
                 record.digests.insert(fingerprint.clone(), fetched.digest);
                 record.progress = Progress::Delivered { fingerprint: fingerprint.clone() };
                 let (done, delivered) = oneshot::channel();
-                let put = Delivery::Put { name: name.clone(), bytes: fetched.bytes, settings, mode, fingerprint, done };
+                let staged = rollout.is_some();
+                let put = Delivery::Put {
+                    name: name.clone(),
+                    bytes: fetched.bytes,
+                    settings,
+                    mode,
+                    staged,
+                    fingerprint,
+                    done,
+                };
                 if self.deliveries.send(put).await.is_ok() {
                     let _ = delivered.await;
                 }
+                self.follow_rollout(&name).await;
             }
             Err(failure) => {
                 if record.progress != Progress::Failed(failure.clone()) {
@@ -618,10 +679,15 @@ fn status_of(record: &Record, snapshot: &Snapshot, current: &WasmPluginStatus) -
     let generation = record.generation();
     let serving = serving(snapshot, &name);
     let source = Source::Cluster(name);
-    let (ready, reason, message) = match &record.progress {
-        Progress::Pending | Progress::AwaitingResolution => return None,
-        Progress::Failed(failure) => ("False", failure.reason, failure.message.clone()),
-        Progress::Delivered { fingerprint } => match (&serving, snapshot.rejected.get(&source)) {
+    let staged = match &record.progress {
+        Progress::Delivered { fingerprint } => rollout_condition(record, snapshot, fingerprint),
+        _ => None,
+    };
+    let (ready, reason, message) = match (staged, &record.progress) {
+        (Some(said), _) => said,
+        (None, Progress::Pending | Progress::AwaitingResolution) => return None,
+        (None, Progress::Failed(failure)) => ("False", failure.reason, failure.message.clone()),
+        (None, Progress::Delivered { fingerprint }) => match (&serving, snapshot.rejected.get(&source)) {
             (Some(s), None) if s.fingerprint == *fingerprint => {
                 let message = match s.kinds.is_empty() {
                     true => format!("revision {} reviews as a policy", s.revision),
@@ -674,6 +740,7 @@ fn status_of(record: &Record, snapshot: &Snapshot, current: &WasmPluginStatus) -
         revision: serving.as_ref().map(|s| s.revision.clone()),
         kinds: serving.map(|s| s.kinds).unwrap_or_default(),
         resolved: resolved.or_else(|| current.resolved.clone()),
+        rollout: current.rollout.clone(),
     })
 }
 
@@ -705,8 +772,10 @@ mod tests {
 
     #[test]
     fn settings_are_part_of_the_fingerprint() {
-        assert_ne!(fingerprint(b"x", None, None), fingerprint(b"x", Some("{\"a\":1}"), None));
-        assert_eq!(fingerprint(b"x", None, None), fingerprint(b"x", Some(""), None));
-        assert_ne!(fingerprint(b"x", None, None), fingerprint(b"x", None, Some(Mode::Monitor)));
+        assert_ne!(fingerprint(b"x", None, None, None), fingerprint(b"x", Some("{\"a\":1}"), None, None));
+        assert_eq!(fingerprint(b"x", None, None, None), fingerprint(b"x", Some(""), None, None));
+        assert_ne!(fingerprint(b"x", None, None, None), fingerprint(b"x", None, Some(Mode::Monitor), None));
+        let rollout = RolloutSpec { steps: vec![], selector: None, analysis: None };
+        assert_ne!(fingerprint(b"x", None, None, None), fingerprint(b"x", None, None, Some(&rollout)));
     }
 }

@@ -59,6 +59,26 @@ impl Rejections {
     }
 }
 
+impl Rejections {
+    /// Logs, counts and records a Warning `RolledBack` Event: the rollout of `source` went back
+    /// to its stable revision, for the reason `note` gives.
+    pub async fn rolled_back(&self, source: &Source, note: &str) {
+        self.metrics.rolled_back(&source.short_name());
+        tracing::warn!(source = %source, note, "rollout rolled back; the stable revision serves every parent");
+        let Some(recorder) = &self.recorder else { return };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "RolledBack".into(),
+            note: Some(crate::text::cap(&format!("{source}: {note}"), crate::status::MAX_EVENT_NOTE)),
+            action: crate::text::cap(&format!("Roll out {}", source.short_name()), MAX_EVENT_ACTION),
+            secondary: None,
+        };
+        if let Err(err) = recorder.publish(&event, &self.reference).await {
+            tracing::debug!(error = %err, "cannot publish the rollback Event");
+        }
+    }
+}
+
 /// The object rejection Events are about: the operator's own Pod when in-cluster (POD_NAME and
 /// POD_NAMESPACE from the downward API), else the namespace the operator is limited to
 /// (`--namespace`, the first), else `default`.

@@ -125,12 +125,43 @@ pub type OperatorRevision = Revision<OperatorPlugin>;
 /// A loaded policy plugin version.
 pub type PolicyRevision = Revision<PolicyPlugin>;
 
+/// A second resident revision of an operator plugin while a staged rollout runs: it serves
+/// the share of parents its stage says (see [`crate::rollout::serves_canary`]), the stable
+/// revision the others.
+#[derive(Debug)]
+pub struct Canary {
+    /// The revision rolled out.
+    pub revision: Arc<OperatorRevision>,
+    /// The share of parents it serves, 0–100.
+    pub percent: u32,
+    /// Parents matching it are on the canary at every step.
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+}
+
+/// What a rollout's status tells the catalog to do with a source's canary.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stage {
+    /// Serve this share of parents (and the selected ones).
+    Share {
+        /// 0–100.
+        percent: u32,
+        /// Parents on the canary whatever the share.
+        selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    },
+    /// The canary becomes the stable revision.
+    Complete,
+    /// The canary goes; the stable revision serves every parent.
+    RollBack,
+}
+
 /// What serves at one moment. Handed out whole and never changed: a new state is a new
 /// snapshot.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// The operator revision serving each parent kind.
     pub operators: BTreeMap<KindKey, Arc<OperatorRevision>>,
+    /// The canary of a staged rollout, per parent kind, beside the revision in `operators`.
+    pub canaries: BTreeMap<KindKey, Arc<Canary>>,
     /// The policy revisions, in review order (source order).
     pub policies: Vec<Arc<PolicyRevision>>,
     /// Sources present but not serving (or whose newest version is refused while an older one
@@ -156,6 +187,8 @@ impl Snapshot {
             && self.operators.iter().zip(&other.operators).all(|((k, a), (l, b))| k == l && Arc::ptr_eq(a, b))
             && self.policies.len() == other.policies.len()
             && self.policies.iter().zip(&other.policies).all(|(a, b)| Arc::ptr_eq(a, b))
+            && self.canaries.len() == other.canaries.len()
+            && self.canaries.iter().zip(&other.canaries).all(|((k, a), (l, b))| k == l && Arc::ptr_eq(a, b))
     }
 }
 
@@ -224,6 +257,7 @@ impl CatalogBuilder {
     /// then follows their changes in tasks until the catalog is dropped.
     pub async fn start(self) -> Result<Catalog, CatalogError> {
         let rejections = Rejections::new(self.client, self.namespace.as_deref(), &self.telemetry);
+        let telemetry = self.telemetry.clone();
         let (events_tx, events) = mpsc::unbounded_channel();
         let watcher = match &self.dir {
             Some(dir) => Some(watch_dir(dir, events_tx)?),
@@ -245,7 +279,7 @@ impl CatalogBuilder {
         let (deliveries_tx, deliveries) = mpsc::channel(16);
         let task = tokio::spawn(follow(state, watcher, events, deliveries, tx));
         let cluster = match self.cluster {
-            Some(source) => Some(source.start(deliveries_tx, snapshots.clone(), rejections.clone()).await),
+            Some(source) => Some(source.start(deliveries_tx, snapshots.clone(), rejections.clone(), &telemetry).await),
             None => None,
         };
         Ok(Catalog { snapshots, rejections, dir: self.dir, task, _cluster: cluster })
@@ -364,6 +398,9 @@ struct Entry {
     loaded: Option<Loaded>,
     /// Why the newest version read is refused, if it is.
     failure: Option<Refused>,
+    /// A newer operator revision rolled out beside `loaded` (a `WasmPlugin` with
+    /// `spec.rollout`), with the share it serves.
+    canary: Option<Arc<Canary>>,
 }
 
 /// Why a version is not loaded.
@@ -389,6 +426,8 @@ struct Content {
     limits: Limits,
     settings: Option<String>,
     mode: Option<Mode>,
+    /// A new operator revision is rolled out beside the serving one, not put in its place.
+    staged: bool,
 }
 
 /// A loaded revision of either world.
@@ -436,6 +475,7 @@ impl State {
                             limits: sidecar.limits,
                             settings: sidecar.settings,
                             mode: sidecar.mode,
+                            staged: false,
                         }),
                     }
                 });
@@ -449,9 +489,15 @@ impl State {
     /// Takes in a delivery of the cluster source; returns what serves now and whom to tell.
     async fn deliver(&mut self, delivery: Delivery) -> (Snapshot, oneshot::Sender<()>) {
         let done = match delivery {
-            Delivery::Put { name, bytes, settings, mode, fingerprint, done } => {
-                let content = Content { bytes, limits: Limits::default(), settings, mode };
+            Delivery::Put { name, bytes, settings, mode, staged, fingerprint, done } => {
+                let content = Content { bytes, limits: Limits::default(), settings, mode, staged };
                 self.refresh(Source::Cluster(name), None, fingerprint, Ok(content)).await;
+                done
+            }
+            Delivery::Stage { name, stage, done } => {
+                if let Some(entry) = self.entries.get_mut(&Source::Cluster(name)) {
+                    entry.stage(stage);
+                }
                 done
             }
             Delivery::Remove { name, done } => {
@@ -481,24 +527,31 @@ impl State {
         content: Result<Content, String>,
     ) {
         let previous = self.entries.remove(&source);
-        let (loaded, known) = previous.map_or((None, None), |e| (e.loaded, Some((e.fingerprint, e.failure))));
+        let (loaded, known, canary) =
+            previous.map_or((None, None, None), |e| (e.loaded, Some((e.fingerprint, e.failure)), e.canary));
         if let Some((known, failure)) = known.filter(|(f, _)| *f == fingerprint) {
-            self.entries.insert(source, Entry { stamp, fingerprint: known, loaded, failure });
+            self.entries.insert(source, Entry { stamp, fingerprint: known, loaded, failure, canary });
             return;
         }
+        let staged = content.as_ref().is_ok_and(|c| c.staged);
         let outcome = match content {
             Ok(content) => self.load(&source, content, &fingerprint, loaded.as_ref()).await,
             Err(reason) => Err(Refused::Component(reason)),
         };
-        let (loaded, failure) = match outcome {
-            Ok(fresh) => (Some(fresh), None),
+        let entry = match outcome {
+            Ok(fresh) if staged => staged_entry(&source, loaded.clone(), fresh).map_err(Refused::Settings),
+            Ok(fresh) => Ok((Some(fresh), None)),
+            Err(refused) => Err(refused),
+        };
+        let (loaded, failure, canary) = match entry {
+            Ok((fresh, canary)) => (fresh, None, canary),
             Err(refused) => {
                 let serving = loaded.as_ref().map(|l| l.revision().to_string());
                 self.rejections.reject(&source, &refused.reason(), serving.as_deref()).await;
-                (loaded, Some(refused))
+                (loaded, Some(refused), canary)
             }
         };
-        self.entries.insert(source, Entry { stamp, fingerprint, loaded, failure });
+        self.entries.insert(source, Entry { stamp, fingerprint, loaded, failure, canary });
     }
 
     /// Loads and smoke-tests `content`, off the async threads.
@@ -509,7 +562,7 @@ impl State {
         fingerprint: &str,
         previous: Option<&Loaded>,
     ) -> Result<Loaded, Refused> {
-        let Content { bytes, limits, settings, mode } = content;
+        let Content { bytes, limits, settings, mode, staged: _ } = content;
         let (runtime, file) = (self.runtime.clone(), source.display_path());
         let result =
             tokio::task::spawn_blocking(move || runtime.load_bytes(&file, &bytes, limits).and_then(smoke_test))
@@ -582,6 +635,9 @@ impl State {
                         continue;
                     }
                     kind_owner.insert(kind.clone(), source);
+                    if let Some(canary) = &entry.canary {
+                        snapshot.canaries.insert(kind.clone(), canary.clone());
+                    }
                     snapshot.operators.insert(kind, rev.clone());
                 }
                 Some(Loaded::Policy(rev)) => {
@@ -615,6 +671,53 @@ impl State {
             }
             self.rejections.reject(&source, &reason, None).await;
             self.duplicates.insert(source, reason);
+        }
+    }
+}
+
+/// Where a new revision of a source with a staged rollout goes: beside the serving operator
+/// revision as its canary (serving no parent until the rollout's status gives it a share), or
+/// in its place when nothing serves yet, it is a policy, or it is the same component. Returns
+/// (loaded, canary), or why the rollout cannot run.
+fn staged_entry(
+    source: &Source,
+    serving: Option<Loaded>,
+    fresh: Loaded,
+) -> Result<(Option<Loaded>, Option<Arc<Canary>>), String> {
+    let (Some(Loaded::Operator(stable)), Loaded::Operator(canary)) = (&serving, &fresh) else {
+        return Ok((Some(fresh), None));
+    };
+    if stable.plugin.file().revision() == canary.plugin.file().revision() {
+        return Ok((Some(fresh), None));
+    }
+    let (old, new) = (stable.plugin.metadata(), canary.plugin.metadata());
+    let kinds =
+        |m: &crate::plugin::OperatorMetadata| m.children.iter().map(|c| c.gvk.to_string()).collect::<BTreeSet<_>>();
+    if old.parent != new.parent || kinds(old) != kinds(new) || old.finalizer != new.finalizer || old.crd != new.crd {
+        return Err(format!(
+            "{source}: revision {} changes the parent kind, child kinds, finalizer or CRD of revision {}, which a staged \
+             rollout cannot serve side by side; remove spec.rollout to replace it at once",
+            canary.plugin.file().revision(),
+            stable.plugin.file().revision()
+        ));
+    }
+    let canary = Canary { revision: canary.clone(), percent: 0, selector: None };
+    Ok((serving, Some(Arc::new(canary))))
+}
+
+impl Entry {
+    /// Follows the rollout's status: a new share, the canary promoted, or dropped.
+    fn stage(&mut self, stage: Stage) {
+        let Some(canary) = self.canary.take() else { return };
+        match stage {
+            Stage::Share { percent, selector } if canary.percent == percent && canary.selector == selector => {
+                self.canary = Some(canary);
+            }
+            Stage::Share { percent, selector } => {
+                self.canary = Some(Arc::new(Canary { revision: canary.revision.clone(), percent, selector }));
+            }
+            Stage::Complete => self.loaded = Some(Loaded::Operator(canary.revision.clone())),
+            Stage::RollBack => {}
         }
     }
 }

@@ -11,6 +11,7 @@ mod migrate;
 mod new;
 mod preview;
 mod rbac;
+mod rollout;
 mod run;
 mod test;
 
@@ -69,6 +70,8 @@ enum Command {
     Convert(convert::Args),
     /// Rewrite the stored objects of a kind in its storage version and trim storedVersions.
     Migrate(migrate::Args),
+    /// Follow and steer the staged rollout of a WasmPlugin: status, promote, abort.
+    Rollout(rollout::Args),
     /// Create a plugin project: the plugin, an example, golden cases, a README and a Makefile.
     New(new::Args),
     /// Run a plugin's golden-file cases offline (and check their round trips); --update records.
@@ -122,6 +125,7 @@ pub fn main() -> ExitCode {
         Command::Rbac(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| rbac::run(&rt, args)),
         Command::Convert(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| convert::run(&rt, args)),
         Command::Migrate(args) => block_on(migrate::run(args)),
+        Command::Rollout(args) => block_on(rollout::run(args)),
         Command::New(args) => new::run(args),
         Command::Test(args) => runtime(&cli.cache_dir, cli.no_cache).and_then(|rt| test::run(&rt, args)),
         Command::Version => {

@@ -51,6 +51,23 @@ pub enum ReconcileError {
 }
 
 impl ReconcileError {
+    /// Whether the failure counts against the revision that computed it, as a rollout's
+    /// analysis judges: the plugin failed (timeout, memory, trap, invalid output), a child is
+    /// someone else's, or the API server refused a child (a 4xx other than a conflict or
+    /// throttling). A spec the plugin calls invalid, a policy denial, or an outage does not.
+    pub fn counts_against_revision(&self) -> bool {
+        match self {
+            ReconcileError::Plugin(e) => !matches!(e, PluginError::InvalidSpec { .. }),
+            ReconcileError::UnknownChildKind { .. } | ReconcileError::ChildConflict { .. } => true,
+            ReconcileError::Api { action, source: kube::Error::Api(status) } => {
+                action.starts_with("applying")
+                    && (400..500).contains(&status.code)
+                    && ![409, 429].contains(&status.code)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the failure is a write conflict, retried at once.
     pub fn is_conflict(&self) -> bool {
         matches!(self, ReconcileError::Api { source: kube::Error::Api(status), .. } if status.code == 409)

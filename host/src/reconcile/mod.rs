@@ -112,6 +112,74 @@ pub struct Context {
     pub progress: Progress,
     /// The `PolicyReport` kind, when the cluster serves it (for monitoring policies' findings).
     pub reports: Option<ApiResource>,
+    /// The canary of a staged rollout, serving its share of the parents.
+    pub canary: Option<CanaryLogic>,
+    /// Reconciles and failures per revision, for the rollout's analysis.
+    pub revisions: Arc<crate::telemetry::Revisions>,
+}
+
+/// The logic serving one parent, with its settings.
+#[derive(Clone)]
+pub struct Logic {
+    /// The operator plugin (or native logic).
+    pub plugin: Arc<dyn Reconciler>,
+    /// Settings passed to it.
+    pub settings: Option<String>,
+}
+
+/// The canary revision as a controller serves it: its logic, the share and the selector.
+pub struct CanaryLogic {
+    /// The canary's logic.
+    pub plugin: Arc<dyn Reconciler>,
+    /// Its settings.
+    pub settings: Option<String>,
+    percent: u32,
+    selector: Option<kube::core::Selector>,
+    /// The point below which parents are on the canary, counted once the parent cache is full.
+    threshold: tokio::sync::OnceCell<u64>,
+}
+
+impl CanaryLogic {
+    /// The logic of `canary`; a selector that does not parse selects nothing (logged).
+    pub fn new(canary: &crate::catalog::Canary) -> CanaryLogic {
+        let selector = canary.selector.clone().and_then(|s| match kube::core::Selector::try_from(s) {
+            Ok(selector) => Some(selector),
+            Err(e) => {
+                tracing::warn!(error = %e, "spec.rollout.selector does not parse; it selects no parent");
+                None
+            }
+        });
+        CanaryLogic {
+            plugin: Arc::new(canary.revision.plugin.clone()),
+            settings: canary.revision.settings.clone(),
+            percent: canary.percent,
+            selector,
+            threshold: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+impl Context {
+    /// The logic serving `parent`: the canary for its share of the parents (and the selected
+    /// ones), the stable revision for the others.
+    async fn logic_for(&self, parent: &DynamicObject) -> Logic {
+        let stable = || Logic { plugin: self.plugin.clone(), settings: self.settings.clone() };
+        let Some(canary) = &self.canary else { return stable() };
+        let selected = canary.selector.as_ref().is_some_and(|s| kube::core::SelectorExt::matches(s, parent.labels()));
+        let threshold = canary
+            .threshold
+            .get_or_init(|| async {
+                let _ = self.parents.wait_until_ready().await;
+                let points =
+                    self.parents.state().iter().map(|p| crate::rollout::point(&self::uid(p))).collect::<Vec<_>>();
+                crate::rollout::threshold(points, canary.percent)
+            })
+            .await;
+        match crate::rollout::serves_canary(&uid(parent), *threshold, selected) {
+            true => Logic { plugin: canary.plugin.clone(), settings: canary.settings.clone() },
+            false => stable(),
+        }
+    }
 }
 
 /// Reconciles of one controller in flight and finished: a controller with reconciles in flight
@@ -154,7 +222,11 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     let writes = || Stats::get(&ctx.stats.applies) + Stats::get(&ctx.stats.status_writes);
     let writes_before = writes();
     ctx.progress.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let result = pipeline(&parent, &ctx).instrument(span.clone()).await;
+    let logic = ctx.logic_for(&parent).await;
+    let result = pipeline(&parent, &ctx, &logic).instrument(span.clone()).await;
+    let failed = result.as_ref().is_err_and(ReconcileError::counts_against_revision);
+    ctx.revisions.record(logic.plugin.revision(), failed);
+    ctx.metrics.revision_reconciled(&controller, logic.plugin.revision(), failed);
     ctx.progress.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     ctx.progress.finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // Approximate (other parents' writes count too): enough to tell a busy loop from a resync.
@@ -223,7 +295,7 @@ pub fn error_policy(parent: Arc<DynamicObject>, err: &ReconcileError, ctx: Arc<C
 }
 
 /// The six steps, with the finalizer handling around them.
-async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, ReconcileError> {
+async fn pipeline(parent: &DynamicObject, ctx: &Context, logic: &Logic) -> Result<Action, ReconcileError> {
     let meta = ctx.plugin.metadata();
     let deleting = parent.meta().deletion_timestamp.is_some();
     if !meta.finalizer && finalizer::has_finalizer(parent) {
@@ -233,7 +305,7 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
     }
     if deleting {
         if finalizer::has_finalizer(parent) {
-            return finalize(parent, ctx).await;
+            return finalize(parent, ctx, logic).await;
         }
         // Garbage collection takes the children.
         ctx.state.forget_all(&uid(parent));
@@ -247,7 +319,7 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
         add_finalizer(parent, ctx).await?;
     }
     let observed = observe(parent, ctx)?;
-    let desired = match compute(parent, ctx, &observed, false).await {
+    let desired = match compute(parent, ctx, logic, &observed, false).await {
         Ok(d) => review(parent, ctx, d).await,
         Err(e) => Err(e),
     };
@@ -255,7 +327,7 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context) -> Result<Action, Recon
         Ok(d) => d,
         Err(e) => return report_failure(parent, ctx, e).await,
     };
-    let applied = apply(parent, ctx, &desired, &observed).await?;
+    let applied = apply(parent, ctx, logic.plugin.revision(), &desired, &observed).await?;
     prune(parent, ctx, &desired, &observed).await?;
     let audit = audit_condition(&ctx.policies, &findings);
     findings::record(parent, ctx, audit.as_ref(), &findings).await;
@@ -306,6 +378,7 @@ fn parent_json(parent: &DynamicObject, ctx: &Context) -> Result<Value, Reconcile
 async fn compute(
     parent: &DynamicObject,
     ctx: &Context,
+    logic: &Logic,
     observed: &Observed,
     finalizing: bool,
 ) -> Result<Desired, ReconcileError> {
@@ -313,10 +386,10 @@ async fn compute(
         parent: parent_json(parent, ctx)?,
         children: observed.to_json(),
         finalizing,
-        settings: ctx.settings.clone(),
+        settings: logic.settings.clone(),
     };
     Stats::bump(&ctx.stats.plugin_calls);
-    let plugin = ctx.plugin.clone();
+    let plugin = logic.plugin.clone();
     let started = std::time::Instant::now();
     let answer = tokio::task::spawn_blocking(move || plugin.reconcile(&request)).await?;
     let name = &ctx.plugin.metadata().name;
@@ -390,13 +463,14 @@ struct Applied {
 async fn apply(
     parent: &DynamicObject,
     ctx: &Context,
+    revision: &str,
     desired: &Desired,
     observed: &Observed,
 ) -> Result<Applied, ReconcileError> {
     let (owner, meta) = (owner_of(parent, ctx), ctx.plugin.metadata());
     let mut applied = Applied::default();
     for mut child in desired.children.clone() {
-        apply::mark_child(&mut child, &owner, &meta.name, ctx.plugin.revision());
+        apply::mark_child(&mut child, &owner, &meta.name, revision);
         let Some(kind) = child_kind(ctx, &child) else {
             return Err(ReconcileError::UnknownChildKind { object: describe(&child) });
         };
@@ -609,9 +683,9 @@ async fn release_finalizer(parent: &DynamicObject, ctx: &Context, why: &str) -> 
 
 /// A deleting parent with the host's finalizer: the plugin is called with `finalizing`; the
 /// finalizer is removed once it answers `finalized`, otherwise it is asked again later.
-async fn finalize(parent: &DynamicObject, ctx: &Context) -> Result<Action, ReconcileError> {
+async fn finalize(parent: &DynamicObject, ctx: &Context, logic: &Logic) -> Result<Action, ReconcileError> {
     let observed = observe(parent, ctx)?;
-    let desired = match compute(parent, ctx, &observed, true).await {
+    let desired = match compute(parent, ctx, logic, &observed, true).await {
         Ok(d) => d,
         Err(e) => {
             publish(ctx, parent, EventType::Warning, e.condition_reason(), "Finalize", e.to_string()).await;

@@ -4,6 +4,7 @@
 //!
 //! - `ok`: one ConfigMap named after the parent (the well-behaved baseline), whose payload is
 //!   the plugin's settings when it has any
+//! - `flaky`: as `ok`, but panics when the settings contain `failFlaky` (a bad new revision)
 //! - `empty`: no children (what was there is pruned)
 //! - `loop`: never returns
 //! - `oom`: allocates without bound
@@ -145,6 +146,11 @@ impl Guest for Hostile {
         let children = match spec["mode"].as_str().unwrap_or("ok") {
             // The operator's settings (from the sidecar), if any, become the payload.
             "ok" => vec![config_map(&name, None, req.settings.as_deref().unwrap_or("fine"))],
+            // A revision whose settings say `failFlaky` traps on these parents (a bad rollout).
+            "flaky" if req.settings.as_deref().is_some_and(|s| s.contains("failFlaky")) => {
+                panic!("flaky parent {name} fails under these settings")
+            }
+            "flaky" => vec![config_map(&name, None, req.settings.as_deref().unwrap_or("fine"))],
             "empty" => vec![],
             "loop" => {
                 let mut n: u64 = 0;

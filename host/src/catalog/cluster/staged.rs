@@ -1,0 +1,274 @@
+//! Staged rollouts of `WasmPlugin`s with `spec.rollout`.
+//!
+//! The catalog keeps a new operator revision beside the serving one as its [`Canary`]. The
+//! status writer judges each rollout once per tick — the pause of its step, the canary's
+//! failure rate as this replica measured it ([`Revisions`]), a `wasmop.dev/rollout-action`
+//! annotation — and records the outcome in `status.rollout`. Every replica, the writer
+//! included, follows that status through its watch: the share it names goes to the catalog
+//! ([`Stage`]), so all replicas serve the same split.
+
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
+
+use super::{Actor, Record, Snapshot, Source, Stage};
+use crate::catalog::Canary;
+use crate::rollout::{self, ABORTED, COMPLETE, Decision, Figures, PROGRESSING, ROLLED_BACK};
+use crate::wasmplugin::{ROLLOUT_ACTION_ANNOTATION, RolloutStatus};
+
+/// The canary of WasmPlugin `name` in `snapshot`, if its rollout runs.
+pub(super) fn canary_of<'a>(snapshot: &'a Snapshot, name: &str) -> Option<&'a std::sync::Arc<Canary>> {
+    let source = Source::Cluster(name.to_string());
+    snapshot.canaries.values().find(|c| c.revision.source == source)
+}
+
+/// The rollout status of the record's current generation, if any.
+fn current(record: &Record) -> Option<&RolloutStatus> {
+    let rollout = record.object.status.as_ref()?.rollout.as_ref()?;
+    (rollout.generation == record.generation()).then_some(rollout)
+}
+
+/// The Ready condition while the delivered revision (`fingerprint`) rolls out or after it was
+/// rolled back; `None` otherwise.
+pub(super) fn rollout_condition(
+    record: &Record,
+    snapshot: &Snapshot,
+    fingerprint: &str,
+) -> Option<(&'static str, &'static str, String)> {
+    let name = record.object.name_any();
+    if let Some(canary) = canary_of(snapshot, &name).filter(|c| c.revision.fingerprint == fingerprint) {
+        let message = format!(
+            "revision {} rolls out to {}% of parents; the stable revision serves the others",
+            canary.revision.plugin.file().revision(),
+            canary.percent
+        );
+        return Some(("True", "RollingOut", message));
+    }
+    let rollout = current(record).filter(|r| r.phase == ROLLED_BACK || r.phase == ABORTED)?;
+    let serving_it = snapshot.operators.values().any(|r| r.fingerprint == fingerprint);
+    (!serving_it).then(|| ("False", "RolledBack", rollout.message.clone()))
+}
+
+/// Why the fetched `digest` must not serve: this generation's rollout of it was rolled back
+/// (a replica starting after the rollback has no stable revision to serve instead).
+pub(super) fn rolled_back_here(record: &Record, digest: &str) -> Option<String> {
+    let rollout = current(record)?;
+    let gone =
+        (rollout.phase == ROLLED_BACK || rollout.phase == ABORTED) && rollout.canary_digest.as_deref() == Some(digest);
+    gone.then(|| {
+        format!(
+            "{}; the digest is not served again until the spec changes (point spec.source at the stable revision, \
+             or change spec.rollout to retry)",
+            rollout.message
+        )
+    })
+}
+
+/// `stage`'s share, as a stage for the catalog.
+fn stage_of(record: &Record, rollout: &RolloutStatus) -> Stage {
+    match rollout.phase.as_str() {
+        PROGRESSING => Stage::Share {
+            percent: rollout.percent,
+            selector: record.object.spec.rollout.as_ref().and_then(|r| r.selector.clone()),
+        },
+        COMPLETE => Stage::Complete,
+        _ => Stage::RollBack,
+    }
+}
+
+/// The (stable, canary) figures of the record's rollout of `canary` since it began here.
+fn measured(actor: &Actor, record: &Record, stable: &str, canary: &str) -> (Figures, Figures) {
+    let since = |now: Figures, before: Figures| Figures {
+        reconciles: now.reconciles.saturating_sub(before.reconciles),
+        failures: now.failures.saturating_sub(before.failures),
+    };
+    let (stable_before, canary_before) = match &record.baseline {
+        Some((revision, s, c)) if revision == canary => (*s, *c),
+        _ => Default::default(),
+    };
+    (since(actor.revisions.get(stable), stable_before), since(actor.revisions.get(canary), canary_before))
+}
+
+/// What the annotation asks, if it is new: (the value, abort?).
+fn requested(record: &Record, rollout: &RolloutStatus) -> Option<(String, bool)> {
+    let value = record.object.annotations().get(ROLLOUT_ACTION_ANNOTATION)?;
+    if rollout.last_handled_action.as_ref() == Some(value) {
+        return None;
+    }
+    let verb = value.split(':').next().unwrap_or_default();
+    Some((value.clone(), verb == "abort"))
+}
+
+impl Actor {
+    /// Hands the catalog the stage the record's status names for its canary, when it differs
+    /// from what serves.
+    pub(super) async fn follow_rollout(&mut self, name: &str) {
+        let snapshot = self.snapshots.borrow().clone();
+        let Some(canary) = canary_of(&snapshot, name) else { return };
+        let Some(record) = self.records.get(name) else { return };
+        let Some(rollout) = current(record) else { return };
+        if rollout.canary_revision != canary.revision.plugin.file().revision() {
+            return;
+        }
+        let stage = stage_of(record, rollout);
+        if matches!(&stage, Stage::Share { percent, selector } if *percent == canary.percent && *selector == canary.selector)
+        {
+            return;
+        }
+        let percent = match &stage {
+            Stage::Share { percent, .. } => *percent,
+            Stage::Complete | Stage::RollBack => 0,
+        };
+        self.metrics.rollout_percent(name, percent);
+        let (done, staged) = tokio::sync::oneshot::channel();
+        let delivery = super::Delivery::Stage { name: name.to_string(), stage, done };
+        if self.deliveries.send(delivery).await.is_ok() {
+            let _ = staged.await;
+        }
+    }
+
+    /// As the status writer: judges every rollout in progress and records the outcome.
+    pub(super) async fn drive_rollouts(&mut self) {
+        if !*self.writer.borrow() {
+            return;
+        }
+        let snapshot = self.snapshots.borrow().clone();
+        let names: Vec<String> = self.records.keys().filter(|n| canary_of(&snapshot, n).is_some()).cloned().collect();
+        for name in names {
+            self.drive(&snapshot, &name).await;
+        }
+    }
+
+    /// Judges the rollout of WasmPlugin `name` and writes its status when it moved.
+    async fn drive(&mut self, snapshot: &Snapshot, name: &str) {
+        let Some(canary) = canary_of(snapshot, name) else { return };
+        let source = Source::Cluster(name.to_string());
+        let Some(stable) = snapshot.operators.values().find(|r| r.source == source) else { return };
+        let (stable, canary_rev) =
+            (stable.plugin.file().revision().to_string(), canary.revision.plugin.file().revision());
+        let Some(record) = self.records.get(name) else { return };
+        let Some(Ok(plan)) = record.object.spec.rollout.as_ref().map(|r| r.plan()) else { return };
+        let now = jiff::Timestamp::now();
+        let (mut next, fresh) = match current(record).filter(|r| r.canary_revision == canary_rev) {
+            Some(r) if r.phase != PROGRESSING => return,
+            Some(r) => (r.clone(), false),
+            None => {
+                let previous = record.object.status.as_ref().and_then(|s| s.rollout.as_ref());
+                let first = RolloutStatus {
+                    phase: PROGRESSING.into(),
+                    generation: record.generation(),
+                    stable_revision: stable.clone(),
+                    canary_revision: canary_rev.to_string(),
+                    canary_digest: record.digests.get(&canary.revision.fingerprint).cloned(),
+                    step: 0,
+                    percent: plan.steps()[0].percent,
+                    step_started_at: now.to_string(),
+                    // An annotation left from an earlier rollout is not a request to this one.
+                    last_handled_action: record
+                        .object
+                        .annotations()
+                        .get(ROLLOUT_ACTION_ANNOTATION)
+                        .cloned()
+                        .or_else(|| previous.and_then(|p| p.last_handled_action.clone())),
+                    ..RolloutStatus::default()
+                };
+                (first, true)
+            }
+        };
+        if fresh {
+            let baseline = (canary_rev.to_string(), self.revisions.get(&stable), self.revisions.get(canary_rev));
+            if let Some(record) = self.records.get_mut(name) {
+                record.baseline = Some(baseline);
+            }
+        }
+        let Some(record) = self.records.get(name) else { return };
+        let (stable_figures, canary_figures) = measured(self, record, &stable, canary_rev);
+        let figures_moved = (next.stable, next.canary) != (stable_figures, canary_figures);
+        (next.stable, next.canary) = (stable_figures, canary_figures);
+        let step = next.step as usize;
+        let decision = match requested(record, &next) {
+            Some((value, abort)) => {
+                next.last_handled_action = Some(value);
+                match (abort, plan.steps().get(step + 1)) {
+                    (true, _) => None,
+                    (false, Some(_)) => Some(Decision::Promote(step + 1)),
+                    (false, None) => Some(Decision::Complete),
+                }
+            }
+            None => {
+                let started = next.step_started_at.parse::<jiff::Timestamp>().unwrap_or(now);
+                let held = now.duration_since(started).unsigned_abs();
+                Some(plan.decide(step, held, canary_figures))
+            }
+        };
+        let moved = self.moved(&source, &mut next, &plan, decision, now).await;
+        let stale = record.figures_written.is_none_or(|t| t.elapsed() >= super::FIGURES_EVERY);
+        if fresh || moved || (figures_moved && stale) {
+            self.write_rollout(name, next).await;
+        }
+    }
+
+    /// Applies `decision` (`None`: aborted by hand) to `next`; whether the rollout moved.
+    async fn moved(
+        &self,
+        source: &Source,
+        next: &mut RolloutStatus,
+        plan: &rollout::Plan,
+        decision: Option<Decision>,
+        now: jiff::Timestamp,
+    ) -> bool {
+        match decision {
+            Some(Decision::Hold(_)) => return false,
+            Some(Decision::Promote(step)) => {
+                next.step = step as u32;
+                next.percent = plan.steps()[step].percent;
+                next.step_started_at = now.to_string();
+                next.message = format!("step {} of {}: {}% of parents", step + 1, plan.steps().len(), next.percent);
+            }
+            Some(Decision::Complete) => {
+                next.phase = COMPLETE.into();
+                next.percent = 100;
+                next.message = format!("revision {} serves every parent", next.canary_revision);
+            }
+            Some(Decision::RollBack(figures)) => {
+                next.phase = ROLLED_BACK.into();
+                next.message = format!(
+                    "rolled back: {} of {} reconciles of revision {} failed ({:.1}%, more than the {:.1}% \
+                     spec.rollout.analysis allows); revision {} serves every parent again",
+                    figures.failures,
+                    figures.reconciles,
+                    next.canary_revision,
+                    figures.rate() * 100.0,
+                    plan.max_failure_rate() * 100.0,
+                    next.stable_revision
+                );
+                self.rejections.rolled_back(source, &next.message).await;
+            }
+            None => {
+                next.phase = ABORTED.into();
+                next.message = format!(
+                    "aborted by hand at {}% of parents; revision {} serves every parent again",
+                    next.percent, next.stable_revision
+                );
+                self.rejections.rolled_back(source, &next.message).await;
+            }
+        }
+        tracing::info!(wasmplugin = %source.short_name(), phase = %next.phase, percent = next.percent,
+            message = %next.message, "rollout moved");
+        true
+    }
+
+    /// Writes `status.rollout` of WasmPlugin `name`.
+    async fn write_rollout(&mut self, name: &str, rollout: RolloutStatus) {
+        let patch = Patch::Merge(serde_json::json!({ "status": { "rollout": rollout } }));
+        match self.api.patch_status(name, &PatchParams::default(), &patch).await {
+            Ok(object) => {
+                if let Some(record) = self.records.get_mut(name) {
+                    record.object = object;
+                    record.figures_written = Some(tokio::time::Instant::now());
+                }
+                self.follow_rollout(name).await;
+            }
+            Err(e) => tracing::warn!(wasmplugin = name, error = %e, "cannot write the rollout's status"),
+        }
+    }
+}
