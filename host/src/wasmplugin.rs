@@ -223,6 +223,23 @@ pub struct RolloutStatus {
     /// The last `wasmop.dev/rollout-action` annotation acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_action: Option<String>,
+    /// Where the stable revision came from, so a replica that starts during the rollout
+    /// fetches it again to serve the other parents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_source: Option<StableSource>,
+}
+
+/// The source of a rollout's stable revision: an OCI ref pinned to its digest, or a ConfigMap
+/// key, with the settings it served with.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StableSource {
+    /// The component.
+    pub source: PluginSource,
+    /// Its settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub settings: Option<serde_json::Value>,
 }
 
 /// Reconciles and failures of one revision.

@@ -523,7 +523,8 @@ async fn a_staged_rollout_promotes_rolls_back_and_aborts(cluster: Cluster) {
     let kubeconfig = dir.path().join("kubeconfig.yaml");
     std::fs::write(&kubeconfig, cluster.kubeconfig_yaml().await).unwrap();
     let log = dir.path().join("wasmop.log");
-    let _operator = RunningOperator::start(&kubeconfig, &ns, "127.0.0.1:1", &dir.path().join("artifacts"), &log);
+    let start = || RunningOperator::start(&kubeconfig, &ns, "127.0.0.1:1", &dir.path().join("artifacts"), &log);
+    let operator = start();
 
     let plugins: Api<WasmPlugin> = Api::all(client.clone());
     let name = format!("rollout-{ns}");
@@ -593,14 +594,34 @@ async fn a_staged_rollout_promotes_rolls_back_and_aborts(cluster: Cluster) {
     })
     .await;
 
-    // 3. A good v4 aborted by hand at 50%: every child back on v2, and the status says so.
+    // 3. A good v4 at 50%, through a restart of the operator: the new process fetches the stable
+    //    v2 again (recorded in status.rollout.stableSource) and keeps the split — every parent,
+    //    changed and reconciled by it, stays on the revision it had. Then aborted by hand: every
+    //    child back on v2, and the status says so.
     let patch = rollout("v4.wasm", json!(null), steps, json!(null));
     plugins.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    wait_rollout(&plugins, &name, &rev(3), "Progressing", 50).await;
-    eventually("half the children on v4", || async {
-        revisions_of_children(&client, &ns).await.get(&rev(3)) == Some(&(PARENTS / 2))
+    let progressing = wait_rollout(&plugins, &name, &rev(3), "Progressing", 50).await;
+    assert!(progressing.stable_source.is_some(), "{progressing:?}");
+    let split: std::collections::BTreeMap<String, usize> = [(rev(1), PARENTS / 2), (rev(3), PARENTS / 2)].into();
+    eventually("half the children on v4", || {
+        let (client, ns, split) = (client.clone(), ns.clone(), split.clone());
+        async move { revisions_of_children(&client, &ns).await == split }
     })
     .await;
+    drop(operator);
+    let operator = start();
+    let parents = Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), &ns, &hostile);
+    for i in 0..PARENTS {
+        let bump = json!({"spec": {"round": 2}});
+        parents.patch(&format!("p{i:04}"), &PatchParams::default(), &Patch::Merge(&bump)).await.unwrap();
+    }
+    eventually("every parent reconciled by the restarted operator", || async {
+        parents.list(&ListParams::default()).await.is_ok_and(|l| {
+            l.items.iter().all(|p| p.data["status"]["observedGeneration"].as_i64() == p.metadata.generation)
+        })
+    })
+    .await;
+    assert_eq!(revisions_of_children(&client, &ns).await, split, "the split changed across the restart");
     let said = rollout_cli(&kubeconfig, "abort", &name);
     assert!(said.contains(&name), "{said}");
     wait_rollout(&plugins, &name, &rev(3), "Aborted", 50).await;
@@ -608,5 +629,6 @@ async fn a_staged_rollout_promotes_rolls_back_and_aborts(cluster: Cluster) {
     let status = rollout_cli(&kubeconfig, "status", &name);
     assert!(status.contains("Aborted") && status.contains(&rev(3)), "{status}");
     plugins.delete(&name, &DeleteParams::default()).await.unwrap();
+    drop(operator);
     cluster.shutdown().await;
 }

@@ -35,7 +35,13 @@ pub async fn install(client: &Client, crd: CustomResourceDefinition) {
 }
 
 /// Creates parents `h-0` … `h-{n-1}` in `default` (mode `ok`), 32 at a time.
+#[allow(dead_code)]
 pub async fn create_parents(client: &Client, n: usize) {
+    create_parents_in_modes(client, n, |_| "ok").await;
+}
+
+/// Creates parents `h-0` … `h-{n-1}` in `default`, parent `i` in mode `mode(i)`, 32 at a time.
+pub async fn create_parents_in_modes(client: &Client, n: usize, mode: fn(usize) -> &'static str) {
     let parents: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource());
     futures::stream::iter(0..n)
         .for_each_concurrent(32, |i| {
@@ -43,7 +49,7 @@ pub async fn create_parents(client: &Client, n: usize) {
             async move {
                 let obj: DynamicObject = serde_json::from_value(json!({
                     "apiVersion": "test.wasmop.dev/v1", "kind": "Hostile",
-                    "metadata": {"name": format!("h-{i}"), "namespace": "default"}, "spec": {"mode": "ok"},
+                    "metadata": {"name": format!("h-{i}"), "namespace": "default"}, "spec": {"mode": mode(i)},
                 }))
                 .expect("object");
                 parents.create(&PostParams::default(), &obj).await.expect("create");

@@ -209,6 +209,8 @@ struct Outcome {
     name: String,
     generation: i64,
     result: Result<Fetched, Failure>,
+    /// A fetch of the stable revision of a rollout in progress (see `staged`).
+    stable: bool,
 }
 
 /// Fetches components: registry, cache, Secrets and ConfigMaps.
@@ -356,6 +358,12 @@ struct Record {
     baseline: Option<(String, Figures, Figures)>,
     /// When this replica last wrote the rollout's figures.
     figures_written: Option<tokio::time::Instant>,
+    /// Where each delivered fingerprint came from, pinned, to record a rollout's stable source.
+    sources: BTreeMap<String, crate::wasmplugin::StableSource>,
+    /// A canary fetched at start, waiting for its stable revision to be fetched first.
+    parked: Option<Fetched>,
+    /// The generation whose stable revision was fetched (or tried) at start.
+    stable_fetched: Option<i64>,
 }
 
 impl Record {
@@ -442,6 +450,9 @@ impl Actor {
             seen: true,
             baseline: None,
             figures_written: None,
+            sources: BTreeMap::new(),
+            parked: None,
+            stable_fetched: None,
         });
         record.object = object;
         record.seen = true;
@@ -485,7 +496,7 @@ impl Actor {
             loop {
                 let result = fetcher.fetch(&spec, pinned.as_deref()).await;
                 let retry = matches!(&result, Err(f) if f.transient);
-                if tx.send(Outcome { name: name.clone(), generation, result }).is_err() || !retry {
+                if tx.send(Outcome { name: name.clone(), generation, result, stable: false }).is_err() || !retry {
                     return;
                 }
                 tokio::time::sleep(wait).await;
@@ -516,7 +527,11 @@ impl Actor {
 
     /// Takes in a fetch's outcome: a good one is delivered, a failure reported.
     async fn settle(&mut self, outcome: Outcome) {
-        let Outcome { name, generation, result } = outcome;
+        let Outcome { name, generation, result, stable } = outcome;
+        if stable {
+            return self.settle_stable(name, generation, result).await;
+        }
+        let snapshot = self.snapshots.borrow().clone();
         let Some(record) = self.records.get_mut(&name) else { return };
         if record.generation() != generation {
             return;
@@ -532,19 +547,33 @@ impl Actor {
                     self.write(&name).await;
                     return;
                 }
-                if let Some(why) = rolled_back_here(record, &fetched.digest) {
-                    record.progress =
-                        Progress::Failed(Failure { reason: "RolledBack", message: why, transient: false });
+                // A replica starting during a rollout (or after its rollback) serves nothing of
+                // this source yet: it fetches the stable revision first, as the others serve it.
+                let stable = staged::stable_missing(record, &snapshot, &fetched.digest);
+                let rolled_back = rolled_back_here(record, &fetched.digest);
+                if stable.is_some() || rolled_back.is_some() {
+                    match rolled_back {
+                        Some(why) => {
+                            let failure = Failure { reason: "RolledBack", message: why, transient: false };
+                            record.progress = Progress::Failed(failure);
+                        }
+                        None => record.parked = Some(fetched),
+                    }
+                    if let Some(stable) = stable {
+                        self.fetch_stable(&name, generation, stable);
+                    }
                     self.write(&name).await;
                     return;
                 }
-                if let Some(digest) = fetched.resolved {
+                if let Some(digest) = fetched.resolved.clone() {
                     let reference = record.object.spec.source.oci.as_ref().map(|o| o.reference.clone());
                     record.resolved = reference.map(|reference| Resolved { reference, generation, digest });
                 }
-                if let (Some((_, read)), Some(version)) = (&mut record.started, fetched.config_map_version) {
+                if let (Some((_, read)), Some(version)) = (&mut record.started, fetched.config_map_version.clone()) {
                     *read = Some(version);
                 }
+                let source = staged::pinned(&record.object.spec, &fetched.digest);
+                record.sources.insert(fingerprint.clone(), source);
                 record.digests.insert(fingerprint.clone(), fetched.digest);
                 record.progress = Progress::Delivered { fingerprint: fingerprint.clone() };
                 let (done, delivered) = oneshot::channel();

@@ -10,10 +10,12 @@
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 
-use super::{Actor, Record, Snapshot, Source, Stage};
+use super::{Actor, Delivery, Failure, Fetched, Outcome, Record, Snapshot, Source, Stage, fingerprint};
 use crate::catalog::Canary;
 use crate::rollout::{self, ABORTED, COMPLETE, Decision, Figures, PROGRESSING, ROLLED_BACK};
-use crate::wasmplugin::{ROLLOUT_ACTION_ANNOTATION, RolloutStatus};
+use crate::wasmplugin::{
+    OciSource, PluginSource, ROLLOUT_ACTION_ANNOTATION, RolloutStatus, StableSource, WasmPluginSpec,
+};
 
 /// The canary of WasmPlugin `name` in `snapshot`, if its rollout runs.
 pub(super) fn canary_of<'a>(snapshot: &'a Snapshot, name: &str) -> Option<&'a std::sync::Arc<Canary>> {
@@ -63,6 +65,30 @@ pub(super) fn rolled_back_here(record: &Record, digest: &str) -> Option<String> 
     })
 }
 
+/// `spec`'s source pinned to the `digest` fetched (a ConfigMap key as it is), with its settings.
+pub(super) fn pinned(spec: &WasmPluginSpec, digest: &str) -> StableSource {
+    let oci = spec.source.oci.as_ref().map(|oci| {
+        let reference = crate::registry::parse_reference(&oci.reference)
+            .map(|r| r.clone_with_digest(digest.to_string()).whole())
+            .unwrap_or_else(|_| oci.reference.clone());
+        OciSource { reference, pull_secret_ref: oci.pull_secret_ref.clone() }
+    });
+    let source = PluginSource { oci, config_map: spec.source.config_map.clone() };
+    StableSource { source, settings: spec.settings.clone() }
+}
+
+/// The stable source to fetch first, when the canary (`digest`) of a rollout in progress or
+/// rolled back was fetched and nothing of this source serves yet (this replica just started).
+pub(super) fn stable_missing(record: &Record, snapshot: &Snapshot, digest: &str) -> Option<StableSource> {
+    let rollout = current(record).filter(|r| r.phase != COMPLETE)?;
+    let source = Source::Cluster(record.object.name_any());
+    let serving = snapshot.operators.values().any(|r| r.source == source);
+    let first_try = record.stable_fetched != Some(record.generation());
+    (rollout.canary_digest.as_deref() == Some(digest) && !serving && first_try)
+        .then(|| rollout.stable_source.clone())
+        .flatten()
+}
+
 /// `stage`'s share, as a stage for the catalog.
 fn stage_of(record: &Record, rollout: &RolloutStatus) -> Stage {
     match rollout.phase.as_str() {
@@ -99,6 +125,60 @@ fn requested(record: &Record, rollout: &RolloutStatus) -> Option<(String, bool)>
 }
 
 impl Actor {
+    /// Fetches the stable revision of `name`'s rollout (once per generation), reported as a
+    /// stable outcome.
+    pub(super) fn fetch_stable(&mut self, name: &str, generation: i64, stable: StableSource) {
+        if let Some(record) = self.records.get_mut(name) {
+            record.stable_fetched = Some(generation);
+        }
+        let spec = WasmPluginSpec { source: stable.source, settings: None, mode: None, rollout: None };
+        let (fetcher, tx, name) = (self.fetcher.clone(), self.outcomes_tx.clone(), name.to_string());
+        tokio::spawn(async move {
+            let result = fetcher.fetch(&spec, None).await;
+            let _ = tx.send(Outcome { name, generation, result, stable: true });
+        });
+    }
+
+    /// Delivers a fetched stable revision (as the serving one), then the parked canary (of a
+    /// rollout in progress) again.
+    pub(super) async fn settle_stable(&mut self, name: String, generation: i64, result: Result<Fetched, Failure>) {
+        let Some(record) = self.records.get_mut(&name) else { return };
+        if record.generation() != generation {
+            return;
+        }
+        let canary = record.parked.take();
+        let stable = current(record).and_then(|r| r.stable_source.clone());
+        match (result, stable) {
+            (Ok(fetched), Some(stable)) => {
+                let settings = stable.settings.as_ref().map(|s| s.to_string());
+                let fingerprint = fingerprint(&fetched.bytes, settings.as_deref(), None, None);
+                record.digests.insert(fingerprint.clone(), fetched.digest);
+                record.sources.insert(fingerprint.clone(), stable);
+                let (done, delivered) = tokio::sync::oneshot::channel();
+                let put = Delivery::Put {
+                    name: name.clone(),
+                    bytes: fetched.bytes,
+                    settings,
+                    mode: None,
+                    staged: false,
+                    fingerprint,
+                    done,
+                };
+                if self.deliveries.send(put).await.is_ok() {
+                    let _ = delivered.await;
+                }
+            }
+            (Err(failure), _) => tracing::warn!(wasmplugin = %name, error = %failure.message,
+                "cannot fetch the stable revision of the rollout in progress; the canary serves every parent here"),
+            (Ok(_), None) => {}
+        }
+        if let Some(canary) = canary {
+            let _ =
+                self.outcomes_tx.send(Outcome { name: name.clone(), generation, result: Ok(canary), stable: false });
+        }
+        self.write(&name).await;
+    }
+
     /// Hands the catalog the stage the record's status names for its canary, when it differs
     /// from what serves.
     pub(super) async fn follow_rollout(&mut self, name: &str) {
@@ -143,6 +223,7 @@ impl Actor {
         let Some(canary) = canary_of(snapshot, name) else { return };
         let source = Source::Cluster(name.to_string());
         let Some(stable) = snapshot.operators.values().find(|r| r.source == source) else { return };
+        let stable_fingerprint = stable.fingerprint.clone();
         let (stable, canary_rev) =
             (stable.plugin.file().revision().to_string(), canary.revision.plugin.file().revision());
         let Some(record) = self.records.get(name) else { return };
@@ -162,6 +243,7 @@ impl Actor {
                     step: 0,
                     percent: plan.steps()[0].percent,
                     step_started_at: now.to_string(),
+                    stable_source: record.sources.get(&stable_fingerprint).cloned(),
                     // An annotation left from an earlier rollout is not a request to this one.
                     last_handled_action: record
                         .object
