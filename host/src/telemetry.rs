@@ -267,14 +267,16 @@ impl Metrics {
         self.leader.get_or_create(&labels(&[("name", lease)])).set(i64::from(leading));
     }
 
-    /// One plugin call took `seconds`; `world` is `operator` or `policy`.
-    pub fn plugin_call(&self, plugin: &str, world: &str, seconds: f64) {
-        self.plugin_call_duration.get_or_create(&labels(&[("plugin", plugin), ("world", world)])).observe(seconds);
+    /// One call of `revision` of `plugin` took `seconds`; `world` is `operator` or `policy`.
+    pub fn plugin_call(&self, plugin: &str, world: &str, revision: &str, seconds: f64) {
+        let labels = labels(&[("plugin", plugin), ("world", world), ("revision", revision)]);
+        self.plugin_call_duration.get_or_create(&labels).observe(seconds);
     }
 
-    /// A plugin call failed for `reason` (`timeout`, `memory`, `trap`, `invalid_output`, ...).
-    pub fn plugin_failure(&self, plugin: &str, reason: &str) {
-        self.plugin_failures.get_or_create(&labels(&[("plugin", plugin), ("reason", reason)])).inc();
+    /// A call of `revision` of `plugin` failed for `reason` (`timeout`, `memory`, `trap`,
+    /// `invalid_output`, ...).
+    pub fn plugin_failure(&self, plugin: &str, revision: &str, reason: &str) {
+        self.plugin_failures.get_or_create(&labels(&[("plugin", plugin), ("reason", reason), ("revision", revision)])).inc();
     }
 
     /// A parent of `plugin` was found reconciling in a loop.

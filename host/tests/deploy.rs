@@ -345,7 +345,7 @@ async fn metrics_parse_and_readyz_waits_for_cache_sync() {
         "controller_runtime_reconcile_total{controller=\"hostile\",result=\"success\"}",
         "controller_runtime_reconcile_time_seconds_count{controller=\"hostile\"}",
         "controller_runtime_active_workers{controller=\"hostile\"}",
-        "wasmop_plugin_call_duration_seconds_count{plugin=\"hostile\",world=\"operator\"}",
+        "wasmop_plugin_call_duration_seconds_count{plugin=\"hostile\",world=\"operator\",revision=",
         "wasmop_children_applied_total{plugin=\"hostile\",kind=\"ConfigMap\"}",
         "wasmop_reloads_total{result=\"loaded\"}",
         "wasmop_plugin_info{plugin=\"hostile\",version=\"0.0.1\",revision=",

@@ -393,9 +393,9 @@ async fn compute(
     let started = std::time::Instant::now();
     let answer = tokio::task::spawn_blocking(move || plugin.reconcile(&request)).await?;
     let name = &ctx.plugin.metadata().name;
-    ctx.metrics.plugin_call(name, "operator", started.elapsed().as_secs_f64());
+    ctx.metrics.plugin_call(name, "operator", logic.plugin.revision(), started.elapsed().as_secs_f64());
     if let Err(e) = &answer {
-        ctx.metrics.plugin_failure(name, e.metric_reason());
+        ctx.metrics.plugin_failure(name, logic.plugin.revision(), e.metric_reason());
     }
     Ok(answer?)
 }
