@@ -276,7 +276,9 @@ impl Metrics {
     /// A call of `revision` of `plugin` failed for `reason` (`timeout`, `memory`, `trap`,
     /// `invalid_output`, ...).
     pub fn plugin_failure(&self, plugin: &str, revision: &str, reason: &str) {
-        self.plugin_failures.get_or_create(&labels(&[("plugin", plugin), ("reason", reason), ("revision", revision)])).inc();
+        self.plugin_failures
+            .get_or_create(&labels(&[("plugin", plugin), ("reason", reason), ("revision", revision)]))
+            .inc();
     }
 
     /// A parent of `plugin` was found reconciling in a loop.

@@ -134,6 +134,7 @@ on_both_backends!(
     a_wasmplugin_delivers_rolls_back_and_survives_the_registry,
     a_policy_wasmplugin_monitors_then_protects,
     a_staged_rollout_promotes_rolls_back_and_aborts,
+    shard_replicas_split_a_rollout_alike,
 );
 
 /// WasmPlugins are cluster-wide: every operator on the shared control plane sees (and, as the
@@ -147,20 +148,36 @@ struct RunningOperator {
 
 impl RunningOperator {
     fn start(kubeconfig: &Path, ns: &str, registry: &str, cache: &Path, log: &Path) -> RunningOperator {
+        RunningOperator::start_with(kubeconfig, ns, registry, cache, log, &[], None)
+    }
+
+    /// With `extra` arguments and, as its `POD_NAME`, a replica's `identity`.
+    fn start_with(
+        kubeconfig: &Path,
+        ns: &str,
+        registry: &str,
+        cache: &Path,
+        log: &Path,
+        extra: &[&str],
+        identity: Option<&str>,
+    ) -> RunningOperator {
         let log = std::fs::File::options().create(true).append(true).open(log).unwrap();
-        let child = common::wasmop_command()
+        let mut command = common::wasmop_command();
+        command
             .args(["run", "--plugin-sources=cluster", "--install-crds", "--no-metrics", "--webhook-addr=127.0.0.1:0"])
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--namespace", ns, "--operator-namespace", ns, "--insecure-registry", registry])
             .arg("--plugin-cache-dir")
             .arg(cache)
+            .args(extra)
             .env("WASMOP_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        RunningOperator { child }
+            .stderr(log);
+        if let Some(identity) = identity {
+            command.env("POD_NAME", identity);
+        }
+        RunningOperator { child: command.spawn().unwrap() }
     }
 }
 
@@ -630,5 +647,85 @@ async fn a_staged_rollout_promotes_rolls_back_and_aborts(cluster: Cluster) {
     assert!(status.contains("Aborted") && status.contains(&rev(3)), "{status}");
     plugins.delete(&name, &DeleteParams::default()).await.unwrap();
     drop(operator);
+    cluster.shutdown().await;
+}
+
+/// Two replicas with `--shards 2` during a rollout: the status writer (the holder of shard 0)
+/// decides, the other follows `status.rollout`, and together they serve exactly the share of
+/// the parents the step names, then complete it.
+async fn shard_replicas_split_a_rollout_alike(cluster: Cluster) {
+    const PARENTS: usize = 200;
+    let _turn = CLUSTER_WIDE.lock().await;
+    let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
+    install_wasmplugin_crd(&client).await;
+    install_hostile_crd(&client).await;
+    let base = read(&common::plugin("hostile"));
+    let (v1, v2) = (registry::rebuilt(&base, "s1"), registry::rebuilt(&base, "s2"));
+    let rev = |b: &[u8]| wasmop::plugin::sha256_hex(b)[..12].to_string();
+    let config_map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "shard-builds"},
+        "binaryData": {"v1.wasm": base64(&v1), "v2.wasm": base64(&v2)}}))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), &ns).create(&PostParams::default(), &config_map).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml().await).unwrap();
+    let replica = |identity: &str| {
+        let (cache, log) =
+            (dir.path().join(format!("artifacts-{identity}")), dir.path().join(format!("{identity}.log")));
+        let shards = ["--shards", "2", "--leader-elect-namespace", &ns];
+        RunningOperator::start_with(&kubeconfig, &ns, "127.0.0.1:1", &cache, &log, &shards, Some(identity))
+    };
+    let (_a, _b) = (replica("replica-a"), replica("replica-b"));
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns);
+    eventually("each replica holds one of the two shards", || async {
+        let holder = |lease: Option<k8s_openapi::api::coordination::v1::Lease>| {
+            lease.and_then(|l| l.spec).and_then(|s| s.holder_identity)
+        };
+        let zero = holder(leases.get_opt("wasmop-shard-0").await.ok().flatten());
+        let one = holder(leases.get_opt("wasmop-shard-1").await.ok().flatten());
+        zero.is_some() && one.is_some() && zero != one
+    })
+    .await;
+
+    let plugins: Api<WasmPlugin> = Api::all(client.clone());
+    let name = format!("sharded-{ns}");
+    let object: WasmPlugin = serde_json::from_value(json!({
+        "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": name},
+        "spec": {"source": {"configMap": {"name": "shard-builds", "key": "v1.wasm"}}},
+    }))
+    .unwrap();
+    plugins.create(&PostParams::default(), &object).await.unwrap();
+    wait_plugin_ready(&plugins, &name, "True", "Serving").await;
+    let hostile = hostile_resource();
+    wait_served(&client, &hostile).await;
+    for i in 0..PARENTS {
+        create(&client, &hostile, &ns, &format!("s{i:03}"), json!({"mode": "ok"})).await;
+    }
+    let split = |pairs: &[(String, usize)]| -> std::collections::BTreeMap<String, usize> {
+        pairs.iter().filter(|(_, n)| *n > 0).cloned().collect()
+    };
+    let wait_split = |expected: std::collections::BTreeMap<String, usize>, what: &'static str| {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            eventually(what, || {
+                let (client, ns, expected) = (client.clone(), ns.clone(), expected.clone());
+                async move { revisions_of_children(&client, &ns).await == expected }
+            })
+            .await
+        }
+    };
+    wait_split(split(&[(rev(&v1), PARENTS)]), "every child on v1").await;
+
+    let patch = json!({"spec": {"source": {"configMap": {"name": "shard-builds", "key": "v2.wasm"}},
+        "rollout": {"steps": [{"percent": 50}, {"percent": 100}]}}});
+    plugins.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_rollout(&plugins, &name, &rev(&v2), "Progressing", 50).await;
+    wait_split(split(&[(rev(&v1), PARENTS / 2), (rev(&v2), PARENTS / 2)]), "exactly half the children on v2").await;
+    rollout_cli(&kubeconfig, "promote", &name);
+    wait_rollout(&plugins, &name, &rev(&v2), "Progressing", 100).await;
+    rollout_cli(&kubeconfig, "promote", &name);
+    wait_rollout(&plugins, &name, &rev(&v2), "Complete", 100).await;
+    wait_split(split(&[(rev(&v2), PARENTS)]), "every child on v2").await;
+    plugins.delete(&name, &DeleteParams::default()).await.unwrap();
     cluster.shutdown().await;
 }
