@@ -531,67 +531,12 @@ impl Actor {
         if stable {
             return self.settle_stable(name, generation, result).await;
         }
-        let snapshot = self.snapshots.borrow().clone();
         let Some(record) = self.records.get_mut(&name) else { return };
         if record.generation() != generation {
             return;
         }
         match result {
-            Ok(fetched) => {
-                let settings = record.object.spec.settings.as_ref().map(|s| s.to_string());
-                let (mode, rollout) = (record.object.spec.mode, record.object.spec.rollout.as_ref());
-                let fingerprint = fingerprint(&fetched.bytes, settings.as_deref(), mode, rollout);
-                if let Some(Err(message)) = rollout.map(RolloutSpec::plan) {
-                    let message = format!("spec.rollout: {message}");
-                    record.progress = Progress::Failed(Failure { reason: "InvalidSpec", message, transient: false });
-                    self.write(&name).await;
-                    return;
-                }
-                // A replica starting during a rollout (or after its rollback) serves nothing of
-                // this source yet: it fetches the stable revision first, as the others serve it.
-                let stable = staged::stable_missing(record, &snapshot, &fetched.digest);
-                let rolled_back = rolled_back_here(record, &fetched.digest);
-                if stable.is_some() || rolled_back.is_some() {
-                    match rolled_back {
-                        Some(why) => {
-                            let failure = Failure { reason: "RolledBack", message: why, transient: false };
-                            record.progress = Progress::Failed(failure);
-                        }
-                        None => record.parked = Some(fetched),
-                    }
-                    if let Some(stable) = stable {
-                        self.fetch_stable(&name, generation, stable);
-                    }
-                    self.write(&name).await;
-                    return;
-                }
-                if let Some(digest) = fetched.resolved.clone() {
-                    let reference = record.object.spec.source.oci.as_ref().map(|o| o.reference.clone());
-                    record.resolved = reference.map(|reference| Resolved { reference, generation, digest });
-                }
-                if let (Some((_, read)), Some(version)) = (&mut record.started, fetched.config_map_version.clone()) {
-                    *read = Some(version);
-                }
-                let source = staged::pinned(&record.object.spec, &fetched.digest);
-                record.sources.insert(fingerprint.clone(), source);
-                record.digests.insert(fingerprint.clone(), fetched.digest);
-                record.progress = Progress::Delivered { fingerprint: fingerprint.clone() };
-                let (done, delivered) = oneshot::channel();
-                let staged = rollout.is_some();
-                let put = Delivery::Put {
-                    name: name.clone(),
-                    bytes: fetched.bytes,
-                    settings,
-                    mode,
-                    staged,
-                    fingerprint,
-                    done,
-                };
-                if self.deliveries.send(put).await.is_ok() {
-                    let _ = delivered.await;
-                }
-                self.follow_rollout(&name).await;
-            }
+            Ok(fetched) => self.take_in(&name, generation, fetched).await,
             Err(failure) => {
                 if record.progress != Progress::Failed(failure.clone()) {
                     let snapshot = self.snapshots.borrow().clone();
@@ -602,6 +547,56 @@ impl Actor {
             }
         }
         self.write(&name).await;
+    }
+
+    /// Delivers a fetched component to the catalog — unless its rollout spec is invalid, or
+    /// this replica must first fetch the stable revision of a rollout, or the component was
+    /// rolled back for this generation.
+    async fn take_in(&mut self, name: &str, generation: i64, fetched: Fetched) {
+        let snapshot = self.snapshots.borrow().clone();
+        let Some(record) = self.records.get_mut(name) else { return };
+        let settings = record.object.spec.settings.as_ref().map(|s| s.to_string());
+        let (mode, rollout) = (record.object.spec.mode, record.object.spec.rollout.as_ref());
+        let fingerprint = fingerprint(&fetched.bytes, settings.as_deref(), mode, rollout);
+        if let Some(Err(message)) = rollout.map(RolloutSpec::plan) {
+            let message = format!("spec.rollout: {message}");
+            record.progress = Progress::Failed(Failure { reason: "InvalidSpec", message, transient: false });
+            return;
+        }
+        // A replica starting during a rollout (or after its rollback) serves nothing of this
+        // source yet: it fetches the stable revision first, as the others serve it.
+        let stable = staged::stable_missing(record, &snapshot, &fetched.digest);
+        let rolled_back = rolled_back_here(record, &fetched.digest);
+        if stable.is_some() || rolled_back.is_some() {
+            match rolled_back {
+                Some(message) => {
+                    record.progress = Progress::Failed(Failure { reason: "RolledBack", message, transient: false })
+                }
+                None => record.parked = Some(fetched),
+            }
+            if let Some(stable) = stable {
+                self.fetch_stable(name, generation, stable);
+            }
+            return;
+        }
+        if let Some(digest) = fetched.resolved {
+            let reference = record.object.spec.source.oci.as_ref().map(|o| o.reference.clone());
+            record.resolved = reference.map(|reference| Resolved { reference, generation, digest });
+        }
+        if let (Some((_, read)), Some(version)) = (&mut record.started, fetched.config_map_version) {
+            *read = Some(version);
+        }
+        record.sources.insert(fingerprint.clone(), staged::pinned(&record.object.spec, &fetched.digest));
+        record.digests.insert(fingerprint.clone(), fetched.digest);
+        record.progress = Progress::Delivered { fingerprint: fingerprint.clone() };
+        let staged = rollout.is_some();
+        let (done, delivered) = oneshot::channel();
+        let put =
+            Delivery::Put { name: name.to_string(), bytes: fetched.bytes, settings, mode, staged, fingerprint, done };
+        if self.deliveries.send(put).await.is_ok() {
+            let _ = delivered.await;
+        }
+        self.follow_rollout(name).await;
     }
 
     async fn remove(&mut self, name: String) {

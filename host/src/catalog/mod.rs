@@ -548,7 +548,8 @@ impl State {
             Err(refused) => {
                 let serving = loaded.as_ref().map(|l| l.revision().to_string());
                 self.rejections.reject(&source, &refused.reason(), serving.as_deref()).await;
-                (loaded, Some(refused), canary)
+                // A canary of an earlier version is not what the source asks for any more.
+                (loaded, Some(refused), None)
             }
         };
         self.entries.insert(source, Entry { stamp, fingerprint, loaded, failure, canary });

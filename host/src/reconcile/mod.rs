@@ -206,9 +206,11 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     // Another replica's shard: nothing to do here (the shard's holder reconciles it; gaining
     // the shard later reconciles every parent again).
     let Some(_in_shard) = ctx.shards.enter(&uid(&parent)) else { return Ok(Action::await_change()) };
+    let logic = ctx.logic_for(&parent).await;
     let span = info_span!(
         "reconcile",
         plugin = %ctx.plugin.metadata().name,
+        revision = logic.plugin.revision(),
         object = %key(&parent),
         generation = parent.meta().generation.unwrap_or_default(),
     );
@@ -222,7 +224,6 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     let writes = || Stats::get(&ctx.stats.applies) + Stats::get(&ctx.stats.status_writes);
     let writes_before = writes();
     ctx.progress.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let logic = ctx.logic_for(&parent).await;
     let result = pipeline(&parent, &ctx, &logic).instrument(span.clone()).await;
     let failed = result.as_ref().is_err_and(ReconcileError::counts_against_revision);
     ctx.revisions.record(logic.plugin.revision(), failed);
