@@ -122,6 +122,7 @@ pub struct Metrics {
     revision_reconciles: Family<Labels, Counter>,
     rollout_percent: Family<Labels, Gauge>,
     rollbacks: Family<Labels, Counter>,
+    conversions: Family<Labels, Counter>,
     /// The `plugin_info` labels set per plugin, to remove them on a change.
     served: Mutex<std::collections::HashMap<String, Labels>>,
 }
@@ -156,6 +157,7 @@ impl Metrics {
             revision_reconciles: Family::default(),
             rollout_percent: Family::default(),
             rollbacks: Family::default(),
+            conversions: Family::default(),
             served: Mutex::default(),
         };
         let mut registry = Registry::default();
@@ -221,7 +223,18 @@ impl Metrics {
             "Rollouts rolled back, automatically or by hand, per WasmPlugin",
             m.rollbacks.clone(),
         );
+        registry.register(
+            "wasmop_conversions",
+            "Conversion reviews answered by the webhook, by result (success, failure)",
+            m.conversions.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// The webhook answered a conversion review (`failed`: with `Failed`).
+    pub fn conversion(&self, failed: bool) {
+        let result = if failed { "failure" } else { "success" };
+        self.conversions.get_or_create(&labels(&[("result", result)])).inc();
     }
 
     /// A reconcile by `revision` of `plugin` ended; `failed` as a rollout counts failures.

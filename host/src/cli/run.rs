@@ -184,11 +184,16 @@ pub(crate) struct WebhookArgs {
 
 impl WebhookArgs {
     /// Starts the webhook unless `--no-webhook`.
-    pub(crate) async fn start(&self, client: &Client, catalog: &Catalog) -> anyhow::Result<Option<Webhook>> {
+    pub(crate) async fn start(
+        &self,
+        client: &Client,
+        catalog: &Catalog,
+        telemetry: &Telemetry,
+    ) -> anyhow::Result<Option<Webhook>> {
         if self.no_webhook {
             return Ok(None);
         }
-        let mut builder = Webhook::builder(self.webhook_addr).catalog(catalog);
+        let mut builder = Webhook::builder(self.webhook_addr).catalog(catalog).metrics(telemetry.metrics.clone());
         if self.webhook_service.is_none()
             && self.webhook_url.is_none()
             && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
@@ -325,7 +330,7 @@ pub(crate) async fn run(rt: Runtime, args: Args, cache_dir: Option<PathBuf>) -> 
         tokio::spawn(follow_shard_zero(shards.clone(), writer_tx.clone()));
     }
     // Every replica answers conversion reviews, the leader and the standbys alike.
-    let webhook = args.webhook.start(&client, &catalog).await?;
+    let webhook = args.webhook.start(&client, &catalog, &telemetry).await?;
     let conversion = webhook.as_ref().map(Webhook::conversion);
     let _metrics = serve_metrics(&args, &telemetry).await;
     let mut shutdown = std::pin::pin!(shutdown_signal());

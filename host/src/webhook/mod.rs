@@ -39,12 +39,21 @@ pub const PATH: &str = "/convert";
 #[derive(Clone, Default)]
 pub struct Converters {
     snapshots: Option<watch::Receiver<Arc<Snapshot>>>,
+    /// Where conversion reviews are counted (`wasmop_conversions_total`).
+    metrics: Option<Arc<crate::telemetry::Metrics>>,
 }
 
 impl Converters {
     /// The converters of what `snapshots` serves, as it changes.
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> Converters {
-        Converters { snapshots: Some(snapshots) }
+        Converters { snapshots: Some(snapshots), metrics: None }
+    }
+
+    /// Counts one conversion review answered (`failed`: answered `Failed`).
+    pub fn counted(&self, failed: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.conversion(failed);
+        }
     }
 
     /// The plugin converting `group` `kind`, if one serves it.
@@ -213,6 +222,12 @@ impl WebhookBuilder {
     /// every review is refused).
     pub fn catalog(mut self, catalog: &Catalog) -> Self {
         self.converters = Converters::new(catalog.subscribe());
+        self
+    }
+
+    /// Count the conversion reviews answered into `metrics` (default: not counted).
+    pub fn metrics(mut self, metrics: Arc<crate::telemetry::Metrics>) -> Self {
+        self.converters.metrics = Some(metrics);
         self
     }
 

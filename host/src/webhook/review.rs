@@ -18,6 +18,7 @@ pub async fn answer(converters: &Converters, body: &[u8]) -> Value {
         Ok(request) => convert_all(converters, request).await,
         Err(message) => ConversionResponse::invalid(Status::failure(&message, "BadRequest")),
     };
+    converters.counted(response.result.status != Some(kube::core::response::StatusSummary::Success));
     serde_json::to_value(response.into_review()).unwrap_or_default()
 }
 
