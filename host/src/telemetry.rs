@@ -123,8 +123,22 @@ pub struct Metrics {
     rollout_percent: Family<Labels, Gauge>,
     rollbacks: Family<Labels, Counter>,
     conversions: Family<Labels, Counter>,
+    /// The names of the families registered, as registered (counters without `_total`).
+    families: Vec<&'static str>,
     /// The `plugin_info` labels set per plugin, to remove them on a change.
     served: Mutex<std::collections::HashMap<String, Labels>>,
+}
+
+/// Registers `metric` as `name` and notes the name in `families`.
+fn register(
+    registry: &mut Registry,
+    families: &mut Vec<&'static str>,
+    name: &'static str,
+    help: &str,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    families.push(name);
+    registry.register(name, help, metric);
 }
 
 impl Default for Metrics {
@@ -158,77 +172,144 @@ impl Metrics {
             rollout_percent: Family::default(),
             rollbacks: Family::default(),
             conversions: Family::default(),
+            families: Vec::new(),
             served: Mutex::default(),
         };
-        let mut registry = Registry::default();
-        registry.register(
+        let (mut registry, mut families) = (Registry::default(), Vec::new());
+        register(
+            &mut registry,
+            &mut families,
             "controller_runtime_reconcile",
             "Reconciles per controller and result",
             m.reconcile_total.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "controller_runtime_reconcile_errors",
             "Reconcile errors per controller",
             m.reconcile_errors.clone(),
         );
-        registry.register("controller_runtime_reconcile_time_seconds", "Time per reconcile", m.reconcile_time.clone());
-        registry.register("controller_runtime_active_workers", "Reconciles running now", m.active_workers.clone());
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
+            "controller_runtime_reconcile_time_seconds",
+            "Time per reconcile",
+            m.reconcile_time.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
+            "controller_runtime_active_workers",
+            "Reconciles running now",
+            m.active_workers.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
             "workqueue_depth",
             "Parents with a retry or requeue scheduled, not yet started",
             m.workqueue_depth.clone(),
         );
-        registry.register("leader_election_master_status", "1 while this replica leads", m.leader.clone());
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
+            "leader_election_master_status",
+            "1 while this replica leads",
+            m.leader.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
             "wasmop_plugin_call_duration_seconds",
             "Time per plugin call",
             m.plugin_call_duration.clone(),
         );
-        registry.register("wasmop_plugin_failures", "Plugin calls that failed, by reason", m.plugin_failures.clone());
-        registry.register("wasmop_policy_denials", "Children denied, by policy", m.policy_denials.clone());
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
+            "wasmop_plugin_failures",
+            "Plugin calls that failed, by reason",
+            m.plugin_failures.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
+            "wasmop_policy_denials",
+            "Children denied, by policy",
+            m.policy_denials.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
             "wasmop_policy_findings",
             "New verdicts of monitoring policies (not enforced), by policy",
             m.policy_findings.clone(),
         );
-        registry.register("wasmop_reloads", "Plugin files loaded, rejected or removed", m.reloads.clone());
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
+            "wasmop_reloads",
+            "Plugin files loaded, rejected or removed",
+            m.reloads.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
             "wasmop_children_applied",
             "Children written with server-side apply",
             m.children_applied.clone(),
         );
-        registry.register("wasmop_children_pruned", "Children deleted as no longer desired", m.children_pruned.clone());
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
+            "wasmop_children_pruned",
+            "Children deleted as no longer desired",
+            m.children_pruned.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
             "wasmop_plugin_info",
             "The version and revision each plugin serves (value 1)",
             m.plugin_info.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "wasmop_reconcile_loops",
             "Parents reconciled too often without a spec change, by plugin",
             m.reconcile_loops.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "wasmop_revision_reconciles",
             "Reconciles per plugin revision and result (success, failure), what a rollout judges",
             m.revision_reconciles.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "wasmop_rollout_canary_percent",
             "Share of parents the canary of a WasmPlugin's rollout serves (0 when none runs)",
             m.rollout_percent.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "wasmop_rollout_rollbacks",
             "Rollouts rolled back, automatically or by hand, per WasmPlugin",
             m.rollbacks.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "wasmop_conversions",
             "Conversion reviews answered by the webhook, by result (success, failure)",
             m.conversions.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics { registry, families, ..m }
     }
 
     /// The webhook answered a conversion review (`failed`: with `Failed`).
@@ -336,8 +417,15 @@ impl Metrics {
         }
     }
 
-    /// The registry in the text exposition format.
-    fn encode(&self, out: &mut String) {
+    /// The names of every family registered (counters without their `_total`), used or not:
+    /// what dashboards and alerts can be checked against.
+    pub fn families(&self) -> &[&'static str] {
+        &self.families
+    }
+
+    /// The registry in the text exposition format (what `/metrics` serves before the plain
+    /// counters of [`Telemetry::render`]); a family with no series yet is left out.
+    pub fn encode(&self, out: &mut String) {
         // Writing into a String cannot fail.
         let _ = encode(out, &self.registry);
     }
