@@ -35,8 +35,8 @@ controlplane:
 registry:
 	@bash tools/registry/build.sh
 
-## Build Prometheus's promtool (the tests check deploy/monitoring's alerts and dashboard with it)
-## from source, once, into a cache; prints where the binary is.
+## Build Prometheus's promtool and server (the tests check deploy/monitoring's alerts and
+## dashboard with them) from source, once, into a cache; prints where the binaries are.
 observability:
 	@bash tools/observability/build.sh
 

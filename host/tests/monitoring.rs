@@ -1,7 +1,8 @@
-//! `deploy/monitoring`, checked with the real Prometheus tooling (promtool, built by `make
-//! observability`) and kubectl: the alert rules load and their unit tests pass (each alert fires
-//! on its fault and none on a healthy operator), every alert has a runbook, the dashboard's
-//! PromQL parses and shows every `wasmop_*` metric the host exports, and the kustomization builds.
+//! `deploy/monitoring`, checked with the real Prometheus tooling (promtool and prometheus, built
+//! by `make observability`) and kubectl: the alert rules load and their unit tests pass (each
+//! alert fires on its fault and none on a healthy operator), every alert has a runbook, the
+//! dashboard's PromQL parses, shows every `wasmop_*` metric the host exports and evaluates
+//! without error on a Prometheus that scraped a running wasmop, and the kustomization builds.
 
 mod common;
 
@@ -14,10 +15,15 @@ fn monitoring() -> PathBuf {
     common::workspace().join("deploy/monitoring")
 }
 
-fn promtool() -> PathBuf {
-    let path = common::workspace().join("target/observability/bin/promtool");
+/// A binary `make observability` builds.
+fn tool(name: &str) -> PathBuf {
+    let path = common::workspace().join("target/observability/bin").join(name);
     assert!(path.exists(), "{} is missing: build it with `make observability` (make test does)", path.display());
     path
+}
+
+fn promtool() -> PathBuf {
+    tool("promtool")
 }
 
 /// Runs promtool with `args` in `dir`; its output, or a failure naming what it said.
@@ -35,6 +41,17 @@ fn rules() -> Value {
     let objects = wasmop::manifest::parse_objects(&text, &path).expect("YAML");
     assert_eq!(objects[0]["kind"], "PrometheusRule");
     objects[0]["spec"].clone()
+}
+
+/// The queries of the dashboard's panels.
+fn dashboard_queries() -> Vec<String> {
+    dashboard()["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn dashboard() -> Value {
@@ -68,14 +85,7 @@ fn every_alert_links_a_runbook_that_exists() {
 
 #[test]
 fn the_dashboard_parses_and_shows_every_wasmop_metric() {
-    let dashboard = dashboard();
-    let exprs: Vec<String> = dashboard["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
-        .map(|t| t["expr"].as_str().unwrap().to_string())
-        .collect();
+    let exprs = dashboard_queries();
     assert!(exprs.len() >= 18, "{} queries", exprs.len());
     // Each query as a recording rule: promtool parses the PromQL.
     let recording: Vec<Value> =
@@ -113,4 +123,123 @@ fn the_kustomization_builds_the_monitor_the_rules_and_the_dashboard() {
     assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1");
     let embedded: Value = serde_json::from_str(config_map["data"]["wasmop-dashboard.json"].as_str().unwrap()).unwrap();
     assert_eq!(embedded, dashboard());
+}
+
+/// A GET over HTTP/1.0 (no chunked answer to decode): the status and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.ok()?;
+        let code = reply.get(9..12)?.parse().ok()?;
+        Some((code, reply.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), probe).await.ok().flatten()
+}
+
+/// `text` percent-encoded for a query string.
+fn encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// An instant query's JSON answer from the Prometheus at `addr`.
+async fn query(addr: std::net::SocketAddr, promql: &str) -> Value {
+    let (code, body) =
+        http_get(addr, &format!("/api/v1/query?query={}", encoded(promql))).await.expect("Prometheus answers");
+    let answer: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{promql}: {e}: {body}"));
+    assert_eq!((code, &answer["status"]), (200, &json!("success")), "{promql}: {answer}");
+    answer
+}
+
+/// A free loopback address (bound, then released for the child process to take).
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A Prometheus process; killed when dropped.
+struct Prometheus(std::process::Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real Prometheus scrapes a running wasmop (the in-memory API server, the hostile plugin
+/// reconciling a good parent and failing on another) every second, as the ServiceMonitor's job
+/// `wasmop-metrics`; then every query of the dashboard evaluates without error, and the
+/// reconcile, plugin call and failure panels show the operator's series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_evaluates_on_a_prometheus_scraping_wasmop() {
+    use common::cluster::{Cluster, create, eventually, hostile_resource, install_hostile_crd};
+    let cluster = Cluster::memory().await;
+    install_hostile_crd(&cluster.client).await;
+    let plugins = common::operator::plugins_dir(&[("hostile", None)]);
+    let operator = common::operator::Operator::start(&cluster, plugins.path(), common::operator::quiet());
+    for (name, mode) in [("good", "ok"), ("bad", "panic")] {
+        create(&cluster.client, &hostile_resource(), &cluster.ns, name, json!({"mode": mode})).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n- job_name: wasmop-metrics\n  \
+         static_configs: [{{targets: ['{}'], labels: {{pod: wasmop-test}}}}]\n",
+        operator.telemetry_addr
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let addr = free_addr();
+    let child = Command::new(tool("prometheus"))
+        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .expect("prometheus starts");
+    let _prometheus = Prometheus(child);
+    eventually("Prometheus ready", || async { http_get(addr, "/-/ready").await.is_some_and(|(code, _)| code == 200) })
+        .await;
+    // Rates need two samples of each series, after the failing parent's first failures.
+    let has_data = |promql: &'static str| async move {
+        let (_, body) = http_get(addr, &format!("/api/v1/query?query={}", encoded(promql))).await.unwrap_or_default();
+        serde_json::from_str::<Value>(&body)
+            .is_ok_and(|a| a["data"]["result"].as_array().is_some_and(|r| !r.is_empty()))
+    };
+    eventually("wasmop scraped, rates computable", || {
+        has_data("rate(wasmop_plugin_failures_total{job=\"wasmop-metrics\"}[5m]) > 0")
+    })
+    .await;
+    for promql in dashboard_queries() {
+        query(addr, &promql).await;
+    }
+    for (panel, promql) in [
+        (
+            "reconciles by result",
+            "sum by (controller, result) (rate(controller_runtime_reconcile_total{job=\"wasmop-metrics\"}[5m]))",
+        ),
+        (
+            "plugin failures by reason",
+            "sum by (plugin, reason) (rate(wasmop_plugin_failures_total{job=\"wasmop-metrics\"}[5m]))",
+        ),
+    ] {
+        assert!(dashboard_queries().iter().any(|q| q == promql), "the dashboard no longer has {panel}: {promql}");
+        let answer = query(addr, promql).await;
+        let series = answer["data"]["result"].as_array().cloned().unwrap_or_default();
+        assert!(
+            series
+                .iter()
+                .any(|s| s["metric"].get("controller").or(s["metric"].get("plugin")) == Some(&json!("hostile"))),
+            "{panel} shows no series of plugin hostile: {answer}"
+        );
+    }
+    operator.stop().await;
+    cluster.shutdown().await;
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds promtool (Prometheus, at the version go.mod pins) once into the tool cache and links
+# Builds Prometheus's promtool and server (at the version go.mod pins) once into the tool cache and links
 # target/observability/bin to it; see ../go-tools.sh.
 set -euo pipefail
 exec "$(dirname "$0")/../go-tools.sh" observability
