@@ -481,6 +481,17 @@ fn base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// Creates WasmPlugin `name` serving key `key` of ConfigMap `config_map`; waits until it serves.
+async fn serve_from_config_map(plugins: &Api<WasmPlugin>, name: &str, config_map: &str, key: &str) {
+    let object: WasmPlugin = serde_json::from_value(json!({
+        "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": name},
+        "spec": {"source": {"configMap": {"name": config_map, "key": key}}},
+    }))
+    .unwrap();
+    plugins.create(&PostParams::default(), &object).await.unwrap();
+    wait_plugin_ready(plugins, name, "True", "Serving").await;
+}
+
 /// How many children of `ns` (ConfigMaps the host marked) carry each revision.
 async fn revisions_of_children(client: &Client, ns: &str) -> std::collections::BTreeMap<String, usize> {
     let mut counts = std::collections::BTreeMap::new();
@@ -545,13 +556,7 @@ async fn a_staged_rollout_promotes_rolls_back_and_aborts(cluster: Cluster) {
 
     let plugins: Api<WasmPlugin> = Api::all(client.clone());
     let name = format!("rollout-{ns}");
-    let object: WasmPlugin = serde_json::from_value(json!({
-        "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": name},
-        "spec": {"source": {"configMap": {"name": "hostile-builds", "key": "v1.wasm"}}},
-    }))
-    .unwrap();
-    plugins.create(&PostParams::default(), &object).await.unwrap();
-    wait_plugin_ready(&plugins, &name, "True", "Serving").await;
+    serve_from_config_map(&plugins, &name, "hostile-builds", "v1.wasm").await;
     let hostile = hostile_resource();
     wait_served(&client, &hostile).await;
     for i in 0..PARENTS {
@@ -689,13 +694,7 @@ async fn shard_replicas_split_a_rollout_alike(cluster: Cluster) {
 
     let plugins: Api<WasmPlugin> = Api::all(client.clone());
     let name = format!("sharded-{ns}");
-    let object: WasmPlugin = serde_json::from_value(json!({
-        "apiVersion": "wasmop.dev/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": name},
-        "spec": {"source": {"configMap": {"name": "shard-builds", "key": "v1.wasm"}}},
-    }))
-    .unwrap();
-    plugins.create(&PostParams::default(), &object).await.unwrap();
-    wait_plugin_ready(&plugins, &name, "True", "Serving").await;
+    serve_from_config_map(&plugins, &name, "shard-builds", "v1.wasm").await;
     let hostile = hostile_resource();
     wait_served(&client, &hostile).await;
     for i in 0..PARENTS {
