@@ -114,14 +114,31 @@ fn measured(actor: &Actor, record: &Record, stable: &str, canary: &str) -> (Figu
     (since(actor.revisions.get(stable), stable_before), since(actor.revisions.get(canary), canary_before))
 }
 
-/// What the annotation asks, if it is new: (the value, abort?).
-fn requested(record: &Record, rollout: &RolloutStatus) -> Option<(String, bool)> {
+/// What a `wasmop.dev/rollout-action` annotation asks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Action {
+    Promote,
+    Abort,
+    /// Neither: noted (so it is not read again) and ignored.
+    Unknown,
+}
+
+/// What the annotation asks, if it is new: (the value, the action).
+fn requested(record: &Record, rollout: &RolloutStatus) -> Option<(String, Action)> {
     let value = record.object.annotations().get(ROLLOUT_ACTION_ANNOTATION)?;
     if rollout.last_handled_action.as_ref() == Some(value) {
         return None;
     }
-    let verb = value.split(':').next().unwrap_or_default();
-    Some((value.clone(), verb == "abort"))
+    Some((value.clone(), action_of(value)))
+}
+
+/// The action of an annotation value: `promote` or `abort`, with an optional `:token`.
+fn action_of(value: &str) -> Action {
+    match value.split(':').next().unwrap_or_default() {
+        "promote" => Action::Promote,
+        "abort" => Action::Abort,
+        _ => Action::Unknown,
+    }
 }
 
 impl Actor {
@@ -267,22 +284,26 @@ impl Actor {
         let figures_moved = (next.stable, next.canary) != (stable_figures, canary_figures);
         (next.stable, next.canary) = (stable_figures, canary_figures);
         let step = next.step as usize;
+        let started = next.step_started_at.parse::<jiff::Timestamp>().unwrap_or(now);
+        let judged = plan.decide(step, now.duration_since(started).unsigned_abs(), canary_figures);
+        let mut noted = false;
         let decision = match requested(record, &next) {
-            Some((value, abort)) => {
-                next.last_handled_action = Some(value);
-                match (abort, plan.steps().get(step + 1)) {
-                    (true, _) => None,
-                    (false, Some(_)) => Some(Decision::Promote(step + 1)),
-                    (false, None) => Some(Decision::Complete),
+            Some((value, action)) => {
+                next.last_handled_action = Some(value.clone());
+                match (action, plan.steps().get(step + 1)) {
+                    (Action::Abort, _) => None,
+                    (Action::Promote, Some(_)) => Some(Decision::Promote(step + 1)),
+                    (Action::Promote, None) => Some(Decision::Complete),
+                    (Action::Unknown, _) => {
+                        next.message = format!("ignored {ROLLOUT_ACTION_ANNOTATION}={value}: write promote or abort");
+                        noted = true;
+                        Some(judged)
+                    }
                 }
             }
-            None => {
-                let started = next.step_started_at.parse::<jiff::Timestamp>().unwrap_or(now);
-                let held = now.duration_since(started).unsigned_abs();
-                Some(plan.decide(step, held, canary_figures))
-            }
+            None => Some(judged),
         };
-        let moved = self.moved(&source, &mut next, &plan, decision, now).await;
+        let moved = self.moved(&source, &mut next, &plan, decision, now).await || noted;
         let stale = record.figures_written.is_none_or(|t| t.elapsed() >= super::FIGURES_EVERY);
         if fresh || moved || (figures_moved && stale) {
             self.write_rollout(name, next).await;
@@ -351,6 +372,21 @@ impl Actor {
                 self.follow_rollout(name).await;
             }
             Err(e) => tracing::warn!(wasmplugin = name, error = %e, "cannot write the rollout's status"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotation_values_name_an_action_with_an_optional_token() {
+        assert_eq!(action_of("promote"), Action::Promote);
+        assert_eq!(action_of("promote:2026-12-06T06:00:00Z"), Action::Promote);
+        assert_eq!(action_of("abort:x"), Action::Abort);
+        for other in ["", "Promote", "rollback", "aborted"] {
+            assert_eq!(action_of(other), Action::Unknown, "{other}");
         }
     }
 }
