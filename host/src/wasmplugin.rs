@@ -367,6 +367,20 @@ mod tests {
     }
 
     #[test]
+    fn a_rollout_spec_is_a_plan_with_the_default_analysis_or_says_what_to_fix() {
+        let spec = |steps: serde_json::Value| -> RolloutSpec {
+            serde_json::from_value(serde_json::json!({"steps": steps})).unwrap()
+        };
+        let plan = spec(serde_json::json!([{"percent": 5, "pause": "2m"}, {"percent": 100}])).plan().unwrap();
+        assert_eq!(plan.steps()[0].pause, Some(std::time::Duration::from_secs(120)));
+        assert_eq!(plan.max_failure_rate(), crate::rollout::DEFAULT_MAX_FAILURE_RATE);
+        let no_end = spec(serde_json::json!([{"percent": 50}])).plan().unwrap_err();
+        assert!(no_end.contains("end with {percent: 100}"), "{no_end}");
+        let bad_pause = spec(serde_json::json!([{"percent": 100, "pause": "soon"}])).plan().unwrap_err();
+        assert!(bad_pause.contains("\"soon\" is not a duration"), "{bad_pause}");
+    }
+
+    #[test]
     fn a_spec_needs_exactly_one_source() {
         let spec = |oci: bool, cm: bool| WasmPluginSpec {
             source: PluginSource {
