@@ -127,12 +127,10 @@ async fn rollback(client: &Client, runtime: Arc<Runtime>, n: usize) {
     let artifacts = tempfile::tempdir().expect("artifacts");
     let source =
         ClusterSource::new(client.clone(), "default".into(), ArtifactCache::new(artifacts.path().into(), 1 << 30));
-    // One telemetry for both: the controllers count per revision what the rollout judges.
-    let telemetry = Telemetry::new();
-    let catalog =
-        Catalog::builder(runtime).cluster(source).telemetry(telemetry.clone()).start().await.expect("catalog");
+    // The supervisor records into the catalog's telemetry, which the rollout's analysis reads.
+    let catalog = Catalog::builder(runtime).cluster(source).start().await.expect("catalog");
     let options = ControllerOptions { concurrency: 16, ..ControllerOptions::default() };
-    let supervisor = Supervisor::builder(client.clone(), &catalog).options(options).telemetry(telemetry).build();
+    let supervisor = Supervisor::builder(client.clone(), &catalog).options(options).build();
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(supervisor.run(async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -108,7 +108,8 @@ impl SupervisorBuilder {
         self
     }
 
-    /// Counters, metrics and health to record into (default: fresh ones).
+    /// Counters, metrics and health to record into (default: the catalog's, which its
+    /// rollouts read the per-revision figures from).
     pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
         self.telemetry = telemetry;
         self
@@ -152,7 +153,7 @@ impl Supervisor {
             namespaces: Vec::new(),
             install_crds: false,
             conversion: None,
-            telemetry: Telemetry::new(),
+            telemetry: catalog.telemetry(),
         }
     }
 

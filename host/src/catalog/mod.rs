@@ -282,7 +282,7 @@ impl CatalogBuilder {
             Some(source) => Some(source.start(deliveries_tx, snapshots.clone(), rejections.clone(), &telemetry).await),
             None => None,
         };
-        Ok(Catalog { snapshots, rejections, dir: self.dir, task, _cluster: cluster })
+        Ok(Catalog { snapshots, rejections, telemetry, dir: self.dir, task, _cluster: cluster })
     }
 }
 
@@ -307,6 +307,7 @@ fn watch_dir(dir: &Path, events: mpsc::UnboundedSender<()>) -> Result<notify::Re
 pub struct Catalog {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     rejections: Rejections,
+    telemetry: Telemetry,
     dir: Option<PathBuf>,
     task: tokio::task::JoinHandle<()>,
     _cluster: Option<cluster::Running>,
@@ -332,6 +333,12 @@ impl Catalog {
     /// supervisor's permission check).
     pub fn rejections(&self) -> Rejections {
         self.rejections.clone()
+    }
+
+    /// The counters and metrics the catalog records into: the supervisor's default, so the
+    /// controllers count per revision what the catalog's rollouts judge.
+    pub fn telemetry(&self) -> Telemetry {
+        self.telemetry.clone()
     }
 
     /// The directory followed, if any.
