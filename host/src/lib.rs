@@ -19,6 +19,7 @@ pub mod preview;
 pub mod rbac;
 pub mod reconcile;
 pub mod registry;
+pub mod related;
 pub mod rollout;
 pub mod roundtrip;
 pub mod shard;

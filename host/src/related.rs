@@ -1,0 +1,327 @@
+//! The inverted index of related objects (groundwork for issue 21, not wired yet): which
+//! parents selected an object, so a change to a related object (a ConfigMap, a Secret, another
+//! resource a plugin reads) reconciles exactly those parents.
+//!
+//! Each parent selects objects of a kind by name, or by label selector. The index keys
+//! name selections by (kind, namespace, name), and label selections by one equality
+//! requirement of theirs (kind, namespace, key, value), so looking up a changed object costs
+//! the selections that could match it — never a scan of every parent. A selector with no
+//! equality requirement (only `In`, `NotIn`, `Exists`, `DoesNotExist`) falls in its kind's
+//! and namespace's open bucket, scanned for every object of that kind there.
+//!
+//! Pure: no API, no clock. The owner replaces a parent's selections after each `related()`
+//! call ([`RelatedIndex::set`]), forgets a deleted parent ([`RelatedIndex::remove`]), and
+//! sweeps after a relist ([`RelatedIndex::retain`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::Hash;
+
+use kube::core::{Expression, Selector, SelectorExt};
+
+/// A related kind, as a plugin declares it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KindRef {
+    /// API group (`""` for the core group).
+    pub group: String,
+    /// Kind.
+    pub kind: String,
+}
+
+/// What one parent selects.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    /// The kind selected.
+    pub kind: KindRef,
+    /// The namespace searched; `None` for a cluster-scoped kind.
+    pub namespace: Option<String>,
+    /// By name or by labels.
+    pub target: Target,
+}
+
+/// How a selection picks objects.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// The object of this name.
+    Name(String),
+    /// Every object whose labels match.
+    Labels(Selector),
+}
+
+/// An object that changed: its kind, namespace, name and labels.
+#[derive(Clone, Copy, Debug)]
+pub struct Changed<'a> {
+    /// Its kind.
+    pub kind: &'a KindRef,
+    /// Its namespace (`None` when cluster-scoped).
+    pub namespace: Option<&'a str>,
+    /// Its name.
+    pub name: &'a str,
+    /// Its labels.
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+/// A kind in a namespace (`None`: cluster-scoped).
+type Place = (KindRef, Option<String>);
+/// An object of a kind in a namespace, by name.
+type Named = (KindRef, Option<String>, String);
+/// A `key = value` label of a kind in a namespace.
+type Labelled = (KindRef, Option<String>, String, String);
+/// Parents with the selector they chose.
+type Selectors<P> = Vec<(P, Selector)>;
+
+/// Where one selection of a parent is filed, to take it out again.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Slot {
+    Name(KindRef, Option<String>, String),
+    Label(KindRef, Option<String>, String, String),
+    Open(KindRef, Option<String>),
+}
+
+/// Parents by what they selected. `P` names a parent (its UID, or an object reference).
+#[derive(Debug)]
+pub struct RelatedIndex<P> {
+    by_name: HashMap<Named, HashSet<P>>,
+    by_label: HashMap<Labelled, Selectors<P>>,
+    open: HashMap<Place, Selectors<P>>,
+    /// Each parent's slots, to replace or remove its selections.
+    slots: HashMap<P, Vec<Slot>>,
+}
+
+impl<P> Default for RelatedIndex<P> {
+    fn default() -> Self {
+        RelatedIndex { by_name: HashMap::new(), by_label: HashMap::new(), open: HashMap::new(), slots: HashMap::new() }
+    }
+}
+
+impl<P: Clone + Eq + Hash> RelatedIndex<P> {
+    /// An empty index.
+    pub fn new() -> RelatedIndex<P> {
+        RelatedIndex::default()
+    }
+
+    /// Replaces what `parent` selects with `selections`.
+    pub fn set(&mut self, parent: &P, selections: Vec<Selection>) {
+        self.remove(parent);
+        let mut slots = Vec::with_capacity(selections.len());
+        for Selection { kind, namespace, target } in selections {
+            let slot = match target {
+                Target::Name(name) => {
+                    self.by_name
+                        .entry((kind.clone(), namespace.clone(), name.clone()))
+                        .or_default()
+                        .insert(parent.clone());
+                    Slot::Name(kind, namespace, name)
+                }
+                Target::Labels(selector) => match equality(&selector) {
+                    Some((key, value)) => {
+                        let bucket = (kind.clone(), namespace.clone(), key.clone(), value.clone());
+                        self.by_label.entry(bucket).or_default().push((parent.clone(), selector));
+                        Slot::Label(kind, namespace, key, value)
+                    }
+                    None => {
+                        self.open
+                            .entry((kind.clone(), namespace.clone()))
+                            .or_default()
+                            .push((parent.clone(), selector));
+                        Slot::Open(kind, namespace)
+                    }
+                },
+            };
+            slots.push(slot);
+        }
+        if !slots.is_empty() {
+            self.slots.insert(parent.clone(), slots);
+        }
+    }
+
+    /// Forgets what `parent` selected (it was deleted, or selects nothing now).
+    pub fn remove(&mut self, parent: &P) {
+        let Some(slots) = self.slots.remove(parent) else { return };
+        for slot in slots {
+            match slot {
+                Slot::Name(kind, namespace, name) => {
+                    let key = (kind, namespace, name);
+                    if let Some(parents) = self.by_name.get_mut(&key) {
+                        parents.remove(parent);
+                        if parents.is_empty() {
+                            self.by_name.remove(&key);
+                        }
+                    }
+                }
+                Slot::Label(kind, namespace, key, value) => {
+                    let bucket = (kind, namespace, key, value);
+                    remove_from(&mut self.by_label, &bucket, parent);
+                }
+                Slot::Open(kind, namespace) => remove_from(&mut self.open, &(kind, namespace), parent),
+            }
+        }
+    }
+
+    /// Keeps only the parents `live` says exist (after a relist of the parents).
+    pub fn retain(&mut self, live: impl Fn(&P) -> bool) {
+        let gone: Vec<P> = self.slots.keys().filter(|p| !live(p)).cloned().collect();
+        for parent in gone {
+            self.remove(&parent);
+        }
+    }
+
+    /// The parents that selected `changed`, each once, and how many selections were examined
+    /// to find them (the cost: the selections that could match, not the parents).
+    pub fn parents_of(&self, changed: Changed<'_>) -> (Vec<P>, usize) {
+        let (kind, namespace) = (changed.kind.clone(), changed.namespace.map(str::to_string));
+        let mut found: Vec<P> = Vec::new();
+        let mut seen: HashSet<&P> = HashSet::new();
+        let mut examined = 0;
+        if let Some(parents) = self.by_name.get(&(kind.clone(), namespace.clone(), changed.name.to_string())) {
+            examined += parents.len();
+            for parent in parents {
+                if seen.insert(parent) {
+                    found.push(parent.clone());
+                }
+            }
+        }
+        let labelled = changed.labels.iter().filter_map(|(key, value)| {
+            self.by_label.get(&(kind.clone(), namespace.clone(), key.clone(), value.clone()))
+        });
+        let open = self.open.get(&(kind.clone(), namespace.clone()));
+        for (parent, selector) in labelled.chain(open).flatten() {
+            examined += 1;
+            if selector.matches(changed.labels) && seen.insert(parent) {
+                found.push(parent.clone());
+            }
+        }
+        (found, examined)
+    }
+
+    /// How many parents select anything.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no parent selects anything.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+/// One `key = value` requirement of `selector`, to file it under; the smallest, so the same
+/// selector is always filed alike.
+fn equality(selector: &Selector) -> Option<(String, String)> {
+    let selector = serde_json::to_value(selector).ok()?;
+    let expressions: Vec<Expression> = serde_json::from_value(selector).ok()?;
+    expressions
+        .into_iter()
+        .filter_map(|e| match e {
+            Expression::Equal(key, value) => Some((key, value)),
+            Expression::In(key, values) if values.len() == 1 => values.into_iter().next().map(|v| (key, v)),
+            _ => None,
+        })
+        .min()
+}
+
+fn remove_from<K: Eq + Hash, P: Eq>(map: &mut HashMap<K, Selectors<P>>, key: &K, parent: &P) {
+    if let Some(entries) = map.get_mut(key) {
+        entries.retain(|(p, _)| p != parent);
+        if entries.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
+    fn config_maps() -> KindRef {
+        KindRef { group: String::new(), kind: "ConfigMap".into() }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn by_labels(pairs: &[(&str, &str)]) -> Target {
+        let selector = LabelSelector { match_labels: Some(labels(pairs)), match_expressions: None };
+        Target::Labels(Selector::try_from(selector).unwrap())
+    }
+
+    fn exists(key: &str) -> Target {
+        let requirement = LabelSelectorRequirement { key: key.into(), operator: "Exists".into(), values: None };
+        let selector = LabelSelector { match_labels: None, match_expressions: Some(vec![requirement]) };
+        Target::Labels(Selector::try_from(selector).unwrap())
+    }
+
+    fn select(namespace: &str, target: Target) -> Selection {
+        Selection { kind: config_maps(), namespace: Some(namespace.into()), target }
+    }
+
+    fn changed<'a>(kind: &'a KindRef, ns: &'a str, name: &'a str, labels: &'a BTreeMap<String, String>) -> Changed<'a> {
+        Changed { kind, namespace: Some(ns), name, labels }
+    }
+
+    #[test]
+    fn an_object_finds_the_parents_that_named_it_or_whose_labels_it_matches() {
+        let mut index = RelatedIndex::new();
+        index.set(&"web", vec![select("shop", Target::Name("web-config".into()))]);
+        index.set(&"api", vec![select("shop", by_labels(&[("app", "api"), ("tier", "back")]))]);
+        index.set(&"any", vec![select("shop", exists("team"))]);
+        index.set(&"other-ns", vec![select("blog", Target::Name("web-config".into()))]);
+        let kind = config_maps();
+        let none = labels(&[]);
+        assert_eq!(index.parents_of(changed(&kind, "shop", "web-config", &none)).0, ["web"]);
+        let api = labels(&[("app", "api"), ("tier", "back")]);
+        assert_eq!(index.parents_of(changed(&kind, "shop", "x", &api)).0, ["api"]);
+        let partly = labels(&[("app", "api")]);
+        assert!(index.parents_of(changed(&kind, "shop", "x", &partly)).0.is_empty(), "the whole selector must match");
+        let team = labels(&[("team", "a"), ("app", "api"), ("tier", "back")]);
+        let mut both = index.parents_of(changed(&kind, "shop", "x", &team)).0;
+        both.sort();
+        assert_eq!(both, ["any", "api"]);
+        let secrets = KindRef { group: String::new(), kind: "Secret".into() };
+        assert!(index.parents_of(changed(&secrets, "shop", "web-config", &none)).0.is_empty(), "another kind");
+    }
+
+    #[test]
+    fn a_parent_selecting_twice_is_found_once_and_new_selections_replace_old_ones() {
+        let mut index = RelatedIndex::new();
+        let twice = vec![select("shop", Target::Name("c".into())), select("shop", by_labels(&[("app", "web")]))];
+        index.set(&"web", twice);
+        let (kind, web) = (config_maps(), labels(&[("app", "web")]));
+        assert_eq!(index.parents_of(changed(&kind, "shop", "c", &web)).0, ["web"]);
+        index.set(&"web", vec![select("shop", Target::Name("d".into()))]);
+        assert!(index.parents_of(changed(&kind, "shop", "c", &web)).0.is_empty());
+        assert_eq!(index.parents_of(changed(&kind, "shop", "d", &web)).0, ["web"]);
+        index.remove(&"web");
+        assert!(index.parents_of(changed(&kind, "shop", "d", &web)).0.is_empty());
+        assert!(index.is_empty() && index.by_name.is_empty() && index.by_label.is_empty());
+    }
+
+    #[test]
+    fn a_relist_sweeps_the_parents_that_are_gone() {
+        let mut index = RelatedIndex::new();
+        for parent in ["a", "b", "c"] {
+            index.set(&parent.to_string(), vec![select("shop", Target::Name("shared".into()))]);
+        }
+        index.retain(|p| p != "b");
+        let (kind, none) = (config_maps(), labels(&[]));
+        let mut left = index.parents_of(changed(&kind, "shop", "shared", &none)).0;
+        left.sort();
+        assert_eq!(left, ["a", "c"]);
+        assert_eq!(index.len(), 2);
+    }
+
+    #[test]
+    fn a_lookup_costs_the_matching_selections_not_the_parents() {
+        let mut index = RelatedIndex::new();
+        for i in 0..10_000 {
+            let app = format!("app-{i}");
+            index.set(&i, vec![select("shop", by_labels(&[("app", app.as_str()), ("tier", "web")]))]);
+        }
+        let kind = config_maps();
+        let one = labels(&[("app", "app-42"), ("tier", "web")]);
+        let (found, examined) = index.parents_of(changed(&kind, "shop", "x", &one));
+        assert_eq!(found, [42]);
+        assert!(examined <= 2, "examined {examined} selections for one match");
+    }
+}
