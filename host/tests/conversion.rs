@@ -297,3 +297,46 @@ async fn refused_conversions_answer_failed_with_the_reason() {
     assert_eq!(answer["response"]["result"]["status"], "Success");
     assert_eq!(answer["response"]["convertedObjects"][0]["apiVersion"], "test.wasmop.dev/v2");
 }
+
+/// The migration after a CRD update retries with backoff: the first lists of the kind fail
+/// (as while the API server starts serving the new storage version), and storedVersions is
+/// trimmed all the same. (In-memory server only: it injects the failures, 404s as while the
+/// version is not served yet.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storage_migration_retries_until_the_kind_is_listed() {
+    let cluster = Cluster::memory().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
+    let crd = |storage: &str| -> CustomResourceDefinition {
+        let version = |name: &str| {
+            json!({"name": name, "served": true, "storage": name == storage,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}})
+        };
+        serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "gadgets.test.wasmop.dev"},
+            "spec": {"group": "test.wasmop.dev", "scope": "Namespaced",
+                "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+                "versions": [version("v1beta1"), version("v1")]},
+        }))
+        .unwrap()
+    };
+    let apply = PatchParams::apply("wasmop-tests").force();
+    crds.patch("gadgets.test.wasmop.dev", &apply, &Patch::Apply(&crd("v1beta1"))).await.unwrap();
+    let old =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("test.wasmop.dev", "v1beta1", "Gadget"), "gadgets");
+    wait_served(&cluster.client, &old).await;
+    create(&cluster.client, &old, &cluster.ns, "g", json!({"size": 1})).await;
+    crds.patch("gadgets.test.wasmop.dev", &apply, &Patch::Apply(&crd("v1"))).await.unwrap();
+    let stored = || async {
+        let crd = crds.get("gadgets.test.wasmop.dev").await.unwrap();
+        crd.status.and_then(|s| s.stored_versions).unwrap_or_default()
+    };
+    assert_eq!(stored().await, ["v1beta1", "v1"]);
+    let faults = cluster.memory_server().unwrap().faults();
+    faults.fail_next("list", "gadgets", 2, 404);
+    let migration =
+        tokio::spawn(wasmop::migrate::migrate_in_background(cluster.client.clone(), "gadgets.test.wasmop.dev".into()));
+    eventually("storedVersions trimmed to v1 after two failed lists", || async { stored().await == ["v1"] }).await;
+    migration.await.unwrap();
+    cluster.shutdown().await;
+}

@@ -586,6 +586,10 @@ impl Actor {
         if let (Some((_, read)), Some(version)) = (&mut record.started, fetched.config_map_version) {
             *read = Some(version);
         }
+        // What no revision of this source serves any more is forgotten: the maps stay small.
+        let live = staged::live_fingerprints(&snapshot, name);
+        record.sources.retain(|f, _| live.contains(f));
+        record.digests.retain(|f, _| live.contains(f));
         record.sources.insert(fingerprint.clone(), staged::pinned(&record.object.spec, &fetched.digest));
         record.digests.insert(fingerprint.clone(), fetched.digest);
         record.progress = Progress::Delivered { fingerprint: fingerprint.clone() };

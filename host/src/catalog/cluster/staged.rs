@@ -89,7 +89,17 @@ pub(super) fn stable_missing(record: &Record, snapshot: &Snapshot, digest: &str)
         .flatten()
 }
 
-/// `stage`'s share, as a stage for the catalog.
+/// The fingerprints of the revisions of WasmPlugin `name` that serve in `snapshot`: stable,
+/// canary or policy.
+pub(super) fn live_fingerprints(snapshot: &Snapshot, name: &str) -> std::collections::HashSet<String> {
+    let source = Source::Cluster(name.to_string());
+    let operators = snapshot.operators.values().filter(|r| r.source == source).map(|r| r.fingerprint.clone());
+    let canaries = canary_of(snapshot, name).map(|c| c.revision.fingerprint.clone());
+    let policies = snapshot.policies.iter().filter(|p| p.source == source).map(|p| p.fingerprint.clone());
+    operators.chain(canaries).chain(policies).collect()
+}
+
+/// The stage the rollout's status names, for the catalog.
 fn stage_of(record: &Record, rollout: &RolloutStatus) -> Stage {
     match rollout.phase.as_str() {
         PROGRESSING => Stage::Share {
