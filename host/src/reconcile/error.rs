@@ -96,6 +96,30 @@ pub fn backoff(failures: u32) -> Duration {
 mod tests {
     use super::*;
 
+    fn api(action: &str, code: u16) -> ReconcileError {
+        let status = kube::core::Status::failure("refused", "Refused").with_code(code);
+        ReconcileError::Api { action: action.into(), source: kube::Error::Api(Box::new(status)) }
+    }
+
+    #[test]
+    fn a_rollout_counts_plugin_failures_conflicts_and_refused_children_only() {
+        let plugin = |e: PluginError| ReconcileError::Plugin(e);
+        let trap = plugin(PluginError::Trap { plugin: "p".into(), message: "boom".into() });
+        let invalid = plugin(PluginError::InvalidSpec { plugin: "p".into(), message: "no image".into() });
+        assert!(trap.counts_against_revision());
+        assert!(!invalid.counts_against_revision(), "an invalid spec is the user's");
+        assert!(ReconcileError::ChildConflict { message: "x".into() }.counts_against_revision());
+        assert!(api("applying ConfigMap ns/a", 422).counts_against_revision(), "a child refused by the API server");
+        for (action, code) in [
+            ("applying ConfigMap ns/a", 409),
+            ("applying ConfigMap ns/a", 429),
+            ("applying ConfigMap ns/a", 503),
+            ("writing status", 422),
+        ] {
+            assert!(!api(action, code).counts_against_revision(), "{action} {code}");
+        }
+    }
+
     #[test]
     fn backoff_doubles_and_caps_at_five_minutes() {
         assert_eq!(backoff(1), Duration::from_millis(500));
