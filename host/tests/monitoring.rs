@@ -3,8 +3,11 @@
 //! alert fires on its fault and none on a healthy operator), every alert has a runbook, the
 //! dashboard's PromQL parses, shows every `wasmop_*` metric the host exports and evaluates
 //! without error on a Prometheus that scraped a running wasmop, and the kustomization builds.
+//! And traces: a reconcile's trace, read back from a real Jaeger (`make tracing`).
 
 mod common;
+
+use common::cluster::Cluster;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -241,5 +244,217 @@ async fn the_dashboard_evaluates_on_a_prometheus_scraping_wasmop() {
         );
     }
     operator.stop().await;
+    cluster.shutdown().await;
+}
+
+on_both_backends!(a_reconcile_is_traced_to_a_real_jaeger);
+
+/// A Jaeger process (all-in-one: OTLP/HTTP receiver, in-memory storage, query API) on free
+/// loopback ports; killed when dropped.
+struct Jaeger {
+    child: std::process::Child,
+    /// Where OTLP/HTTP is received.
+    otlp: std::net::SocketAddr,
+    /// Where the query API answers.
+    query: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Jaeger {
+    async fn start() -> Jaeger {
+        let path = common::workspace().join("target/tracing/bin/jaeger");
+        assert!(path.exists(), "{} is missing: build it with `make tracing` (make test does)", path.display());
+        let dir = tempfile::tempdir().unwrap();
+        let (otlp, query, grpc) = (free_addr(), free_addr(), free_addr());
+        let config = format!(
+            "service:\n  extensions: [jaeger_storage, jaeger_query]\n  pipelines:\n    traces:\n      \
+             receivers: [otlp]\n      processors: [batch]\n      exporters: [jaeger_storage_exporter]\n  \
+             telemetry:\n    metrics:\n      level: none\n    logs:\n      level: warn\n\
+             extensions:\n  jaeger_query:\n    storage:\n      traces: memstore\n    http:\n      \
+             endpoint: {query}\n    grpc:\n      endpoint: {grpc}\n  jaeger_storage:\n    backends:\n      \
+             memstore:\n        memory:\n          max_traces: 100000\n\
+             receivers:\n  otlp:\n    protocols:\n      http:\n        endpoint: {otlp}\n\
+             processors:\n  batch:\n    timeout: 100ms\n\
+             exporters:\n  jaeger_storage_exporter:\n    trace_storage: memstore\n"
+        );
+        std::fs::write(dir.path().join("jaeger.yaml"), config).unwrap();
+        let child = Command::new(path)
+            .arg(format!("--config={}", dir.path().join("jaeger.yaml").display()))
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("jaeger.log")).unwrap())
+            .spawn()
+            .expect("jaeger starts");
+        let jaeger = Jaeger { child, otlp, query, _dir: dir };
+        common::cluster::eventually("Jaeger answering", || async {
+            http_get(jaeger.query, "/api/services").await.is_some_and(|(code, _)| code == 200)
+        })
+        .await;
+        jaeger
+    }
+
+    /// The spans of every trace of service `wasmop` Jaeger holds, by trace.
+    async fn traces(&self) -> Vec<Vec<Value>> {
+        let path = "/api/traces?service=wasmop&limit=1000&lookback=1h";
+        let Some((200, body)) = http_get(self.query, path).await else { return Vec::new() };
+        let answer: Value = serde_json::from_str(&body).unwrap_or_default();
+        let traces = answer["data"].as_array().cloned().unwrap_or_default();
+        traces.iter().map(|t| t["spans"].as_array().cloned().unwrap_or_default()).collect()
+    }
+}
+
+impl Drop for Jaeger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Prints the operator's log when the test fails (dropped while panicking).
+struct ShowLog(PathBuf);
+
+impl Drop for ShowLog {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- wasmop log ---\n{}", std::fs::read_to_string(&self.0).unwrap_or_default());
+        }
+    }
+}
+
+/// A span's tag `key` as a string (Jaeger types tags; numbers are shown as numbers).
+fn tag(span: &Value, key: &str) -> Option<String> {
+    let tags = span["tags"].as_array()?;
+    let value = &tags.iter().find(|t| t["key"] == key)?["value"];
+    Some(value.as_str().map_or_else(|| value.to_string(), str::to_string))
+}
+
+/// The spans of `trace` that are children of `parent` and named `name`.
+fn children_named<'a>(trace: &'a [Value], parent: &Value, name: &str) -> Vec<&'a Value> {
+    trace
+        .iter()
+        .filter(|s| s["operationName"] == name)
+        .filter(|s| {
+            s["references"]
+                .as_array()
+                .is_some_and(|refs| refs.iter().any(|r| r["refType"] == "CHILD_OF" && r["spanID"] == parent["spanID"]))
+        })
+        .collect()
+}
+
+/// The trace whose root is a reconcile of `parent_name` triggered by `trigger` (a prefix), with
+/// its root span.
+fn reconcile_trace(traces: &[Vec<Value>], parent_name: &str, trigger: &str) -> Option<(Vec<Value>, Value)> {
+    traces.iter().find_map(|trace| {
+        let root = trace.iter().find(|s| {
+            s["operationName"] == "reconcile"
+                && tag(s, "parent.name").as_deref() == Some(parent_name)
+                && tag(s, "trigger").is_some_and(|t| t.starts_with(trigger))
+        })?;
+        Some((trace.clone(), root.clone()))
+    })
+}
+
+/// `wasmop run --otlp-endpoint` exports each reconcile as a trace that a real Jaeger shows:
+/// a `reconcile` span carrying the plugin, its revision, the parent and the trigger, with child
+/// spans for the plugin call (epoch ticks, output bytes), the policy review, each apply and the
+/// status write. The Events the reconcile publishes name the trace; a child's deletion shows as
+/// that child's trigger; a read of another version shows the conversion webhook's spans.
+async fn a_reconcile_is_traced_to_a_real_jaeger(cluster: Cluster) {
+    use common::cluster::{app_resource, eventually, wait_ready};
+    let jaeger = Jaeger::start().await;
+    let dir = common::operator::plugins_dir(&[("appoperator", None), ("deny-latest-tag", None)]);
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml().await).unwrap();
+    let log = dir.path().join("wasmop.log");
+    let mut child = common::wasmop_command()
+        .args(["run", "--install-crds", "--no-metrics", "--webhook-addr=127.0.0.1:0", "--log-format=json"])
+        .arg("--plugins")
+        .arg(dir.path())
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--namespace", &cluster.ns, "--otlp-endpoint", &format!("http://{}", jaeger.otlp)])
+        .env("WASMOP_LOG", "wasmop=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let apps = app_resource();
+    let _show = ShowLog(log.clone());
+    common::cluster::wait_served(&cluster.client, &apps).await;
+    let spec = json!({"workload": {"image": "nginx:1.27", "replicas": 1, "port": 80}});
+    common::cluster::create(&cluster.client, &apps, &cluster.ns, "web", spec).await;
+    wait_ready(&cluster.client, &apps, &cluster.ns, "web", "True", "Available").await;
+
+    // The reconcile that created the children, as Jaeger shows it.
+    let with_applies = |traces: Vec<Vec<Value>>| {
+        traces.into_iter().find_map(|trace| {
+            let (trace, root) = reconcile_trace(std::slice::from_ref(&trace), "web", "")?;
+            (!children_named(&trace, &root, "apply").is_empty()).then_some((trace, root))
+        })
+    };
+    eventually("a reconcile of web with its applies in Jaeger", || async {
+        with_applies(jaeger.traces().await).is_some()
+    })
+    .await;
+    let (trace, root) = with_applies(jaeger.traces().await).unwrap();
+    assert_eq!(tag(&root, "plugin").as_deref(), Some("appoperator"), "{root}");
+    assert_eq!(tag(&root, "parent.kind").as_deref(), Some("Appoperator"), "{root}");
+    assert_eq!(tag(&root, "parent.namespace").as_deref(), Some(cluster.ns.as_str()), "{root}");
+    assert!(tag(&root, "parent.uid").is_some_and(|u| u.len() > 8), "{root}");
+    assert!(tag(&root, "revision").is_some_and(|r| !r.is_empty()), "{root}");
+    let trigger = tag(&root, "trigger").unwrap_or_default();
+    assert!(["parent", "startup"].contains(&trigger.as_str()), "a new parent's first reconcile: {trigger}");
+    let call = children_named(&trace, &root, "plugin call");
+    assert_eq!(call.len(), 1, "one plugin call under the reconcile: {trace:?}");
+    assert!(tag(call[0], "output_bytes").is_some_and(|b| b.parse::<u64>().is_ok_and(|b| b > 100)), "{}", call[0]);
+    assert!(tag(call[0], "epoch_ticks").is_some_and(|t| t.parse::<u64>().is_ok()), "{}", call[0]);
+    let reviews = trace.iter().filter(|s| s["operationName"] == "policy review").count();
+    assert!(reviews >= 1, "the policy reviewed the children: {trace:?}");
+    let applies = children_named(&trace, &root, "apply");
+    assert!(applies.iter().any(|a| tag(a, "child").is_some_and(|c| c.starts_with("Deployment "))), "{applies:?}");
+
+    // The Events of the reconcile name its trace; the logs carry the trace id too.
+    let trace_id = root["traceID"].as_str().unwrap().to_string();
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(cluster.client.clone(), &cluster.ns);
+    eventually("an Event naming the trace", || async {
+        let list = events.list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
+        list.iter().any(|e| e.note.as_deref().is_some_and(|n| n.contains(&format!("(trace {trace_id})"))))
+    })
+    .await;
+    eventually("a log line naming the trace", || async {
+        std::fs::read_to_string(&log).unwrap_or_default().lines().any(|l| l.contains(&trace_id))
+    })
+    .await;
+
+    // Deleting the Deployment reconciles web again, triggered by that child.
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(cluster.client.clone(), &cluster.ns);
+    deployments.delete("web", &Default::default()).await.unwrap();
+    let child_trigger = format!("child Deployment {}/web", cluster.ns);
+    eventually("a reconcile triggered by the deleted Deployment", || async {
+        reconcile_trace(&jaeger.traces().await, "web", &child_trigger).is_some()
+    })
+    .await;
+
+    // Reading the other version goes through the conversion webhook, which is traced too.
+    let beta = kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("tools.wasmop.dev", "v1beta1", "Appoperator"),
+        "appoperators",
+    );
+    let api: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(cluster.client.clone(), &cluster.ns, &beta);
+    let old = api.get("web").await.unwrap();
+    assert_eq!(old.data["spec"]["image"], "nginx:1.27");
+    eventually("a conversion review with its convert span", || async {
+        jaeger.traces().await.iter().any(|trace| {
+            trace.iter().filter(|s| s["operationName"] == "conversion review").any(|review| {
+                children_named(trace, review, "convert").iter().any(|c| tag(c, "name").as_deref() == Some("web"))
+            })
+        })
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
     cluster.shutdown().await;
 }

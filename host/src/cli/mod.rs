@@ -20,6 +20,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use wasmop::plugin::{Runtime, RuntimeConfig, default_cache_dir};
+use wasmop::traces::Traces;
 
 /// A Kubernetes operator host whose reconcile logic lives in sandboxed WebAssembly plugins.
 #[derive(Parser)]
@@ -111,7 +112,17 @@ pub fn main() -> ExitCode {
     }
     // A long-running operator logs what it does; one-shot commands only warnings.
     let default_level = if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" };
-    init_logging(cli.log_format, default_level);
+    let traces = match &cli.command {
+        Command::Run(args) => match args.traces.settings().and_then(|s| s.map(|s| Traces::start(&s)).transpose()) {
+            Ok(traces) => traces,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    init_logging(cli.log_format, default_level, traces.as_ref());
     let result = match cli.command {
         Command::Run(args) => {
             let cache_dir = cli.cache_dir.clone().or_else(default_cache_dir);
@@ -140,6 +151,9 @@ pub fn main() -> ExitCode {
         }
         Command::Plugin(PluginCommand::Pull(args)) => artifact::pull(args),
     };
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -188,12 +202,15 @@ fn block_on_value<T, E: Into<anyhow::Error>>(
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(future).map_err(Into::into)
 }
 
-fn init_logging(format: LogFormat, default: &str) {
-    use tracing_subscriber::EnvFilter;
+/// Logs to stderr (filtered by `WASMOP_LOG`) and, when `traces` is on, exports the host's spans
+/// (filtered on their own: quiet logs still give full traces).
+fn init_logging(format: LogFormat, default: &str, traces: Option<&Traces>) {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_env("WASMOP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let logs = match format {
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    };
+    tracing_subscriber::registry().with(logs.with_filter(filter)).with(traces.map(Traces::layer)).init();
 }

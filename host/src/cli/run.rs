@@ -63,6 +63,29 @@ pub(crate) struct Args {
     shard_lease_prefix: String,
     #[command(flatten)]
     webhook: WebhookArgs,
+    #[command(flatten)]
+    pub(crate) traces: TraceArgs,
+}
+
+/// OpenTelemetry trace flags (the standard `OTEL_EXPORTER_OTLP_*` and `OTEL_SERVICE_NAME`
+/// variables apply too).
+#[derive(clap::Args)]
+pub(crate) struct TraceArgs {
+    /// Export a trace of each reconcile to this OTLP/HTTP collector (such as
+    /// http://jaeger-collector:4318; `/v1/traces` is appended). Also on when
+    /// OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// Share of reconciles traced, from 0 to 1 (0.1 keeps one in ten).
+    #[arg(long, default_value_t = 1.0)]
+    trace_sample_ratio: f64,
+}
+
+impl TraceArgs {
+    /// The validated settings, or `None` when traces are off.
+    pub(crate) fn settings(&self) -> Result<Option<wasmop::traces::TraceSettings>, wasmop::traces::TraceError> {
+        wasmop::traces::TraceSettings::from_flags(self.otlp_endpoint.as_deref(), self.trace_sample_ratio)
+    }
 }
 
 /// Where plugins come from and how registries are reached.

@@ -143,7 +143,7 @@ struct Inner {
     name: Arc<str>,
     limits: Limits,
     file: PluginFile,
-    _ticker: Arc<EpochTicker>,
+    ticker: Arc<EpochTicker>,
 }
 
 impl OperatorPlugin {
@@ -171,7 +171,7 @@ impl OperatorPlugin {
         }
         file.load_time = started.elapsed();
         let name = meta.name.as_str().into();
-        Ok(OperatorPlugin { inner: Arc::new(Inner { pre, meta, name, limits, file, _ticker: ticker }) })
+        Ok(OperatorPlugin { inner: Arc::new(Inner { pre, meta, name, limits, file, ticker }) })
     }
 
     /// What the plugin says about itself (checked).
@@ -198,7 +198,12 @@ impl OperatorPlugin {
             finalizing: req.finalizing,
             settings: req.settings.clone(),
         };
-        let answer = inner.pre.reconcile(&inner.name, &inner.limits, &wit_req)?;
+        let ticks = inner.ticker.ticks();
+        let answer = inner.pre.reconcile(&inner.name, &inner.limits, &wit_req);
+        // Shown on the reconcile's `plugin call` span, when the caller opened one: the epoch
+        // ticks the call took, what its wall-time limit counts.
+        tracing::Span::current().record("epoch_ticks", inner.ticker.ticks().saturating_sub(ticks));
+        let answer = answer?;
         match answer {
             Ok(resp) => check_response(&inner.meta, &req.parent, resp, &inner.limits),
             // Control characters escaped: the text reaches the host's log lines.

@@ -29,6 +29,8 @@ pub(crate) fn check_response(
     limits: &Limits,
 ) -> Result<Desired, PluginError> {
     let size = response_size(&resp);
+    // Shown on the reconcile's `plugin call` span, when the caller opened one.
+    tracing::Span::current().record("output_bytes", size);
     if size > limits.output_bytes {
         return Err(PluginError::OutputTooLarge { plugin: meta.name.clone(), size, limit: limits.output_bytes });
     }

@@ -3,7 +3,7 @@
 //! `log` import.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -316,20 +316,29 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Advances the engine's epoch on a background thread until dropped.
 pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
+    /// Ticks so far (the engine's epoch, which wasmtime does not expose).
+    ticks: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
     pub(crate) fn start(engine: Engine) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let ticks = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (stop.clone(), ticks.clone());
         let thread = std::thread::Builder::new().name("wasmop-epoch".into()).spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(EPOCH_TICK);
                 engine.increment_epoch();
+                count.fetch_add(1, Ordering::Relaxed);
             }
         })?;
-        Ok(EpochTicker { stop, thread: Some(thread) })
+        Ok(EpochTicker { stop, ticks, thread: Some(thread) })
+    }
+
+    /// Ticks so far: the difference across a call is the epoch it used.
+    pub(crate) fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
     }
 
     /// Epoch ticks that cover `timeout` (plus one, since the current tick is partly spent).

@@ -9,6 +9,7 @@ pub mod findings;
 mod owners;
 pub mod ratelimit;
 mod state;
+pub mod trigger;
 
 use crate::telemetry::Stats;
 use std::collections::{HashMap, HashSet};
@@ -29,6 +30,7 @@ pub use finalizer::FINALIZER;
 pub use findings::{POLICY_CONDITION, audit_condition};
 pub use owners::OwnerIndex;
 pub use state::ParentState;
+pub use trigger::{Start, Trigger, Triggers};
 
 use crate::apply::{self, ChildKey, Owner, Ownership};
 use crate::plugin::{
@@ -116,6 +118,8 @@ pub struct Context {
     pub canary: Option<CanaryLogic>,
     /// Reconciles and failures per revision, for the rollout's analysis.
     pub revisions: Arc<crate::telemetry::Revisions>,
+    /// What asked for each pending reconcile, noted by the watches, taken by the reconcile.
+    pub triggers: Arc<Triggers>,
 }
 
 /// The logic serving one parent, with its settings.
@@ -205,15 +209,10 @@ fn uid(parent: &DynamicObject) -> String {
 pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     // Another replica's shard: nothing to do here (the shard's holder reconciles it; gaining
     // the shard later reconciles every parent again).
+    let trigger = ctx.triggers.take(&uid(&parent));
     let Some(_in_shard) = ctx.shards.enter(&uid(&parent)) else { return Ok(Action::await_change()) };
     let logic = ctx.logic_for(&parent).await;
-    let span = info_span!(
-        "reconcile",
-        plugin = %ctx.plugin.metadata().name,
-        revision = logic.plugin.revision(),
-        object = %key(&parent),
-        generation = parent.meta().generation.unwrap_or_default(),
-    );
+    let span = reconcile_span(&parent, &ctx, &logic, &trigger);
     Stats::bump(&ctx.stats.reconciles);
     let controller = ctx.plugin.metadata().name.clone();
     ctx.state.started(&uid(&parent));
@@ -243,8 +242,32 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         watch_for_loop(&parent, &ctx).await;
     }
     let _entered = span.enter();
+    tracing::debug!(outcome, seconds = started.elapsed().as_secs_f64(), "reconcile finished");
     remember(&parent, &ctx, &result);
     result
+}
+
+/// The span of one reconcile: the plugin and its revision, the parent (kind, namespace, name,
+/// UID, generation), what triggered it, and its trace id when traces are on and keep it (so
+/// log lines name the trace).
+fn reconcile_span(parent: &DynamicObject, ctx: &Context, logic: &Logic, trigger: &Trigger) -> tracing::Span {
+    let span = info_span!(
+        "reconcile",
+        plugin = %ctx.plugin.metadata().name,
+        revision = logic.plugin.revision(),
+        object = %key(parent),
+        parent.kind = %ctx.parent.kind,
+        parent.namespace = parent.namespace().unwrap_or_default(),
+        parent.name = parent.name_any(),
+        parent.uid = uid(parent),
+        generation = parent.meta().generation.unwrap_or_default(),
+        trigger = %trigger,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(id) = crate::traces::trace_id(&span) {
+        span.record("trace_id", id);
+    }
+    span
 }
 
 /// Counts a reconcile that wrote or requeued without a spec change; reports a loop (Warning
@@ -269,7 +292,10 @@ async fn watch_for_loop(parent: &DynamicObject, ctx: &Context) {
 fn remember(parent: &DynamicObject, ctx: &Context, result: &Result<Action, ReconcileError>) {
     let uid = uid(parent);
     match result {
-        Ok(action) if *action != Action::await_change() => ctx.state.schedule(&uid),
+        Ok(action) if *action != Action::await_change() => {
+            ctx.state.schedule(&uid);
+            ctx.triggers.note(&uid, Trigger::Requeue);
+        }
         Ok(_) => {}
         Err(e) => {
             Stats::bump(&ctx.stats.failures);
@@ -281,12 +307,14 @@ fn remember(parent: &DynamicObject, ctx: &Context, result: &Result<Action, Recon
     }
     let live = || ctx.parents.state().iter().map(|p| self::uid(p)).collect::<HashSet<String>>();
     ctx.state.sweep(ctx.parents.len(), live);
+    ctx.triggers.sweep(ctx.parents.len(), live);
 }
 
 /// Decides when to retry a failed reconcile: conflicts at once, everything else with
 /// exponential backoff per parent, capped at five minutes.
 pub fn error_policy(parent: Arc<DynamicObject>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
     ctx.state.schedule(&uid(&parent));
+    ctx.triggers.note(&uid(&parent), Trigger::Retry);
     ctx.metrics.set_workqueue_depth(&ctx.plugin.metadata().name, ctx.state.scheduled());
     let limited = ctx.bucket.reserve();
     if err.is_conflict() {
@@ -392,7 +420,24 @@ async fn compute(
     Stats::bump(&ctx.stats.plugin_calls);
     let plugin = logic.plugin.clone();
     let started = std::time::Instant::now();
-    let answer = tokio::task::spawn_blocking(move || plugin.reconcile(&request)).await?;
+    let span = info_span!(
+        "plugin call",
+        plugin = %ctx.plugin.metadata().name,
+        revision = logic.plugin.revision(),
+        finalizing,
+        epoch_ticks = tracing::field::Empty,
+        output_bytes = tracing::field::Empty,
+        failure = tracing::field::Empty,
+    );
+    let answer = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let answer = plugin.reconcile(&request);
+        if let Err(e) = &answer {
+            span.record("failure", e.metric_reason());
+        }
+        answer
+    })
+    .await?;
     let name = &ctx.plugin.metadata().name;
     ctx.metrics.plugin_call(name, "operator", logic.plugin.revision(), started.elapsed().as_secs_f64());
     if let Err(e) = &answer {
@@ -413,7 +458,8 @@ async fn review(
     }
     let (policies, parent) = (ctx.policies.clone(), parent_json(parent, ctx)?);
     let children = std::mem::take(&mut desired.children);
-    let reviewed = tokio::task::spawn_blocking(move || policies.review(&parent, children)).await??;
+    let span = tracing::Span::current();
+    let reviewed = tokio::task::spawn_blocking(move || span.in_scope(|| policies.review(&parent, children))).await??;
     desired.children = reviewed.children;
     Ok((desired, reviewed.findings))
 }
@@ -488,7 +534,8 @@ async fn apply(
                 }
             },
         };
-        if let Err(source) = apply::apply_child(&ctx.client, &kind.resource, &child).await {
+        let span = info_span!("apply", child = %describe(&child), verb);
+        if let Err(source) = apply::apply_child(&ctx.client, &kind.resource, &child).instrument(span).await {
             let err = ReconcileError::Api { action: format!("applying {}", describe(&child)), source };
             if !err.is_conflict() {
                 publish(ctx, parent, EventType::Warning, "ApplyFailed", "Apply", err.to_string()).await;
@@ -538,7 +585,8 @@ async fn prune(
         }
         let kind = &ctx.children[*index];
         let what = format!("{} {}", kind.resource.kind, finalizer::describe(child));
-        if let Err(source) = apply::prune_child(&ctx.client, &kind.resource, child).await {
+        let span = info_span!("prune", child = %what);
+        if let Err(source) = apply::prune_child(&ctx.client, &kind.resource, child).instrument(span).await {
             return Err(ReconcileError::Api { action: format!("pruning {what}"), source });
         }
         Stats::bump(&ctx.stats.prunes);
@@ -647,7 +695,8 @@ async fn write_status(parent: &DynamicObject, ctx: &Context, report: &Report) ->
     let api = apply::api_for(&ctx.client, &ctx.parent, parent.namespace().as_deref());
     let patch = json!({ "apiVersion": ctx.parent.api_version, "kind": ctx.parent.kind, "status": next });
     let params = PatchParams::apply(apply::FIELD_MANAGER).force();
-    match api.patch_status(&parent.name_any(), &params, &Patch::Apply(&patch)).await {
+    let span = info_span!("status write", object = %key(parent));
+    match api.patch_status(&parent.name_any(), &params, &Patch::Apply(&patch)).instrument(span).await {
         Ok(_) => {
             Stats::bump(&ctx.stats.status_writes);
             ctx.state.status_written(&uid(parent), &cached_rv, &next);
@@ -708,9 +757,13 @@ async fn finalize(parent: &DynamicObject, ctx: &Context, logic: &Logic) -> Resul
     Ok(Action::await_change())
 }
 
-/// Publishes an Event about the parent; failing to publish is logged, never fatal.
+/// Publishes an Event about the parent, naming the reconcile's trace when one is kept; failing
+/// to publish is logged, never fatal.
 async fn publish(ctx: &Context, parent: &DynamicObject, type_: EventType, reason: &str, action: &str, note: String) {
-    let note = crate::text::cap(&note, status::MAX_EVENT_NOTE);
+    let trace = crate::traces::trace_id(&tracing::Span::current()).map(|id| format!(" (trace {id})"));
+    let trace = trace.unwrap_or_default();
+    let room = status::MAX_EVENT_NOTE.saturating_sub(trace.len());
+    let note = format!("{}{trace}", crate::text::cap(&note, room));
     let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&event, &parent.object_ref(&ctx.parent)).await {
         tracing::debug!(error = %e, "cannot publish event");

@@ -24,6 +24,7 @@ pub async fn answer(converters: &Converters, body: &[u8]) -> Value {
 
 async fn convert_all(converters: &Converters, request: ConversionRequest) -> ConversionResponse {
     let to = request.desired_api_version.clone();
+    tracing::Span::current().record("objects", request.objects.len()).record("to", to.as_str());
     let objects = request.objects.clone();
     let response = ConversionResponse::for_request(request);
     let Some((_, to_version)) = to.split_once('/') else {
@@ -50,7 +51,8 @@ async fn convert_one(converters: &Converters, obj: Value, to_version: &str) -> R
         .get(&group, &kind)
         .ok_or_else(|| format!("no plugin loaded in this wasmop converts {group} {kind}"))?;
     let to_version = to_version.to_string();
-    let span = tracing::debug_span!("convert", plugin = %plugin.metadata().name, %kind, to = %to_version);
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let span = tracing::info_span!("convert", plugin = %plugin.metadata().name, %kind, %name, to = %to_version);
     tokio::task::spawn_blocking(move || plugin.convert(&obj, &to_version).map_err(|e| e.to_string()))
         .instrument(span)
         .await

@@ -15,6 +15,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 use super::Converters;
 use super::review;
@@ -96,11 +97,13 @@ async fn respond(req: Request<Incoming>, converters: &Converters) -> Response<Fu
     if req.uri().path() != "/convert" || req.method() != Method::POST {
         return reply(StatusCode::NOT_FOUND, "text/plain", "wasmop serves POST /convert\n".into());
     }
+    let span = tracing::info_span!("conversion review", objects = tracing::field::Empty, to = tracing::field::Empty);
+    crate::traces::continue_remote(&span, req.headers());
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
         Err(e) => return reply(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", format!("cannot read the body: {e}\n")),
     };
-    let answer = review::answer(converters, &body).await;
+    let answer = review::answer(converters, &body).instrument(span).await;
     reply(StatusCode::OK, "application/json", answer.to_string())
 }
 
