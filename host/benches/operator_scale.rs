@@ -11,10 +11,17 @@
 //! `WASMOP_BENCH_PLANE=real` runs against the real control plane (`make controlplane`), each
 //! run in its own namespace; the API request counts are then not available.
 //!
+//! The plugin runs twice more with OpenTelemetry traces on at 10% sampling, exported to a real
+//! Jaeger (`make tracing`), alternating with runs without: the traced throughput as a share of
+//! the untraced is the cost of traces. All runs log as `wasmop run` does (info, to a sink), so
+//! the only difference is the trace layer.
+//!
 //! `make bench` runs it; `WASMOP_BENCH_PARENTS=1000,10000` picks the sizes (default 1000).
 
 #[path = "common/apps.rs"]
 mod apps;
+#[path = "../tests/common/jaeger.rs"]
+mod jaeger;
 #[path = "common/server.rs"]
 mod server;
 
@@ -28,6 +35,7 @@ use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 use server::{Remote, cpu_seconds, memory_kib};
+use tracing_subscriber::Layer;
 use wasmop::catalog::Catalog;
 use wasmop::controller::{self, ControllerOptions};
 use wasmop::crd;
@@ -39,6 +47,7 @@ use wasmop::policy::PolicyChain;
 use wasmop::reconcile::Reconciler;
 use wasmop::supervisor::Supervisor;
 use wasmop::telemetry::Stats;
+use wasmop::traces::{TraceSettings, Traces};
 use wasmop_apiserver::{ApiServer, Config, RequestStats};
 use wasmop_controlplane::ControlPlane;
 
@@ -176,7 +185,10 @@ enum Logic {
     Native(Arc<dyn Reconciler>),
 }
 
-async fn run(label: &str, logic: Logic, plugin: &OperatorPlugin, n: usize) {
+/// Reconciles per second of one run, for the traced-to-untraced ratio.
+type Throughput = f64;
+
+async fn run(label: &str, logic: Logic, plugin: &OperatorPlugin, n: usize) -> Throughput {
     let mut server = Server::start(Duration::from_millis(100)).await;
     let client = server.client().await;
     crd::install(&client, plugin, None).await.expect("crd");
@@ -257,10 +269,10 @@ async fn run(label: &str, logic: Logic, plugin: &OperatorPlugin, n: usize) {
             requests.writes("*") as f64 / n as f64
         ),
     };
+    let throughput = reconciles as f64 / wall.as_secs_f64();
     println!(
-        "{label:<7} {n:>6} parents: all Ready in {:>7.2}s  {:>7.0} reconciles/s  {counted}  {rss}",
+        "{label:<7} {n:>6} parents: all Ready in {:>7.2}s  {throughput:>7.0} reconciles/s  {counted}  {rss}",
         wall.as_secs_f64(),
-        reconciles as f64 / wall.as_secs_f64(),
     );
     if server.pid().is_some() {
         println!(
@@ -279,6 +291,24 @@ async fn run(label: &str, logic: Logic, plugin: &OperatorPlugin, n: usize) {
     let _ = stop.send(true);
     let _ = task.await;
     server.shutdown().await;
+    throughput
+}
+
+/// The trace layer, switched on for the traced run only.
+type TraceSwitch = tracing_subscriber::reload::Handle<
+    Option<Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>>,
+    tracing_subscriber::Registry,
+>;
+
+/// Logs as `wasmop run` does (info, here to a sink) with an empty trace layer to switch on.
+fn install_subscriber() -> TraceSwitch {
+    use tracing_subscriber::prelude::*;
+    let (traces, switch) = tracing_subscriber::reload::Layer::new(None);
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::sink)
+        .with_filter(tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::registry().with(traces.with_filter(wasmop::traces::exported_spans())).with(logs).init();
+    switch
 }
 
 fn main() {
@@ -297,8 +327,27 @@ fn main() {
     let sizes = if std::env::args().any(|a| a == "--bench") { sizes } else { vec![20] };
     let dir = tempfile::tempdir().expect("plugins directory");
     std::fs::copy(&path, dir.path().join("appoperator.wasm")).expect("copy the plugin");
+    let switch = install_subscriber();
+    let jaeger = jaeger::Jaeger::start(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
+    let endpoint = format!("http://{}", jaeger.otlp);
+    let settings = TraceSettings::new(Some(&endpoint), 0.1, "wasmop").expect("trace settings");
     for n in sizes {
-        tokio.block_on(run("wasm", Logic::Wasm(dir.path().to_path_buf()), &plugin, n));
+        // Two pairs, alternating, so a drift of the machine falls on both sides.
+        let (mut untraced, mut traced) = (0.0, 0.0);
+        for _ in 0..2 {
+            untraced += tokio.block_on(run("wasm", Logic::Wasm(dir.path().to_path_buf()), &plugin, n));
+            let traces = Traces::start(&settings).expect("traces");
+            switch.reload(Some(traces.unfiltered_layer().boxed())).expect("trace layer on");
+            traced += tokio.block_on(run("traced", Logic::Wasm(dir.path().to_path_buf()), &plugin, n));
+            switch.reload(None).expect("trace layer off");
+            traces.shutdown();
+        }
+        let kept = tokio.block_on(jaeger.traces()).len();
+        println!(
+            "traced  {n:>6} parents: traces at 10% sampling to Jaeger ({kept} traces there, at most 1000 \
+             counted): {:.1}% of the untraced throughput (two alternating pairs)",
+            100.0 * traced / untraced
+        );
         let native = Arc::new(Native { meta: plugin.metadata().clone() });
         tokio.block_on(run("native", Logic::Native(native), &plugin, n));
     }

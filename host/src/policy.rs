@@ -169,13 +169,15 @@ impl PolicyChain {
             if !member.plugin.metadata().applies_to(&gvk) {
                 continue;
             }
-            let span = tracing::info_span!(
-                "policy review",
-                policy = %member.plugin.metadata().name,
-                mode = ?member.mode,
-                child = %describe(&child),
-                verdict = tracing::field::Empty,
-            );
+            let span = crate::traces::step_span(|| {
+                tracing::info_span!(
+                    "policy review",
+                    policy = %member.plugin.metadata().name,
+                    mode = ?member.mode,
+                    child = %describe(&child),
+                    verdict = tracing::field::Empty,
+                )
+            });
             let verdict = span.in_scope(|| member.plugin.review(parent, &child, member.settings.as_deref()));
             span.record("verdict", verdict_name(&verdict));
             let name = || member.plugin.metadata().name.clone();

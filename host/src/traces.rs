@@ -119,19 +119,28 @@ impl Traces {
         Ok(Traces { provider })
     }
 
-    /// The layer exporting the host's spans (target `wasmop`, info and above) to this pipeline.
+    /// The layer exporting the host's spans ([`exported_spans`]) to this pipeline.
     pub fn layer<S>(&self) -> impl Layer<S> + use<S>
     where
         S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     {
-        let tracer = self.provider.tracer(SERVICE_NAME);
-        let spans = tracing_subscriber::filter::Targets::new().with_target("wasmop", tracing::Level::INFO);
+        self.unfiltered_layer().with_filter(exported_spans())
+    }
+
+    /// The layer exporting every span it sees; filter it with [`exported_spans`]. For a
+    /// subscriber that swaps the layer at run time (`tracing_subscriber::reload`), which cannot
+    /// hold a per-layer filter itself: the filter goes around the reloadable layer.
+    pub fn unfiltered_layer<S>(&self) -> impl Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    {
         tracing_opentelemetry::layer()
-            .with_tracer(tracer)
+            .with_tracer(self.provider.tracer(SERVICE_NAME))
             .with_location(false)
             .with_threads(false)
             .with_tracked_inactivity(false)
-            .with_filter(spans)
+            .with_level(false)
+            .with_target(false)
     }
 
     /// Exports what is queued and stops the pipeline; errors are logged.
@@ -139,6 +148,21 @@ impl Traces {
         if let Err(e) = self.provider.shutdown() {
             tracing::warn!(error = %e, "traces: the last spans may not have been exported");
         }
+    }
+}
+
+/// The spans exported: the host's own (target `wasmop`, info and above).
+pub fn exported_spans() -> tracing_subscriber::filter::Targets {
+    tracing_subscriber::filter::Targets::new().with_target("wasmop", tracing::Level::INFO)
+}
+
+/// A span for one step of a reconcile, made by `make` only when the current span belongs to a
+/// kept trace, else a disabled span: with traces off, or for the reconciles sampling leaves
+/// out, the steps cost no span (the decision is taken once, at the reconcile's root span).
+pub fn step_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    match trace_id(&tracing::Span::current()) {
+        Some(_) => make(),
+        None => tracing::Span::none(),
     }
 }
 
@@ -196,6 +220,26 @@ mod tests {
         assert!(matches!(TraceSettings::new(None, 1.5, "wasmop"), Err(TraceError::SampleRatio(_))));
         assert!(matches!(TraceSettings::new(None, -0.1, "wasmop"), Err(TraceError::SampleRatio(_))));
         assert_eq!(TraceSettings::new(None, 0.1, "wasmop").unwrap().sample_ratio(), 0.1);
+    }
+
+    #[test]
+    fn a_traceparent_header_makes_the_span_join_that_trace() {
+        use tracing_subscriber::prelude::*;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let traces = super::Traces { provider };
+        let subscriber = tracing_subscriber::registry().with(traces.layer());
+        tracing::subscriber::with_default(subscriber, || {
+            let mut headers = http::HeaderMap::new();
+            let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            headers.insert("traceparent", http::HeaderValue::from_static(parent));
+            let span = tracing::info_span!("conversion review");
+            super::continue_remote(&span, &headers);
+            assert_eq!(super::trace_id(&span).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+            let alone = tracing::info_span!("conversion review");
+            super::continue_remote(&alone, &http::HeaderMap::new());
+            let own = super::trace_id(&alone).unwrap_or_default();
+            assert!(own.len() == 32 && own != "4bf92f3577b34da6a3ce929d0e0e4736", "{own}");
+        });
     }
 
     #[test]

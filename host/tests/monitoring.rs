@@ -249,67 +249,6 @@ async fn the_dashboard_evaluates_on_a_prometheus_scraping_wasmop() {
 
 on_both_backends!(a_reconcile_is_traced_to_a_real_jaeger);
 
-/// A Jaeger process (all-in-one: OTLP/HTTP receiver, in-memory storage, query API) on free
-/// loopback ports; killed when dropped.
-struct Jaeger {
-    child: std::process::Child,
-    /// Where OTLP/HTTP is received.
-    otlp: std::net::SocketAddr,
-    /// Where the query API answers.
-    query: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Jaeger {
-    async fn start() -> Jaeger {
-        let path = common::workspace().join("target/tracing/bin/jaeger");
-        assert!(path.exists(), "{} is missing: build it with `make tracing` (make test does)", path.display());
-        let dir = tempfile::tempdir().unwrap();
-        let (otlp, query, grpc) = (free_addr(), free_addr(), free_addr());
-        let config = format!(
-            "service:\n  extensions: [jaeger_storage, jaeger_query]\n  pipelines:\n    traces:\n      \
-             receivers: [otlp]\n      processors: [batch]\n      exporters: [jaeger_storage_exporter]\n  \
-             telemetry:\n    metrics:\n      level: none\n    logs:\n      level: warn\n\
-             extensions:\n  jaeger_query:\n    storage:\n      traces: memstore\n    http:\n      \
-             endpoint: {query}\n    grpc:\n      endpoint: {grpc}\n  jaeger_storage:\n    backends:\n      \
-             memstore:\n        memory:\n          max_traces: 100000\n\
-             receivers:\n  otlp:\n    protocols:\n      http:\n        endpoint: {otlp}\n\
-             processors:\n  batch:\n    timeout: 100ms\n\
-             exporters:\n  jaeger_storage_exporter:\n    trace_storage: memstore\n"
-        );
-        std::fs::write(dir.path().join("jaeger.yaml"), config).unwrap();
-        let child = Command::new(path)
-            .arg(format!("--config={}", dir.path().join("jaeger.yaml").display()))
-            .current_dir(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("jaeger.log")).unwrap())
-            .spawn()
-            .expect("jaeger starts");
-        let jaeger = Jaeger { child, otlp, query, _dir: dir };
-        common::cluster::eventually("Jaeger answering", || async {
-            http_get(jaeger.query, "/api/services").await.is_some_and(|(code, _)| code == 200)
-        })
-        .await;
-        jaeger
-    }
-
-    /// The spans of every trace of service `wasmop` Jaeger holds, by trace.
-    async fn traces(&self) -> Vec<Vec<Value>> {
-        let path = "/api/traces?service=wasmop&limit=1000&lookback=1h";
-        let Some((200, body)) = http_get(self.query, path).await else { return Vec::new() };
-        let answer: Value = serde_json::from_str(&body).unwrap_or_default();
-        let traces = answer["data"].as_array().cloned().unwrap_or_default();
-        traces.iter().map(|t| t["spans"].as_array().cloned().unwrap_or_default()).collect()
-    }
-}
-
-impl Drop for Jaeger {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Prints the operator's log when the test fails (dropped while panicking).
 struct ShowLog(PathBuf);
 
@@ -358,10 +297,11 @@ fn reconcile_trace(traces: &[Vec<Value>], parent_name: &str, trigger: &str) -> O
 /// a `reconcile` span carrying the plugin, its revision, the parent and the trigger, with child
 /// spans for the plugin call (epoch ticks, output bytes), the policy review, each apply and the
 /// status write. The Events the reconcile publishes name the trace; a child's deletion shows as
-/// that child's trigger; a read of another version shows the conversion webhook's spans.
+/// that child's trigger; a read of another version shows the conversion webhook's spans; a new
+/// build of the plugin shows as the trigger `reload`.
 async fn a_reconcile_is_traced_to_a_real_jaeger(cluster: Cluster) {
     use common::cluster::{app_resource, eventually, wait_ready};
-    let jaeger = Jaeger::start().await;
+    let jaeger = common::jaeger::Jaeger::start(&common::workspace());
     let dir = common::operator::plugins_dir(&[("appoperator", None), ("deny-latest-tag", None)]);
     let kubeconfig = dir.path().join("kubeconfig.yaml");
     std::fs::write(&kubeconfig, cluster.kubeconfig_yaml().await).unwrap();
@@ -452,6 +392,15 @@ async fn a_reconcile_is_traced_to_a_real_jaeger(cluster: Cluster) {
                 children_named(trace, review, "convert").iter().any(|c| tag(c, "name").as_deref() == Some("web"))
             })
         })
+    })
+    .await;
+
+    // A new build of the plugin reloads it: its first reconciles say so.
+    let rebuilt = common::registry::rebuilt(&std::fs::read(common::plugin("appoperator")).unwrap(), "v2");
+    std::fs::write(dir.path().join("next.tmp"), rebuilt).unwrap();
+    std::fs::rename(dir.path().join("next.tmp"), dir.path().join("appoperator.wasm")).unwrap();
+    eventually("a reconcile triggered by the reload", || async {
+        reconcile_trace(&jaeger.traces().await, "web", "reload").is_some()
     })
     .await;
     let _ = child.kill();

@@ -420,15 +420,17 @@ async fn compute(
     Stats::bump(&ctx.stats.plugin_calls);
     let plugin = logic.plugin.clone();
     let started = std::time::Instant::now();
-    let span = info_span!(
-        "plugin call",
-        plugin = %ctx.plugin.metadata().name,
-        revision = logic.plugin.revision(),
-        finalizing,
-        epoch_ticks = tracing::field::Empty,
-        output_bytes = tracing::field::Empty,
-        failure = tracing::field::Empty,
-    );
+    let span = crate::traces::step_span(|| {
+        info_span!(
+            "plugin call",
+            plugin = %ctx.plugin.metadata().name,
+            revision = logic.plugin.revision(),
+            finalizing,
+            epoch_ticks = tracing::field::Empty,
+            output_bytes = tracing::field::Empty,
+            failure = tracing::field::Empty,
+        )
+    });
     let answer = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
         let answer = plugin.reconcile(&request);
@@ -534,7 +536,7 @@ async fn apply(
                 }
             },
         };
-        let span = info_span!("apply", child = %describe(&child), verb);
+        let span = crate::traces::step_span(|| info_span!("apply", child = %describe(&child), verb));
         if let Err(source) = apply::apply_child(&ctx.client, &kind.resource, &child).instrument(span).await {
             let err = ReconcileError::Api { action: format!("applying {}", describe(&child)), source };
             if !err.is_conflict() {
@@ -585,7 +587,7 @@ async fn prune(
         }
         let kind = &ctx.children[*index];
         let what = format!("{} {}", kind.resource.kind, finalizer::describe(child));
-        let span = info_span!("prune", child = %what);
+        let span = crate::traces::step_span(|| info_span!("prune", child = %what));
         if let Err(source) = apply::prune_child(&ctx.client, &kind.resource, child).instrument(span).await {
             return Err(ReconcileError::Api { action: format!("pruning {what}"), source });
         }
@@ -695,7 +697,7 @@ async fn write_status(parent: &DynamicObject, ctx: &Context, report: &Report) ->
     let api = apply::api_for(&ctx.client, &ctx.parent, parent.namespace().as_deref());
     let patch = json!({ "apiVersion": ctx.parent.api_version, "kind": ctx.parent.kind, "status": next });
     let params = PatchParams::apply(apply::FIELD_MANAGER).force();
-    let span = info_span!("status write", object = %key(parent));
+    let span = crate::traces::step_span(|| info_span!("status write", object = %key(parent)));
     match api.patch_status(&parent.name_any(), &params, &Patch::Apply(&patch)).instrument(span).await {
         Ok(_) => {
             Stats::bump(&ctx.stats.status_writes);

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod jaeger;
 pub mod opens;
 pub mod operator;
 pub mod registry;
