@@ -135,6 +135,7 @@ on_both_backends!(
     a_policy_wasmplugin_monitors_then_protects,
     a_staged_rollout_promotes_rolls_back_and_aborts,
     shard_replicas_split_a_rollout_alike,
+    a_rollout_selector_leads_and_an_incompatible_canary_is_refused,
 );
 
 /// WasmPlugins are cluster-wide: every operator on the shared control plane sees (and, as the
@@ -725,6 +726,102 @@ async fn shard_replicas_split_a_rollout_alike(cluster: Cluster) {
     rollout_cli(&kubeconfig, "promote", &name);
     wait_rollout(&plugins, &name, &rev(&v2), "Complete", 100).await;
     wait_split(split(&[(rev(&v2), PARENTS)]), "every child on v2").await;
+    plugins.delete(&name, &DeleteParams::default()).await.unwrap();
+    cluster.shutdown().await;
+}
+
+/// The revision each parent's child (a ConfigMap the host marked) carries, by parent name.
+async fn revision_by_parent(client: &Client, ns: &str) -> std::collections::BTreeMap<String, String> {
+    let Ok(list) = Api::<ConfigMap>::namespaced(client.clone(), ns).list(&ListParams::default()).await else {
+        return Default::default();
+    };
+    list.items
+        .iter()
+        .filter_map(|c| {
+            let revision = c.annotations().get("wasmop.dev/plugin-revision")?;
+            Some((c.owner_references().first()?.name.clone(), revision.clone()))
+        })
+        .collect()
+}
+
+/// `spec.rollout.selector` puts the parents it selects on the canary from the first step, whatever
+/// the share (1% of 20 parents is none of them); an abort takes them back. A canary that changes
+/// the parent kind cannot serve beside the stable revision: the WasmPlugin says so
+/// (`Ready=False`, `InvalidSpec`) and the stable revision keeps serving every parent.
+async fn a_rollout_selector_leads_and_an_incompatible_canary_is_refused(cluster: Cluster) {
+    const PARENTS: usize = 20;
+    let _turn = CLUSTER_WIDE.lock().await;
+    let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
+    install_wasmplugin_crd(&client).await;
+    install_hostile_crd(&client).await;
+    let base = read(&common::plugin("hostile"));
+    let (v1, v2) = (registry::rebuilt(&base, "sel1"), registry::rebuilt(&base, "sel2"));
+    let other_kind = read(&common::plugin("hostile-kind2"));
+    let rev = |b: &[u8]| wasmop::plugin::sha256_hex(b)[..12].to_string();
+    let config_map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "selector-builds"},
+        "binaryData": {"v1.wasm": base64(&v1), "v2.wasm": base64(&v2), "kind2.wasm": base64(&other_kind)}}))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), &ns).create(&PostParams::default(), &config_map).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml().await).unwrap();
+    let log = dir.path().join("wasmop.log");
+    let _operator = RunningOperator::start(&kubeconfig, &ns, "127.0.0.1:1", &dir.path().join("artifacts"), &log);
+
+    let plugins: Api<WasmPlugin> = Api::all(client.clone());
+    let name = format!("selector-{ns}");
+    serve_from_config_map(&plugins, &name, "selector-builds", "v1.wasm").await;
+    let hostile = hostile_resource();
+    wait_served(&client, &hostile).await;
+    let parents = Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), &ns, &hostile);
+    let early = ["s03", "s11", "s17"];
+    for i in 0..PARENTS {
+        let name = format!("s{i:02}");
+        create(&client, &hostile, &ns, &name, json!({"mode": "ok"})).await;
+        if early.contains(&name.as_str()) {
+            let label = json!({"metadata": {"labels": {"ring": "early"}}});
+            parents.patch(&name, &PatchParams::default(), &Patch::Merge(&label)).await.unwrap();
+        }
+    }
+    let on = |assignment: std::collections::BTreeMap<String, String>, what: &'static str| {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            eventually(what, || {
+                let (client, ns, assignment) = (client.clone(), ns.clone(), assignment.clone());
+                async move { revision_by_parent(&client, &ns).await == assignment }
+            })
+            .await
+        }
+    };
+    let all_on = |revision: &str| (0..PARENTS).map(|i| (format!("s{i:02}"), revision.to_string())).collect();
+    on(all_on(&rev(&v1)), "every child on v1").await;
+
+    let patch = json!({"spec": {"source": {"configMap": {"name": "selector-builds", "key": "v2.wasm"}},
+        "rollout": {"steps": [{"percent": 1}, {"percent": 100}], "selector": {"matchLabels": {"ring": "early"}}}}});
+    plugins.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_rollout(&plugins, &name, &rev(&v2), "Progressing", 1).await;
+    let mut leading: std::collections::BTreeMap<String, String> = all_on(&rev(&v1));
+    for parent in early {
+        leading.insert(parent.to_string(), rev(&v2));
+    }
+    on(leading, "exactly the selected parents on v2").await;
+    rollout_cli(&kubeconfig, "abort", &name);
+    wait_rollout(&plugins, &name, &rev(&v2), "Aborted", 1).await;
+    on(all_on(&rev(&v1)), "every child back on v1 after the abort").await;
+
+    // A canary serving another parent kind cannot run beside v1: refused, v1 keeps serving.
+    let patch = json!({"spec": {"source": {"configMap": {"name": "selector-builds", "key": "kind2.wasm"}},
+        "rollout": {"steps": [{"percent": 50}, {"percent": 100}], "selector": null}}});
+    plugins.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let message = wait_plugin_ready(&plugins, &name, "False", "InvalidSpec").await;
+    assert!(message.contains("side by side") && message.contains(&rev(&v1)), "{message}");
+    let bump = json!({"spec": {"round": 2}});
+    parents.patch("s00", &PatchParams::default(), &Patch::Merge(&bump)).await.unwrap();
+    eventually("s00 reconciled by v1 after the refusal", || async {
+        parents.get("s00").await.is_ok_and(|p| p.data["status"]["observedGeneration"].as_i64() == p.metadata.generation)
+    })
+    .await;
+    assert_eq!(revision_by_parent(&client, &ns).await, all_on(&rev(&v1)));
     plugins.delete(&name, &DeleteParams::default()).await.unwrap();
     cluster.shutdown().await;
 }
