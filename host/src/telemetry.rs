@@ -522,13 +522,15 @@ pub struct Revisions {
 }
 
 impl Revisions {
-    /// Counts a reconcile by `revision`.
+    /// Counts a reconcile by `revision` (allocating only for a revision's first).
     pub fn record(&self, revision: &str, failed: bool) {
-        if let Ok(mut figures) = self.figures.lock() {
-            let entry = figures.entry(revision.to_string()).or_default();
-            entry.reconciles += 1;
-            entry.failures += u64::from(failed);
-        }
+        let Ok(mut figures) = self.figures.lock() else { return };
+        let entry = match figures.get_mut(revision) {
+            Some(entry) => entry,
+            None => figures.entry(revision.to_string()).or_default(),
+        };
+        entry.reconciles += 1;
+        entry.failures += u64::from(failed);
     }
 
     /// What `revision` made so far on this replica.
