@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, ResourceExt};
@@ -142,7 +142,7 @@ pub async fn run_plugin(
         parent: parent_ar,
         parents,
         children,
-        recorder: Recorder::new(client, reporter),
+        recorder: crate::events::Publisher::new(client, reporter),
         stats: telemetry.stats.clone(),
         metrics: telemetry.metrics.clone(),
         state: Default::default(),

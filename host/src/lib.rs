@@ -8,6 +8,7 @@ pub mod controller;
 pub mod crd;
 pub mod diff;
 pub mod discovery;
+pub mod events;
 pub mod golden;
 pub mod leader;
 pub mod manifest;

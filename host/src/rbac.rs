@@ -23,7 +23,7 @@ pub const FINALIZERS_VERBS: &[&str] = &["update"];
 /// Verbs on children: watch caches, the ownership read, server-side apply (which creates),
 /// pruning.
 pub const CHILD_VERBS: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
-/// Verbs on Events (kube-runtime's recorder creates and patches event series).
+/// Verbs on Events (the host creates Events and patches their series).
 pub const EVENT_VERBS: &[&str] = &["create", "patch"];
 /// Verbs on the leader-election Lease (kube-lease-manager).
 pub const LEASE_VERBS: &[&str] = &["get", "create", "patch"];

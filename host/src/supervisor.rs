@@ -15,7 +15,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
+
+use crate::events::Publisher;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -56,7 +58,7 @@ pub struct Supervisor {
     install_crds: bool,
     conversion: Option<Conversion>,
     telemetry: Telemetry,
-    recorder: Recorder,
+    recorder: Publisher,
     /// The one map from parent kind to its controller.
     running: HashMap<KindKey, Running>,
     /// Revisions whose rules the operator's identity lacks, with the refusal reported;
@@ -119,7 +121,7 @@ impl SupervisorBuilder {
     /// The supervisor; nothing runs until [`Supervisor::run`].
     pub fn build(self) -> Supervisor {
         let reporter = Reporter { controller: "wasmop".into(), instance: std::env::var("POD_NAME").ok() };
-        let recorder = Recorder::new(self.client.clone(), reporter);
+        let recorder = Publisher::new(self.client.clone(), reporter);
         let namespaces = if self.namespaces.is_empty() {
             vec![self.options.namespace.clone()]
         } else {

@@ -24,7 +24,45 @@ on_both_backends!(
     a_timing_out_object_does_not_stall_the_others_and_pruning_and_finalizers_work,
     a_plugin_without_a_converter_serves_its_single_version_kind,
     a_stalled_controller_is_named_on_readyz,
+    a_recurring_failure_is_one_event_series_and_each_child_its_own_event,
 );
+
+/// A parent failing on every retry gets one Warning Event whose `series.count` grows (the real
+/// API server accepts the series update), not one Event per retry; the children a reconcile
+/// writes get an Event each, though reason and action are the same.
+async fn a_recurring_failure_is_one_event_series_and_each_child_its_own_event(cluster: Cluster) {
+    use k8s_openapi::api::events::v1::Event;
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
+    install_hostile_crd(&client).await;
+    let dir = plugins_dir(&[("hostile", None)]);
+    let running = Operator::start(&cluster, dir.path(), quiet());
+    let ar = hostile_resource();
+    create(&client, &ar, ns, "crasher", json!({"mode": "panic"})).await;
+    create(&client, &ar, ns, "calm", json!({"mode": "many", "count": 2})).await;
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let about = |name: &'static str| {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+            list.into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+                .collect::<Vec<Event>>()
+        }
+    };
+    eventually("the crash Event counted at least three times", || async {
+        let warnings: Vec<Event> =
+            about("crasher").await.into_iter().filter(|e| e.type_.as_deref() == Some("Warning")).collect();
+        warnings.len() == 1 && warnings[0].series.as_ref().is_some_and(|s| s.count >= 3)
+    })
+    .await;
+    eventually("one Created Event per child of calm", || async {
+        let created = about("calm").await.into_iter().filter(|e| e.reason.as_deref() == Some("Created")).count();
+        created == 2
+    })
+    .await;
+    running.stop().await;
+    cluster.shutdown().await;
+}
 
 /// A controller with reconciles in flight and none finishing is named on `/readyz` (which stays
 /// ready: the replica still serves), with its queue; the note goes once reconciles finish.

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 
 use super::Source;
 use crate::telemetry::{Metrics, ReloadStats, Telemetry};
@@ -17,7 +17,7 @@ const MAX_EVENT_ACTION: usize = 128;
 /// Where refusals of plugin revisions are reported; cheap to clone.
 #[derive(Clone)]
 pub struct Rejections {
-    recorder: Option<Recorder>,
+    recorder: Option<crate::events::Publisher>,
     reference: ObjectReference,
     reloads: Arc<ReloadStats>,
     metrics: Arc<Metrics>,
@@ -28,7 +28,7 @@ impl Rejections {
     pub(super) fn new(client: Option<Client>, namespace: Option<&str>, telemetry: &Telemetry) -> Rejections {
         let reporter = Reporter { controller: "wasmop".into(), instance: std::env::var("POD_NAME").ok() };
         Rejections {
-            recorder: client.map(|c| Recorder::new(c, reporter)),
+            recorder: client.map(|c| crate::events::Publisher::new(c, reporter)),
             reference: operator_reference(namespace),
             reloads: telemetry.reloads.clone(),
             metrics: telemetry.metrics.clone(),
@@ -44,8 +44,8 @@ impl Rejections {
         tracing::error!(source = %source, error = %reason, serving = ?serving,
             "plugin rejected; the previous version (if any) keeps serving");
         let Some(recorder) = &self.recorder else { return };
-        // The recorder folds Events with the same reason and action into one series that keeps
-        // the first note: the action names the source, so each source's rejection is seen.
+        // Events with the same reason and action fold into one series (showing the latest note):
+        // the action names the source, so each source's rejection is seen.
         let event = Event {
             type_: EventType::Warning,
             reason: "PluginRejected".into(),

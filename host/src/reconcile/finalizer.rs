@@ -4,7 +4,9 @@
 //! controller's finalizers. See `docs/architecture.md` ("Finalizers").
 
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
+
+use crate::events::Publisher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
@@ -57,7 +59,7 @@ pub async fn patch(api: &Api<DynamicObject>, parent: &DynamicObject, ops: Value)
 /// logged; the next reconcile by a plugin of the kind will see the finalizer again.
 pub async fn release_all(
     client: &Client,
-    recorder: &Recorder,
+    recorder: &Publisher,
     plugin: &OperatorPlugin,
     namespace: Option<&str>,
     why: &str,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -99,7 +99,7 @@ pub struct Context {
     /// The declared child kinds with their caches.
     pub children: Vec<ChildKindCache>,
     /// Publishes Kubernetes Events.
-    pub recorder: Recorder,
+    pub recorder: crate::events::Publisher,
     /// Counters.
     pub stats: Arc<Stats>,
     /// The metrics registry's families.
@@ -759,13 +759,9 @@ async fn finalize(parent: &DynamicObject, ctx: &Context, logic: &Logic) -> Resul
     Ok(Action::await_change())
 }
 
-/// Publishes an Event about the parent, naming the reconcile's trace when one is kept; failing
+/// Publishes an Event about the parent (naming the reconcile's trace when one is kept); failing
 /// to publish is logged, never fatal.
 async fn publish(ctx: &Context, parent: &DynamicObject, type_: EventType, reason: &str, action: &str, note: String) {
-    let trace = crate::traces::trace_id(&tracing::Span::current()).map(|id| format!(" (trace {id})"));
-    let trace = trace.unwrap_or_default();
-    let room = status::MAX_EVENT_NOTE.saturating_sub(trace.len());
-    let note = format!("{}{trace}", crate::text::cap(&note, room));
     let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&event, &parent.object_ref(&ctx.parent)).await {
         tracing::debug!(error = %e, "cannot publish event");
