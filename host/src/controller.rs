@@ -40,6 +40,9 @@ pub struct ControllerOptions {
     pub canary: Option<Arc<crate::catalog::Canary>>,
     /// Why the controller starts: the trigger of the reconciles of its first list.
     pub start: Start,
+    /// New logic with the same kinds to swap in while running (a reload without a relist):
+    /// every parent is reconciled again by it, with the trigger `reload`. Default: none.
+    pub swaps: Option<tokio::sync::watch::Receiver<Option<reconcile::Logic>>>,
 }
 
 impl Default for ControllerOptions {
@@ -53,6 +56,7 @@ impl Default for ControllerOptions {
             stall_after: Duration::from_secs(60),
             canary: None,
             start: Start::Startup,
+            swaps: None,
         }
     }
 }
@@ -136,9 +140,9 @@ pub async fn run_plugin(
     let reports = resolve(&client, &reconcile::findings::report_kind()).await.ok().map(|(ar, _)| ar);
     let ctx = Arc::new(Context {
         client: client.clone(),
+        stable: std::sync::RwLock::new(reconcile::Logic { plugin: plugin.clone(), settings: options.settings.clone() }),
         plugin,
         policies,
-        settings: options.settings.clone(),
         parent: parent_ar,
         parents,
         children,
@@ -161,8 +165,9 @@ pub async fn run_plugin(
     let resync = futures::stream::select(
         tokio_stream_interval(options.resync).map(|()| Trigger::Resync),
         options.shards.gained().map(|_| Trigger::ShardGained),
-    )
-    .map({
+    );
+    // New logic swapped in: every parent again, by it.
+    let resync = futures::stream::select(resync, swapped(ctx.clone(), options.swaps.clone())).map({
         let (triggers, parents) = (triggers.clone(), ctx.parents.clone());
         move |trigger| {
             let uids: Vec<String> = parents.state().iter().filter_map(|p| p.uid()).collect();
@@ -190,6 +195,28 @@ pub async fn run_plugin(
     health.set_synced(&meta.name, true);
     tracing::info!(plugin = %meta.name, "controller stopped");
     Ok(())
+}
+
+/// Each logic sent on `swaps`, installed as the controller's stable logic, as a trigger of
+/// every parent (`reload`); nothing without `swaps`.
+fn swapped(
+    ctx: Arc<Context>,
+    swaps: Option<tokio::sync::watch::Receiver<Option<reconcile::Logic>>>,
+) -> impl futures::Stream<Item = Trigger> + Send + 'static {
+    futures::stream::unfold((ctx, swaps), |(ctx, swaps)| async move {
+        let mut rx = swaps?;
+        loop {
+            rx.changed().await.ok()?;
+            let Some(logic) = rx.borrow_and_update().clone() else { continue };
+            tracing::info!(plugin = %ctx.plugin.metadata().name, revision = logic.plugin.revision(),
+                "new revision swapped in; reconciling every parent");
+            match ctx.stable.write() {
+                Ok(mut stable) => *stable = logic,
+                Err(poisoned) => *poisoned.into_inner() = logic,
+            }
+            return Some((Trigger::Start(Start::Reload), (ctx, Some(rx))));
+        }
+    })
 }
 
 /// Notes a child's watch event as the trigger of its controller parent's reconcile (the

@@ -26,8 +26,8 @@ use crate::controller::{self, ControllerOptions};
 use crate::crd::{self, CrdError};
 use crate::policy::PolicyChain;
 use crate::rbac;
-use crate::reconcile::Start;
 use crate::reconcile::finalizer as finalizers;
+use crate::reconcile::{Logic, Start};
 use crate::telemetry::Telemetry;
 use crate::webhook::Conversion;
 
@@ -46,6 +46,8 @@ struct Running {
     /// The canary of a staged rollout serving beside it, if any.
     canary: Option<Arc<Canary>>,
     tasks: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// Where each namespace's controller takes new logic swapped in place.
+    swaps: Vec<watch::Sender<Option<Logic>>>,
 }
 
 /// Keeps one controller per parent kind running on the revision the catalog serves.
@@ -228,6 +230,9 @@ impl Supervisor {
                     }
                 }
                 _ if self.blocked.contains_key(kind) => {}
+                Some(current) if !policies_changed && swappable(current, revision, canary.as_ref()) => {
+                    self.swap(kind, revision.clone()).await;
+                }
                 _ => self.start(kind.clone(), revision.clone(), canary).await,
             }
         }
@@ -253,6 +258,32 @@ impl Supervisor {
         };
         let running = self.spawn(revision, canary, why);
         self.running.insert(kind, running);
+    }
+
+    /// Swaps `revision` into the running controller of `kind` (same kinds, CRD and finalizer,
+    /// no rollout): a reload without stopping the watches — no relist of the parents and
+    /// children; every parent is reconciled again by the new revision.
+    async fn swap(&mut self, kind: &KindKey, revision: Arc<OperatorRevision>) {
+        if !self.allowed(kind, &revision).await {
+            self.blocked.insert(kind.clone(), revision);
+            return;
+        }
+        let Some(running) = self.running.get_mut(kind) else { return };
+        let meta = revision.plugin.metadata();
+        tracing::info!(plugin = %meta.name, from = running.revision.plugin.file().revision(),
+            to = revision.plugin.file().revision(), "plugin reloaded in place");
+        let logic = Logic { plugin: Arc::new(revision.plugin.clone()), settings: revision.settings.clone() };
+        for swaps in &running.swaps {
+            let _ = swaps.send(Some(logic.clone()));
+        }
+        running.revision = revision.clone();
+        let telemetry = &self.telemetry;
+        telemetry.reloads.loads.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut serving) = telemetry.reloads.serving.lock() {
+            serving.insert(meta.name.clone(), revision.plugin.file().revision().to_string());
+        }
+        telemetry.metrics.plugin_serving(&meta.name, Some((&meta.version, revision.plugin.file().revision())));
+        telemetry.metrics.reload("loaded");
     }
 
     /// Stops the controller of `kind`, which `successor` replaces (or nothing: the kind lost
@@ -360,7 +391,7 @@ impl Supervisor {
         telemetry.health.set_synced(&meta.name, false);
         let chain =
             PolicyChain::new(self.policies.iter().map(|p| (p.plugin.clone(), p.settings.clone(), p.mode)).collect());
-        let tasks = self
+        let (tasks, swaps): (Vec<_>, Vec<_>) = self
             .namespaces
             .iter()
             .map(|namespace| {
@@ -372,6 +403,8 @@ impl Supervisor {
                     ..self.options.clone()
                 };
                 let (stop, rx) = watch::channel(false);
+                let (swap, swaps) = watch::channel(None);
+                let options = ControllerOptions { swaps: Some(swaps), ..options };
                 let task = tokio::spawn(run_controller(
                     self.client.clone(),
                     revision.clone(),
@@ -380,14 +413,14 @@ impl Supervisor {
                     self.telemetry.clone(),
                     rx,
                 ));
-                (stop, task)
+                ((stop, task), swap)
             })
-            .collect();
+            .unzip();
         if let Some(canary) = &canary {
             tracing::info!(plugin = %meta.name, canary = canary.revision.plugin.file().revision(),
                 percent = canary.percent, "a staged rollout serves the canary beside the revision");
         }
-        Running { revision, canary, tasks }
+        Running { revision, canary, tasks, swaps }
     }
 }
 
@@ -431,6 +464,20 @@ async fn run_controller(
             () = tokio::time::sleep(START_RETRY) => {}
         }
     }
+}
+
+/// Whether `next` can be swapped into `running` in place: no rollout on either side, and the
+/// same parent kind, child kinds, finalizer and CRD (what the watches, the RBAC and the CRD
+/// were set up for).
+fn swappable(running: &Running, next: &OperatorRevision, canary: Option<&Arc<Canary>>) -> bool {
+    let (old, new) = (running.revision.plugin.metadata(), next.plugin.metadata());
+    let kinds = |m: &crate::plugin::OperatorMetadata| m.children.iter().map(|c| c.gvk.to_string()).collect::<Vec<_>>();
+    running.canary.is_none()
+        && canary.is_none()
+        && old.parent == new.parent
+        && kinds(old) == kinds(new)
+        && old.finalizer == new.finalizer
+        && old.crd == new.crd
 }
 
 /// Whether two policy lists hold the same revisions in the same order.

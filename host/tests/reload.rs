@@ -23,6 +23,40 @@ on_both_backends!(
     each_plugin_file_is_read_once_and_not_at_idle,
 );
 
+/// A new version with the same kinds is swapped into the running controller: every child gets
+/// it, and neither the parents nor the children are listed or watched again (the in-memory
+/// server counts the requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_the_same_kinds_keeps_the_watches() {
+    let cluster = Cluster::memory().await;
+    let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
+    install_hostile_crd(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hostile.wasm");
+    let v2 = std::fs::read(hostile_v2()).unwrap();
+    let (rev1, rev2) = (revision("hostile"), sha256_hex(&v2)[..12].to_string());
+    std::fs::copy(common::plugin("hostile"), &file).unwrap();
+    let running = supervise(&cluster, dir.path());
+    let ar = hostile_resource();
+    for name in ["a", "b", "c"] {
+        create(&client, &ar, &ns, name, json!({"mode": "ok"})).await;
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    eventually("v1 children", || all_carry(&config_maps, &["a", "b", "c"], "v1", &rev1)).await;
+    let server = cluster.memory_server().unwrap();
+    let before = server.stats();
+    replace(&file, &v2);
+    eventually("v2 reaches every child", || all_carry(&config_maps, &["a", "b", "c"], "v2", &rev2)).await;
+    let during = server.stats().since(&before);
+    // (The test itself lists the ConfigMaps.)
+    assert_eq!(during.count("list", "hostiles"), 0, "the parents listed again: {during:?}");
+    for resource in ["hostiles", "configmaps"] {
+        assert_eq!(during.count("watch", resource), 0, "{resource} watched again: {during:?}");
+    }
+    running.stop().await;
+    cluster.shutdown().await;
+}
+
 fn supervise(cluster: &Cluster, dir: &Path) -> Operator {
     Operator::start(cluster, dir, quiet())
 }

@@ -86,12 +86,14 @@ pub struct ChildKindCache {
 pub struct Context {
     /// The API client.
     pub client: Client,
-    /// The operator plugin (or native logic).
+    /// The operator plugin (or native logic) the controller started with: its metadata (name,
+    /// kinds) hold for the controller's life; the logic serving may be swapped ([`Context::stable`]).
     pub plugin: Arc<dyn Reconciler>,
     /// Policies reviewing its children.
     pub policies: PolicyChain,
-    /// Settings passed to the plugin.
-    pub settings: Option<String>,
+    /// The stable logic and its settings: the start's, or a new revision with the same kinds
+    /// swapped in place (a reload without a relist).
+    pub stable: std::sync::RwLock<Logic>,
     /// The parent kind.
     pub parent: ApiResource,
     /// The parents the controller watches (to forget the state of deleted ones).
@@ -131,6 +133,12 @@ pub struct Logic {
     pub settings: Option<String>,
 }
 
+impl std::fmt::Debug for Logic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logic").field("revision", &self.plugin.revision()).finish_non_exhaustive()
+    }
+}
+
 /// The canary revision as a controller serves it: its logic, the share and the selector.
 pub struct CanaryLogic {
     /// The canary's logic.
@@ -167,7 +175,10 @@ impl Context {
     /// The logic serving `parent`: the canary for its share of the parents (and the selected
     /// ones), the stable revision for the others.
     async fn logic_for(&self, parent: &DynamicObject) -> Logic {
-        let stable = || Logic { plugin: self.plugin.clone(), settings: self.settings.clone() };
+        let stable = || match self.stable.read() {
+            Ok(logic) => logic.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
         let Some(canary) = &self.canary else { return stable() };
         let selected = canary.selector.as_ref().is_some_and(|s| kube::core::SelectorExt::matches(s, parent.labels()));
         let threshold = canary
