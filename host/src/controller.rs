@@ -80,37 +80,11 @@ pub async fn run_plugin(
         Some(ns) => Api::namespaced_with(client.clone(), ns, &parent_ar),
         None => Api::all_with(client.clone(), &parent_ar),
     };
-    // Parents trigger a reconcile when their generation changes (spec, deletion), not on
-    // status or metadata writes — the host's own status writes would otherwise feed back
-    // into a loop. Resyncs and child events still reconcile.
+    // Resyncs and child events reconcile too (see `parent_events` for the parents' own).
     let writer = Writer::new(parent_ar.clone());
     let parents = writer.as_reader();
     let triggers = Arc::new(Triggers::default());
-    let listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let trigger = watcher(parent_api, watcher::Config::default())
-        .default_backoff()
-        .modify(trim)
-        .reflect(writer)
-        .inspect_ok({
-            let listed = listed.clone();
-            move |event| {
-                if matches!(event, watcher::Event::InitDone) {
-                    listed.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        })
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default())
-        .inspect_ok({
-            let (triggers, listed, start) = (triggers.clone(), listed.clone(), options.start);
-            move |parent| {
-                let trigger = match listed.load(std::sync::atomic::Ordering::Relaxed) {
-                    true => Trigger::Parent,
-                    false => Trigger::Start(start),
-                };
-                triggers.note(&parent.uid().unwrap_or_default(), trigger);
-            }
-        });
+    let trigger = parent_events(parent_api, writer, triggers.clone(), options.start);
     let mut controller = Controller::for_stream_with(trigger, parents.clone(), parent_ar.clone());
     let mut children = Vec::new();
     for child in &meta.children {
@@ -195,6 +169,39 @@ pub async fn run_plugin(
     health.set_synced(&meta.name, true);
     tracing::info!(plugin = %meta.name, "controller stopped");
     Ok(())
+}
+
+/// The parents that need a reconcile, from their watch through `writer` (the cache): those
+/// whose generation changed (spec, deletion) — not status or metadata writes, or the host's own
+/// status write would trigger the next reconcile. Each is noted in `triggers`: `start` while
+/// the first list is delivered, `parent` after.
+fn parent_events(
+    api: Api<DynamicObject>,
+    writer: Writer<DynamicObject>,
+    triggers: Arc<Triggers>,
+    start: Start,
+) -> impl futures::Stream<Item = Result<DynamicObject, watcher::Error>> + Send + 'static {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listed = Arc::new(AtomicBool::new(false));
+    let first_list_done = listed.clone();
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer)
+        .inspect_ok(move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                first_list_done.store(true, Ordering::Relaxed);
+            }
+        })
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default())
+        .inspect_ok(move |parent| {
+            let trigger = match listed.load(Ordering::Relaxed) {
+                true => Trigger::Parent,
+                false => Trigger::Start(start),
+            };
+            triggers.note(&parent.uid().unwrap_or_default(), trigger);
+        })
 }
 
 /// Each logic sent on `swaps`, installed as the controller's stable logic, as a trigger of
