@@ -120,7 +120,7 @@ pub async fn run_plugin(
         parent: parent_ar,
         parents,
         children,
-        recorder: crate::events::Publisher::new(client, reporter),
+        events: crate::events::Publisher::new(client, reporter),
         stats: telemetry.stats.clone(),
         metrics: telemetry.metrics.clone(),
         state: Default::default(),

@@ -60,7 +60,7 @@ pub struct Supervisor {
     install_crds: bool,
     conversion: Option<Conversion>,
     telemetry: Telemetry,
-    recorder: Publisher,
+    events: Publisher,
     /// The one map from parent kind to its controller.
     running: HashMap<KindKey, Running>,
     /// Revisions whose rules the operator's identity lacks, with the refusal reported;
@@ -123,7 +123,7 @@ impl SupervisorBuilder {
     /// The supervisor; nothing runs until [`Supervisor::run`].
     pub fn build(self) -> Supervisor {
         let reporter = Reporter { controller: "wasmop".into(), instance: std::env::var("POD_NAME").ok() };
-        let recorder = Publisher::new(self.client.clone(), reporter);
+        let events = Publisher::new(self.client.clone(), reporter);
         let namespaces = if self.namespaces.is_empty() {
             vec![self.options.namespace.clone()]
         } else {
@@ -138,7 +138,7 @@ impl SupervisorBuilder {
             install_crds: self.install_crds,
             conversion: self.conversion,
             telemetry: self.telemetry,
-            recorder,
+            events,
             running: HashMap::new(),
             blocked: HashMap::new(),
             access_reported: HashMap::new(),
@@ -311,7 +311,7 @@ impl Supervisor {
         if old.plugin.metadata().finalizer && !successor.is_some_and(|s| s.plugin.metadata().finalizer) {
             let why = format!("the plugin that declared it ({}) no longer serves this kind", old.source);
             for namespace in &self.namespaces {
-                finalizers::release_all(&self.client, &self.recorder, &old.plugin, namespace.as_deref(), &why).await;
+                finalizers::release_all(&self.client, &self.events, &old.plugin, namespace.as_deref(), &why).await;
             }
         }
     }

@@ -17,7 +17,7 @@ const MAX_EVENT_ACTION: usize = 128;
 /// Where refusals of plugin revisions are reported; cheap to clone.
 #[derive(Clone)]
 pub struct Rejections {
-    recorder: Option<crate::events::Publisher>,
+    events: Option<crate::events::Publisher>,
     reference: ObjectReference,
     reloads: Arc<ReloadStats>,
     metrics: Arc<Metrics>,
@@ -28,7 +28,7 @@ impl Rejections {
     pub(super) fn new(client: Option<Client>, namespace: Option<&str>, telemetry: &Telemetry) -> Rejections {
         let reporter = Reporter { controller: "wasmop".into(), instance: std::env::var("POD_NAME").ok() };
         Rejections {
-            recorder: client.map(|c| crate::events::Publisher::new(c, reporter)),
+            events: client.map(|c| crate::events::Publisher::new(c, reporter)),
             reference: operator_reference(namespace),
             reloads: telemetry.reloads.clone(),
             metrics: telemetry.metrics.clone(),
@@ -43,7 +43,7 @@ impl Rejections {
         let reason = crate::text::cap(&reason.to_string(), crate::status::MAX_EVENT_NOTE);
         tracing::error!(source = %source, error = %reason, serving = ?serving,
             "plugin rejected; the previous version (if any) keeps serving");
-        let Some(recorder) = &self.recorder else { return };
+        let Some(events) = &self.events else { return };
         // Events with the same reason and action fold into one series (showing the latest note):
         // the action names the source, so each source's rejection is seen.
         let event = Event {
@@ -53,7 +53,7 @@ impl Rejections {
             action: crate::text::cap(&format!("Load {}", source.short_name()), MAX_EVENT_ACTION),
             secondary: None,
         };
-        if let Err(err) = recorder.publish(&event, &self.reference).await {
+        if let Err(err) = events.publish(&event, &self.reference).await {
             tracing::debug!(error = %err, "cannot publish the rejection Event");
         }
     }
@@ -65,7 +65,7 @@ impl Rejections {
     pub async fn rolled_back(&self, source: &Source, note: &str) {
         self.metrics.rolled_back(&source.short_name());
         tracing::warn!(source = %source, note, "rollout rolled back; the stable revision serves every parent");
-        let Some(recorder) = &self.recorder else { return };
+        let Some(events) = &self.events else { return };
         let event = Event {
             type_: EventType::Warning,
             reason: "RolledBack".into(),
@@ -73,7 +73,7 @@ impl Rejections {
             action: crate::text::cap(&format!("Roll out {}", source.short_name()), MAX_EVENT_ACTION),
             secondary: None,
         };
-        if let Err(err) = recorder.publish(&event, &self.reference).await {
+        if let Err(err) = events.publish(&event, &self.reference).await {
             tracing::debug!(error = %err, "cannot publish the rollback Event");
         }
     }

@@ -59,7 +59,7 @@ pub async fn patch(api: &Api<DynamicObject>, parent: &DynamicObject, ops: Value)
 /// logged; the next reconcile by a plugin of the kind will see the finalizer again.
 pub async fn release_all(
     client: &Client,
-    recorder: &Publisher,
+    events: &Publisher,
     plugin: &OperatorPlugin,
     namespace: Option<&str>,
     why: &str,
@@ -101,7 +101,7 @@ pub async fn release_all(
             action: "Finalize".into(),
             secondary: None,
         };
-        if let Err(e) = recorder.publish(&event, &parent.object_ref(&ar)).await {
+        if let Err(e) = events.publish(&event, &parent.object_ref(&ar)).await {
             tracing::debug!(error = %e, "cannot publish event");
         }
     }

@@ -101,7 +101,7 @@ pub struct Context {
     /// The declared child kinds with their caches.
     pub children: Vec<ChildKindCache>,
     /// Publishes Kubernetes Events.
-    pub recorder: crate::events::Publisher,
+    pub events: crate::events::Publisher,
     /// Counters.
     pub stats: Arc<Stats>,
     /// The metrics registry's families.
@@ -218,9 +218,9 @@ fn uid(parent: &DynamicObject) -> String {
 /// Reconciles one parent. Errors are reported on the parent's status before they are returned,
 /// so `kubectl get` shows them; the error policy then decides when to retry.
 pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let trigger = ctx.triggers.take(&uid(&parent));
     // Another replica's shard: nothing to do here (the shard's holder reconciles it; gaining
     // the shard later reconciles every parent again).
-    let trigger = ctx.triggers.take(&uid(&parent));
     let Some(_in_shard) = ctx.shards.enter(&uid(&parent)) else { return Ok(Action::await_change()) };
     let logic = ctx.logic_for(&parent).await;
     let span = reconcile_span(&parent, &ctx, &logic, &trigger);
@@ -774,7 +774,7 @@ async fn finalize(parent: &DynamicObject, ctx: &Context, logic: &Logic) -> Resul
 /// to publish is logged, never fatal.
 async fn publish(ctx: &Context, parent: &DynamicObject, type_: EventType, reason: &str, action: &str, note: String) {
     let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&event, &parent.object_ref(&ctx.parent)).await {
+    if let Err(e) = ctx.events.publish(&event, &parent.object_ref(&ctx.parent)).await {
         tracing::debug!(error = %e, "cannot publish event");
     }
 }
