@@ -207,9 +207,8 @@ impl<P: Clone + Eq + Hash> RelatedIndex<P> {
 /// One `key = value` requirement of `selector`, to file it under; the smallest, so the same
 /// selector is always filed alike.
 fn equality(selector: &Selector) -> Option<(String, String)> {
-    let selector = serde_json::to_value(selector).ok()?;
-    let expressions: Vec<Expression> = serde_json::from_value(selector).ok()?;
-    expressions
+    selector
+        .clone()
         .into_iter()
         .filter_map(|e| match e {
             Expression::Equal(key, value) => Some((key, value)),
