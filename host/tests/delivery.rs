@@ -142,6 +142,19 @@ on_both_backends!(
 /// only replica, writes the status of) every test's, so the tests that create them take turns.
 static CLUSTER_WIDE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A test's turn on the cluster-wide WasmPlugins, with the WasmPlugin and Hostile CRDs installed.
+async fn hostile_turn(client: &Client) -> tokio::sync::MutexGuard<'static, ()> {
+    let turn = CLUSTER_WIDE.lock().await;
+    install_wasmplugin_crd(client).await;
+    install_hostile_crd(client).await;
+    turn
+}
+
+/// The revision wasmop gives a plugin file: the first 12 hex digits of its SHA-256.
+fn short_revision(bytes: &[u8]) -> String {
+    wasmop::plugin::sha256_hex(bytes)[..12].to_string()
+}
+
 /// A `wasmop run --plugin-sources=cluster` process on the cluster, its stderr kept in a file.
 struct RunningOperator {
     child: Child,
@@ -413,10 +426,8 @@ async fn a_wasmplugin_delivers_rolls_back_and_survives_the_registry(cluster: Clu
 /// so; going back to monitor is refused by the API server's rule (the real one; the in-memory
 /// server runs no CEL, and the host refuses it instead, keeping the protecting revision).
 async fn a_policy_wasmplugin_monitors_then_protects(cluster: Cluster) {
-    let _turn = CLUSTER_WIDE.lock().await;
     let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
-    install_wasmplugin_crd(&client).await;
-    install_hostile_crd(&client).await;
+    let _turn = hostile_turn(&client).await;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let plugins: Api<WasmPlugin> = Api::all(client.clone());
     let (operator_name, policy_name) = (format!("hostile-{ns}"), format!("mutator-{ns}"));
@@ -536,13 +547,11 @@ fn rollout_cli(kubeconfig: &Path, verb: &str, name: &str) -> String {
 async fn a_staged_rollout_promotes_rolls_back_and_aborts(cluster: Cluster) {
     const PARENTS: usize = 1_000;
     const FLAKY: usize = 200;
-    let _turn = CLUSTER_WIDE.lock().await;
     let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
-    install_wasmplugin_crd(&client).await;
-    install_hostile_crd(&client).await;
+    let _turn = hostile_turn(&client).await;
     let base = read(&common::plugin("hostile"));
     let builds: Vec<Vec<u8>> = ["v1", "v2", "v3", "v4"].iter().map(|tag| registry::rebuilt(&base, tag)).collect();
-    let rev = |i: usize| wasmop::plugin::sha256_hex(&builds[i])[..12].to_string();
+    let rev = |i: usize| short_revision(&builds[i]);
     let binary: std::collections::BTreeMap<String, String> =
         builds.iter().enumerate().map(|(i, b)| (format!("v{}.wasm", i + 1), base64(b))).collect();
     let config_map: ConfigMap =
@@ -661,13 +670,11 @@ async fn a_staged_rollout_promotes_rolls_back_and_aborts(cluster: Cluster) {
 /// the parents the step names, then complete it.
 async fn shard_replicas_split_a_rollout_alike(cluster: Cluster) {
     const PARENTS: usize = 200;
-    let _turn = CLUSTER_WIDE.lock().await;
     let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
-    install_wasmplugin_crd(&client).await;
-    install_hostile_crd(&client).await;
+    let _turn = hostile_turn(&client).await;
     let base = read(&common::plugin("hostile"));
     let (v1, v2) = (registry::rebuilt(&base, "s1"), registry::rebuilt(&base, "s2"));
-    let rev = |b: &[u8]| wasmop::plugin::sha256_hex(b)[..12].to_string();
+    let rev = short_revision;
     let config_map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "shard-builds"},
         "binaryData": {"v1.wasm": base64(&v1), "v2.wasm": base64(&v2)}}))
     .unwrap();
@@ -750,14 +757,12 @@ async fn revision_by_parent(client: &Client, ns: &str) -> std::collections::BTre
 /// (`Ready=False`, `InvalidSpec`) and the stable revision keeps serving every parent.
 async fn a_rollout_selector_leads_and_an_incompatible_canary_is_refused(cluster: Cluster) {
     const PARENTS: usize = 20;
-    let _turn = CLUSTER_WIDE.lock().await;
     let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
-    install_wasmplugin_crd(&client).await;
-    install_hostile_crd(&client).await;
+    let _turn = hostile_turn(&client).await;
     let base = read(&common::plugin("hostile"));
     let (v1, v2) = (registry::rebuilt(&base, "sel1"), registry::rebuilt(&base, "sel2"));
     let other_kind = read(&common::plugin("hostile-kind2"));
-    let rev = |b: &[u8]| wasmop::plugin::sha256_hex(b)[..12].to_string();
+    let rev = short_revision;
     let config_map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "selector-builds"},
         "binaryData": {"v1.wasm": base64(&v1), "v2.wasm": base64(&v2), "kind2.wasm": base64(&other_kind)}}))
     .unwrap();
