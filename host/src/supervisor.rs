@@ -16,14 +16,13 @@ use std::time::Duration;
 
 use kube::Client;
 use kube::runtime::events::Reporter;
-
-use crate::events::Publisher;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::catalog::{Canary, Catalog, KindKey, OperatorRevision, PolicyRevision, Rejections, Snapshot};
 use crate::controller::{self, ControllerOptions};
 use crate::crd::{self, CrdError};
+use crate::events::Publisher;
 use crate::policy::PolicyChain;
 use crate::rbac;
 use crate::reconcile::finalizer as finalizers;

@@ -5,12 +5,11 @@
 
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
-
-use crate::events::Publisher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::discovery::resolve;
+use crate::events::Publisher;
 use crate::plugin::OperatorPlugin;
 
 /// The finalizer the host puts on parents of plugins that declare one.
