@@ -142,3 +142,19 @@ fn unreachable_kubeconfig(dir: &std::path::Path) -> std::path::PathBuf {
     .unwrap();
     kubeconfig
 }
+
+/// Bad trace settings stop `wasmop run` at once with an error naming the flag and what to give,
+/// before anything connects.
+#[test]
+fn run_refuses_bad_trace_settings_naming_the_flag() {
+    for (args, says) in [
+        (["--otlp-endpoint", "http://jaeger:4318", "--trace-sample-ratio", "1.5"], "--trace-sample-ratio 1.5"),
+        (["--otlp-endpoint", "jaeger:4318", "--trace-sample-ratio", "0.1"], "--otlp-endpoint \"jaeger:4318\""),
+    ] {
+        let out =
+            common::wasmop_command().arg("run").args(args).env_remove("OTEL_EXPORTER_OTLP_ENDPOINT").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(stderr.contains(says) && stderr.contains("give"), "{args:?}: {stderr}");
+    }
+}
