@@ -160,18 +160,23 @@ pub fn exported_spans() -> tracing_subscriber::filter::Targets {
 /// kept trace, else a disabled span: with traces off, or for the reconciles sampling leaves
 /// out, the steps cost no span (the decision is taken once, at the reconcile's root span).
 pub fn step_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
-    match trace_id(&tracing::Span::current()) {
-        Some(_) => make(),
-        None => tracing::Span::none(),
+    match kept(&tracing::Span::current()).is_some() {
+        true => make(),
+        false => tracing::Span::none(),
     }
 }
 
 /// The trace id of `span` (32 hex digits) when it is recorded and sampled: what logs and Events
 /// name so a reader can find the trace. `None` when traces are off or this one is not kept.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    kept(span).map(|id| id.to_string())
+}
+
+/// The trace id of `span` when its trace is kept (no allocation: asked per step span).
+fn kept(span: &tracing::Span) -> Option<opentelemetry::trace::TraceId> {
     let context = span.context();
     let span_context = context.span().span_context().clone();
-    (span_context.is_valid() && span_context.is_sampled()).then(|| span_context.trace_id().to_string())
+    (span_context.is_valid() && span_context.is_sampled()).then(|| span_context.trace_id())
 }
 
 /// Makes `span` continue the trace of an incoming request that carries a W3C `traceparent`
