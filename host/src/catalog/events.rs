@@ -44,8 +44,8 @@ impl Rejections {
         tracing::error!(source = %source, error = %reason, serving = ?serving,
             "plugin rejected; the previous version (if any) keeps serving");
         let Some(events) = &self.events else { return };
-        // Events with the same reason and action fold into one series (showing the latest note):
-        // the action names the source, so each source's rejection is seen.
+        // The same refusal again folds into its Event's series; the action names the source,
+        // so each source's refusal is its own Event.
         let event = Event {
             type_: EventType::Warning,
             reason: "PluginRejected".into(),
