@@ -63,6 +63,8 @@ test-plugins: wasm-target
 	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_slowmeta.wasm
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) -p hostile --features lossy
 	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_lossy.wasm
+	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) -p hostile --features reader
+	cp $(PLUGIN_DIR)/hostile.wasm $(PLUGIN_DIR)/hostile_reader.wasm
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) -p single-version --features two-versions
 	cp $(PLUGIN_DIR)/single_version.wasm $(PLUGIN_DIR)/single_version_two.wasm
 	$(CARGO) build --target $(PLUGIN_TARGET) --profile $(PLUGIN_PROFILE) $(addprefix -p ,$(TEST_PLUGINS))

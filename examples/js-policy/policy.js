@@ -3,7 +3,7 @@
 // `latest`), or to a digest, so rollouts are reproducible. Same behaviour as
 // plugins/deny-latest-tag (Rust), settings included: `deniedTags = ["latest", "edge"]` in the
 // `[settings]` of js_policy.toml beside js_policy.wasm.
-import { log } from "wasmop:plugin/host@0.2.0"; // the contract's one import: the host's log
+import { log } from "wasmop:plugin/host@0.3.0"; // the contract's one import: the host's log
 // In your own project: vendor wasmop-plugin.js next to this file and import "./wasmop-plugin.js".
 import { policy, allow, deny, containers, setLog } from "../../plugins/sdk-js/wasmop-plugin.js";
 

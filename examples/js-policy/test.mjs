@@ -3,7 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { register } from "node:module";
 
-// The component's import `wasmop:plugin/host@0.2.0` does not exist under Node: serve a stub that
+// The component's import `wasmop:plugin/host@0.3.0` does not exist under Node: serve a stub that
 // keeps what is logged in globalThis.hostLog.
 const stub = "export function log(level, message) { (globalThis.hostLog ??= []).push([level, message]); }";
 register(`data:text/javascript,${encodeURIComponent(`

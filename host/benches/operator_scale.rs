@@ -66,12 +66,11 @@ impl Reconciler for Native {
     fn reconcile(&self, req: &ReconcileRequest) -> Result<Desired, PluginError> {
         let children: Vec<String> = req.children.iter().map(Value::to_string).collect();
         let plugin = || self.meta.name.clone();
-        let out =
-            wasmop_sdk::wire::reconcile_json::<appoperator::Plugin>(&req.parent.to_string(), &children, false, None)
-                .map_err(|e| match e {
-                    wasmop_sdk::Error::Invalid(message) => PluginError::InvalidSpec { plugin: plugin(), message },
-                    wasmop_sdk::Error::Retry(message) => PluginError::Retry { plugin: plugin(), message },
-                })?;
+        let encoded = wasmop_sdk::wire::EncodedRequest::new(req.parent.to_string()).children(children);
+        let out = wasmop_sdk::wire::reconcile_json::<appoperator::Plugin>(&encoded).map_err(|e| match e {
+            wasmop_sdk::Error::Invalid(message) => PluginError::InvalidSpec { plugin: plugin(), message },
+            wasmop_sdk::Error::Retry(message) => PluginError::Retry { plugin: plugin(), message },
+        })?;
         let namespace = req.parent["metadata"]["namespace"].clone();
         let children = out
             .children

@@ -32,16 +32,16 @@ fn request() -> ReconcileRequest {
         })],
         finalizing: false,
         settings: None,
+        related: Vec::new(),
     }
 }
 
 /// The native path does what the host and guest do around the logic: serialise the request,
 /// decode it, reconcile, encode the answer, and parse the children back.
 fn native(req: &ReconcileRequest) -> Vec<Value> {
-    let parent = req.parent.to_string();
     let children: Vec<String> = req.children.iter().map(Value::to_string).collect();
-    let out = wasmop_sdk::wire::reconcile_json::<appoperator::Plugin>(&parent, &children, false, None)
-        .expect("native reconcile");
+    let encoded = wasmop_sdk::wire::EncodedRequest::new(req.parent.to_string()).children(children);
+    let out = wasmop_sdk::wire::reconcile_json::<appoperator::Plugin>(&encoded).expect("native reconcile");
     out.children.iter().map(|c| serde_json::from_str(c).expect("child JSON")).collect()
 }
 

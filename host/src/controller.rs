@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DynamicObject};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::store::Writer;
@@ -15,7 +16,9 @@ use kube::{Client, ResourceExt};
 
 use crate::apply::{MANAGED_BY_LABEL, PLUGIN_LABEL};
 use crate::discovery::{KindNotServed, resolve};
+use crate::plugin::{ReadKind, ReadScope};
 use crate::policy::PolicyChain;
+use crate::reconcile::related::{ReadKindCache, Related};
 use crate::reconcile::{self, ChildKindCache, Context, OwnerIndex, Reconciler, Start, Trigger, Triggers};
 use crate::shard::Shards;
 use crate::telemetry::{Health, Telemetry};
@@ -107,6 +110,14 @@ pub async fn run_plugin(
         controller = controller.owns_stream_with(stream, ar.clone());
         children.push(ChildKindCache { resource: ar, store, owners });
     }
+    let related = watch_related(&client, &meta.reads, options.namespace.as_deref()).await?;
+    if let Some((related, streams)) = &related {
+        for (kind, stream) in streams.take() {
+            let mapper = related_parents(related.clone(), kind, parents.clone(), parent_ar.clone(), triggers.clone());
+            controller = controller.watches_stream_with(stream, mapper, related.kinds[kind].resource.clone());
+        }
+    }
+    let related = related.map(|(related, _)| related);
 
     let reporter = Reporter { controller: "wasmop".into(), instance: std::env::var("POD_NAME").ok() };
     // Findings of monitoring policies also go to a PolicyReport, if the cluster serves the kind
@@ -120,6 +131,7 @@ pub async fn run_plugin(
         parent: parent_ar,
         parents,
         children,
+        related,
         events: crate::events::Publisher::new(client, reporter),
         stats: telemetry.stats.clone(),
         metrics: telemetry.metrics.clone(),
@@ -202,6 +214,100 @@ fn parent_events(
             };
             triggers.note(&parent.uid().unwrap_or_default(), trigger);
         })
+}
+
+/// A watch of one read kind, feeding its cache.
+type RelatedStream = futures::stream::BoxStream<'static, Result<DynamicObject, watcher::Error>>;
+
+/// The watches of the kinds a plugin reads (none without reads): one cache per kind, in
+/// [`Related`], and the streams of their changed objects by kind index, to be mapped to the
+/// parents that selected them. A kind read as metadata only is watched as metadata only.
+async fn watch_related(
+    client: &Client,
+    reads: &[ReadKind],
+    namespace: Option<&str>,
+) -> Result<Option<(Arc<Related>, std::cell::Cell<Vec<(usize, RelatedStream)>>)>, KindNotServed> {
+    if reads.is_empty() {
+        return Ok(None);
+    }
+    let (mut kinds, mut streams) = (Vec::new(), Vec::new());
+    for (index, read) in reads.iter().enumerate() {
+        let (ar, namespaced) = resolve(client, &read.gvk).await?;
+        // A host confined to one namespace reads there, unless the plugin reads cluster-wide.
+        let within = match (namespace, namespaced, read.scope) {
+            (Some(ns), true, ReadScope::SameNamespace) => Some(ns),
+            _ => None,
+        };
+        let writer = Writer::new(ar.clone());
+        let store = writer.as_reader();
+        let events: futures::stream::BoxStream<'static, Result<watcher::Event<DynamicObject>, watcher::Error>> =
+            if read.metadata_only {
+                let api: Api<PartialObjectMeta<DynamicObject>> = match within {
+                    Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                    None => Api::all_with(client.clone(), &ar),
+                };
+                let types = kube::core::TypeMeta { api_version: ar.api_version.clone(), kind: ar.kind.clone() };
+                watcher(api, watcher::Config::default()).map_ok(move |event| metadata_event(event, &types)).boxed()
+            } else {
+                let api: Api<DynamicObject> = match within {
+                    Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                    None => Api::all_with(client.clone(), &ar),
+                };
+                watcher(api, watcher::Config::default()).boxed()
+            };
+        let stream = events.default_backoff().modify(trim).reflect(writer).touched_objects().boxed();
+        streams.push((index, stream));
+        kinds.push(ReadKindCache { read: read.clone(), resource: ar, namespaced, store });
+    }
+    Ok(Some((Arc::new(Related::new(kinds)), std::cell::Cell::new(streams))))
+}
+
+/// A metadata-only watch event as one of whole objects with no body.
+fn metadata_event(
+    event: watcher::Event<PartialObjectMeta<DynamicObject>>,
+    types: &kube::core::TypeMeta,
+) -> watcher::Event<DynamicObject> {
+    let object = |o: PartialObjectMeta<DynamicObject>| DynamicObject {
+        types: Some(types.clone()),
+        metadata: o.metadata,
+        data: serde_json::Value::Null,
+    };
+    match event {
+        watcher::Event::Apply(o) => watcher::Event::Apply(object(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(object(o)),
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(object(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
+/// Maps a changed object of read kind `kind` to the parents that selected it, noting the
+/// trigger (`related Kind ns/name`) on each.
+fn related_parents(
+    related: Arc<Related>,
+    kind: usize,
+    parents: kube::runtime::reflector::Store<DynamicObject>,
+    parent_ar: kube::core::ApiResource,
+    triggers: Arc<Triggers>,
+) -> impl Fn(DynamicObject) -> Vec<kube::runtime::reflector::ObjectRef<DynamicObject>> + Send + Sync + 'static {
+    move |obj| {
+        let selecting = related.parents_of(kind, &obj);
+        if selecting.is_empty() {
+            return Vec::new();
+        }
+        let what =
+            format!("{} {}/{}", related.kinds[kind].resource.kind, obj.namespace().unwrap_or_default(), obj.name_any());
+        selecting
+            .iter()
+            .map(|p| {
+                let oref = p.object_ref(&parent_ar);
+                if let Some(uid) = parents.get(&oref).and_then(|p| p.uid()) {
+                    triggers.note(&uid, Trigger::Related(what.clone()));
+                }
+                oref
+            })
+            .collect()
+    }
 }
 
 /// Each logic sent on `swaps`, installed as the controller's stable logic, as a trigger of
@@ -287,6 +393,11 @@ async fn wait_for_caches(ctx: Arc<Context>, health: Arc<Health>, name: String) {
     }
     for child in &ctx.children {
         if !ready(&child.store).await {
+            return;
+        }
+    }
+    for read in ctx.related.iter().flat_map(|r| r.kinds.iter()) {
+        if !ready(&read.store).await {
             return;
         }
     }

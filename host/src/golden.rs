@@ -117,6 +117,7 @@ impl Case {
             children: self.observed.clone(),
             finalizing: self.finalizing,
             settings: self.settings.clone(),
+            related: Vec::new(),
         };
         let desired = plugin.reconcile(&req).map_err(|e| failed(e.condition_reason(), e.to_string()))?;
         let reviewed =

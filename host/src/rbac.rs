@@ -357,6 +357,7 @@ mod tests {
             crd: Some(json!({"metadata": {"name": "appoperators.tools.wasmop.dev"},
                 "spec": {"names": {"kind": "Appoperator", "plural": "appoperators"}}})),
             finalizer: false,
+            reads: vec![],
         }
     }
 

@@ -1,13 +1,14 @@
-//! The inverted index of related objects (groundwork for issue 21, not wired yet): which
-//! parents selected an object, so a change to a related object (a ConfigMap, a Secret, another
-//! resource a plugin reads) reconciles exactly those parents.
+//! The inverted index of related objects: which parents selected an object, so a change to a
+//! related object (a ConfigMap, a Secret, another resource a plugin reads) reconciles exactly
+//! those parents; and the parser of the label selectors plugins give.
 //!
 //! Each parent selects objects of a kind by name, or by label selector. The index keys
 //! name selections by (kind, namespace, name), and label selections by one equality
 //! requirement of theirs (kind, namespace, key, value), so looking up a changed object costs
 //! the selections that could match it — never a scan of every parent. A selector with no
 //! equality requirement (only `In`, `NotIn`, `Exists`, `DoesNotExist`) falls in its kind's
-//! and namespace's open bucket, scanned for every object of that kind there.
+//! and namespace's open bucket, scanned for every object of that kind there. A selection with no
+//! namespace (every namespace, scope cluster) is found for an object of any namespace.
 //!
 //! Pure: no API, no clock. The owner replaces a parent's selections after each `related()`
 //! call ([`RelatedIndex::set`]), forgets a deleted parent ([`RelatedIndex::remove`]), and
@@ -168,26 +169,31 @@ impl<P: Clone + Eq + Hash> RelatedIndex<P> {
     /// The parents that selected `changed`, each once, and how many selections were examined
     /// to find them (the cost: the selections that could match, not the parents).
     pub fn parents_of(&self, changed: Changed<'_>) -> (Vec<P>, usize) {
-        let (kind, namespace) = (changed.kind.clone(), changed.namespace.map(str::to_string));
         let mut found: Vec<P> = Vec::new();
         let mut seen: HashSet<&P> = HashSet::new();
         let mut examined = 0;
-        if let Some(parents) = self.by_name.get(&(kind.clone(), namespace.clone(), changed.name.to_string())) {
-            examined += parents.len();
-            for parent in parents {
-                if seen.insert(parent) {
-                    found.push(parent.clone());
+        // The object's own namespace, then (for a namespaced object) selections of every namespace.
+        let places = [changed.namespace.map(str::to_string), None];
+        let places = if changed.namespace.is_some() { &places[..] } else { &places[..1] };
+        for namespace in places {
+            let kind = changed.kind.clone();
+            if let Some(parents) = self.by_name.get(&(kind.clone(), namespace.clone(), changed.name.to_string())) {
+                examined += parents.len();
+                for parent in parents {
+                    if seen.insert(parent) {
+                        found.push(parent.clone());
+                    }
                 }
             }
-        }
-        let labelled = changed.labels.iter().filter_map(|(key, value)| {
-            self.by_label.get(&(kind.clone(), namespace.clone(), key.clone(), value.clone()))
-        });
-        let open = self.open.get(&(kind.clone(), namespace.clone()));
-        for (parent, selector) in labelled.chain(open).flatten() {
-            examined += 1;
-            if selector.matches(changed.labels) && seen.insert(parent) {
-                found.push(parent.clone());
+            let labelled = changed.labels.iter().filter_map(|(key, value)| {
+                self.by_label.get(&(kind.clone(), namespace.clone(), key.clone(), value.clone()))
+            });
+            let open = self.open.get(&(kind.clone(), namespace.clone()));
+            for (parent, selector) in labelled.chain(open).flatten() {
+                examined += 1;
+                if selector.matches(changed.labels) && seen.insert(parent) {
+                    found.push(parent.clone());
+                }
             }
         }
         (found, examined)
@@ -202,6 +208,84 @@ impl<P: Clone + Eq + Hash> RelatedIndex<P> {
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
+}
+
+/// Parses a label selector in the syntax of `kubectl get -l`: comma-separated requirements
+/// `key=value` (or `==`), `key!=value`, `key in (a,b)`, `key notin (a,b)`, `key` (exists) and
+/// `!key` (does not exist). `""` selects everything. The error says which requirement is wrong.
+pub fn parse_labels(text: &str) -> Result<Selector, String> {
+    let mut expressions = Vec::new();
+    for requirement in split_requirements(text)? {
+        let requirement = requirement.trim();
+        if requirement.is_empty() {
+            if text.trim().is_empty() {
+                continue;
+            }
+            return Err(format!("{text:?} has an empty requirement (two commas, or one at an end)"));
+        }
+        expressions.push(parse_requirement(requirement)?);
+    }
+    Ok(expressions.into_iter().collect())
+}
+
+/// The requirements of a selector: split on the commas outside parentheses.
+fn split_requirements(text: &str) -> Result<Vec<&str>, String> {
+    let (mut parts, mut depth, mut start) = (Vec::new(), 0u32, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth = depth.checked_sub(1).ok_or_else(|| format!("{text:?} closes a parenthesis it never opened"))?
+            }
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err(format!("{text:?} leaves a parenthesis open"));
+    }
+    parts.push(&text[start..]);
+    Ok(parts)
+}
+
+fn parse_requirement(req: &str) -> Result<Expression, String> {
+    let key = |k: &str| -> Result<String, String> {
+        let k = k.trim();
+        if k.is_empty() || k.contains(char::is_whitespace) || k.contains(['=', '!', '(', ')']) {
+            return Err(format!("requirement {req:?} has no valid label key"));
+        }
+        Ok(k.to_string())
+    };
+    let value = |v: &str| -> Result<String, String> {
+        let v = v.trim();
+        if v.contains(char::is_whitespace) || v.contains(['=', '!', '(', ')', ',']) {
+            return Err(format!("requirement {req:?} has an invalid value {v:?}"));
+        }
+        Ok(v.to_string())
+    };
+    if let Some((k, v)) = req.split_once("!=") {
+        return Ok(Expression::NotEqual(key(k)?, value(v)?));
+    }
+    if let Some((k, v)) = req.split_once("==").or_else(|| req.split_once('=')) {
+        return Ok(Expression::Equal(key(k)?, value(v)?));
+    }
+    if let Some(k) = req.strip_prefix('!') {
+        return Ok(Expression::DoesNotExist(key(k)?));
+    }
+    for (op, negated) in [(" notin ", true), (" in ", false)] {
+        if let Some((k, set)) = req.split_once(op) {
+            let set = set.trim();
+            let inner = set.strip_prefix('(').and_then(|s| s.strip_suffix(')')).ok_or_else(|| {
+                format!("requirement {req:?}: the values of `{}` go in parentheses, e.g. (a,b)", op.trim())
+            })?;
+            let values = inner.split(',').map(value).collect::<Result<std::collections::BTreeSet<_>, _>>()?;
+            return Ok(if negated { Expression::NotIn(key(k)?, values) } else { Expression::In(key(k)?, values) });
+        }
+    }
+    Ok(Expression::Exists(key(req)?))
 }
 
 /// One `key = value` requirement of `selector`, to file it under; the smallest, so the same
@@ -308,6 +392,31 @@ mod tests {
         left.sort();
         assert_eq!(left, ["a", "c"]);
         assert_eq!(index.len(), 2);
+    }
+
+    #[test]
+    fn label_selectors_parse_as_kubectl_writes_them() {
+        let sel = parse_labels("app=web, tier in (a,b),!legacy,team,env!=dev,x==y,zone notin (z)").unwrap();
+        let matching = labels(&[("app", "web"), ("tier", "b"), ("team", "t"), ("env", "prod"), ("x", "y")]);
+        assert!(sel.matches(&matching));
+        let mut legacy = matching.clone();
+        legacy.insert("legacy".into(), "1".into());
+        assert!(!sel.matches(&legacy));
+        assert!(parse_labels("").unwrap().selects_all());
+        for (bad, says) in [("app=a b", "invalid value"), ("a,,b", "empty requirement"), ("tier in a,b", "parentheses")]
+        {
+            let err = parse_labels(bad).map(|s| s.to_string()).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        assert!(parse_labels("tier in (a").unwrap_err().contains("open"));
+    }
+
+    #[test]
+    fn a_selection_of_every_namespace_finds_objects_in_any() {
+        let mut index = RelatedIndex::new();
+        index.set(&"all", vec![Selection { kind: config_maps(), namespace: None, target: by_labels(&[("app", "x")]) }]);
+        let (kind, x) = (config_maps(), labels(&[("app", "x")]));
+        assert_eq!(index.parents_of(changed(&kind, "anywhere", "c", &x)).0, ["all"]);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! memory_mib = 32       # linear memory per call (default 64)
 //! output_mib = 1        # answer size per call (default 4)
 //! max_children = 100    # children per parent (default 1000)
+//! max_related = 100     # related objects per parent, over all its selectors (default 1000)
 //!
 //! [settings]            # any table; the plugin receives it as a JSON object
 //! registry = "registry.example.com"
@@ -61,6 +62,7 @@ struct LimitsTable {
     memory_mib: Option<u64>,
     output_mib: Option<usize>,
     max_children: Option<usize>,
+    max_related: Option<usize>,
 }
 
 /// What a sidecar says about one plugin.
@@ -98,8 +100,10 @@ pub fn read(plugin: &Path) -> Result<Sidecar, SidecarError> {
         memory_bytes: file.limits.memory_mib.map_or(defaults.memory_bytes, |m| m << 20),
         output_bytes: file.limits.output_mib.map_or(defaults.output_bytes, |m| m << 20),
         max_children: file.limits.max_children.unwrap_or(defaults.max_children),
+        max_related: file.limits.max_related.unwrap_or(defaults.max_related),
     };
-    if limits.timeout.is_zero() || limits.memory_bytes == 0 || limits.output_bytes == 0 || limits.max_children == 0 {
+    let zero = [limits.memory_bytes, limits.output_bytes as u64, limits.max_children as u64, limits.max_related as u64];
+    if limits.timeout.is_zero() || zero.contains(&0) {
         return Err(invalid("limits must be greater than zero".into()));
     }
     let settings =

@@ -238,7 +238,7 @@ fn inspect_reports_what_the_plugin_declares() {
     assert_eq!(report["metadata"]["finalizer"], false);
     assert_eq!(report["sizeBytes"].as_u64(), Some(std::fs::metadata(&plugin).unwrap().len()));
     assert!(report["loadTimeMs"].as_f64().is_some());
-    assert_eq!(report["contract"], "wasmop:plugin@0.2.0");
+    assert_eq!(report["contract"], "wasmop:plugin@0.3.0");
     assert_eq!(report["metadata"]["storageVersion"], "v1");
     assert_eq!(report["metadata"]["conversion"], true);
     let versions = report["metadata"]["crdVersions"].as_array().unwrap();
@@ -252,6 +252,22 @@ fn inspect_reports_what_the_plugin_declares() {
     assert_eq!(report["contract"], "wasmop:plugin@0.1.0");
     assert_eq!(report["metadata"]["conversion"], false);
     assert_eq!(report["metadata"]["storageVersion"], "v1beta1");
+    assert_eq!(report["metadata"]["reads"], json!([]));
+
+    // The contract-0.2 build too: it converts, reads nothing, and reconciles as it did.
+    let old = common::workspace().join("tests/fixtures/appoperator-0.2.0.wasm");
+    let out = stdout(&wasmop(&["plugin", "inspect", old.to_str().unwrap(), "-o", "json"]));
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["contract"], "wasmop:plugin@0.2.0");
+    assert_eq!(report["metadata"]["conversion"], true);
+    assert_eq!(report["metadata"]["reads"], json!([]));
+    let example = common::example("appoperator.yaml");
+    let eval = |plugin: &str| -> Value {
+        serde_json::from_str(&stdout(&wasmop(&["eval", "--plugin", plugin, "-o", "json", example.to_str().unwrap()])))
+            .unwrap()
+    };
+    let (old_out, new_out) = (eval(old.to_str().unwrap()), eval(&plugin));
+    assert_eq!(old_out[0]["children"], new_out[0]["children"], "the 0.2 build reconciles as the current one");
 }
 
 #[test]
@@ -295,7 +311,7 @@ fn the_round_trip_check_passes_appoperator_and_catches_a_lossy_conversion() {
 fn version_names_the_contracts() {
     let out = stdout(&wasmop(&["version"]));
     assert!(out.starts_with(&format!("wasmop {}\n", env!("CARGO_PKG_VERSION"))), "{out}");
-    assert!(out.contains("wasmop:plugin@0.2.0") && out.contains("0.1.x"), "{out}");
+    assert!(out.contains("wasmop:plugin@0.3.0") && out.contains("0.1.x"), "{out}");
 }
 
 #[test]

@@ -18,6 +18,7 @@ fn parent(spec: Value) -> ReconcileRequest {
         children: vec![],
         finalizing: false,
         settings: None,
+        related: Vec::new(),
     }
 }
 
@@ -133,12 +134,15 @@ fn wrong_kinds_of_file_are_incompatible_or_unparseable() {
     let future = common::plugin("contract-future");
     let err = rt.load_operator(&future, Limits::default()).unwrap_err();
     let message = err.to_string();
-    assert!(message.contains("wasmop:plugin/reconciler@0.9.0") && message.contains("0.2.x and 0.1.x"), "{message}");
+    assert!(
+        message.contains("wasmop:plugin/reconciler@0.9.0") && message.contains("0.3.x, 0.2.x and 0.1.x"),
+        "{message}"
+    );
 
     // Without a converter (world single-version-operator): an operator, unless its CRD has
     // several versions, which only a converter can serve.
     let single = rt.load_operator(&common::plugin("single-version"), Limits::default()).unwrap();
-    assert!(!single.converts() && single.file().contract.starts_with("0.2"), "{:?}", single.file());
+    assert!(!single.converts() && single.file().contract.starts_with("0.3"), "{:?}", single.file());
     let two = common::plugin("single-version").with_file_name("single_version_two.wasm");
     let message = rt.load_operator(&two, Limits::default()).unwrap_err().to_string();
     assert!(message.contains(r#"versions ["v1", "v2"] but it exports no converter"#), "{message}");
@@ -192,6 +196,7 @@ fn calls_share_no_state() {
                     children: vec![],
                     finalizing: false,
                     settings: None,
+                    related: Vec::new(),
                 };
                 let d = plugin.reconcile(&req).unwrap();
                 (i, d.children[0]["spec"]["template"]["spec"]["containers"][0]["image"].clone())

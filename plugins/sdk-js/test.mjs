@@ -3,7 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   gvk, settingsOf, allow, deny, mutate, policy, containers, operator, Response, invalid, retry,
-  versionOf, setVersion, stash, unstash, setLog,
+  versionOf, setVersion, stash, unstash, setLog, readKind, byName, byLabels,
 } from "./wasmop-plugin.js";
 
 const logged = [];
@@ -55,4 +55,37 @@ test("operator: response, thrown error payloads, conversion", () => {
   assert.deepEqual(thrown(() => make(() => retry("later")).reconciler.reconcile(req)), { tag: "retry", val: "ns/a: later" });
   assert.deepEqual(thrown(() => make((r) => r.parent.spec.x.y).reconciler.reconcile(req)).tag, "invalid");
   assert.equal(JSON.parse(ok.converter.convert(parent, "v2")).apiVersion, "g.io/v2");
+});
+
+test("operator: reads, related selectors and objects", () => {
+  const parent = JSON.stringify({ apiVersion: "g.io/v1", kind: "T", metadata: { name: "a", namespace: "ns" }, spec: {} });
+  const op = operator({
+    name: "t", version: "1", parent: "g.io/v1/T",
+    reads: ["v1/ConfigMap", readKind("v1/Secret", { scope: "cluster", metadataOnly: true })],
+    related: (p) => [byName("config", "v1/ConfigMap", p.metadata.name), byLabels("peers", "g.io/v1/T", "app=a", "other")],
+    reconcile: (req) => new Response().status({ cm: req.related.config[0].data, n: req.related.peers.length }),
+  });
+  assert.deepEqual(op.reconciler.metadata().reads, [
+    { gvk: { group: "", version: "v1", kind: "ConfigMap" }, scope: "same-namespace", metadataOnly: false },
+    { gvk: { group: "", version: "v1", kind: "Secret" }, scope: "cluster", metadataOnly: true }]);
+  assert.deepEqual(op.reconciler.related(parent), [
+    { id: "config", kind: { group: "", version: "v1", kind: "ConfigMap" }, namespace: null, target: { tag: "name", val: "a" } },
+    { id: "peers", kind: { group: "g.io", version: "v1", kind: "T" }, namespace: "other", target: { tag: "labels", val: "app=a" } }]);
+  const cm = JSON.stringify({ apiVersion: "v1", kind: "ConfigMap", metadata: { name: "a" }, data: { k: "v" } });
+  const related = [{ id: "config", objects: [cm] }, { id: "peers", objects: [] }];
+  const out = op.reconciler.reconcile({ parent, children: [], finalizing: false, settings: null, related });
+  assert.deepEqual(JSON.parse(out.status), { cm: { k: "v" }, n: 0 });
+  assert.throws(() => readKind("v1/Secret", { scope: "everywhere" }), /scope "everywhere"/);
+});
+
+test("operator: no related reads nothing; a throw in related names the parent", () => {
+  const parent = JSON.stringify({ apiVersion: "g.io/v1", kind: "T", metadata: { name: "a", namespace: "ns" }, spec: {} });
+  const make = (related) => operator({ name: "t", version: "1", parent: "g.io/v1/T", related, reconcile: () => new Response() });
+  assert.deepEqual(make(undefined).reconciler.related(parent), []);
+  assert.deepEqual(make(undefined).reconciler.metadata().reads, []);
+  const thrown = (fn) => { try { fn(); } catch (e) { return e; } };
+  assert.equal(thrown(() => make(() => invalid("no ref")).reconciler.related(parent)), "ns/a: no ref");
+  assert.match(thrown(() => make((p) => p.spec.ref.name).reconciler.related(parent)), /^ns\/a: TypeError: /);
+  assert.match(thrown(() => make(() => [{ id: "x" }]).reconciler.related(parent)), /^ns\/a: TypeError: related must return byName/);
+  assert.match(thrown(() => make(() => null).reconciler.related(parent)), /^ns\/a: TypeError: related must return an array/);
 });

@@ -1,4 +1,4 @@
-// Write wasmop plugins in JavaScript (contract wasmop:plugin@0.2.0).
+// Write wasmop plugins in JavaScript (contract wasmop:plugin@0.3.0).
 //
 // Built and tested with componentize-qjs 0.4.5 (`--sync`: the host does not enable
 // component-model async), the QuickJS engine that `jco componentize --backend qjs` also uses.
@@ -8,12 +8,14 @@
 //   * objects cross as JSON strings: you get and return plain objects;
 //   * `option<string>` arrives as `null` on QuickJS but `undefined` on StarlingMonkey
 //     (componentize-js): settings are normalised to `null` or the parsed JSON;
-//   * verdicts are variants `{tag, val}`: `allow()`, `deny(msg)`, `mutate(obj)` build them;
+//   * verdicts are variants `{tag, val}`: `allow()`, `deny(msg)`, `mutate(obj)` build them, as
+//     `byName(...)` / `byLabels(...)` build the selectors of `related`; an enum is its WIT case
+//     name (`"same-namespace"`), and a malformed value traps the guest instead of throwing;
 //   * an exception escaping an export traps the guest (the host reports a crash):
 //     `policy()` turns it into a deny naming the error (fail closed), `operator()` into
 //     `invalid`, and both log the stack at debug level (WASMOP_LOG=debug) through the logger
 //     given to `setLog` — QuickJS has no `console`, so without it the stack goes nowhere:
-//         import { log } from "wasmop:plugin/host@0.2.0";   // the contract's only import
+//         import { log } from "wasmop:plugin/host@0.3.0";   // the contract's only import
 //         setLog(log);
 //   * a `result` error must be *thrown* as its payload (`{tag: "invalid", val}` for reconcile,
 //     a string for convert): `invalid(msg)` / `retry(msg)` throw the right thing.
@@ -133,6 +135,51 @@ export function containers(obj) {
 // ---------------------------------------------------------------------------------------------
 // Operators.
 
+const SCOPES = ["same-namespace", "cluster"];
+
+/**
+ * A kind an operator reads, for `operator({reads: [...]})` (a plain `"v1/ConfigMap"` there is
+ * `readKind("v1/ConfigMap")`). `scope`: "same-namespace" (the parent's namespace only) or
+ * "cluster" (any namespace, or a cluster-scoped kind); `metadataOnly`: objects arrive with name,
+ * labels and annotations but no body (no Secret data crosses). The operator needs get, list and
+ * watch on the kind in that scope.
+ */
+export function readKind(kind, { scope = "same-namespace", metadataOnly = false } = {}) {
+  if (!SCOPES.includes(scope)) throw new TypeError(`scope ${JSON.stringify(scope)} is not "same-namespace" or "cluster"`);
+  return { gvk: gvk(kind), scope, metadataOnly: Boolean(metadataOnly) };
+}
+
+/** A `reads` entry (a kind, or `readKind(...)`'s record) → the WIT record. */
+function toReadKind(r) {
+  return typeof r === "object" && "scope" in r ? readKind(r.gvk, r) : readKind(r);
+}
+
+/**
+ * Selects the one object of `kind` named `name` (none if it does not exist), grouped under `id` in
+ * `req.related`. `namespace`: null for the parent's (scope same-namespace) or every namespace
+ * (scope cluster).
+ */
+export function byName(id, kind, name, namespace = null) {
+  return { id: String(id), kind: gvk(kind), namespace: namespace ?? null, target: { tag: "name", val: String(name) } };
+}
+
+/**
+ * Selects every object of `kind` whose labels match `selector`, a label selector as
+ * `kubectl get -l` takes it (`"app=web,tier in (a,b)"`; "" matches all), grouped under `id`.
+ */
+export function byLabels(id, kind, selector, namespace = null) {
+  return { id: String(id), kind: gvk(kind), namespace: namespace ?? null, target: { tag: "labels", val: String(selector) } };
+}
+
+/** One selector `related` returned, checked (a malformed one would trap the guest) → the WIT record. */
+function toSelector(s) {
+  const tag = s?.target?.tag;
+  if (typeof s?.id !== "string" || s.kind == null || (tag !== "name" && tag !== "labels") || typeof s.target.val !== "string") {
+    throw new TypeError(`related must return byName(...) / byLabels(...) selectors, not ${describe(s)}`);
+  }
+  return { id: s.id, kind: gvk(s.kind), namespace: s.namespace ?? null, target: { tag, val: s.target.val } };
+}
+
 class PluginError extends Error {
   constructor(tag, message) {
     super(message);
@@ -241,11 +288,18 @@ export class Response {
 
 /**
  * The `reconciler` and `converter` exports of an operator plugin:
- * `export const { reconciler, converter } = operator({name, version, parent, children, crd, reconcile, convert})`.
- * `reconcile(req)` gets `{parent, children, finalizing, settings}` (parsed) and returns a `Response`;
+ * `export const { reconciler, converter } = operator({name, version, parent, children, crd, reads, related, reconcile, convert})`.
+ * `reconcile(req)` gets `{parent, children, finalizing, settings, related}` (parsed; `related` maps
+ * each selector's id to the objects it picked) and returns a `Response`;
+ * `related(parent)` returns the `byName(...)` / `byLabels(...)` selectors of the kinds in `reads`
+ * this parent reads (default: none; called before every reconcile, so pure and cheap; a throw is
+ * reported on the parent as an invalid spec);
  * `convert(obj, toVersion)` returns the converted object (default: only apiVersion changes).
  */
-export function operator({ name, version, parent, children = [], crd = null, finalizer = false, reconcile, convert }) {
+export function operator({
+  name, version, parent, children = [], crd = null, finalizer = false, reads = [], related, reconcile, convert,
+}) {
+  const readKinds = reads.map(toReadKind); // a malformed kind throws here, at load
   return {
     reconciler: {
       metadata() {
@@ -260,7 +314,23 @@ export function operator({ name, version, parent, children = [], crd = null, fin
           ),
           crd: crd == null ? null : typeof crd === "string" ? crd : JSON.stringify(crd),
           finalizer,
+          reads: readKinds,
         };
+      },
+      related(p) {
+        if (!related) return [];
+        let ref = "<unparsable parent>";
+        try {
+          const obj = JSON.parse(p);
+          ref = refOf(obj);
+          const selectors = related(obj);
+          if (!Array.isArray(selectors)) throw new TypeError(`related must return an array of selectors, not ${describe(selectors)}`);
+          return selectors.map(toSelector);
+        } catch (err) {
+          if (!(err instanceof PluginError)) logError(err);
+          const text = err instanceof PluginError ? err.message : describe(err);
+          throw text.startsWith(`${ref}:`) ? text : `${ref}: ${text}`;
+        }
       },
       reconcile(req) {
         let ref = "<unparsable parent>";
@@ -272,6 +342,7 @@ export function operator({ name, version, parent, children = [], crd = null, fin
             children: req.children.map((c) => JSON.parse(c)),
             finalizing: req.finalizing,
             settings: settingsOf(req.settings),
+            related: Object.fromEntries((req.related ?? []).map((r) => [r.id, r.objects.map((o) => JSON.parse(o))])),
           });
           if (!(answer instanceof Response)) throw new TypeError("reconcile must return a Response");
           return answer.toWit();

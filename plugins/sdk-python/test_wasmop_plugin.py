@@ -98,6 +98,55 @@ def test_response_and_metadata():
         ("", "ConfigMap", False), ("rbac.authorization.k8s.io", "ClusterRole", True)]
 
 
+def test_reads_in_the_metadata():
+    op = wp.Operator("t", "0.1.0", parent="g.io/v1/T", reads=[
+        "v1/ConfigMap", wp.reads("v1/Secret", scope="cluster", metadata_only=True), ("", "v1", "Namespace")])
+    meta = op.call_metadata()
+    assert [(r.gvk.kind, r.scope.name, r.metadata_only) for r in meta.reads] == [
+        ("ConfigMap", "SAME_NAMESPACE", False), ("Secret", "CLUSTER", True), ("Namespace", "SAME_NAMESPACE", False)]
+    assert _op(lambda req: wp.Response()).call_metadata().reads == []
+    with pytest.raises(ValueError, match="scope 'everywhere'"):
+        wp.reads("v1/Secret", scope="everywhere")
+    with pytest.raises(ValueError, match="group/version/Kind"):
+        wp.Operator("t", "0.1.0", parent="g.io/v1/T", reads=["Secret"])
+
+
+def test_related_selectors_and_objects():
+    op = _op(lambda req: wp.Response().status({"cm": req.related["config"][0]["data"], "n": len(req.related["peers"])}))
+    assert op.call_related(PARENT) == [] and op.exports()[0]().related(PARENT) == []  # no @op.related
+
+    @op.related
+    def related(parent):
+        name = parent["metadata"]["name"]
+        return [wp.by_name("config", "v1/ConfigMap", name),
+                wp.by_labels("peers", "g.io/v1/T", f"app={name}", namespace="other")]
+
+    config, peers = op.exports()[0]().related(PARENT)
+    assert (config.id, config.kind.kind, config.namespace, type(config.target).__name__, config.target.value) == (
+        "config", "ConfigMap", None, "Target_Name", "a")
+    assert (peers.kind.group, peers.namespace, type(peers.target).__name__, peers.target.value) == (
+        "g.io", "other", "Target_Labels", "app=a")
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}}
+    out = op.call_reconcile(PARENT, related={"config": [cm], "peers": [json.dumps(cm), cm]})
+    assert json.loads(out.status) == {"cm": {"k": "v"}, "n": 2}
+    wit = [wp._Native.RelatedObjects(id="config", objects=[json.dumps(cm)]), wp._Native.RelatedObjects("peers", [])]
+    assert json.loads(op.call_reconcile(PARENT, related=wit).status) == {"cm": {"k": "v"}, "n": 0}
+
+
+def test_related_errors_are_raised_as_err_with_the_parent_named():
+    for fn, text in [
+        (lambda parent: wp.invalid("spec.ref is missing"), "ns/a: spec.ref is missing"),
+        (lambda parent: [parent["spec"]["ref"]], "ns/a: KeyError: missing key 'ref'"),
+        (lambda parent: None, "ns/a: TypeError: related must return a list of wp.by_name / wp.by_labels, not NoneType"),
+        (lambda parent: ["v1/ConfigMap"], "ns/a: TypeError: related must return wp.by_name / wp.by_labels selectors, not str"),
+    ]:
+        op = _op(lambda req: wp.Response())
+        op.related(fn)
+        with pytest.raises(wp.Err) as err:
+            op.exports()[0]().related(PARENT)
+        assert err.value.value == text
+
+
 def test_default_convert_and_convert_errors():
     op = _op(lambda req: wp.Response())
     assert json.loads(op.call_convert(PARENT, "v2"))["apiVersion"] == "g.io/v2"

@@ -1,4 +1,4 @@
-"""Write wasmop plugins in Python (contract wasmop:plugin@0.2.0, built with componentize-py 0.25.1).
+"""Write wasmop plugins in Python (contract wasmop:plugin@0.3.0, built with componentize-py 0.25.1).
 
 Vendor this one file next to your plugin (or put its folder on componentize-py's `-p` path). It
 hides what componentize-py makes you discover by trial:
@@ -25,11 +25,18 @@ hides what componentize-py makes you discover by trial:
 
     Reconciler, Converter = op.exports()             # the names componentize-py looks for
 
+Related objects (kinds the plugin reads besides its children): declare them with
+`reads=["v1/ConfigMap", wp.reads("v1/Secret", scope="cluster", metadata_only=True)]`, pick per
+parent with `@op.related` returning `[wp.by_name(id, kind, name), wp.by_labels(id, kind, "app=web")]`
+(the parent's namespace unless `namespace=` is given), and find them in `req.related[id]`; a change
+to one of them reconciles the parent again.
+
 Policies: `pol = wp.Policy(name, version, applies_to=[...])`, `@pol.review` returning `allow()`,
 `deny(msg)` or `mutate(obj)`, and `Reviewer = pol.exports()`.
 
 Outside WebAssembly (plain `python3`) the module works on stand-in types, so plugin logic can be
-unit-tested with pytest: `op.call_reconcile(parent_dict, children=[...])`.
+unit-tested with pytest: `op.call_reconcile(parent_dict, children=[...], related={id: [...]})`,
+`op.call_related(parent_dict)`.
 """
 
 import json
@@ -41,7 +48,8 @@ from enum import Enum
 __all__ = [
     "Operator", "Policy", "Request", "Response", "Invalid", "Retry", "invalid", "retry",
     "allow", "deny", "mutate", "crd", "Raw", "stash", "unstash", "version_of", "group_of",
-    "set_version", "take", "mapping", "log", "cluster_scoped", "dumps", "schema",
+    "set_version", "take", "mapping", "log", "cluster_scoped", "dumps", "schema", "reads", "by_name",
+    "by_labels",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -64,7 +72,15 @@ class _Native:
     Condition = make_dataclass("Condition", ["type", "status", "reason", "message"])
     LogLevel = Enum("LogLevel", [("TRACE", 0), ("DEBUG", 1), ("INFO", 2), ("WARN", 3), ("ERROR", 4)])
     ChildKind = make_dataclass("ChildKind", ["gvk", "cluster_scoped"])
-    OperatorMetadata = make_dataclass("OperatorMetadata", ["name", "version", "parent", "children", "crd", "finalizer"])
+    ReadScope = Enum("ReadScope", [("SAME_NAMESPACE", 0), ("CLUSTER", 1)])
+    ReadKind = make_dataclass("ReadKind", ["gvk", "scope", "metadata_only"])
+    OperatorMetadata = make_dataclass(
+        "OperatorMetadata", ["name", "version", "parent", "children", "crd", "finalizer", "reads"]
+    )
+    Target_Name = make_dataclass("Target_Name", ["value"])
+    Target_Labels = make_dataclass("Target_Labels", ["value"])
+    Selector = make_dataclass("Selector", ["id", "kind", "namespace", "target"])
+    RelatedObjects = make_dataclass("RelatedObjects", ["id", "objects"])
     Response = make_dataclass(
         "Response", ["children", "status", "conditions", "requeue_after_seconds", "finalized"]
     )
@@ -127,6 +143,56 @@ def cluster_scoped(gvk):
     return ("cluster", gvk)
 
 
+class _Read:
+    """A kind the plugin reads, as `reads()` declares it; made a binding in `call_metadata`."""
+
+    __slots__ = ("gvk", "scope", "metadata_only")
+
+    def __init__(self, gvk, scope, metadata_only):
+        self.gvk, self.scope, self.metadata_only = gvk, scope, metadata_only
+
+    def __repr__(self):
+        return f"reads({self.gvk!r}, scope={self.scope!r}, metadata_only={self.metadata_only!r})"
+
+
+_SCOPES = {"same-namespace": "SAME_NAMESPACE", "same_namespace": "SAME_NAMESPACE", "cluster": "CLUSTER"}
+
+
+def reads(gvk, scope="same-namespace", metadata_only=False):
+    """A kind the plugin reads, for `Operator(reads=[...])` (a plain `"v1/ConfigMap"` there is
+    `reads("v1/ConfigMap")`). `scope`: "same-namespace" (the parent's namespace only) or "cluster"
+    (any namespace, or a cluster-scoped kind); `metadata_only`: the plugin gets name, labels and
+    annotations without the body (no Secret data crosses). The operator needs get, list and watch
+    on the kind in that scope."""
+    if scope not in _SCOPES:
+        raise ValueError(f"scope {scope!r} is not 'same-namespace' or 'cluster'")
+    _gvk(gvk)  # refuses a malformed kind now, where it is declared
+    return _Read(gvk, scope, bool(metadata_only))
+
+
+def _as_read(spec):
+    """A `reads=[...]` entry: `reads(...)` as it is, a kind as `reads(kind)`."""
+    return spec if isinstance(spec, _Read) else reads(spec)
+
+
+def _selector(id_, kind, target, namespace):
+    return _binding("exports.reconciler", "Selector")(
+        id=str(id_), kind=_gvk(kind), namespace=None if namespace is None else str(namespace), target=target)
+
+
+def by_name(id_, kind, name, namespace=None):
+    """Selects the one object of `kind` named `name` (none if it does not exist), grouped under
+    `id_` in `req.related`. `namespace`: None for the parent's (scope same-namespace) or every
+    namespace (scope cluster)."""
+    return _selector(id_, kind, _binding("exports.reconciler", "Target_Name")(str(name)), namespace)
+
+
+def by_labels(id_, kind, selector, namespace=None):
+    """Selects every object of `kind` whose labels match `selector`, a label selector as
+    `kubectl get -l` takes it (`"app=web,tier in (a,b)"`; "" matches all), grouped under `id_`."""
+    return _selector(id_, kind, _binding("exports.reconciler", "Target_Labels")(str(selector)), namespace)
+
+
 def _api_version(group, version):
     return f"{group}/{version}" if group else version
 
@@ -171,12 +237,21 @@ def retry(message):
 # Operator plugins.
 
 
-class Request:
-    """One reconcile: `parent` (dict), `children` (list of dicts), `finalizing`, `settings`."""
+def _parsed(obj):
+    return json.loads(obj) if isinstance(obj, str) else obj
 
-    def __init__(self, parent, children=(), finalizing=False, settings=None):
-        self.parent = json.loads(parent) if isinstance(parent, str) else parent
-        self.children = [json.loads(c) if isinstance(c, str) else c for c in children]
+
+class Request:
+    """One reconcile: `parent` (dict), `children` (list of dicts), `finalizing`, `settings`, and
+    `related`: the objects each selector of `@op.related` picked, as a dict id -> list of dicts
+    (ordered by namespace and name)."""
+
+    def __init__(self, parent, children=(), finalizing=False, settings=None, related=None):
+        self.parent = _parsed(parent)
+        self.children = [_parsed(c) for c in children]
+        # From the host: a list of RelatedObjects(id, objects); from tests: a dict id -> objects.
+        pairs = related.items() if isinstance(related, dict) else ((r.id, r.objects) for r in related or ())
+        self.related = {id_: [_parsed(o) for o in objects] for id_, objects in pairs}
         self.finalizing = bool(finalizing)
         self.raw_settings = settings  # None or the string the operator configured
         try:
@@ -271,18 +346,28 @@ class Response:
 
 
 class Operator:
-    """An operator plugin: `@op.reconcile`, optionally `@op.convert`, then
-    `Reconciler, Converter = op.exports()` at module level."""
+    """An operator plugin: `@op.reconcile`, optionally `@op.related` and `@op.convert`, then
+    `Reconciler, Converter = op.exports()` at module level. `reads` lists the kinds `related` may
+    select: `"v1/ConfigMap"` (the parent's namespace, whole objects) or `wp.reads(...)`."""
 
-    def __init__(self, name, version, parent, children=(), crd=None, finalizer=False):
+    def __init__(self, name, version, parent, children=(), crd=None, finalizer=False, reads=()):
         self.name, self.version, self.parent = name, version, parent
         self.children, self.crd, self.finalizer = list(children), crd, finalizer
+        self.reads = [_as_read(r) for r in reads]
         self._reconcile = None
+        self._related = None
         self._convert = default_convert
 
     def reconcile(self, fn):
         """Decorator: `fn(req: Request) -> Response`."""
         self._reconcile = fn
+        return fn
+
+    def related(self, fn):
+        """Decorator: `fn(parent: dict) -> list` of `wp.by_name(...)` / `wp.by_labels(...)`, the
+        objects this parent reads (default: none). Called before every reconcile: keep it pure and
+        cheap. An exception is reported on the parent as an invalid spec."""
+        self._related = fn
         return fn
 
     def convert(self, fn):
@@ -298,18 +383,46 @@ class Operator:
             scoped = isinstance(c, tuple) and len(c) == 2 and c[0] == "cluster"
             kinds.append(_binding("exports.reconciler", "ChildKind")(gvk=_gvk(c[1] if scoped else c), cluster_scoped=scoped))
         crd_json = self.crd if self.crd is None or isinstance(self.crd, str) else dumps(self.crd)
+        scope = _binding("exports.reconciler", "ReadScope")
+        read_kinds = [_binding("exports.reconciler", "ReadKind")(
+            gvk=_gvk(r.gvk), scope=scope[_SCOPES[r.scope]], metadata_only=r.metadata_only) for r in self.reads]
         return _binding("exports.reconciler", "OperatorMetadata")(
             name=self.name, version=self.version, parent=_gvk(self.parent),
-            children=kinds, crd=crd_json, finalizer=self.finalizer,
+            children=kinds, crd=crd_json, finalizer=self.finalizer, reads=read_kinds,
         )
 
-    def call_reconcile(self, parent, children=(), finalizing=False, settings=None):
-        """Runs the reconcile function; returns the response or raises `Err(Error_Invalid | Error_Retry)`."""
+    def call_related(self, parent):
+        """Runs the related function on the parent (JSON or dict); returns the list of selectors
+        or raises `Err(str)` naming the parent."""
+        if self._related is None:
+            return []
+        req = None
+        try:
+            req = Request(parent)
+            selectors = self._related(req.parent)
+            selector = _binding("exports.reconciler", "Selector")
+            if not isinstance(selectors, (list, tuple)):
+                raise TypeError(f"related must return a list of wp.by_name / wp.by_labels, not {type(selectors).__name__}")
+            for s in selectors:
+                if not isinstance(s, selector):
+                    raise TypeError(f"related must return wp.by_name / wp.by_labels selectors, not {type(s).__name__}")
+            return list(selectors)
+        except Err:
+            raise
+        except (Invalid, Retry) as e:
+            raise Err(_prefixed(req, str(e))) from None
+        except Exception as e:  # noqa: BLE001
+            _stderr_traceback()
+            raise Err(_prefixed(req, _describe(e))) from None
+
+    def call_reconcile(self, parent, children=(), finalizing=False, settings=None, related=None):
+        """Runs the reconcile function; returns the response or raises `Err(Error_Invalid | Error_Retry)`.
+        `related`: what the selectors picked, a dict id -> list of objects (or the WIT list)."""
         if self._reconcile is None:
             raise Err(_binding("exports.reconciler", "Error_Invalid")("plugin has no @op.reconcile function"))
         req = None
         try:
-            req = Request(parent, children, finalizing, settings)
+            req = Request(parent, children, finalizing, settings, related)
             answer = self._reconcile(req)
             if not isinstance(answer, Response):
                 raise TypeError(f"reconcile must return wasmop_plugin.Response, not {type(answer).__name__}")
@@ -342,8 +455,11 @@ class Operator:
             def metadata(self):
                 return op.call_metadata()
 
+            def related(self, parent):
+                return op.call_related(parent)
+
             def reconcile(self, req):
-                return op.call_reconcile(req.parent, req.children, req.finalizing, req.settings)
+                return op.call_reconcile(req.parent, req.children, req.finalizing, req.settings, req.related)
 
         class Converter:
             def convert(self, obj, to_version):

@@ -759,6 +759,7 @@ fn smoke_test(loaded: LoadedPlugin) -> Result<LoadedPlugin, PluginError> {
         children: vec![],
         finalizing: false,
         settings: None,
+        related: Vec::new(),
     };
     match plugin.reconcile(&request) {
         Err(e @ (PluginError::Timeout { .. } | PluginError::OutOfMemory { .. } | PluginError::Trap { .. })) => {

@@ -11,6 +11,7 @@ use wasmop::golden;
 use wasmop::manifest::{read_objects, to_yaml, to_yaml_documents};
 use wasmop::plugin::{Desired, Gvk, OperatorPlugin, ReconcileRequest, Runtime};
 use wasmop::policy::PolicyChain;
+use wasmop::reconcile::related::Related;
 use wasmop::sidecar;
 
 use super::Output;
@@ -79,6 +80,10 @@ pub(crate) struct Args {
     /// Children that exist now (multi-document YAML), as the plugin would observe them.
     #[arg(long)]
     observed: Option<PathBuf>,
+    /// Objects of the kinds the plugin reads (multi-document YAML, repeatable), from which its
+    /// `related` selectors are resolved as the host resolves them from its caches.
+    #[arg(long = "related", value_name = "FILE")]
+    related: Vec<PathBuf>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Yaml)]
     output: Output,
@@ -96,11 +101,23 @@ pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
         None => Vec::new(),
     };
     let parents = parents_of(&plugin, &args.file)?;
+    let mut related_objects = Vec::new();
+    for path in &args.related {
+        related_objects.extend(read_objects(path)?);
+    }
+    let related = Related::offline(&plugin.metadata().reads, &related_objects);
 
     let mut results = Vec::new();
     for parent in parents {
         let children = observed_children(&parent, &observed);
-        let req = ReconcileRequest { parent: parent.clone(), children, finalizing: false, settings: settings.clone() };
+        let related = related.pick(&plugin, &parent)?;
+        let req = ReconcileRequest {
+            parent: parent.clone(),
+            children,
+            finalizing: false,
+            settings: settings.clone(),
+            related,
+        };
         let mut desired = plugin.reconcile(&req)?;
         let reviewed = chain.review(&parent, std::mem::take(&mut desired.children))?;
         desired.children = reviewed.children;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 pub use wasmop_contract::{
-    ChildKind, Condition, ConditionStatus, CrdVersion, Gvk, OperatorMetadata, PolicyMetadata, Verdict,
+    ChildKind, Condition, ConditionStatus, CrdVersion, Gvk, OperatorMetadata, PolicyMetadata, ReadKind, ReadScope,
+    Selector, Target, Verdict,
 };
 
 use super::bindings::operator::exports::wasmop::plugin::reconciler as wit;
@@ -30,6 +31,9 @@ pub struct ReconcileRequest {
     pub finalizing: bool,
     /// Settings for the plugin.
     pub settings: Option<String>,
+    /// The related objects, one group per selector the plugin's `related` returned, in its
+    /// order: the selector's id and the objects it picked.
+    pub related: Vec<(String, Vec<Value>)>,
 }
 
 impl From<wit_types::Condition> for Condition {
@@ -70,6 +74,28 @@ pub(crate) fn metadata_from_wit(m: wit::OperatorMetadata) -> (OperatorMetadata, 
             .collect(),
         crd: None,
         finalizer: m.finalizer,
+        reads: m
+            .reads
+            .into_iter()
+            .map(|r| ReadKind {
+                gvk: r.gvk.into(),
+                scope: match r.scope {
+                    wit::ReadScope::SameNamespace => ReadScope::SameNamespace,
+                    wit::ReadScope::Cluster => ReadScope::Cluster,
+                },
+                metadata_only: r.metadata_only,
+            })
+            .collect(),
     };
     (meta, m.crd)
+}
+
+impl From<wit::Selector> for Selector {
+    fn from(s: wit::Selector) -> Self {
+        let target = match s.target {
+            wit::Target::Name(name) => Target::Name(name),
+            wit::Target::Labels(labels) => Target::Labels(labels),
+        };
+        Selector { id: s.id, kind: s.kind.into(), namespace: s.namespace, target }
+    }
 }

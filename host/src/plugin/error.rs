@@ -95,6 +95,33 @@ pub enum PluginError {
         /// The limit.
         limit: usize,
     },
+    /// A selector the plugin's `related` returned breaks the contract: an undeclared kind, a
+    /// namespace outside the declared scope, a label selector that does not parse, an id twice.
+    #[error("plugin {plugin} returned an invalid related-object selector {selector:?}: {reason}")]
+    InvalidSelector {
+        /// Plugin name.
+        plugin: String,
+        /// The selector's id.
+        selector: String,
+        /// What is wrong and what to change.
+        reason: String,
+    },
+    /// A parent's selectors picked more related objects than the plugin's `max_related`: the
+    /// plugin is not called, so it never acts on a partial view.
+    #[error(
+        "plugin {plugin} selected {count} related objects for one parent (selector {selector:?} reached the limit of \
+         {limit}; max_related in its NAME.toml); narrow the selector"
+    )]
+    TooManyRelated {
+        /// Plugin name.
+        plugin: String,
+        /// The selector that crossed the limit.
+        selector: String,
+        /// Objects selected up to and including that selector.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The plugin answered `invalid`: the spec cannot be satisfied until it changes.
     #[error("plugin {plugin} rejected the spec: {message}")]
     InvalidSpec {
@@ -134,6 +161,8 @@ impl PluginError {
             PluginError::OutOfMemory { .. } => "PluginOutOfMemory",
             PluginError::InvalidOutput { .. } | PluginError::OutputTooLarge { .. } => "InvalidPluginOutput",
             PluginError::TooManyChildren { .. } => "TooManyChildren",
+            PluginError::InvalidSelector { .. } => "InvalidRelatedSelector",
+            PluginError::TooManyRelated { .. } => "TooManyRelatedObjects",
             _ => "PluginError",
         }
     }
@@ -147,6 +176,8 @@ impl PluginError {
             PluginError::Trap { .. } => "trap",
             PluginError::InvalidOutput { .. } | PluginError::OutputTooLarge { .. } => "invalid_output",
             PluginError::TooManyChildren { .. } => "too_many_children",
+            PluginError::InvalidSelector { .. } => "invalid_selector",
+            PluginError::TooManyRelated { .. } => "too_many_related",
             PluginError::ConversionFailed { .. } => "conversion",
             _ => "other",
         }

@@ -15,6 +15,9 @@ pub struct Limits {
     /// Most children one parent may have; beyond it nothing is applied and the parent gets
     /// `Ready=False/TooManyChildren`.
     pub max_children: usize,
+    /// Most related objects one parent may read, over all its selectors; beyond it the plugin
+    /// is not called and the parent gets `Ready=False/TooManyRelatedObjects`.
+    pub max_related: usize,
 }
 
 impl Limits {
@@ -26,6 +29,8 @@ impl Limits {
     pub const DEFAULT_OUTPUT_BYTES: usize = 4 << 20;
     /// 1,000 children per parent.
     pub const DEFAULT_MAX_CHILDREN: usize = 1000;
+    /// 1,000 related objects per parent.
+    pub const DEFAULT_MAX_RELATED: usize = 1000;
 }
 
 impl Default for Limits {
@@ -35,6 +40,7 @@ impl Default for Limits {
             memory_bytes: Self::DEFAULT_MEMORY_BYTES,
             output_bytes: Self::DEFAULT_OUTPUT_BYTES,
             max_children: Self::DEFAULT_MAX_CHILDREN,
+            max_related: Self::DEFAULT_MAX_RELATED,
         }
     }
 }

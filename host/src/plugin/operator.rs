@@ -4,19 +4,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
-use wasmtime::component::InstancePre;
+use wasmtime::component::{Instance, InstancePre};
 
 use super::bindings::operator::OperatorPre;
 use super::bindings::operator::exports::wasmop::plugin::reconciler as wit;
-use super::contract::{Desired, OperatorMetadata, ReconcileRequest, metadata_from_wit};
+use super::contract::{Desired, OperatorMetadata, ReconcileRequest, Selector, metadata_from_wit};
 use super::error::PluginError;
 use super::file::PluginFile;
-use super::legacy;
+use super::legacy::{v0_1, v0_2};
 use super::limits::Limits;
 use super::output::{check_conversion, check_response};
 use super::sandbox::{CallState, EpochTicker, Instantiate, call_in, instantiate_via_bindings};
 use crate::names;
 use crate::text::escape_controls;
+use v0_2::bindings::operator::exports::wasmop::plugin::reconciler as v02;
 
 /// A loaded operator plugin. Cheap to clone; every call gets a fresh instance, so concurrent
 /// calls from many tasks are safe and share nothing.
@@ -35,59 +36,94 @@ impl std::fmt::Debug for OperatorPlugin {
     }
 }
 
-/// How to instantiate an operator of either contract version.
+/// How to instantiate an operator of any contract version.
 pub(crate) enum Pre {
-    /// Contract 0.2, world `operator`: reconciler and converter.
+    /// Contract 0.3, world `operator`: reconciler and converter.
     Current(OperatorPre<CallState>),
-    /// Contract 0.2, world `single-version-operator`: reconciler only.
-    SingleVersion(SingleVersionPre),
+    /// Contract 0.3, world `single-version-operator`: reconciler only.
+    SingleVersion(SingleVersionPre<wit::Guest>),
+    /// Contract 0.2 (frozen), world `operator`.
+    V02(v0_2::bindings::operator::OperatorPre<CallState>),
+    /// Contract 0.2 (frozen), world `single-version-operator`.
+    V02SingleVersion(SingleVersionPre<v02::Guest>),
     /// Contract 0.1 (frozen): reconciler only.
-    V01(legacy::bindings::operator::OperatorPre<CallState>),
+    V01(v0_1::bindings::operator::OperatorPre<CallState>),
 }
 
 instantiate_via_bindings!(
     OperatorPre<CallState> => super::bindings::operator::Operator,
-    legacy::bindings::operator::OperatorPre<CallState> => legacy::bindings::operator::Operator,
+    v0_2::bindings::operator::OperatorPre<CallState> => v0_2::bindings::operator::Operator,
+    v0_1::bindings::operator::OperatorPre<CallState> => v0_1::bindings::operator::Operator,
 );
 
-/// A 0.2 operator exporting `reconciler` only: the `reconciler` export's own indices, so its
-/// calls use the same bindings as the `operator` world's.
-pub(crate) struct SingleVersionPre {
+/// Loads the `reconciler` export of an instance.
+type LoadReconciler<G> = Box<dyn Fn(&mut wasmtime::Store<CallState>, &Instance) -> wasmtime::Result<G> + Send + Sync>;
+
+/// An operator exporting `reconciler` only: the export's own indices, so its calls use the same
+/// bindings as the `operator` world's of its contract.
+pub(crate) struct SingleVersionPre<G> {
     pre: InstancePre<CallState>,
-    indices: wit::GuestIndices,
+    load: LoadReconciler<G>,
 }
 
 /// An instance of a [`SingleVersionPre`].
-pub(crate) struct SingleVersion(wit::Guest);
+pub(crate) struct SingleVersion<G>(G);
 
-impl SingleVersion {
-    fn wasmop_plugin_reconciler(&self) -> &wit::Guest {
+impl<G> SingleVersion<G> {
+    fn wasmop_plugin_reconciler(&self) -> &G {
         &self.0
     }
 }
 
-impl Instantiate for SingleVersionPre {
-    type Instance = SingleVersion;
+impl<G> Instantiate for SingleVersionPre<G> {
+    type Instance = SingleVersion<G>;
     fn engine(&self) -> &wasmtime::Engine {
         self.pre.engine()
     }
-    fn instantiate(&self, store: &mut wasmtime::Store<CallState>) -> wasmtime::Result<SingleVersion> {
+    fn instantiate(&self, store: &mut wasmtime::Store<CallState>) -> wasmtime::Result<SingleVersion<G>> {
         let instance = self.pre.instantiate(&mut *store)?;
-        Ok(SingleVersion(self.indices.load(&mut *store, &instance)?))
+        Ok(SingleVersion((self.load)(store, &instance)?))
     }
 }
 
 impl Pre {
-    /// A contract 0.2 operator: with a converter if it exports one, else reconciler only.
+    /// A contract 0.3 operator: with a converter if it exports one, else reconciler only.
     pub(crate) fn current(pre: InstancePre<CallState>) -> wasmtime::Result<Pre> {
         match OperatorPre::new(pre.clone()) {
             Ok(both) => Ok(Pre::Current(both)),
             Err(with_converter) => match wit::GuestIndices::new(&pre) {
-                Ok(indices) => Ok(Pre::SingleVersion(SingleVersionPre { pre, indices })),
+                Ok(indices) => {
+                    let load = Box::new(move |s: &mut wasmtime::Store<CallState>, i: &Instance| indices.load(s, i));
+                    Ok(Pre::SingleVersion(SingleVersionPre { pre, load }))
+                }
                 // Not even the reconciler: the first error says what the operator world lacks.
                 Err(_) => Err(with_converter),
             },
         }
+    }
+
+    /// A contract 0.2 operator: with a converter if it exports one, else reconciler only.
+    pub(crate) fn v0_2(pre: InstancePre<CallState>) -> wasmtime::Result<Pre> {
+        match v0_2::bindings::operator::OperatorPre::new(pre.clone()) {
+            Ok(both) => Ok(Pre::V02(both)),
+            Err(with_converter) => match v02::GuestIndices::new(&pre) {
+                Ok(indices) => {
+                    let load = Box::new(move |s: &mut wasmtime::Store<CallState>, i: &Instance| indices.load(s, i));
+                    Ok(Pre::V02SingleVersion(SingleVersionPre { pre, load }))
+                }
+                Err(_) => Err(with_converter),
+            },
+        }
+    }
+
+    /// A contract 0.1 operator.
+    pub(crate) fn v0_1(pre: InstancePre<CallState>) -> wasmtime::Result<Pre> {
+        Ok(Pre::V01(v0_1::bindings::operator::OperatorPre::new(pre)?))
+    }
+
+    /// Whether the plugin exports a converter (contract 0.2 and later, world `operator`).
+    fn has_converter(&self) -> bool {
+        matches!(self, Pre::Current(_) | Pre::V02(_))
     }
 
     fn metadata(&self, label: &Arc<str>, limits: &Limits) -> Result<wit::OperatorMetadata, PluginError> {
@@ -96,9 +132,30 @@ impl Pre {
             Pre::SingleVersion(pre) => {
                 call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_metadata(s))
             }
-            Pre::V01(pre) => {
-                call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_metadata(s)).map(legacy::metadata)
+            Pre::V02(pre) => {
+                call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_metadata(s)).map(v0_2::metadata)
             }
+            Pre::V02SingleVersion(pre) => {
+                call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_metadata(s)).map(v0_2::metadata)
+            }
+            Pre::V01(pre) => {
+                call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_metadata(s)).map(v0_1::metadata)
+            }
+        }
+    }
+
+    /// `None` for a plugin of an older contract, which selects nothing.
+    fn related(
+        &self,
+        label: &Arc<str>,
+        limits: &Limits,
+        parent: &String,
+    ) -> Option<Result<Result<Vec<wit::Selector>, String>, PluginError>> {
+        let call = |s: &mut wasmtime::Store<CallState>, g: &wit::Guest| g.call_related(s, parent);
+        match self {
+            Pre::Current(pre) => Some(call_in(pre, label, limits, |s, i| call(s, i.wasmop_plugin_reconciler()))),
+            Pre::SingleVersion(pre) => Some(call_in(pre, label, limits, |s, i| call(s, i.wasmop_plugin_reconciler()))),
+            Pre::V02(_) | Pre::V02SingleVersion(_) | Pre::V01(_) => None,
         }
     }
 
@@ -115,15 +172,25 @@ impl Pre {
             Pre::SingleVersion(pre) => {
                 call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_reconcile(s, req))
             }
-            Pre::V01(pre) => {
-                let old = legacy::request(req);
+            Pre::V02(pre) => {
+                let old = v0_2::request(req);
                 call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_reconcile(s, &old))
-                    .map(legacy::answer)
+                    .map(v0_2::answer)
+            }
+            Pre::V02SingleVersion(pre) => {
+                let old = v0_2::request(req);
+                call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_reconcile(s, &old))
+                    .map(v0_2::answer)
+            }
+            Pre::V01(pre) => {
+                let old = v0_1::request(req);
+                call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_reconcile(s, &old))
+                    .map(v0_1::answer)
             }
         }
     }
 
-    /// `None` for a 0.1 plugin, which cannot convert.
+    /// `None` for a plugin without a converter.
     fn convert(
         &self,
         label: &Arc<str>,
@@ -131,9 +198,16 @@ impl Pre {
         obj: String,
         to_version: &str,
     ) -> Option<Result<Result<String, String>, PluginError>> {
-        let Pre::Current(pre) = self else { return None };
         let to_version = to_version.to_string();
-        Some(call_in(pre, label, limits, |s, i| i.wasmop_plugin_converter().call_convert(s, &obj, &to_version)))
+        match self {
+            Pre::Current(pre) => {
+                Some(call_in(pre, label, limits, |s, i| i.wasmop_plugin_converter().call_convert(s, &obj, &to_version)))
+            }
+            Pre::V02(pre) => {
+                Some(call_in(pre, label, limits, |s, i| i.wasmop_plugin_converter().call_convert(s, &obj, &to_version)))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -158,7 +232,7 @@ impl OperatorPlugin {
         let raw = pre.metadata(&label, &limits)?;
         let meta = validate_metadata(raw, &label)?;
         let versions = meta.crd_versions();
-        if matches!(pre, Pre::SingleVersion(_)) && versions.len() > 1 {
+        if matches!(pre, Pre::SingleVersion(_) | Pre::V02SingleVersion(_)) && versions.len() > 1 {
             let names: Vec<&str> = versions.iter().map(|v| v.name.as_str()).collect();
             return Err(PluginError::Incompatible {
                 plugin: label.to_string(),
@@ -197,6 +271,14 @@ impl OperatorPlugin {
             children: req.children.iter().map(Value::to_string).collect(),
             finalizing: req.finalizing,
             settings: req.settings.clone(),
+            related: req
+                .related
+                .iter()
+                .map(|(id, objects)| wit::RelatedObjects {
+                    id: id.clone(),
+                    objects: objects.iter().map(Value::to_string).collect(),
+                })
+                .collect(),
         };
         let ticks = inner.ticker.ticks();
         let answer = inner.pre.reconcile(&inner.name, &inner.limits, &wit_req);
@@ -218,10 +300,31 @@ impl OperatorPlugin {
 }
 
 impl OperatorPlugin {
+    /// The related objects the plugin picks for `parent` (its `related` export). Not called for
+    /// a plugin that declares no reads, or of an older contract: both pick none. The selectors
+    /// are checked against the declared reads where they are resolved
+    /// ([`crate::reconcile::related::Related::resolve`]). An error the plugin returns is an
+    /// invalid spec, like `reconcile`'s `invalid`.
+    pub fn related(&self, parent: &Value) -> Result<Vec<Selector>, PluginError> {
+        let inner = &*self.inner;
+        if inner.meta.reads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(answer) = inner.pre.related(&inner.name, &inner.limits, &parent.to_string()) else {
+            return Ok(Vec::new());
+        };
+        match answer? {
+            Ok(selectors) => Ok(selectors.into_iter().map(Selector::from).collect()),
+            Err(message) => {
+                Err(PluginError::InvalidSpec { plugin: inner.meta.name.clone(), message: escape_controls(&message) })
+            }
+        }
+    }
+
     /// Whether the plugin can convert between versions of its parent kind (contract 0.2 and a
     /// CRD with more than one version).
     pub fn converts(&self) -> bool {
-        matches!(self.inner.pre, Pre::Current(_)) && self.metadata().crd_versions().len() > 1
+        self.inner.pre.has_converter() && self.metadata().crd_versions().len() > 1
     }
 
     /// Converts a parent object (any version its CRD defines) to `to_version`, in a fresh
@@ -332,6 +435,7 @@ mod tests {
             children: vec![],
             crd: None,
             finalizer: false,
+            reads: vec![],
         };
         let err = validate_metadata(raw, "huge.wasm").unwrap_err().to_string();
         assert!(err.len() <= 2 * crate::text::MAX_QUOTE, "{} bytes", err.len());

@@ -289,6 +289,7 @@ mod tests {
             ],
             crd: None,
             finalizer: false,
+            reads: vec![],
         }
     }
 

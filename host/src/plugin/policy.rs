@@ -10,7 +10,7 @@ use super::bindings::policy::exports::wasmop::plugin::reviewer as wit;
 use super::contract::{Gvk, PolicyMetadata, Verdict};
 use super::error::PluginError;
 use super::file::PluginFile;
-use super::legacy;
+use super::legacy::{v0_1, v0_2};
 use super::limits::Limits;
 use super::sandbox::{CallState, EpochTicker, call_in, instantiate_via_bindings};
 use crate::names;
@@ -33,23 +33,28 @@ impl std::fmt::Debug for PolicyPlugin {
 
 /// How to instantiate a policy of either contract version.
 pub(crate) enum Pre {
-    /// Contract 0.2.
+    /// Contract 0.3.
     Current(PolicyPre<CallState>),
+    /// Contract 0.2 (frozen).
+    V02(v0_2::bindings::policy::PolicyPre<CallState>),
     /// Contract 0.1 (frozen).
-    V01(legacy::bindings::policy::PolicyPre<CallState>),
+    V01(v0_1::bindings::policy::PolicyPre<CallState>),
 }
 
 instantiate_via_bindings!(
     PolicyPre<CallState> => super::bindings::policy::Policy,
-    legacy::bindings::policy::PolicyPre<CallState> => legacy::bindings::policy::Policy,
+    v0_2::bindings::policy::PolicyPre<CallState> => v0_2::bindings::policy::Policy,
+    v0_1::bindings::policy::PolicyPre<CallState> => v0_1::bindings::policy::Policy,
 );
 
 impl Pre {
     fn metadata(&self, label: &Arc<str>, limits: &Limits) -> Result<wit::PolicyMetadata, PluginError> {
         match self {
             Pre::Current(pre) => call_in(pre, label, limits, |s, i| i.wasmop_plugin_reviewer().call_metadata(s)),
+            Pre::V02(pre) => call_in(pre, label, limits, |s, i| i.wasmop_plugin_reviewer().call_metadata(s))
+                .map(v0_2::policy_metadata),
             Pre::V01(pre) => call_in(pre, label, limits, |s, i| i.wasmop_plugin_reviewer().call_metadata(s))
-                .map(legacy::policy_metadata),
+                .map(v0_1::policy_metadata),
         }
     }
 
@@ -66,8 +71,10 @@ impl Pre {
             Pre::Current(pre) => {
                 call_in(pre, label, limits, |st, i| i.wasmop_plugin_reviewer().call_review(st, p, c, s))
             }
+            Pre::V02(pre) => call_in(pre, label, limits, |st, i| i.wasmop_plugin_reviewer().call_review(st, p, c, s))
+                .map(v0_2::verdict),
             Pre::V01(pre) => call_in(pre, label, limits, |st, i| i.wasmop_plugin_reviewer().call_review(st, p, c, s))
-                .map(legacy::verdict),
+                .map(v0_1::verdict),
         }
     }
 }

@@ -20,9 +20,9 @@ use super::policy::{self, PolicyPlugin};
 use super::sandbox::{CallState, EpochTicker};
 
 /// The newest contract version this host implements (`wit/plugin.wit`).
-pub const CONTRACT_VERSION: &str = "0.2.0";
+pub const CONTRACT_VERSION: &str = "0.3.0";
 /// Every contract series this host loads, newest first.
-pub const CONTRACT_SERIES: [&str; 2] = ["0.2", "0.1"];
+pub const CONTRACT_SERIES: [&str; 3] = ["0.3", "0.2", "0.1"];
 const RECONCILER_EXPORT: &str = "wasmop:plugin/reconciler";
 const REVIEWER_EXPORT: &str = "wasmop:plugin/reviewer";
 
@@ -121,7 +121,9 @@ impl Runtime {
         cap_wasi_sleeps(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         bindings::operator::Operator::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        legacy::bindings::operator::Operator::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+        legacy::v0_2::bindings::operator::Operator::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        legacy::v0_1::bindings::operator::Operator::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let cache = CodeCache::new(&engine, config.cache_dir);
         let ticker = Arc::new(EpochTicker::start(engine.clone())?);
@@ -157,7 +159,7 @@ impl Runtime {
             .component(&self.engine, bytes, &sha256)
             .map_err(|e| PluginError::Compile { path: path.to_path_buf(), reason: with_fix(format!("{e:#}")) })?;
         let (world, contract) = world_of(&self.engine, &component, &display)?;
-        let current = contract.starts_with(CONTRACT_SERIES[0]);
+        let series = series_of(&contract);
         let pre = self.linker.instantiate_pre(&component).map_err(|e| PluginError::Incompatible {
             plugin: display.clone(),
             reason: with_fix(format!("{e:#}; a plugin may import only wasmop:plugin/host and WASI")),
@@ -174,20 +176,22 @@ impl Runtime {
         Ok(match world {
             World::Operator => {
                 let bad = |e| incompatible_exports(&display, e);
-                let pre = if current {
-                    operator::Pre::current(pre).map_err(bad)?
-                } else {
-                    operator::Pre::V01(legacy::bindings::operator::OperatorPre::new(pre).map_err(bad)?)
-                };
+                let pre = match series.as_str() {
+                    "0.1" => operator::Pre::v0_1(pre),
+                    "0.2" => operator::Pre::v0_2(pre),
+                    _ => operator::Pre::current(pre),
+                }
+                .map_err(bad)?;
                 LoadedPlugin::Operator(OperatorPlugin::new(pre, self.ticker.clone(), limits, file, start)?)
             }
             World::Policy => {
                 let bad = |e| incompatible_exports(&display, e);
-                let pre = if current {
-                    policy::Pre::Current(bindings::policy::PolicyPre::new(pre).map_err(bad)?)
-                } else {
-                    policy::Pre::V01(legacy::bindings::policy::PolicyPre::new(pre).map_err(bad)?)
-                };
+                let pre = match series.as_str() {
+                    "0.1" => legacy::v0_1::bindings::policy::PolicyPre::new(pre).map(policy::Pre::V01),
+                    "0.2" => legacy::v0_2::bindings::policy::PolicyPre::new(pre).map(policy::Pre::V02),
+                    _ => bindings::policy::PolicyPre::new(pre).map(policy::Pre::Current),
+                }
+                .map_err(bad)?;
                 LoadedPlugin::Policy(PolicyPlugin::new(pre, self.ticker.clone(), limits, file, start)?)
             }
         })
@@ -297,7 +301,7 @@ fn world_of(engine: &Engine, component: &Component, plugin: &str) -> Result<(Wor
     }
     let reason = if let Some(found) = other_versions.first() {
         format!(
-            "it implements {found}, but this host supports contract versions 0.2.x and 0.1.x; rebuild it against wasmop:plugin@{CONTRACT_VERSION}"
+            "it implements {found}, but this host supports contract versions 0.3.x, 0.2.x and 0.1.x; rebuild it against wasmop:plugin@{CONTRACT_VERSION}"
         )
     } else {
         format!(
@@ -308,15 +312,19 @@ fn world_of(engine: &Engine, component: &Component, plugin: &str) -> Result<(Wor
     Err(PluginError::Incompatible { plugin: plugin.to_string(), reason })
 }
 
+/// `major.minor` of a package version (`""` if it has no minor).
+fn series_of(version: &str) -> String {
+    let mut parts = version.splitn(3, '.');
+    match (parts.next(), parts.next()) {
+        (Some(major), Some(minor)) => format!("{major}.{minor}"),
+        _ => String::new(),
+    }
+}
+
 /// Whether an exported package version is one this host speaks (a series of
 /// [`CONTRACT_SERIES`]).
 fn compatible(version: &str) -> bool {
-    let mut parts = version.splitn(3, '.');
-    let series = match (parts.next(), parts.next()) {
-        (Some(major), Some(minor)) => format!("{major}.{minor}"),
-        _ => return false,
-    };
-    CONTRACT_SERIES.contains(&series.as_str())
+    CONTRACT_SERIES.contains(&series_of(version).as_str())
 }
 
 fn incompatible_exports(plugin: &str, e: wasmtime::Error) -> PluginError {
@@ -354,7 +362,8 @@ mod tests {
         assert!(compatible("0.1.0"));
         assert!(compatible("0.1.7"));
         assert!(compatible("0.2.0"));
-        assert!(!compatible("0.3.0"));
+        assert!(compatible("0.3.0"));
+        assert!(!compatible("0.4.0"));
         assert!(!compatible(""));
     }
 

@@ -303,6 +303,7 @@ impl Preview {
             children,
             finalizing: false,
             settings: self.settings.clone(),
+            related: Vec::new(),
         };
         let (plugin, policies) = (self.plugin.clone(), self.policies.clone());
         let answer = tokio::task::spawn_blocking(move || -> Result<(Desired, Vec<Finding>), ReconcileError> {

@@ -8,6 +8,7 @@ pub mod finalizer;
 pub mod findings;
 mod owners;
 pub mod ratelimit;
+pub mod related;
 mod state;
 pub mod trigger;
 
@@ -34,7 +35,8 @@ pub use trigger::{Start, Trigger, Triggers};
 
 use crate::apply::{self, ChildKey, Owner, Ownership};
 use crate::plugin::{
-    Condition, ConditionStatus, Desired, OperatorMetadata, OperatorPlugin, PluginError, ReconcileRequest,
+    Condition, ConditionStatus, Desired, Limits, OperatorMetadata, OperatorPlugin, PluginError, ReconcileRequest,
+    Selector,
 };
 use crate::policy::{Finding, PolicyChain, ReviewError, describe};
 use crate::shard::Shards;
@@ -58,6 +60,16 @@ pub trait Reconciler: Send + Sync + 'static {
     fn revision(&self) -> &str;
     /// Computes the checked desired state of one parent.
     fn reconcile(&self, req: &ReconcileRequest) -> Result<Desired, PluginError>;
+    /// Picks the related objects one parent reads (asked only when the metadata declares
+    /// reads). The default picks none.
+    fn related(&self, parent: &Value) -> Result<Vec<Selector>, PluginError> {
+        let _ = parent;
+        Ok(Vec::new())
+    }
+    /// Most related objects one parent may read.
+    fn max_related(&self) -> usize {
+        Limits::DEFAULT_MAX_RELATED
+    }
 }
 
 impl Reconciler for OperatorPlugin {
@@ -69,6 +81,12 @@ impl Reconciler for OperatorPlugin {
     }
     fn reconcile(&self, req: &ReconcileRequest) -> Result<Desired, PluginError> {
         OperatorPlugin::reconcile(self, req)
+    }
+    fn related(&self, parent: &Value) -> Result<Vec<Selector>, PluginError> {
+        OperatorPlugin::related(self, parent)
+    }
+    fn max_related(&self) -> usize {
+        self.limits().max_related
     }
 }
 
@@ -100,6 +118,9 @@ pub struct Context {
     pub parents: Store<DynamicObject>,
     /// The declared child kinds with their caches.
     pub children: Vec<ChildKindCache>,
+    /// The kinds the plugin reads, with their caches and the index of what each parent
+    /// selected; `None` when it declares no reads.
+    pub related: Option<Arc<related::Related>>,
     /// Publishes Kubernetes Events.
     pub events: crate::events::Publisher,
     /// Counters.
@@ -319,6 +340,10 @@ fn remember(parent: &DynamicObject, ctx: &Context, result: &Result<Action, Recon
     let live = || ctx.parents.state().iter().map(|p| self::uid(p)).collect::<HashSet<String>>();
     ctx.state.sweep(ctx.parents.len(), live);
     ctx.triggers.sweep(ctx.parents.len(), live);
+    if let Some(related) = &ctx.related {
+        let live = || ctx.parents.state().iter().map(|p| related::ParentKey::of(p)).collect();
+        related.sweep(ctx.parents.len(), live);
+    }
 }
 
 /// Decides when to retry a failed reconcile: conflicts at once, everything else with
@@ -349,6 +374,7 @@ async fn pipeline(parent: &DynamicObject, ctx: &Context, logic: &Logic) -> Resul
         }
         // Garbage collection takes the children.
         ctx.state.forget_all(&uid(parent));
+        forget_related(parent, ctx);
         return Ok(Action::await_change());
     }
     if ctx.state.is_reported_invalid(&uid(parent), parent.meta().generation.unwrap_or_default()) {
@@ -414,7 +440,14 @@ fn parent_json(parent: &DynamicObject, ctx: &Context) -> Result<Value, Reconcile
     Ok(json)
 }
 
-/// Step 2, compute: calls the plugin off the async threads.
+/// Forgets what a parent that is gone selected.
+fn forget_related(parent: &DynamicObject, ctx: &Context) {
+    if let Some(related) = &ctx.related {
+        related.forget(&related::ParentKey::of(parent));
+    }
+}
+
+/// Step 2, compute: calls the plugin off the async threads (its `related`, then `reconcile`).
 async fn compute(
     parent: &DynamicObject,
     ctx: &Context,
@@ -422,12 +455,14 @@ async fn compute(
     observed: &Observed,
     finalizing: bool,
 ) -> Result<Desired, ReconcileError> {
-    let request = ReconcileRequest {
+    let mut request = ReconcileRequest {
         parent: parent_json(parent, ctx)?,
         children: observed.to_json(),
         finalizing,
         settings: logic.settings.clone(),
+        related: Vec::new(),
     };
+    let related = ctx.related.clone();
     Stats::bump(&ctx.stats.plugin_calls);
     let plugin = logic.plugin.clone();
     let started = std::time::Instant::now();
@@ -444,7 +479,14 @@ async fn compute(
     });
     let answer = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
-        let answer = plugin.reconcile(&request);
+        let picked = match &related {
+            Some(related) => related.pick(&*plugin, &request.parent),
+            None => Ok(Vec::new()),
+        };
+        let answer = picked.and_then(|picked| {
+            request.related = picked;
+            plugin.reconcile(&request)
+        });
         if let Err(e) = &answer {
             span.record("failure", e.metric_reason());
         }
@@ -767,6 +809,7 @@ async fn finalize(parent: &DynamicObject, ctx: &Context, logic: &Logic) -> Resul
     }
     release_finalizer(parent, ctx, "the plugin finished its cleanup").await?;
     ctx.state.forget_all(&uid(parent));
+    forget_related(parent, ctx);
     Ok(Action::await_change())
 }
 

@@ -16,6 +16,8 @@ pub enum Trigger {
     Parent,
     /// A watch event of one of its children (`Kind namespace/name`).
     Child(String),
+    /// A change to a related object the parent selected (`Kind namespace/name`).
+    Related(String),
     /// The plugin asked to be called again (`requeueAfter`), or the host waits for children.
     Requeue,
     /// The last reconcile failed and is retried with backoff.
@@ -49,6 +51,7 @@ impl fmt::Display for Trigger {
         match self {
             Trigger::Parent => f.write_str("parent"),
             Trigger::Child(child) => write!(f, "child {child}"),
+            Trigger::Related(object) => write!(f, "related {object}"),
             Trigger::Requeue => f.write_str("requeue"),
             Trigger::Retry => f.write_str("retry"),
             Trigger::Resync => f.write_str("resync"),

@@ -62,6 +62,7 @@ impl Operator for Plugin {
             children: vec![ChildKind::namespaced::<Deployment>()],
             crd: crd().ok(),
             finalizer: false,
+            reads: vec![],
         }
     }
 
@@ -154,16 +155,12 @@ mod tests {
     use serde_json::json;
 
     fn request(spec: serde_json::Value, children: Vec<serde_json::Value>) -> Request {
-        Request {
-            parent: json!({
-                "apiVersion": "tools.wasmop.dev/v1", "kind": "Appoperator",
-                "metadata": {"name": "web", "namespace": "shop", "generation": 2},
-                "spec": {"workload": spec},
-            }),
-            children,
-            finalizing: false,
-            settings: None,
-        }
+        Request::new(json!({
+            "apiVersion": "tools.wasmop.dev/v1", "kind": "Appoperator",
+            "metadata": {"name": "web", "namespace": "shop", "generation": 2},
+            "spec": {"workload": spec},
+        }))
+        .with_children(children)
     }
 
     #[test]

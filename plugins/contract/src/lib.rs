@@ -81,12 +81,19 @@ pub struct OperatorMetadata {
     pub crd: Option<Value>,
     /// Whether parents get `wasmop.dev/finalizer` and a `finalizing` call before deletion.
     pub finalizer: bool,
+    /// Every kind it reads through [`Selector`]s (contract 0.3; empty for older plugins).
+    pub reads: Vec<ReadKind>,
 }
 
 impl OperatorMetadata {
     /// The declared child kind matching `gvk`, if any.
     pub fn child_kind(&self, gvk: &Gvk) -> Option<&ChildKind> {
         self.children.iter().find(|c| &c.gvk == gvk)
+    }
+
+    /// The declared read kind matching `gvk`, if any.
+    pub fn read_kind(&self, gvk: &Gvk) -> Option<&ReadKind> {
+        self.reads.iter().find(|r| &r.gvk == gvk)
     }
 
     /// The versions of the parent kind its CRD defines, in the CRD's order (empty without a
@@ -126,6 +133,91 @@ impl CrdVersion {
             deprecation_warning: deprecated
                 .then(|| v["deprecationWarning"].as_str().map_or_else(|| "deprecated".to_string(), str::to_string)),
         }
+    }
+}
+
+/// Where a plugin may look for objects of a kind it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadScope {
+    /// Only the parent's namespace.
+    SameNamespace,
+    /// Any namespace, or a cluster-scoped kind.
+    Cluster,
+}
+
+/// A kind a plugin reads besides its parent and children: the host watches it and the operator
+/// needs `get`, `list` and `watch` on it in the scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadKind {
+    /// Group/version/kind.
+    pub gvk: Gvk,
+    /// Where selectors of it may look.
+    pub scope: ReadScope,
+    /// Whether the plugin gets metadata only (no body, so no Secret data).
+    pub metadata_only: bool,
+}
+
+impl ReadKind {
+    /// A kind read in the parent's namespace, bodies included.
+    pub fn same_namespace(gvk: Gvk) -> Self {
+        ReadKind { gvk, scope: ReadScope::SameNamespace, metadata_only: false }
+    }
+
+    /// A kind read in any namespace (or a cluster-scoped kind), bodies included.
+    pub fn cluster(gvk: Gvk) -> Self {
+        ReadKind { gvk, scope: ReadScope::Cluster, metadata_only: false }
+    }
+
+    /// The same kind, read as metadata only.
+    #[must_use]
+    pub fn metadata_only(mut self) -> Self {
+        self.metadata_only = true;
+        self
+    }
+}
+
+/// How a [`Selector`] picks objects of its kind.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Target {
+    /// The object of this name.
+    Name(String),
+    /// Every object whose labels match this label selector (`kubectl get -l` syntax).
+    Labels(String),
+}
+
+/// Objects one parent reads, of one declared kind: what a plugin's `related` returns.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Selector {
+    /// The plugin's name for the selection; the request groups objects under it.
+    pub id: String,
+    /// The kind (a declared [`ReadKind`]).
+    pub kind: Gvk,
+    /// Where to look; `None`: the parent's namespace (scope same-namespace) or everywhere
+    /// (scope cluster).
+    pub namespace: Option<String>,
+    /// By name or by labels.
+    pub target: Target,
+}
+
+impl Selector {
+    /// The object of `kind` named `name`, grouped under `id`.
+    pub fn by_name(id: &str, kind: Gvk, name: &str) -> Self {
+        Selector { id: id.into(), kind, namespace: None, target: Target::Name(name.into()) }
+    }
+
+    /// The objects of `kind` whose labels match `selector`, grouped under `id`.
+    pub fn by_labels(id: &str, kind: Gvk, selector: &str) -> Self {
+        Selector { id: id.into(), kind, namespace: None, target: Target::Labels(selector.into()) }
+    }
+
+    /// The same selection, looking in `namespace`.
+    #[must_use]
+    pub fn in_namespace(mut self, namespace: &str) -> Self {
+        self.namespace = Some(namespace.into());
+        self
     }
 }
 
@@ -276,6 +368,7 @@ mod tests {
                 {"name": "v0", "served": true, "deprecated": true, "deprecationWarning": "use v1"},
             ]}})),
             finalizer: false,
+            reads: vec![],
         };
         assert_eq!(meta.storage_version().as_deref(), Some("v1"));
         assert_eq!(meta.crd_versions()[1].deprecation_warning.as_deref(), Some("use v1"));

@@ -61,6 +61,15 @@ pub trait Operator {
     fn metadata() -> Metadata;
     /// Computes the desired state of one parent. Must be a pure function of the request.
     fn reconcile(req: Request) -> Result<Response, Error>;
+    /// Picks the objects of declared [`Metadata::reads`] kinds this parent reads; they arrive in
+    /// [`Request::related`] under each selector's id, and a change to one of them reconciles the
+    /// parent again. Gets the parent only and must be pure and cheap: the host calls it before
+    /// every reconcile. An `Err` is reported on the parent as an invalid spec. The default reads
+    /// nothing.
+    fn related(parent: &Value) -> Result<Vec<Selector>, String> {
+        let _ = parent;
+        Ok(Vec::new())
+    }
     /// Converts a parent object of any version the CRD defines to `to_version` of its group;
     /// the host serves this as the CRD's conversion webhook. Must be pure and lossless (see
     /// [`conversion`]). The default, for a CRD with one version, only sets `apiVersion`.
@@ -116,6 +125,14 @@ macro_rules! export_operator {
                     $crate::bindings::operator::exports::wasmop::plugin::reconciler::Error,
                 > {
                     $crate::wire::operator_reconcile::<$ty>(req)
+                }
+                fn related(
+                    parent: ::std::string::String,
+                ) -> ::core::result::Result<
+                    ::std::vec::Vec<$crate::bindings::operator::exports::wasmop::plugin::reconciler::Selector>,
+                    ::std::string::String,
+                > {
+                    $crate::wire::operator_related::<$ty>(&parent)
                 }
             }
             impl $crate::bindings::operator::exports::wasmop::plugin::converter::Guest for WasmopOperatorGlue {

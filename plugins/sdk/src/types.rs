@@ -1,12 +1,15 @@
 //! Plain-Rust types of the plugin contract, with helpers for the usual work.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::Resource;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use wasmop_contract::{
-    ChildKind, Condition, ConditionStatus, Gvk, LogLevel, OperatorMetadata as Metadata, PolicyMetadata, Verdict,
+    ChildKind, Condition, ConditionStatus, Gvk, LogLevel, OperatorMetadata as Metadata, PolicyMetadata, ReadKind,
+    ReadScope, Selector, Target, Verdict,
 };
 
 /// [`Gvk`] of a k8s-openapi (or kube-derived) type: `Gvk::of::<Deployment>()`.
@@ -27,6 +30,19 @@ pub trait ChildKindOf {
     fn namespaced<K: Resource>() -> ChildKind;
     /// A cluster-scoped child kind.
     fn cluster_scoped<K: Resource>() -> ChildKind;
+}
+
+/// [`ReadKind`] of a k8s-openapi type: `ReadKind::of::<ConfigMap>()`.
+pub trait ReadKindOf {
+    /// `K`, read in the parent's namespace with bodies (chain `.metadata_only()` or use
+    /// [`ReadKind::cluster`] otherwise).
+    fn of<K: Resource>() -> ReadKind;
+}
+
+impl ReadKindOf for ReadKind {
+    fn of<K: Resource>() -> ReadKind {
+        ReadKind::same_namespace(Gvk::of::<K>())
+    }
 }
 
 impl ChildKindOf for ChildKind {
@@ -50,9 +66,39 @@ pub struct Request {
     pub finalizing: bool,
     /// The operator's settings for this plugin, if any.
     pub settings: Option<String>,
+    /// The related objects, by the id of the selector that picked them (see
+    /// [`Operator::related`](crate::Operator::related)), each ordered by namespace and name.
+    pub related: BTreeMap<String, Vec<Value>>,
 }
 
 impl Request {
+    /// A request for `parent` with no children, settings or related objects: the start of a
+    /// native test's request.
+    pub fn new(parent: Value) -> Self {
+        Request { parent, children: Vec::new(), finalizing: false, settings: None, related: BTreeMap::new() }
+    }
+
+    /// The same request with these observed children.
+    #[must_use]
+    pub fn with_children(mut self, children: Vec<Value>) -> Self {
+        self.children = children;
+        self
+    }
+
+    /// The same request with these settings.
+    #[must_use]
+    pub fn with_settings(mut self, settings: &str) -> Self {
+        self.settings = Some(settings.into());
+        self
+    }
+
+    /// The same request with the objects the selector `id` picked.
+    #[must_use]
+    pub fn with_related(mut self, id: &str, objects: Vec<Value>) -> Self {
+        self.related.insert(id.into(), objects);
+        self
+    }
+
     /// Decodes the parent into a typed struct (e.g. a `kube::CustomResource`). A parent that
     /// does not fit the type is an [`Error::Invalid`] naming the field serde complained about.
     pub fn parent_as<T: DeserializeOwned>(&self) -> Result<T, Error> {
@@ -67,6 +113,25 @@ impl Request {
             (None, Some(name)) => name.to_string(),
             _ => "<unnamed parent>".to_string(),
         }
+    }
+
+    /// The objects the selector `id` picked (none if it picked none or does not exist).
+    pub fn related(&self, id: &str) -> &[Value] {
+        self.related.get(id).map_or(&[], Vec::as_slice)
+    }
+
+    /// The objects the selector `id` picked, decoded as `K` (e.g. `ConfigMap`); one that does
+    /// not decode is an [`Error::Retry`] naming it.
+    pub fn related_as<K: DeserializeOwned>(&self, id: &str) -> Result<Vec<K>, Error> {
+        self.related(id)
+            .iter()
+            .map(|obj| {
+                K::deserialize(obj).map_err(|e| {
+                    let name = obj["metadata"]["name"].as_str().unwrap_or("?");
+                    Error::Retry(format!("related object {name} (selector {id}) does not decode: {e}"))
+                })
+            })
+            .collect()
     }
 
     /// The observed child of type `K` named `name`, if it exists and decodes.

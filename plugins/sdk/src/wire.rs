@@ -7,8 +7,11 @@ use crate::bindings::operator::exports::wasmop::plugin::reconciler as wit;
 use crate::bindings::operator::wasmop::plugin::types as wit_types;
 use crate::bindings::policy::exports::wasmop::plugin::reviewer as wit_policy;
 use crate::bindings::policy::wasmop::plugin::types as wit_policy_types;
-use crate::{Condition, ConditionStatus, Error, Operator, Policy, Request, Response, Verdict};
+use crate::{
+    Condition, ConditionStatus, Error, Operator, Policy, ReadScope, Request, Response, Selector, Target, Verdict,
+};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// A response with every object encoded as a JSON string, as it crosses the boundary.
 #[derive(Clone, Debug, Default)]
@@ -25,23 +28,66 @@ pub struct EncodedResponse {
     pub finalized: bool,
 }
 
+/// A request with every object encoded as a JSON string, as it crosses the boundary.
+#[derive(Clone, Debug, Default)]
+pub struct EncodedRequest {
+    /// The parent as JSON.
+    pub parent: String,
+    /// Observed children as JSON.
+    pub children: Vec<String>,
+    /// Whether the parent is being deleted.
+    pub finalizing: bool,
+    /// Settings, if any.
+    pub settings: Option<String>,
+    /// Related objects as JSON, by selector id, in the selectors' order.
+    pub related: Vec<(String, Vec<String>)>,
+}
+
+impl EncodedRequest {
+    /// A request for `parent` (JSON) with no children, settings or related objects.
+    pub fn new(parent: impl Into<String>) -> Self {
+        EncodedRequest { parent: parent.into(), ..EncodedRequest::default() }
+    }
+
+    /// The same request with these observed children.
+    #[must_use]
+    pub fn children(mut self, children: Vec<String>) -> Self {
+        self.children = children;
+        self
+    }
+
+    /// The same request with the objects selector `id` picked.
+    #[must_use]
+    pub fn related(mut self, id: &str, objects: Vec<String>) -> Self {
+        self.related.push((id.to_string(), objects));
+        self
+    }
+}
+
 /// Decodes a request whose objects are JSON strings.
-pub fn decode_request(
-    parent: &str,
-    children: &[String],
-    finalizing: bool,
-    settings: Option<String>,
-) -> Result<Request, Error> {
+pub fn decode_request(req: &EncodedRequest) -> Result<Request, Error> {
     let parent: Value =
-        serde_json::from_str(parent).map_err(|e| Error::Invalid(format!("parent is not valid JSON: {e}")))?;
-    let children = children
+        serde_json::from_str(&req.parent).map_err(|e| Error::Invalid(format!("parent is not valid JSON: {e}")))?;
+    let children = req
+        .children
         .iter()
         .enumerate()
         .map(|(i, c)| {
             serde_json::from_str(c).map_err(|e| Error::Retry(format!("observed child {i} is not valid JSON: {e}")))
         })
         .collect::<Result<Vec<Value>, Error>>()?;
-    Ok(Request { parent, children, finalizing, settings })
+    let mut related = BTreeMap::new();
+    for (id, objects) in &req.related {
+        let decoded = objects
+            .iter()
+            .map(|o| {
+                serde_json::from_str(o)
+                    .map_err(|e| Error::Retry(format!("related object of selector {id} is not valid JSON: {e}")))
+            })
+            .collect::<Result<Vec<Value>, Error>>()?;
+        related.insert(id.clone(), decoded);
+    }
+    Ok(Request { parent, children, finalizing: req.finalizing, settings: req.settings.clone(), related })
 }
 
 /// Encodes a response's objects as JSON strings.
@@ -62,14 +108,14 @@ pub fn convert_json<O: Operator>(obj: &str, to_version: &str) -> Result<String, 
 }
 
 /// Runs an operator on JSON strings: decode, reconcile, encode.
-pub fn reconcile_json<O: Operator>(
-    parent: &str,
-    children: &[String],
-    finalizing: bool,
-    settings: Option<String>,
-) -> Result<EncodedResponse, Error> {
-    let req = decode_request(parent, children, finalizing, settings)?;
-    O::reconcile(req).map(encode_response)
+pub fn reconcile_json<O: Operator>(req: &EncodedRequest) -> Result<EncodedResponse, Error> {
+    O::reconcile(decode_request(req)?).map(encode_response)
+}
+
+/// Runs an operator's `related` on the parent's JSON.
+pub fn related_json<O: Operator>(parent: &str) -> Result<Vec<Selector>, String> {
+    let parent: Value = serde_json::from_str(parent).map_err(|e| format!("parent is not valid JSON: {e}"))?;
+    O::related(&parent)
 }
 
 fn gvk_to_wit(g: crate::Gvk) -> wit_types::Gvk {
@@ -100,13 +146,50 @@ pub fn operator_metadata<O: Operator>() -> wit::OperatorMetadata {
             .collect(),
         crd: m.crd.map(|v| v.to_string()),
         finalizer: m.finalizer,
+        reads: m
+            .reads
+            .into_iter()
+            .map(|r| wit::ReadKind {
+                gvk: gvk_to_wit(r.gvk),
+                scope: match r.scope {
+                    ReadScope::SameNamespace => wit::ReadScope::SameNamespace,
+                    ReadScope::Cluster => wit::ReadScope::Cluster,
+                },
+                metadata_only: r.metadata_only,
+            })
+            .collect(),
     }
+}
+
+/// `related()` of an operator plugin, in WIT types.
+#[doc(hidden)]
+pub fn operator_related<O: Operator>(parent: &str) -> Result<Vec<wit::Selector>, String> {
+    let selectors = related_json::<O>(parent)?;
+    Ok(selectors
+        .into_iter()
+        .map(|s| wit::Selector {
+            id: s.id,
+            kind: gvk_to_wit(s.kind),
+            namespace: s.namespace,
+            target: match s.target {
+                Target::Name(name) => wit::Target::Name(name),
+                Target::Labels(labels) => wit::Target::Labels(labels),
+            },
+        })
+        .collect())
 }
 
 /// `reconcile()` of an operator plugin, in WIT types.
 #[doc(hidden)]
 pub fn operator_reconcile<O: Operator>(req: wit::Request) -> Result<wit::Response, wit::Error> {
-    match reconcile_json::<O>(&req.parent, &req.children, req.finalizing, req.settings) {
+    let req = EncodedRequest {
+        parent: req.parent,
+        children: req.children,
+        finalizing: req.finalizing,
+        settings: req.settings,
+        related: req.related.into_iter().map(|r| (r.id, r.objects)).collect(),
+    };
+    match reconcile_json::<O>(&req) {
         Ok(r) => Ok(wit::Response {
             children: r.children,
             status: r.status,

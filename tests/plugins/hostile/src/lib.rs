@@ -23,6 +23,14 @@
 //! - `requeue`: asks to be called again after `spec.seconds` (default 0)
 //! - `huge-invalid`: calls the spec invalid with a message of `spec.mebibytes` MiB
 //! - `huge-status`: a status of `spec.mebibytes` MiB
+//! - `related`: one ConfigMap named after the parent whose data maps each selector id to the
+//!   related objects received (`ns/name,ns/name`), and `<id>.bodies` to how many had a `data`
+//!   field
+//!
+//! Related objects: `related()` returns the parent's `spec.reads` as selectors, each
+//! `{id, kind: "v1/ConfigMap", name | labels, namespace?}` (any build, so a build that declares no
+//! reads selects undeclared kinds). With `reader` it declares ConfigMaps (scope cluster) and
+//! Secrets (same namespace, metadata only) as reads.
 //!
 //! It declares a finalizer (not with the `nofinalizer` feature); when finalizing it answers
 //! `finalized` unless `spec.holdFinalizer`. With `manykinds` it declares 100,000 child kinds;
@@ -34,7 +42,7 @@
 
 use wasmop_sdk::bindings::operator::exports::wasmop::plugin::converter;
 use wasmop_sdk::bindings::operator::exports::wasmop::plugin::reconciler::{
-    ChildKind, Error, Guest, OperatorMetadata, Request, Response,
+    ChildKind, Error, Guest, OperatorMetadata, ReadKind, ReadScope, Request, Response, Selector, Target,
 };
 use wasmop_sdk::bindings::operator::wasmop::plugin::types::Gvk;
 
@@ -126,7 +134,21 @@ impl Guest for Hostile {
             children,
             crd: cfg!(feature = "lossy").then(lossy_crd),
             finalizer: !cfg!(feature = "nofinalizer"),
+            reads: if cfg!(feature = "reader") {
+                vec![
+                    ReadKind { gvk: gvk("", "v1", "ConfigMap"), scope: ReadScope::Cluster, metadata_only: false },
+                    ReadKind { gvk: gvk("", "v1", "Secret"), scope: ReadScope::SameNamespace, metadata_only: true },
+                ]
+            } else {
+                vec![]
+            },
         }
+    }
+
+    fn related(parent: String) -> Result<Vec<Selector>, String> {
+        let parent: serde_json::Value = serde_json::from_str(&parent).map_err(|e| e.to_string())?;
+        let reads = parent["spec"]["reads"].as_array().cloned().unwrap_or_default();
+        reads.iter().map(selector).collect()
     }
 
     fn reconcile(req: Request) -> Result<Response, Error> {
@@ -245,10 +267,52 @@ impl Guest for Hostile {
                     finalized: false,
                 });
             }
+            "related" => {
+                let mut data = serde_json::Map::new();
+                for group in &req.related {
+                    let objects: Vec<serde_json::Value> =
+                        group.objects.iter().filter_map(|o| serde_json::from_str(o).ok()).collect();
+                    let names: Vec<String> = objects
+                        .iter()
+                        .map(|o| {
+                            let meta = &o["metadata"];
+                            format!(
+                                "{}/{}",
+                                meta["namespace"].as_str().unwrap_or(""),
+                                meta["name"].as_str().unwrap_or("")
+                            )
+                        })
+                        .collect();
+                    let bodies = objects.iter().filter(|o| o.get("data").is_some()).count();
+                    data.insert(group.id.clone(), names.join(",").into());
+                    data.insert(format!("{}.bodies", group.id), bodies.to_string().into());
+                }
+                let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data});
+                vec![cm.to_string()]
+            }
             other => return Err(Error::Invalid(format!("unknown spec.mode {other:?}"))),
         };
         Ok(Response { children, status: None, conditions: vec![], requeue_after_seconds: None, finalized: false })
     }
+}
+
+/// One `spec.reads` entry as a selector.
+fn selector(entry: &serde_json::Value) -> Result<Selector, String> {
+    let text = |key: &str| entry[key].as_str().map(str::to_string);
+    let kind = text("kind").ok_or("spec.reads entry without kind")?;
+    let (api_version, kind) = kind.rsplit_once('/').ok_or("kind must be apiVersion/Kind")?;
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let target = match (text("name"), text("labels")) {
+        (Some(name), _) => Target::Name(name),
+        (None, Some(labels)) => Target::Labels(labels),
+        (None, None) => return Err("spec.reads entry needs name or labels".into()),
+    };
+    Ok(Selector {
+        id: text("id").unwrap_or_default(),
+        kind: gvk(group, version, kind),
+        namespace: text("namespace"),
+        target,
+    })
 }
 
 wasmop_sdk::bindings::operator::export_raw_operator!(Hostile);

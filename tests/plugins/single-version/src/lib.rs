@@ -8,7 +8,7 @@ wit_bindgen::generate!({
     world: "single-version-operator",
 });
 
-use exports::wasmop::plugin::reconciler::{ChildKind, Error, Guest, OperatorMetadata, Request, Response};
+use exports::wasmop::plugin::reconciler::{ChildKind, Error, Guest, OperatorMetadata, Request, Response, Selector};
 use wasmop::plugin::types::Gvk;
 
 struct Single;
@@ -40,7 +40,12 @@ impl Guest for Single {
             children: vec![ChildKind { gvk: gvk("", "v1", "ConfigMap"), cluster_scoped: false }],
             crd: Some(crd),
             finalizer: false,
+            reads: vec![],
         }
+    }
+
+    fn related(_parent: String) -> Result<Vec<Selector>, String> {
+        Ok(vec![])
     }
 
     fn reconcile(req: Request) -> Result<Response, Error> {
