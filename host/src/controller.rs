@@ -18,7 +18,7 @@ use crate::apply::{MANAGED_BY_LABEL, PLUGIN_LABEL};
 use crate::discovery::{KindNotServed, resolve};
 use crate::plugin::{ReadKind, ReadScope};
 use crate::policy::PolicyChain;
-use crate::reconcile::related::{ReadKindCache, Related};
+use crate::reconcile::related::{ParentKey, ReadKindCache, Related};
 use crate::reconcile::{self, ChildKindCache, Context, OwnerIndex, Reconciler, Start, Trigger, Triggers};
 use crate::shard::Shards;
 use crate::telemetry::{Health, Telemetry};
@@ -110,14 +110,17 @@ pub async fn run_plugin(
         controller = controller.owns_stream_with(stream, ar.clone());
         children.push(ChildKindCache { resource: ar, store, owners });
     }
-    let related = watch_related(&client, &meta.reads, options.namespace.as_deref()).await?;
-    if let Some((related, streams)) = &related {
-        for (kind, stream) in streams.take() {
-            let mapper = related_parents(related.clone(), kind, parents.clone(), parent_ar.clone(), triggers.clone());
-            controller = controller.watches_stream_with(stream, mapper, related.kinds[kind].resource.clone());
+    let related = match watch_related(&client, &meta.reads, options.namespace.as_deref()).await? {
+        Some((related, streams)) => {
+            for (kind, stream, before) in streams {
+                let to = Selecting { parents: parents.clone(), parent: parent_ar.clone(), triggers: triggers.clone() };
+                let mapper = related_parents(related.clone(), kind, before, to);
+                controller = controller.watches_stream_with(stream, mapper, related.kinds[kind].resource.clone());
+            }
+            Some(related)
         }
-    }
-    let related = related.map(|(related, _)| related);
+        None => None,
+    };
 
     let reporter = Reporter { controller: "wasmop".into(), instance: std::env::var("POD_NAME").ok() };
     // Findings of monitoring policies also go to a PolicyReport, if the cluster serves the kind
@@ -219,47 +222,91 @@ fn parent_events(
 /// A watch of one read kind, feeding its cache.
 type RelatedStream = futures::stream::BoxStream<'static, Result<DynamicObject, watcher::Error>>;
 
+/// The parents an object selected before its latest change, noted before the change reaches the
+/// cache (after it, the old labels are gone) and taken when the change is mapped to parents.
+type Before = Arc<std::sync::Mutex<Vec<ParentKey>>>;
+
 /// The watches of the kinds a plugin reads (none without reads): one cache per kind, in
-/// [`Related`], and the streams of their changed objects by kind index, to be mapped to the
+/// [`Related`], and per kind index the stream of its changed objects, to be mapped to the
 /// parents that selected them. A kind read as metadata only is watched as metadata only.
 async fn watch_related(
     client: &Client,
     reads: &[ReadKind],
     namespace: Option<&str>,
-) -> Result<Option<(Arc<Related>, std::cell::Cell<Vec<(usize, RelatedStream)>>)>, KindNotServed> {
+) -> Result<Option<(Arc<Related>, Vec<(usize, RelatedStream, Before)>)>, KindNotServed> {
     if reads.is_empty() {
         return Ok(None);
     }
-    let (mut kinds, mut streams) = (Vec::new(), Vec::new());
-    for (index, read) in reads.iter().enumerate() {
+    let (mut kinds, mut watches) = (Vec::new(), Vec::new());
+    for read in reads {
         let (ar, namespaced) = resolve(client, &read.gvk).await?;
         // A host confined to one namespace reads there, unless the plugin reads cluster-wide.
         let within = match (namespace, namespaced, read.scope) {
-            (Some(ns), true, ReadScope::SameNamespace) => Some(ns),
+            (Some(ns), true, ReadScope::SameNamespace) => Some(ns.to_string()),
             _ => None,
         };
         let writer = Writer::new(ar.clone());
-        let store = writer.as_reader();
-        let events: futures::stream::BoxStream<'static, Result<watcher::Event<DynamicObject>, watcher::Error>> =
-            if read.metadata_only {
-                let api: Api<PartialObjectMeta<DynamicObject>> = match within {
-                    Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-                    None => Api::all_with(client.clone(), &ar),
-                };
-                let types = kube::core::TypeMeta { api_version: ar.api_version.clone(), kind: ar.kind.clone() };
-                watcher(api, watcher::Config::default()).map_ok(move |event| metadata_event(event, &types)).boxed()
-            } else {
-                let api: Api<DynamicObject> = match within {
-                    Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-                    None => Api::all_with(client.clone(), &ar),
-                };
-                watcher(api, watcher::Config::default()).boxed()
-            };
-        let stream = events.default_backoff().modify(trim).reflect(writer).touched_objects().boxed();
-        streams.push((index, stream));
-        kinds.push(ReadKindCache { read: read.clone(), resource: ar, namespaced, store });
+        kinds.push(ReadKindCache { read: read.clone(), resource: ar.clone(), namespaced, store: writer.as_reader() });
+        watches.push((related_events(client, &ar, within.as_deref(), read.metadata_only), writer));
     }
-    Ok(Some((Arc::new(Related::new(kinds)), std::cell::Cell::new(streams))))
+    let related = Arc::new(Related::new(kinds));
+    let streams = watches
+        .into_iter()
+        .enumerate()
+        .map(|(kind, (events, writer))| {
+            let before: Before = Arc::default();
+            let (related, noted) = (related.clone(), before.clone());
+            let stream = events
+                .default_backoff()
+                .modify(trim)
+                .inspect_ok(move |event| note_before(&related, kind, event, &noted))
+                .reflect(writer)
+                .touched_objects()
+                .boxed();
+            (kind, stream, before)
+        })
+        .collect();
+    Ok(Some((related, streams)))
+}
+
+/// The watch events of one read kind, as whole objects (without a body when metadata only).
+fn related_events(
+    client: &Client,
+    ar: &kube::core::ApiResource,
+    within: Option<&str>,
+    metadata_only: bool,
+) -> futures::stream::BoxStream<'static, Result<watcher::Event<DynamicObject>, watcher::Error>> {
+    if metadata_only {
+        let api: Api<PartialObjectMeta<DynamicObject>> = match within {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+            None => Api::all_with(client.clone(), ar),
+        };
+        let types = kube::core::TypeMeta { api_version: ar.api_version.clone(), kind: ar.kind.clone() };
+        return watcher(api, watcher::Config::default()).map_ok(move |event| metadata_event(event, &types)).boxed();
+    }
+    let api: Api<DynamicObject> = match within {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+        None => Api::all_with(client.clone(), ar),
+    };
+    watcher(api, watcher::Config::default()).boxed()
+}
+
+/// Before a changed object of read kind `kind` replaces its cached copy: when its labels
+/// changed, the parents the cached copy matched (it may leave their selections).
+fn note_before(related: &Related, kind: usize, event: &watcher::Event<DynamicObject>, before: &Before) {
+    let (watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) = event else { return };
+    let cache = &related.kinds[kind];
+    let Some(old) = cache.store.get(&kube::runtime::reflector::ObjectRef::from_obj_with(obj, cache.resource.clone()))
+    else {
+        return;
+    };
+    if old.metadata.labels != obj.metadata.labels {
+        let parents = related.parents_of(kind, &old);
+        match before.lock() {
+            Ok(mut noted) => *noted = parents,
+            Err(poisoned) => *poisoned.into_inner() = parents,
+        }
+    }
 }
 
 /// A metadata-only watch event as one of whole objects with no body.
@@ -281,17 +328,31 @@ fn metadata_event(
     }
 }
 
-/// Maps a changed object of read kind `kind` to the parents that selected it, noting the
-/// trigger (`related Kind ns/name`) on each.
+/// Where the parents a related object's change reaches are: their cache, kind and triggers.
+struct Selecting {
+    parents: kube::runtime::reflector::Store<DynamicObject>,
+    parent: kube::core::ApiResource,
+    triggers: Arc<Triggers>,
+}
+
+/// Maps a changed object of read kind `kind` to the parents that select it now or selected it
+/// before the change (`before`), noting the trigger (`related Kind ns/name`) on each.
 fn related_parents(
     related: Arc<Related>,
     kind: usize,
-    parents: kube::runtime::reflector::Store<DynamicObject>,
-    parent_ar: kube::core::ApiResource,
-    triggers: Arc<Triggers>,
+    before: Before,
+    to: Selecting,
 ) -> impl Fn(DynamicObject) -> Vec<kube::runtime::reflector::ObjectRef<DynamicObject>> + Send + Sync + 'static {
     move |obj| {
-        let selecting = related.parents_of(kind, &obj);
+        let mut selecting = match before.lock() {
+            Ok(mut noted) => std::mem::take(&mut *noted),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for parent in related.parents_of(kind, &obj) {
+            if !selecting.contains(&parent) {
+                selecting.push(parent);
+            }
+        }
         if selecting.is_empty() {
             return Vec::new();
         }
@@ -300,9 +361,9 @@ fn related_parents(
         selecting
             .iter()
             .map(|p| {
-                let oref = p.object_ref(&parent_ar);
-                if let Some(uid) = parents.get(&oref).and_then(|p| p.uid()) {
-                    triggers.note(&uid, Trigger::Related(what.clone()));
+                let oref = p.object_ref(&to.parent);
+                if let Some(uid) = to.parents.get(&oref).and_then(|p| p.uid()) {
+                    to.triggers.note(&uid, Trigger::Related(what.clone()));
                 }
                 oref
             })

@@ -1,6 +1,7 @@
 //! Golden-file tests of a plugin, offline: each case is a YAML file giving the plugin's input
-//! (a parent of any version its CRD defines, optional observed children, settings, and
-//! `policySettings` by policy name) and,
+//! (a parent of any version its CRD defines, optional observed children, `related` objects of
+//! the kinds the plugin reads — its selectors pick from them as from the host's caches —
+//! settings, and `policySettings` by policy name) and,
 //! last, under `expect:`, what it must answer (children after the policies, status, conditions,
 //! or an error). `wasmop test` runs them, shows a diff when an answer differs, and with
 //! `--update` rewrites each `expect:` from the actual answer (everything above it is kept,
@@ -13,6 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::manifest::to_yaml;
 use crate::plugin::{OperatorPlugin, PluginError, ReconcileRequest};
 use crate::policy::PolicyChain;
+use crate::reconcile::related::Related;
 
 /// Settings as the plugin receives them: a string as is, any other YAML as JSON.
 fn settings_text(value: &Value) -> Option<String> {
@@ -56,6 +58,8 @@ pub struct Case {
     pub parent: Value,
     /// Observed children.
     pub observed: Vec<Value>,
+    /// Objects of the kinds the plugin reads, its `related` selectors' pool.
+    pub related: Vec<Value>,
     /// Settings passed to the plugin (a string, or any YAML given as JSON).
     pub settings: Option<String>,
     /// Settings of policies for this case, by policy name (each as `settings`).
@@ -79,6 +83,11 @@ impl Case {
             Value::Array(items) => items.clone(),
             _ => return Err(invalid("`observed:` must be a list of objects".into())),
         };
+        let related = match &doc["related"] {
+            Value::Null => Vec::new(),
+            Value::Array(items) => items.clone(),
+            _ => return Err(invalid("`related:` must be a list of objects (of the kinds the plugin reads)".into())),
+        };
         let settings = settings_text(&doc["settings"]);
         let policy_settings = match &doc["policySettings"] {
             Value::Null => Default::default(),
@@ -89,7 +98,7 @@ impl Case {
         };
         let finalizing = doc["finalizing"].as_bool().unwrap_or(false);
         let expect = doc.get("expect").cloned();
-        Ok(Case { path: path.into(), parent, observed, settings, policy_settings, finalizing, expect })
+        Ok(Case { path: path.into(), parent, observed, related, settings, policy_settings, finalizing, expect })
     }
 
     /// Runs the case: the plugin's answer (after `policies`) as the `expect:` value.
@@ -112,12 +121,15 @@ impl Case {
         let failed = |reason: &str, message: String| json!({ "reason": reason, "message": message });
         let policies = &self.policies(policies).map_err(|e| failed("InvalidCase", e.to_string()))?;
         let parent = as_parent(plugin, self.parent.clone()).map_err(|e| failed(e.condition_reason(), e.to_string()))?;
+        let related = Related::offline(&plugin.metadata().reads, &self.related)
+            .pick(plugin, &parent)
+            .map_err(|e| failed(e.condition_reason(), e.to_string()))?;
         let req = ReconcileRequest {
             parent: parent.clone(),
             children: self.observed.clone(),
             finalizing: self.finalizing,
             settings: self.settings.clone(),
-            related: Vec::new(),
+            related,
         };
         let desired = plugin.reconcile(&req).map_err(|e| failed(e.condition_reason(), e.to_string()))?;
         let reviewed =

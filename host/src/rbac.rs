@@ -11,7 +11,7 @@ use kube::api::{Api, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
-use crate::plugin::{Gvk, OperatorMetadata};
+use crate::plugin::{Gvk, OperatorMetadata, ReadScope};
 
 /// Verbs the pipeline uses on parents: watch caches, finalizer JSON patches.
 pub const PARENT_VERBS: &[&str] = &["get", "list", "watch", "patch"];
@@ -23,6 +23,8 @@ pub const FINALIZERS_VERBS: &[&str] = &["update"];
 /// Verbs on children: watch caches, the ownership read, server-side apply (which creates),
 /// pruning.
 pub const CHILD_VERBS: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
+/// Verbs on the kinds a plugin reads (related objects): watch caches only.
+pub const READ_VERBS: &[&str] = &["get", "list", "watch"];
 /// Verbs on Events (the host creates Events and patches their series).
 pub const EVENT_VERBS: &[&str] = &["create", "patch"];
 /// Verbs on the leader-election Lease (kube-lease-manager).
@@ -47,6 +49,9 @@ pub struct Rule {
     pub verbs: Vec<String>,
     /// Why the host needs it, for messages and comments.
     pub why: String,
+    /// Whether it is needed cluster-wide even when the operator is limited to namespaces (a
+    /// kind a plugin reads with scope cluster).
+    pub cluster_wide: bool,
 }
 
 impl Rule {
@@ -57,6 +62,7 @@ impl Rule {
             names: Vec::new(),
             verbs: verbs.iter().map(|v| v.to_string()).collect(),
             why: why.into(),
+            cluster_wide: false,
         }
     }
 
@@ -82,7 +88,8 @@ fn plural(gvk: &Gvk, crd: Option<&Value>) -> String {
     }
 }
 
-/// The rules one operator plugin needs: its parents, their status and finalizers, its children.
+/// The rules one operator plugin needs: its parents, their status and finalizers, its children,
+/// and the kinds it reads (cluster-wide for scope cluster).
 pub fn plugin_rules(meta: &OperatorMetadata) -> Vec<Rule> {
     let parent = plural(&meta.parent, meta.crd.as_ref());
     let group = &meta.parent.group;
@@ -99,6 +106,12 @@ pub fn plugin_rules(meta: &OperatorMetadata) -> Vec<Rule> {
     for child in &meta.children {
         let why = format!("plugin {}: its {} children", meta.name, child.gvk.kind);
         rules.push(Rule::new(&child.gvk.group, &plural(&child.gvk, None), CHILD_VERBS, why));
+    }
+    for read in &meta.reads {
+        let why = format!("plugin {}: the {} objects it reads", meta.name, read.gvk.kind);
+        let mut rule = Rule::new(&read.gvk.group, &plural(&read.gvk, None), READ_VERBS, why);
+        rule.cluster_wide = read.scope == ReadScope::Cluster;
+        rules.push(rule);
     }
     rules
 }
@@ -149,9 +162,9 @@ pub fn webhook_secret_rules() -> Vec<Rule> {
 /// Rules merged: one per (group, resource, names), verbs united and sorted, so the output is
 /// stable whatever the order of the plugins.
 pub fn merge(rules: Vec<Rule>) -> Vec<Rule> {
-    let mut merged: BTreeMap<(String, String, Vec<String>), Rule> = BTreeMap::new();
+    let mut merged: BTreeMap<(bool, String, String, Vec<String>), Rule> = BTreeMap::new();
     for rule in rules {
-        let key = (rule.group.clone(), rule.resource.clone(), rule.names.clone());
+        let key = (rule.cluster_wide, rule.group.clone(), rule.resource.clone(), rule.names.clone());
         let entry = merged.entry(key).or_insert_with(|| Rule { verbs: Vec::new(), ..rule.clone() });
         entry.verbs.extend(rule.verbs);
         entry.verbs.sort();
@@ -237,9 +250,22 @@ pub fn manifests(rules: &[Rule], identity: &Identity) -> Vec<Value> {
         out.push(role("ClusterRole", None, json!(all)));
         out.push(binding("ClusterRoleBinding", "ClusterRole", "wasmop", None));
     } else {
+        let namespaced: Vec<Value> =
+            rules.iter().zip(&rules_json).filter(|(r, _)| !r.cluster_wide).map(|(_, j)| j.clone()).collect();
         for ns in &identity.watched {
-            out.push(role("Role", Some(ns), json!(rules_json)));
+            out.push(role("Role", Some(ns), json!(namespaced)));
             out.push(binding("RoleBinding", "Role", "wasmop", Some(ns)));
+        }
+        // Kinds a plugin reads with scope cluster are read cluster-wide.
+        let reads: Vec<Value> =
+            rules.iter().zip(&rules_json).filter(|(r, _)| r.cluster_wide).map(|(_, j)| j.clone()).collect();
+        if !reads.is_empty() {
+            let mut cluster_role = role("ClusterRole", None, json!(reads));
+            cluster_role["metadata"]["name"] = json!("wasmop-cluster-reads");
+            let mut cluster_binding = binding("ClusterRoleBinding", "ClusterRole", "wasmop-cluster-reads", None);
+            cluster_binding["roleRef"]["name"] = json!("wasmop-cluster-reads");
+            out.push(cluster_role);
+            out.push(cluster_binding);
         }
         // WasmPlugins are cluster-scoped: their rules stay cluster-wide.
         if !cluster_json.is_empty() {
@@ -299,12 +325,13 @@ impl std::fmt::Display for Missing {
 }
 
 /// Asks the API server, with SelfSubjectAccessReviews, whether the running identity may do
-/// everything `rules` say (in `namespace`, or cluster-wide); returns what it may not. A review
-/// that cannot be made is an error.
+/// everything `rules` say (in `namespace`, or cluster-wide; a cluster-wide rule always
+/// cluster-wide); returns what it may not. A review that cannot be made is an error.
 pub async fn check(client: &Client, rules: &[Rule], namespace: Option<&str>) -> Result<Vec<Missing>, kube::Error> {
     let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let mut missing = Vec::new();
     for rule in rules {
+        let namespace = if rule.cluster_wide { None } else { namespace };
         let (resource, subresource) = match rule.resource.split_once('/') {
             Some((r, s)) => (r.to_string(), Some(s.to_string())),
             None => (rule.resource.clone(), None),
@@ -402,6 +429,35 @@ mod tests {
         assert_eq!(docs[0]["metadata"]["namespace"], "a");
         assert_eq!(docs[2]["metadata"]["namespace"], "ops");
         assert_eq!(docs[2]["rules"][0]["resources"][0], "leases");
+    }
+
+    #[test]
+    fn reads_are_get_list_watch_in_their_scope() {
+        let mut meta = meta();
+        meta.reads = vec![
+            crate::plugin::ReadKind::same_namespace(Gvk::new("", "v1", "Secret")),
+            crate::plugin::ReadKind::cluster(Gvk::new("", "v1", "Namespace")),
+        ];
+        let rules = merge(plugin_rules(&meta));
+        let secrets = rules.iter().find(|r| r.resource == "secrets").unwrap();
+        assert_eq!(
+            (secrets.verbs.clone(), secrets.cluster_wide),
+            (vec!["get".into(), "list".into(), "watch".into()], false)
+        );
+        assert!(rules.iter().any(|r| r.resource == "namespaces" && r.cluster_wide));
+        let identity = Identity {
+            namespace: "ops".into(),
+            service_account: "wasmop".into(),
+            watched: vec!["a".into()],
+            webhook_secret: false,
+            wasmplugins: false,
+        };
+        let docs = manifests(&rules, &identity);
+        let role = docs.iter().find(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == "a").unwrap();
+        assert!(role["rules"].as_array().unwrap().iter().all(|r| r["resources"][0] != "namespaces"), "{role}");
+        let reads = docs.iter().find(|d| d["metadata"]["name"] == "wasmop-cluster-reads").unwrap();
+        assert_eq!(reads["kind"], "ClusterRole");
+        assert_eq!(reads["rules"][0]["resources"][0], "namespaces");
     }
 
     #[test]

@@ -275,12 +275,18 @@ async fn each_missing_generated_rule_fails_clearly() {
     install(plane).await;
     let rbac = base_rbac();
     let plugins = shipped_plugins();
-    let cases: [(&str, &str, Option<&str>, &str); 6] = [
+    let cases: [(&str, &str, Option<&str>, &str); 7] = [
         ("parents", "appoperators", Some("watch"), "may not watch appoperators (apiGroup tools.wasmop.dev)"),
         ("status", "appoperators/status", None, "may not patch appoperators/status"),
         ("finalizers", "appoperators/finalizers", None, "may not update appoperators/finalizers"),
         ("children", "deployments", Some("delete"), "may not delete deployments (apiGroup apps)"),
         ("events", "events", None, "may not create events (apiGroup events.k8s.io)"),
+        (
+            "reads",
+            "configmaps",
+            Some("list"),
+            "may not list configmaps (apiGroup \"\" (core)) cluster-wide, needed for plugin appoperator: the ConfigMap objects it reads",
+        ),
         ("leases", "", None, "leader election on Lease wasmop-system/wasmop-leader"),
     ];
     for (case, resource, verb, expected) in cases {

@@ -381,6 +381,21 @@ fn validate_metadata(raw: wit::OperatorMetadata, label: &str) -> Result<Operator
             return Err(bad(format!("child kind {} is declared twice", child.gvk)));
         }
     }
+    if meta.reads.len() > MAX_CHILD_KINDS {
+        return Err(bad(format!(
+            "it declares {} kinds it reads; at most {MAX_CHILD_KINDS} are allowed (each is a watch and a cache)",
+            meta.reads.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, read) in meta.reads.iter().enumerate() {
+        if read.gvk.kind.is_empty() || read.gvk.version.is_empty() {
+            return Err(bad(format!("read kind {i} {:?} needs a version and a kind", read.gvk)));
+        }
+        if !seen.insert(&read.gvk) {
+            return Err(bad(format!("read kind {} is declared twice", read.gvk)));
+        }
+    }
     if let Some(raw_crd) = crd {
         let crd: Value = serde_json::from_str(&raw_crd).map_err(|e| bad(format!("its CRD is not valid JSON: {e}")))?;
         meta.crd = Some(crd);

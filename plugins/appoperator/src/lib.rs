@@ -5,20 +5,34 @@
 //! Deployment running it and reports `Ready` once the Deployment has that many replicas
 //! available. It also converts between the two versions ([`convert`]), which the host serves as
 //! the CRD's conversion webhook.
+//!
+//! With `spec.workload.configRef` it reads that ConfigMap (a related object, contract 0.3): its
+//! keys become the container's environment, and a hash of its content on the pod template
+//! ([`CONFIG_HASH`]) rolls the pods when it is edited. A missing ConfigMap is `Ready=False` with
+//! reason `ConfigMissing`; the Deployment keeps the hash it had, so nothing rolls meanwhile.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, PodSpec, PodTemplateSpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition as K8sCondition, LabelSelector, ObjectMeta};
 use kube::core::crd::merge_crds;
 use kube::{CustomResourceExt, Resource};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use wasmop_sdk::{ChildKind, ChildKindOf, Condition, Error, Gvk, Metadata, Operator, Request, Response, Value};
+use wasmop_sdk::{
+    ChildKind, ChildKindOf, Condition, Error, Gvk, GvkOf, Metadata, Operator, ReadKind, ReadKindOf, Request, Response,
+    Selector, Value,
+};
 
 /// Most replicas an Appoperator may ask for.
 pub const MAX_REPLICAS: i32 = 1000;
+/// Pod-template annotation holding the hash of the content of the ConfigMap `configRef` names.
+pub const CONFIG_HASH: &str = "appoperator.tools.wasmop.dev/config-hash";
+/// The id of the `configRef` selector.
+const CONFIG: &str = "config";
 
 pub mod convert;
 pub mod v1;
@@ -62,29 +76,46 @@ impl Operator for Plugin {
             children: vec![ChildKind::namespaced::<Deployment>()],
             crd: crd().ok(),
             finalizer: false,
-            reads: vec![],
+            reads: vec![ReadKind::of::<ConfigMap>()],
         }
     }
 
+    fn related(parent: &Value) -> Result<Vec<Selector>, String> {
+        let parent = as_v1(parent.clone()).map_err(|e| e.to_string())?;
+        let config_ref = parent["spec"]["workload"]["configRef"].as_str();
+        Ok(config_ref.map(|name| Selector::by_name(CONFIG, Gvk::of::<ConfigMap>(), name)).into_iter().collect())
+    }
+
     fn reconcile(mut req: Request) -> Result<Response, Error> {
-        if wasmop_sdk::conversion::version_of(&req.parent) != "v1" {
-            // Offline evaluation of an older version: the API server would have converted it.
-            req.parent = convert::convert(req.parent, "v1").map_err(Error::Invalid)?;
-        }
+        req.parent = as_v1(req.parent)?;
         let app: Appoperator = req.parent_as()?;
         let name = app.metadata.name.clone().ok_or_else(|| Error::Invalid("parent has no metadata.name".into()))?;
         let workload = &app.spec.workload;
         validate(workload).map_err(|m| Error::Invalid(format!("{}: {m}", req.parent_ref())))?;
 
+        let observed = req.child::<Deployment>(&name);
+        let config = match &workload.config_ref {
+            None => Config::None,
+            Some(config_ref) => match req.related_as::<ConfigMap>(CONFIG)?.first() {
+                Some(cm) => Config::Found(config_hash(cm)),
+                None => Config::Missing(config_ref.clone(), observed.as_ref().and_then(template_hash)),
+            },
+        };
         let desired = workload.replicas;
-        let available =
-            req.child::<Deployment>(&name).and_then(|d| d.status).and_then(|s| s.available_replicas).unwrap_or(0);
+        let available = observed.and_then(|d| d.status).and_then(|s| s.available_replicas).unwrap_or(0);
         let ready = available == desired;
-        let message = format!("{available}/{desired} replicas available");
-        let reason = if ready { "Available" } else { "Progressing" };
+        let (ready, reason, message) = match &config {
+            Config::Missing(config_ref, _) => (
+                false,
+                "ConfigMissing",
+                format!("ConfigMap {config_ref} (spec.workload.configRef) does not exist in this namespace; create it"),
+            ),
+            _ if ready => (true, "Available", format!("{available}/{desired} replicas available")),
+            _ => (false, "Progressing", format!("{available}/{desired} replicas available")),
+        };
 
         Response::new()
-            .child(&deployment(&name, workload))?
+            .child(&deployment(&name, workload, config.hash()))?
             .status(&AppoperatorStatus {
                 available_replicas: Some(available),
                 replicas: Some(desired),
@@ -96,6 +127,68 @@ impl Operator for Plugin {
     fn convert(obj: Value, to_version: &str) -> Result<Value, String> {
         convert::convert(obj, to_version)
     }
+}
+
+/// The parent at v1: an older version (offline evaluation) is converted as the API server
+/// would have.
+fn as_v1(parent: Value) -> Result<Value, Error> {
+    if wasmop_sdk::conversion::version_of(&parent) == "v1" {
+        return Ok(parent);
+    }
+    convert::convert(parent, "v1").map_err(Error::Invalid)
+}
+
+/// The ConfigMap `configRef` names, as far as the reconcile is concerned.
+enum Config {
+    /// No `configRef`.
+    None,
+    /// It exists; the hash of its content.
+    Found(String),
+    /// It does not exist: its name, and the hash the Deployment carries now (kept, so nothing
+    /// rolls until it is back).
+    Missing(String, Option<String>),
+}
+
+impl Config {
+    fn hash(&self) -> Option<&str> {
+        match self {
+            Config::None | Config::Missing(_, None) => None,
+            Config::Found(hash) | Config::Missing(_, Some(hash)) => Some(hash),
+        }
+    }
+}
+
+/// A hash of a ConfigMap's content (`data` and `binaryData`, in key order): 64-bit FNV-1a, as
+/// 16 hex digits. Stable across builds and platforms, so a reconcile that changes nothing
+/// changes no pod template.
+pub fn config_hash(cm: &ConfigMap) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        // A separator, so ("ab", "c") and ("a", "bc") differ.
+        hash ^= 0xff;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    };
+    for (key, value) in cm.data.iter().flatten() {
+        feed(b"d");
+        feed(key.as_bytes());
+        feed(value.as_bytes());
+    }
+    for (key, value) in cm.binary_data.iter().flatten() {
+        feed(b"b");
+        feed(key.as_bytes());
+        feed(&value.0);
+    }
+    format!("{hash:016x}")
+}
+
+/// The config hash on a Deployment's pod template, if any.
+fn template_hash(deployment: &Deployment) -> Option<String> {
+    let template = deployment.spec.as_ref()?.template.metadata.as_ref()?;
+    template.annotations.as_ref()?.get(CONFIG_HASH).cloned()
 }
 
 /// The CRD: both versions, v1 stored, v1beta1 served and deprecated.
@@ -122,22 +215,31 @@ pub fn validate(workload: &Workload) -> Result<(), String> {
     Ok(())
 }
 
-/// The Deployment an Appoperator named `name` asks for.
-pub fn deployment(name: &str, workload: &Workload) -> Deployment {
+/// The Deployment an Appoperator named `name` asks for; `config_hash` (of the ConfigMap
+/// `configRef` names) goes on its pod template.
+pub fn deployment(name: &str, workload: &Workload, config_hash: Option<&str>) -> Deployment {
     let ports = workload.port.map(|port| vec![ContainerPort { container_port: port, ..ContainerPort::default() }]);
     let labels = BTreeMap::from([("app".to_string(), name.to_string())]);
+    let env_from = workload.config_ref.as_ref().map(|config_ref| {
+        vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource { name: config_ref.clone(), optional: None }),
+            ..EnvFromSource::default()
+        }]
+    });
+    let annotations = config_hash.map(|hash| BTreeMap::from([(CONFIG_HASH.to_string(), hash.to_string())]));
     Deployment {
         metadata: ObjectMeta { name: Some(name.to_string()), ..ObjectMeta::default() },
         spec: Some(DeploymentSpec {
             replicas: Some(workload.replicas),
             selector: LabelSelector { match_labels: Some(labels.clone()), ..LabelSelector::default() },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta { labels: Some(labels), annotations, ..ObjectMeta::default() }),
                 spec: Some(PodSpec {
                     containers: vec![Container {
                         name: "app".into(),
                         image: Some(workload.image.clone()),
                         ports,
+                        env_from,
                         ..Container::default()
                     }],
                     ..PodSpec::default()
@@ -199,6 +301,54 @@ mod tests {
         req.parent["spec"] = json!({"image": "old:1", "replicas": 2});
         let resp = Plugin::reconcile(req).unwrap();
         assert_eq!(resp.children[0]["spec"]["replicas"], 2);
+    }
+
+    fn config_map(data: serde_json::Value) -> serde_json::Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config", "namespace": "shop"}, "data": data})
+    }
+
+    fn template(resp: &Response) -> &serde_json::Value {
+        &resp.children[0]["spec"]["template"]
+    }
+
+    #[test]
+    fn a_config_ref_is_read_becomes_env_from_and_its_content_hash_rolls_the_pods() {
+        let spec = json!({"image": "a", "configRef": "web-config"});
+        let selectors = Plugin::related(&request(spec.clone(), vec![]).parent).unwrap();
+        assert_eq!(selectors, [Selector::by_name("config", Gvk::of::<ConfigMap>(), "web-config")]);
+        assert!(Plugin::related(&request(json!({"image": "a"}), vec![]).parent).unwrap().is_empty());
+
+        let reconcile = |data| {
+            let req = request(spec.clone(), vec![]).with_related("config", vec![config_map(data)]);
+            Plugin::reconcile(req).unwrap()
+        };
+        let first = reconcile(json!({"LEVEL": "info"}));
+        let container = &template(&first)["spec"]["containers"][0];
+        assert_eq!(container["envFrom"], json!([{"configMapRef": {"name": "web-config"}}]));
+        let hash = template(&first)["metadata"]["annotations"][CONFIG_HASH].clone();
+        assert!(hash.as_str().is_some_and(|h| h.len() == 16), "{hash}");
+        assert_eq!(reconcile(json!({"LEVEL": "info"})).children, first.children, "the same content, the same template");
+        let edited = reconcile(json!({"LEVEL": "debug"}));
+        assert_ne!(template(&edited)["metadata"]["annotations"][CONFIG_HASH], hash);
+        // Keys and values do not run together.
+        assert_ne!(reconcile(json!({"ab": "c"})).children, reconcile(json!({"a": "bc"})).children);
+    }
+
+    #[test]
+    fn a_missing_config_map_is_config_missing_and_keeps_the_hash_the_deployment_has() {
+        let spec = json!({"image": "a", "configRef": "web-config"});
+        let observed = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"template": {"metadata": {"annotations": {CONFIG_HASH: "0123456789abcdef"}}}},
+            "status": {"availableReplicas": 1},
+        });
+        let resp = Plugin::reconcile(request(spec.clone(), vec![observed])).unwrap();
+        assert_eq!(resp.conditions[0].reason, "ConfigMissing");
+        assert!(resp.conditions[0].message.contains("web-config"), "{}", resp.conditions[0].message);
+        assert_eq!(template(&resp)["metadata"]["annotations"][CONFIG_HASH], "0123456789abcdef");
+        let fresh = Plugin::reconcile(request(spec, vec![])).unwrap();
+        assert_eq!(fresh.conditions[0].reason, "ConfigMissing");
+        assert!(template(&fresh)["metadata"]["annotations"].is_null(), "no hash to keep");
     }
 
     #[test]

@@ -41,4 +41,9 @@ pub struct Workload {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
+    /// Name of a ConfigMap in the same namespace whose keys become the container's environment
+    /// (`envFrom`). Editing it rolls the pods: the pod template carries a hash of its content.
+    #[serde(default, rename = "configRef", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub config_ref: Option<String>,
 }
