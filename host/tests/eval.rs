@@ -87,6 +87,29 @@ fn observed_children_drive_the_ready_condition() {
 }
 
 #[test]
+fn related_objects_come_from_files_as_from_the_caches() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = write(
+        dir.path(),
+        "app.yaml",
+        "apiVersion: tools.wasmop.dev/v1\nkind: Appoperator\nmetadata: {name: web, namespace: shop}\n\
+         spec: {workload: {image: nginx:1.27, configRef: web-config}}\n",
+    );
+    let related = write(
+        dir.path(),
+        "config.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web-config, namespace: shop}\ndata: {LEVEL: info}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web-config, namespace: blog}\ndata: {LEVEL: debug}\n",
+    );
+    let found = eval_json(&parent, &["--related", related.to_str().unwrap()]);
+    let template = &found[0]["children"][0]["spec"]["template"];
+    assert!(template["metadata"]["annotations"]["appoperator.tools.wasmop.dev/config-hash"].is_string(), "{found}");
+    assert_eq!(template["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"], "web-config");
+    let missing = eval_json(&parent, &[]);
+    assert_eq!(missing[0]["conditions"][0]["reason"], "ConfigMissing", "{missing}");
+}
+
+#[test]
 fn replicas_default_to_one_and_namespace_to_default() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(
@@ -319,7 +342,7 @@ fn golden_cases_of_the_shipped_plugin_pass() {
     let plugin = appoperator();
     let dir = common::workspace().join("plugins/appoperator");
     let out = stdout(&wasmop(&["test", "--plugin", &plugin, dir.to_str().unwrap()]));
-    assert!(out.contains("4 cases: 4 passed, 0 failed"), "{out}");
+    assert!(out.contains("6 cases: 6 passed, 0 failed"), "{out}");
 }
 
 #[test]

@@ -39,13 +39,14 @@ fn the_python_appoperator_answers_the_rust_golden_cases() {
     let (_keep, cases) = ported(
         &rust_cases,
         &[
-            ("appoperator.tools.wasmop.dev/v1-workload", "pyapp.python.wasmop.dev/v1-workload"),
+            // Its annotations (v1-workload, config-hash) are named after the plugin.
+            ("appoperator.tools.wasmop.dev/", "pyapp.python.wasmop.dev/"),
             ("tools.wasmop.dev", "python.wasmop.dev"),
             ("kind: Appoperator", "kind: PyApp"),
             ("plugin appoperator ", "plugin pyapp "),
         ],
     );
-    passes(&wasmop(&["test", "--plugin", &polyglot("python_operator.wasm"), cases.to_str().unwrap()]), 4);
+    passes(&wasmop(&["test", "--plugin", &polyglot("python_operator.wasm"), cases.to_str().unwrap()]), 6);
     let out = wasmop(&["convert", "--check", "--plugin", &polyglot("python_operator.wasm")]);
     assert!(out.status.success(), "{out:?}");
 }

@@ -18,6 +18,7 @@ use common::operator::{Operator, quiet};
 on_both_backends!(
     preview_reports_exactly_what_a_new_version_then_changes,
     a_candidate_in_a_registry_is_pulled_by_digest_and_previewed,
+    preview_reads_the_related_objects_from_the_cluster,
 );
 
 fn hostile_v2() -> std::path::PathBuf {
@@ -219,4 +220,38 @@ async fn a_candidate_in_a_registry_is_pulled_by_digest_and_previewed(cluster: Cl
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("previewing {}@{digest}", registry.repo("plugins/hostile"))), "{stderr}");
     cluster.shutdown().await;
+}
+
+/// A plugin that reads related objects is previewed on the ones the cluster holds now: a
+/// ConfigMap edited while the operator was stopped shows as the pod-template hash it changes.
+async fn preview_reads_the_related_objects_from_the_cluster(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
+    let dir = common::operator::plugins_dir(&[("appoperator", None)]);
+    let running = Operator::start(&cluster, dir.path(), quiet());
+    let ar = app_resource();
+    wait_served(&client, &ar).await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let config = |level: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config"}, "data": {"LEVEL": level}});
+    let apply = PatchParams::apply("wasmop-tests").force();
+    config_maps.patch("web-config", &apply, &Patch::Apply(config("info"))).await.unwrap();
+    let spec = json!({"workload": {"image": "nginx:1.27", "configRef": "web-config"}});
+    create(&client, &ar, &ns, "web", spec).await;
+    create(&client, &ar, &ns, "plain", json!({"workload": {"image": "nginx:1.27"}})).await;
+    for name in ["web", "plain"] {
+        wait_ready(&client, &ar, &ns, name, "True", "Available").await;
+    }
+    running.stop().await;
+
+    config_maps.patch("web-config", &apply, &Patch::Apply(config("debug"))).await.unwrap();
+    let out = preview(&cluster, &common::plugin("appoperator"), &["-o", "json"]).await;
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(outcomes(&report)[&format!("Appoperator {ns}/plain")], "unchanged", "{report:#}");
+    let web = entry(&report, &format!("Appoperator {ns}/web"));
+    let fields = &web["children"][0]["fields"];
+    assert_eq!(
+        fields[0]["path"], "spec.template.metadata.annotations.appoperator.tools.wasmop.dev/config-hash",
+        "{web}"
+    );
+    assert_ne!(fields[0]["from"], fields[0]["to"], "{web}");
 }

@@ -20,8 +20,9 @@ use crate::apply::{self, ChildKey, Owner, Ownership};
 use crate::diff;
 pub use crate::diff::FieldChange;
 use crate::discovery::{self, KindNotServed};
-use crate::plugin::{Desired, OperatorPlugin, ReconcileRequest};
+use crate::plugin::{Desired, OperatorPlugin, ReadScope, ReconcileRequest};
 use crate::policy::{Finding, PolicyChain, describe};
+use crate::reconcile::related::{ReadKindCache, Related};
 use crate::reconcile::{Conflict, ReconcileError, audit_condition, conflicts_message, status_report};
 use crate::status;
 
@@ -176,9 +177,10 @@ impl Preview {
             }
             kinds.push(ChildKind { resource, by_owner });
         }
+        let related = Arc::new(self.related().await?);
         let live = parents.into_iter().filter(|p| p.meta().deletion_timestamp.is_none());
         let mut previews: Vec<ParentPreview> = futures::stream::iter(live)
-            .map(|parent| self.parent(&parent_ar, &kinds, parent))
+            .map(|parent| self.parent(&parent_ar, &kinds, &related, parent))
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
@@ -195,9 +197,33 @@ impl Preview {
         Ok(PreviewReport { plugin: meta.name.clone(), revision, parents: previews, summary })
     }
 
+    /// The objects of the kinds the plugin reads, listed once (in the namespace, if one is set,
+    /// unless the plugin reads the kind cluster-wide): its selectors pick from them as from the
+    /// host's caches.
+    async fn related(&self) -> Result<Related, PreviewError> {
+        let mut kinds = Vec::new();
+        for read in &self.plugin.metadata().reads {
+            let (resource, namespaced) = discovery::resolve(&self.client, &read.gvk).await?;
+            let within = if read.scope == ReadScope::Cluster { None } else { self.namespace.clone() };
+            let objects = self.list_in(within.as_deref(), &resource, ListParams::default()).await?;
+            kinds.push(ReadKindCache::filled(read.clone(), resource, namespaced, objects));
+        }
+        Ok(Related::new(kinds))
+    }
+
     /// Every object of `resource` (in the namespace, if one is set), a page at a time.
     async fn list(&self, resource: &ApiResource, params: ListParams) -> Result<Vec<DynamicObject>, PreviewError> {
-        let api: Api<DynamicObject> = match &self.namespace {
+        self.list_in(self.namespace.as_deref(), resource, params).await
+    }
+
+    /// Every object of `resource` in `namespace` (or all), a page at a time.
+    async fn list_in(
+        &self,
+        namespace: Option<&str>,
+        resource: &ApiResource,
+        params: ListParams,
+    ) -> Result<Vec<DynamicObject>, PreviewError> {
+        let api: Api<DynamicObject> = match namespace {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, resource),
             None => Api::all_with(self.client.clone(), resource),
         };
@@ -220,9 +246,15 @@ impl Preview {
     }
 
     /// Previews one parent.
-    async fn parent(&self, parent_ar: &ApiResource, kinds: &[ChildKind], parent: DynamicObject) -> ParentPreview {
+    async fn parent(
+        &self,
+        parent_ar: &ApiResource,
+        kinds: &[ChildKind],
+        related: &Arc<Related>,
+        parent: DynamicObject,
+    ) -> ParentPreview {
         let name = format!("{} {}", parent_ar.kind, crate::reconcile::finalizer::describe(&parent));
-        let outcome = match self.outcome(parent_ar, kinds, &parent).await {
+        let outcome = match self.outcome(parent_ar, kinds, related, &parent).await {
             Ok(outcome) => outcome,
             Err(e) => Outcome::Failing {
                 reason: e.condition_reason().to_string(),
@@ -236,6 +268,7 @@ impl Preview {
         &self,
         parent_ar: &ApiResource,
         kinds: &[ChildKind],
+        related: &Arc<Related>,
         parent: &DynamicObject,
     ) -> Result<Outcome, ReconcileError> {
         let uid = parent.uid().unwrap_or_default();
@@ -246,7 +279,7 @@ impl Preview {
                 children.map(|o| (ChildKey::of_object(&kind.resource, o), o))
             })
             .collect();
-        let (desired, findings) = self.compute(parent_ar, parent, &observed).await?;
+        let (desired, findings) = self.compute(parent_ar, parent, &observed, related.clone()).await?;
         let owner = Owner {
             api_version: parent_ar.api_version.clone(),
             kind: parent_ar.kind.clone(),
@@ -291,6 +324,7 @@ impl Preview {
         parent_ar: &ApiResource,
         parent: &DynamicObject,
         observed: &HashMap<ChildKey, &DynamicObject>,
+        related: Arc<Related>,
     ) -> Result<(Desired, Vec<Finding>), ReconcileError> {
         let mut parent_json = serde_json::to_value(parent)?;
         parent_json["apiVersion"] = json!(parent_ar.api_version);
@@ -298,7 +332,7 @@ impl Preview {
         let mut children: Vec<(&ChildKey, &DynamicObject)> = observed.iter().map(|(k, o)| (k, *o)).collect();
         children.sort_by(|a, b| a.0.cmp(b.0));
         let children = children.into_iter().map(|(_, o)| serde_json::to_value(o)).collect::<Result<Vec<_>, _>>()?;
-        let request = ReconcileRequest {
+        let mut request = ReconcileRequest {
             parent: parent_json.clone(),
             children,
             finalizing: false,
@@ -307,6 +341,7 @@ impl Preview {
         };
         let (plugin, policies) = (self.plugin.clone(), self.policies.clone());
         let answer = tokio::task::spawn_blocking(move || -> Result<(Desired, Vec<Finding>), ReconcileError> {
+            request.related = related.pick(&*plugin, &parent_json)?;
             let mut desired = plugin.reconcile(&request)?;
             let reviewed = policies.review(&parent_json, std::mem::take(&mut desired.children))?;
             desired.children = reviewed.children;

@@ -32,6 +32,21 @@ pub struct ReadKindCache {
     pub store: Store<DynamicObject>,
 }
 
+impl ReadKindCache {
+    /// A cache of `read` holding `objects` (listed once, as `wasmop preview` and the offline
+    /// tools do), not kept current by a watch.
+    pub fn filled(read: ReadKind, resource: ApiResource, namespaced: bool, objects: Vec<DynamicObject>) -> Self {
+        use kube::runtime::watcher::Event;
+        let mut writer = kube::runtime::reflector::store::Writer::new(resource.clone());
+        writer.apply_watcher_event(&Event::Init);
+        for object in objects {
+            writer.apply_watcher_event(&Event::InitApply(object));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        ReadKindCache { read, resource, namespaced, store: writer.as_reader() }
+    }
+}
+
 /// A parent, as the index names it: namespace and name (compact: no UID, no API resource).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ParentKey {
@@ -82,28 +97,21 @@ impl Related {
         Related { kinds, index: Mutex::new(RelatedIndex::new()) }
     }
 
-    /// Related objects over caches filled from `objects` (a file's, or a list from the
-    /// cluster), for the offline tools: a kind is taken as namespaced unless its objects have no
-    /// namespace. Objects of kinds not in `reads` are ignored.
+    /// Related objects over caches filled from `objects` (a file's), for the offline tools: a
+    /// kind is taken as namespaced unless its objects have no namespace, and its plural is
+    /// guessed. Objects of kinds not in `reads` are ignored.
     pub fn offline(reads: &[ReadKind], objects: &[Value]) -> Related {
         let kinds = reads
             .iter()
             .map(|read| {
                 let gvk = kube::core::GroupVersionKind::gvk(&read.gvk.group, &read.gvk.version, &read.gvk.kind);
-                let resource = ApiResource::from_gvk(&gvk);
-                let mut writer = kube::runtime::reflector::store::Writer::new(resource.clone());
                 let mine: Vec<DynamicObject> = objects
                     .iter()
                     .filter(|o| read.gvk.matches(o))
                     .filter_map(|o| serde_json::from_value(o.clone()).ok())
                     .collect();
                 let namespaced = mine.is_empty() || mine.iter().any(|o| o.metadata.namespace.is_some());
-                writer.apply_watcher_event(&kube::runtime::watcher::Event::Init);
-                for object in mine {
-                    writer.apply_watcher_event(&kube::runtime::watcher::Event::InitApply(object));
-                }
-                writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
-                ReadKindCache { read: read.clone(), resource, namespaced, store: writer.as_reader() }
+                ReadKindCache::filled(read.clone(), ApiResource::from_gvk(&gvk), namespaced, mine)
             })
             .collect();
         Related::new(kinds)
