@@ -63,3 +63,58 @@ def test_unknown_versions_are_refused():
     with pytest.raises(wp.Err) as err:
         pyapp.op.call_convert(json.dumps(parent({"image": "a"})), "v2")
     assert "v2" in err.value.value and "v1beta1" in err.value.value
+
+
+def config_map(data):
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config", "namespace": "shop"}, "data": data}
+
+
+def template(resp):
+    return json.loads(resp.children[0])["spec"]["template"]
+
+
+def test_a_config_ref_is_read_becomes_env_from_and_its_content_hash_rolls_the_pods():
+    spec = {"image": "a", "configRef": "web-config"}
+    [selector] = pyapp.op.call_related(json.dumps(parent(spec)))
+    assert (selector.id, selector.kind.kind, selector.namespace, selector.target.value) == (
+        "config", "ConfigMap", None, "web-config")
+    assert pyapp.op.call_related(json.dumps(parent({"image": "a"}))) == []
+
+    def reconcile_with(data):
+        return pyapp.op.call_reconcile(json.dumps(parent(spec)), related={"config": [config_map(data)]})
+
+    first = template(reconcile_with({"LEVEL": "info"}))
+    assert first["spec"]["containers"][0]["envFrom"] == [{"configMapRef": {"name": "web-config"}}]
+    assert len(first["metadata"]["annotations"][pyapp.CONFIG_HASH]) == 16
+    assert template(reconcile_with({"LEVEL": "info"})) == first, "the same content, the same template"
+    assert template(reconcile_with({"LEVEL": "debug"}))["metadata"] != first["metadata"]
+    assert template(reconcile_with({"ab": "c"})) != template(reconcile_with({"a": "bc"}))  # keys and values apart
+
+
+def test_the_config_hash_is_the_rust_plugins():
+    # Values of plugins/appoperator: its golden case config-found, and its answers (wasmop test --update).
+    assert pyapp.config_hash(config_map({"LOG_LEVEL": "info"})) == "9a67fd5ea33f136d"
+    assert pyapp.config_hash({"binaryData": {"k": "AAEC/w=="}}) == "4ae5119364329ab1"
+    assert pyapp.config_hash({}) == "cbf29ce484222325"
+
+
+def test_a_v1beta1_parent_reads_the_config_ref_it_stashed():
+    old = parent({}, "v1beta1")
+    old["spec"] = {"image": "old:1"}
+    old["metadata"]["annotations"] = {pyapp.V1_FIELDS: '{"configRef":"web-config"}'}
+    [selector] = pyapp.op.call_related(json.dumps(old))
+    assert selector.target.value == "web-config"
+
+
+def test_a_missing_config_map_is_config_missing_and_keeps_the_hash_the_deployment_has():
+    spec = {"image": "a", "configRef": "web-config"}
+    observed = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"template": {"metadata": {"annotations": {pyapp.CONFIG_HASH: "0123456789abcdef"}}}},
+                "status": {"availableReplicas": 1}}
+    resp = reconcile(parent(spec), [observed])
+    assert (resp.conditions[0].reason, resp.conditions[0].message) == (
+        "ConfigMissing", "ConfigMap web-config (spec.workload.configRef) does not exist in this namespace; create it")
+    assert template(resp)["metadata"]["annotations"] == {pyapp.CONFIG_HASH: "0123456789abcdef"}
+    fresh = reconcile(parent(spec))
+    assert fresh.conditions[0].reason == "ConfigMissing"
+    assert "annotations" not in template(fresh)["metadata"], "no hash to keep"
