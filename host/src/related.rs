@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
+use std::sync::Arc;
 
 use kube::core::{Expression, Selector, SelectorExt};
 
@@ -61,36 +62,54 @@ pub struct Changed<'a> {
     pub labels: &'a BTreeMap<String, String>,
 }
 
-/// A kind in a namespace (`None`: cluster-scoped).
-type Place = (KindRef, Option<String>);
+/// A declared kind, by its position in [`RelatedIndex::kinds`] (a plugin declares few).
+type Kind = u16;
+/// A shared string: a namespace, label key or value (interned), or an object's name.
+type Text = Arc<str>;
+/// A kind in a namespace (`None`: cluster-scoped, or every namespace).
+type Place = (Kind, Option<Text>);
 /// An object of a kind in a namespace, by name.
-type Named = (KindRef, Option<String>, String);
+type Named = (Kind, Option<Text>, Text);
 /// A `key = value` label of a kind in a namespace.
-type Labelled = (KindRef, Option<String>, String, String);
+type Labelled = (Kind, Option<Text>, Text, Text);
 /// Parents with the selector they chose.
 type Selectors<P> = Vec<(P, Selector)>;
 
-/// Where one selection of a parent is filed, to take it out again.
+/// Where one selection of a parent is filed, to take it out again (a label bucket boxed: by
+/// name is the common case, and every slot is as large as the largest).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Slot {
-    Name(KindRef, Option<String>, String),
-    Label(KindRef, Option<String>, String, String),
-    Open(KindRef, Option<String>),
+    Name(Named),
+    Label(Box<Labelled>),
+    Open(Place),
 }
 
-/// Parents by what they selected. `P` names a parent (its UID, or an object reference).
+/// Parents by what they selected. `P` names a parent (its UID, or its namespace and name).
+///
+/// Compact, since it holds one entry per reference of every parent: kinds are small numbers,
+/// namespaces and label keys and values are interned, a name is allocated once for its key and
+/// the slot that removes it, and the parents of one name are a plain list (most names have one).
 #[derive(Debug)]
 pub struct RelatedIndex<P> {
-    by_name: HashMap<Named, HashSet<P>>,
+    kinds: Vec<KindRef>,
+    interned: HashSet<Text>,
+    by_name: HashMap<Named, Vec<P>>,
     by_label: HashMap<Labelled, Selectors<P>>,
     open: HashMap<Place, Selectors<P>>,
     /// Each parent's slots, to replace or remove its selections.
-    slots: HashMap<P, Vec<Slot>>,
+    slots: HashMap<P, Box<[Slot]>>,
 }
 
 impl<P> Default for RelatedIndex<P> {
     fn default() -> Self {
-        RelatedIndex { by_name: HashMap::new(), by_label: HashMap::new(), open: HashMap::new(), slots: HashMap::new() }
+        RelatedIndex {
+            kinds: Vec::new(),
+            interned: HashSet::new(),
+            by_name: HashMap::new(),
+            by_label: HashMap::new(),
+            open: HashMap::new(),
+            slots: HashMap::new(),
+        }
     }
 }
 
@@ -100,38 +119,61 @@ impl<P: Clone + Eq + Hash> RelatedIndex<P> {
         RelatedIndex::default()
     }
 
+    /// The shared copy of `text` (a namespace, a label key or value): stored once however many
+    /// selections name it. Never forgotten: there are few.
+    pub fn intern(&mut self, text: &str) -> Text {
+        if let Some(shared) = self.interned.get(text) {
+            return shared.clone();
+        }
+        let shared: Text = text.into();
+        self.interned.insert(shared.clone());
+        shared
+    }
+
+    fn kind(&mut self, kind: &KindRef) -> Kind {
+        match self.kinds.iter().position(|k| k == kind) {
+            Some(i) => i as Kind,
+            None => {
+                self.kinds.push(kind.clone());
+                (self.kinds.len() - 1) as Kind
+            }
+        }
+    }
+
     /// Replaces what `parent` selects with `selections`.
     pub fn set(&mut self, parent: &P, selections: Vec<Selection>) {
         self.remove(parent);
         let mut slots = Vec::with_capacity(selections.len());
         for Selection { kind, namespace, target } in selections {
+            let kind = self.kind(&kind);
+            let namespace = namespace.map(|ns| self.intern(&ns));
             let slot = match target {
                 Target::Name(name) => {
-                    self.by_name
-                        .entry((kind.clone(), namespace.clone(), name.clone()))
-                        .or_default()
-                        .insert(parent.clone());
-                    Slot::Name(kind, namespace, name)
+                    let key: Named = (kind, namespace, name.into());
+                    // Most names have one parent: no room kept for more.
+                    let parents = self.by_name.entry(key.clone()).or_insert_with(|| Vec::with_capacity(1));
+                    if !parents.contains(parent) {
+                        parents.push(parent.clone());
+                    }
+                    Slot::Name(key)
                 }
                 Target::Labels(selector) => match equality(&selector) {
                     Some((key, value)) => {
-                        let bucket = (kind.clone(), namespace.clone(), key.clone(), value.clone());
-                        self.by_label.entry(bucket).or_default().push((parent.clone(), selector));
-                        Slot::Label(kind, namespace, key, value)
+                        let bucket: Labelled = (kind, namespace, self.intern(&key), self.intern(&value));
+                        self.by_label.entry(bucket.clone()).or_default().push((parent.clone(), selector));
+                        Slot::Label(Box::new(bucket))
                     }
                     None => {
-                        self.open
-                            .entry((kind.clone(), namespace.clone()))
-                            .or_default()
-                            .push((parent.clone(), selector));
-                        Slot::Open(kind, namespace)
+                        let place: Place = (kind, namespace);
+                        self.open.entry(place.clone()).or_default().push((parent.clone(), selector));
+                        Slot::Open(place)
                     }
                 },
             };
             slots.push(slot);
         }
         if !slots.is_empty() {
-            self.slots.insert(parent.clone(), slots);
+            self.slots.insert(parent.clone(), slots.into_boxed_slice());
         }
     }
 
@@ -140,20 +182,16 @@ impl<P: Clone + Eq + Hash> RelatedIndex<P> {
         let Some(slots) = self.slots.remove(parent) else { return };
         for slot in slots {
             match slot {
-                Slot::Name(kind, namespace, name) => {
-                    let key = (kind, namespace, name);
+                Slot::Name(key) => {
                     if let Some(parents) = self.by_name.get_mut(&key) {
-                        parents.remove(parent);
+                        parents.retain(|p| p != parent);
                         if parents.is_empty() {
                             self.by_name.remove(&key);
                         }
                     }
                 }
-                Slot::Label(kind, namespace, key, value) => {
-                    let bucket = (kind, namespace, key, value);
-                    remove_from(&mut self.by_label, &bucket, parent);
-                }
-                Slot::Open(kind, namespace) => remove_from(&mut self.open, &(kind, namespace), parent),
+                Slot::Label(bucket) => remove_from(&mut self.by_label, &*bucket, parent),
+                Slot::Open(place) => remove_from(&mut self.open, &place, parent),
             }
         }
     }
@@ -172,12 +210,19 @@ impl<P: Clone + Eq + Hash> RelatedIndex<P> {
         let mut found: Vec<P> = Vec::new();
         let mut seen: HashSet<&P> = HashSet::new();
         let mut examined = 0;
-        // The object's own namespace, then (for a namespaced object) selections of every namespace.
-        let places = [changed.namespace.map(str::to_string), None];
-        let places = if changed.namespace.is_some() { &places[..] } else { &places[..1] };
+        let Some(kind) = self.kinds.iter().position(|k| k == changed.kind) else { return (found, examined) };
+        let kind = kind as Kind;
+        // The object's own namespace, then (for a namespaced object) selections of every
+        // namespace. A namespace no selection names is not interned: nothing to find there.
+        let own = changed.namespace.map(|ns| self.interned.get(ns).cloned());
+        let places: Vec<Option<Text>> = match own {
+            None => vec![None],
+            Some(None) => vec![None],
+            Some(Some(ns)) => vec![Some(ns), None],
+        };
+        let name: Text = changed.name.into();
         for namespace in places {
-            let kind = changed.kind.clone();
-            if let Some(parents) = self.by_name.get(&(kind.clone(), namespace.clone(), changed.name.to_string())) {
+            if let Some(parents) = self.by_name.get(&(kind, namespace.clone(), name.clone())) {
                 examined += parents.len();
                 for parent in parents {
                     if seen.insert(parent) {
@@ -186,9 +231,10 @@ impl<P: Clone + Eq + Hash> RelatedIndex<P> {
                 }
             }
             let labelled = changed.labels.iter().filter_map(|(key, value)| {
-                self.by_label.get(&(kind.clone(), namespace.clone(), key.clone(), value.clone()))
+                let (key, value) = (self.interned.get(key.as_str())?, self.interned.get(value.as_str())?);
+                self.by_label.get(&(kind, namespace.clone(), key.clone(), value.clone()))
             });
-            let open = self.open.get(&(kind.clone(), namespace.clone()));
+            let open = self.open.get(&(kind, namespace.clone()));
             for (parent, selector) in labelled.chain(open).flatten() {
                 examined += 1;
                 if selector.matches(changed.labels) && seen.insert(parent) {

@@ -4,9 +4,8 @@
 //! requests.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use kube::ResourceExt;
 use kube::api::DynamicObject;
 use kube::core::ApiResource;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -47,27 +46,32 @@ impl ReadKindCache {
     }
 }
 
-/// A parent, as the index names it: namespace and name (compact: no UID, no API resource).
+/// A parent, as the index names it: namespace and name (compact: no UID, no API resource; the
+/// index shares one copy of each namespace).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ParentKey {
     /// Its namespace (`None` when cluster-scoped).
-    pub namespace: Option<String>,
+    pub namespace: Option<Arc<str>>,
     /// Its name.
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 impl ParentKey {
     /// The key of `parent`.
     pub fn of(parent: &DynamicObject) -> ParentKey {
-        ParentKey { namespace: parent.namespace(), name: parent.name_any() }
+        let meta = &parent.metadata;
+        ParentKey {
+            namespace: meta.namespace.as_deref().map(Arc::from),
+            name: meta.name.as_deref().unwrap_or_default().into(),
+        }
     }
 
     /// The key of a parent given as JSON.
     pub fn of_json(parent: &Value) -> ParentKey {
         let meta = &parent["metadata"];
         ParentKey {
-            namespace: meta["namespace"].as_str().map(str::to_string),
-            name: meta["name"].as_str().unwrap_or_default().to_string(),
+            namespace: meta["namespace"].as_str().map(Arc::from),
+            name: meta["name"].as_str().unwrap_or_default().into(),
         }
     }
 
@@ -158,7 +162,13 @@ impl Related {
             }
         };
         let selections = checked.iter().map(|c| c.selection.clone()).collect();
-        self.with_index(|index| index.set(parent, selections));
+        self.with_index(|index| {
+            let shared = ParentKey {
+                namespace: parent.namespace.as_deref().map(|ns| index.intern(ns)),
+                name: parent.name.clone(),
+            };
+            index.set(&shared, selections);
+        });
         let mut picked = Vec::with_capacity(checked.len());
         let mut count = 0;
         for c in checked {
@@ -233,7 +243,8 @@ impl Related {
                 if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
             ));
         };
-        let namespace = scoped_namespace(cache, parent.namespace.clone(), selector.namespace.clone())?;
+        let parent_ns = parent.namespace.as_deref().map(str::to_string);
+        let namespace = scoped_namespace(cache, parent_ns, selector.namespace.clone())?;
         let target = match &selector.target {
             Target::Name(name) if name.is_empty() => return Err("the name to select is empty".into()),
             Target::Name(name) => crate::related::Target::Name(name.clone()),
