@@ -243,11 +243,15 @@ async fn run(n: usize, edits: usize, fan_out: usize, plugin: PathBuf) {
         latencies[latencies.len() - 1]
     );
     let reads = requests.count("get", "configmaps") + requests.count("list", "configmaps");
+    let per_edit: Vec<String> = requests
+        .counts
+        .iter()
+        .map(|((verb, resource), count)| format!("{verb} {resource} {:.2}", *count as f64 / edits as f64))
+        .collect();
     println!(
-        "related: API requests meanwhile, per edit: {:.2} in all (the edit itself included); ConfigMap reads: {reads}; \
-         Deployment writes: {:.2}",
+        "related: API requests meanwhile, per edit: {:.2} in all ({}); ConfigMap reads by the operator: {reads}",
         requests.total() as f64 / edits as f64,
-        requests.writes("deployments") as f64 / edits as f64
+        per_edit.join(", ")
     );
 
     // The fan-out: one ConfigMap named by `fan_out` parents.

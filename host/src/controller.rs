@@ -222,9 +222,19 @@ fn parent_events(
 /// A watch of one read kind, feeding its cache.
 type RelatedStream = futures::stream::BoxStream<'static, Result<DynamicObject, watcher::Error>>;
 
-/// The parents an object selected before its latest change, noted before the change reaches the
-/// cache (after it, the old labels are gone) and taken when the change is mapped to parents.
-type Before = Arc<std::sync::Mutex<Vec<ParentKey>>>;
+/// What the cache held of an object before its latest event, noted before the event reaches the
+/// cache (after it, the old labels are gone) and taken when the event is mapped to parents.
+type Before = Arc<std::sync::Mutex<Noted>>;
+
+/// An object's cached copy, against the event that replaces it.
+#[derive(Default)]
+struct Noted {
+    /// The event changes nothing (a relist delivering the same resourceVersion): no parent
+    /// needs it.
+    unchanged: bool,
+    /// The parents the cached copy's labels matched, when the labels changed.
+    parents: Vec<ParentKey>,
+}
 
 /// The watches of the kinds a plugin reads (none without reads): one cache per kind, in
 /// [`Related`], and per kind index the stream of its changed objects, to be mapped to the
@@ -291,8 +301,9 @@ fn related_events(
     watcher(api, watcher::Config::default()).boxed()
 }
 
-/// Before a changed object of read kind `kind` replaces its cached copy: when its labels
-/// changed, the parents the cached copy matched (it may leave their selections).
+/// Before an object of read kind `kind` replaces its cached copy: whether it is unchanged (a
+/// relist re-delivers every object; none needs a reconcile), and when its labels changed, the
+/// parents the cached copy matched (it may leave their selections).
 fn note_before(related: &Related, kind: usize, event: &watcher::Event<DynamicObject>, before: &Before) {
     let (watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) = event else { return };
     let cache = &related.kinds[kind];
@@ -300,12 +311,17 @@ fn note_before(related: &Related, kind: usize, event: &watcher::Event<DynamicObj
     else {
         return;
     };
-    if old.metadata.labels != obj.metadata.labels {
-        let parents = related.parents_of(kind, &old);
-        match before.lock() {
-            Ok(mut noted) => *noted = parents,
-            Err(poisoned) => *poisoned.into_inner() = parents,
-        }
+    let unchanged =
+        old.metadata.resource_version.is_some() && old.metadata.resource_version == obj.metadata.resource_version;
+    let parents = if !unchanged && old.metadata.labels != obj.metadata.labels {
+        related.parents_of(kind, &old)
+    } else {
+        Vec::new()
+    };
+    let noted = Noted { unchanged, parents };
+    match before.lock() {
+        Ok(mut slot) => *slot = noted,
+        Err(poisoned) => *poisoned.into_inner() = noted,
     }
 }
 
@@ -344,10 +360,14 @@ fn related_parents(
     to: Selecting,
 ) -> impl Fn(DynamicObject) -> Vec<kube::runtime::reflector::ObjectRef<DynamicObject>> + Send + Sync + 'static {
     move |obj| {
-        let mut selecting = match before.lock() {
+        let noted = match before.lock() {
             Ok(mut noted) => std::mem::take(&mut *noted),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         };
+        if noted.unchanged {
+            return Vec::new();
+        }
+        let mut selecting = noted.parents;
         for parent in related.parents_of(kind, &obj) {
             if !selecting.contains(&parent) {
                 selecting.push(parent);

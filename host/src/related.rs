@@ -68,8 +68,9 @@ type Kind = u16;
 type Text = Arc<str>;
 /// A kind in a namespace (`None`: cluster-scoped, or every namespace).
 type Place = (Kind, Option<Text>);
-/// An object of a kind in a namespace, by name.
-type Named = (Kind, Option<Text>, Text);
+/// An object of a kind by `namespace/name` (`/name`: cluster-scoped, or every namespace; an
+/// object name has no `/`): one string per name, where a namespace and a name were two.
+type Named = (Kind, Text);
 /// A `key = value` label of a kind in a namespace.
 type Labelled = (Kind, Option<Text>, Text, Text);
 /// Parents with the selector they chose.
@@ -149,7 +150,7 @@ impl<P: Clone + Eq + Hash> RelatedIndex<P> {
             let namespace = namespace.map(|ns| self.intern(&ns));
             let slot = match target {
                 Target::Name(name) => {
-                    let key: Named = (kind, namespace, name.into());
+                    let key: Named = (kind, named(namespace.as_deref(), &name));
                     // Most names have one parent: no room kept for more.
                     let parents = self.by_name.entry(key.clone()).or_insert_with(|| Vec::with_capacity(1));
                     if !parents.contains(parent) {
@@ -220,9 +221,8 @@ impl<P: Clone + Eq + Hash> RelatedIndex<P> {
             Some(None) => vec![None],
             Some(Some(ns)) => vec![Some(ns), None],
         };
-        let name: Text = changed.name.into();
         for namespace in places {
-            if let Some(parents) = self.by_name.get(&(kind, namespace.clone(), name.clone())) {
+            if let Some(parents) = self.by_name.get(&(kind, named(namespace.as_deref(), changed.name))) {
                 examined += parents.len();
                 for parent in parents {
                     if seen.insert(parent) {
@@ -346,6 +346,11 @@ fn equality(selector: &Selector) -> Option<(String, String)> {
             _ => None,
         })
         .min()
+}
+
+/// The key of a name in a namespace (or none): `namespace/name`, `/name`.
+fn named(namespace: Option<&str>, name: &str) -> Text {
+    format!("{}/{name}", namespace.unwrap_or_default()).into()
 }
 
 fn remove_from<K: Eq + Hash, P: Eq>(map: &mut HashMap<K, Selectors<P>>, key: &K, parent: &P) {

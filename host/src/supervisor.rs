@@ -466,17 +466,11 @@ async fn run_controller(
 }
 
 /// Whether `next` can be swapped into `running` in place: no rollout on either side, and the
-/// same parent kind, child kinds, finalizer and CRD (what the watches, the RBAC and the CRD
-/// were set up for).
+/// same parent kind, child kinds, finalizer, CRD and read kinds (what the watches, the RBAC and
+/// the CRD were set up for).
 fn swappable(running: &Running, next: &OperatorRevision, canary: Option<&Arc<Canary>>) -> bool {
     let (old, new) = (running.revision.plugin.metadata(), next.plugin.metadata());
-    let kinds = |m: &crate::plugin::OperatorMetadata| m.children.iter().map(|c| c.gvk.to_string()).collect::<Vec<_>>();
-    running.canary.is_none()
-        && canary.is_none()
-        && old.parent == new.parent
-        && kinds(old) == kinds(new)
-        && old.finalizer == new.finalizer
-        && old.crd == new.crd
+    running.canary.is_none() && canary.is_none() && old.same_shape(new)
 }
 
 /// Whether two policy lists hold the same revisions in the same order.

@@ -698,13 +698,10 @@ fn staged_entry(
     if stable.plugin.file().revision() == canary.plugin.file().revision() {
         return Ok((Some(fresh), None));
     }
-    let (old, new) = (stable.plugin.metadata(), canary.plugin.metadata());
-    let kinds =
-        |m: &crate::plugin::OperatorMetadata| m.children.iter().map(|c| c.gvk.to_string()).collect::<BTreeSet<_>>();
-    if old.parent != new.parent || kinds(old) != kinds(new) || old.finalizer != new.finalizer || old.crd != new.crd {
+    if !stable.plugin.metadata().same_shape(canary.plugin.metadata()) {
         return Err(format!(
-            "{source}: revision {} changes the parent kind, child kinds, finalizer or CRD of revision {}, which a staged \
-             rollout cannot serve side by side; remove spec.rollout to replace it at once",
+            "{source}: revision {} changes the parent kind, child kinds, finalizer, CRD or read kinds of revision {}, \
+             which a staged rollout cannot serve side by side; remove spec.rollout to replace it at once",
             canary.plugin.file().revision(),
             stable.plugin.file().revision()
         ));

@@ -6,6 +6,7 @@
 
 pub mod names;
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::Serialize;
@@ -89,6 +90,22 @@ impl OperatorMetadata {
     /// The declared child kind matching `gvk`, if any.
     pub fn child_kind(&self, gvk: &Gvk) -> Option<&ChildKind> {
         self.children.iter().find(|c| &c.gvk == gvk)
+    }
+
+    /// Whether `other` has the shape a running controller is built from: the same parent kind,
+    /// child kinds, finalizer, CRD and read kinds (in any order). A revision of the same shape
+    /// can serve through a controller's watches and caches: swapped in on a reload, or beside
+    /// it as a canary.
+    pub fn same_shape(&self, other: &OperatorMetadata) -> bool {
+        let children = |m: &OperatorMetadata| m.children.iter().map(|c| c.gvk.clone()).collect::<BTreeSet<_>>();
+        let reads_of = |a: &OperatorMetadata, b: &OperatorMetadata| a.reads.iter().all(|r| b.reads.contains(r));
+        self.parent == other.parent
+            && children(self) == children(other)
+            && self.finalizer == other.finalizer
+            && self.crd == other.crd
+            && self.reads.len() == other.reads.len()
+            && reads_of(self, other)
+            && reads_of(other, self)
     }
 
     /// The declared read kind matching `gvk`, if any.
@@ -354,6 +371,29 @@ mod tests {
         assert!(Condition::ready(true, "not ready", "x").check().unwrap_err().contains("CamelCase"));
         let twice = [Condition::ready(true, "A", ""), Condition::ready(false, "B", "")];
         assert_eq!(check_conditions(&twice).unwrap_err(), ("Ready".into(), "returned twice".into()));
+    }
+
+    #[test]
+    fn the_same_shape_means_the_same_kinds_whatever_their_order() {
+        let meta = |children: &[&str], reads: Vec<ReadKind>| OperatorMetadata {
+            name: "x".into(),
+            version: "1".into(),
+            parent: Gvk::new("g.io", "v1", "K"),
+            children: children
+                .iter()
+                .map(|k| ChildKind { gvk: Gvk::new("", "v1", k), cluster_scoped: false })
+                .collect(),
+            crd: None,
+            finalizer: false,
+            reads,
+        };
+        let cm = ReadKind::same_namespace(Gvk::new("", "v1", "ConfigMap"));
+        let secret = ReadKind::same_namespace(Gvk::new("", "v1", "Secret")).metadata_only();
+        let a = meta(&["ConfigMap", "Service"], vec![cm.clone(), secret.clone()]);
+        assert!(a.same_shape(&meta(&["Service", "ConfigMap"], vec![secret.clone(), cm.clone()])));
+        assert!(!a.same_shape(&meta(&["ConfigMap", "Service"], vec![cm.clone()])), "a read kind fewer");
+        let body = ReadKind::same_namespace(Gvk::new("", "v1", "Secret"));
+        assert!(!a.same_shape(&meta(&["ConfigMap", "Service"], vec![cm, body])), "the Secret's bodies now");
     }
 
     #[test]
