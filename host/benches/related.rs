@@ -222,6 +222,17 @@ async fn run(n: usize, edits: usize, fan_out: usize, plugin: PathBuf) {
     hashes.until(|seen| seen.len() >= n).await;
     println!("related: {n} parents, each naming its own ConfigMap, all carry its hash after {:.1?}", started.elapsed());
 
+    // Until the first statuses are written (the edits' requests alone are counted below).
+    let mut quiet = server.stats();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = server.stats();
+        if now.since(&quiet).writes("*") == 0 {
+            break;
+        }
+        quiet = now;
+    }
+
     // Single edits, one at a time.
     let before = server.stats();
     let mut latencies = Vec::with_capacity(edits);
