@@ -121,17 +121,16 @@ impl Case {
         let failed = |reason: &str, message: String| json!({ "reason": reason, "message": message });
         let policies = &self.policies(policies).map_err(|e| failed("InvalidCase", e.to_string()))?;
         let parent = as_parent(plugin, self.parent.clone()).map_err(|e| failed(e.condition_reason(), e.to_string()))?;
-        let related = Related::offline(&plugin.metadata().reads, &self.related)
-            .pick(plugin, &parent)
-            .map_err(|e| failed(e.condition_reason(), e.to_string()))?;
         let req = ReconcileRequest {
             parent: parent.clone(),
             children: self.observed.clone(),
             finalizing: self.finalizing,
             settings: self.settings.clone(),
-            related,
+            related: Vec::new(),
         };
-        let desired = plugin.reconcile(&req).map_err(|e| failed(e.condition_reason(), e.to_string()))?;
+        let desired = Related::offline(&plugin.metadata().reads, &self.related)
+            .reconcile(plugin, req)
+            .map_err(|e| failed(e.condition_reason(), e.to_string()))?;
         let reviewed =
             policies.review(&parent, desired.children).map_err(|e| failed(e.condition_reason(), e.to_string()))?;
         let children = reviewed.children;

@@ -110,15 +110,14 @@ pub(crate) fn run(rt: &Runtime, args: Args) -> anyhow::Result<ExitCode> {
     let mut results = Vec::new();
     for parent in parents {
         let children = observed_children(&parent, &observed);
-        let related = related.pick(&plugin, &parent)?;
         let req = ReconcileRequest {
             parent: parent.clone(),
             children,
             finalizing: false,
             settings: settings.clone(),
-            related,
+            related: Vec::new(),
         };
-        let mut desired = plugin.reconcile(&req)?;
+        let mut desired = related.reconcile(&plugin, req)?;
         let reviewed = chain.review(&parent, std::mem::take(&mut desired.children))?;
         desired.children = reviewed.children;
         for finding in reviewed.findings {

@@ -20,6 +20,13 @@ impl From<wit_types::Gvk> for Gvk {
     }
 }
 
+/// The related objects of one parent: `(selector id, objects)`, in the selectors' order.
+pub type RelatedObjects = Vec<(String, Vec<Value>)>;
+
+/// Resolves the selectors a plugin's `related` returned into the objects they pick (the host's
+/// caches, or objects given offline).
+pub type Pick<'a> = &'a dyn Fn(Vec<Selector>) -> Result<RelatedObjects, super::PluginError>;
+
 /// One reconcile of one parent, as the host asks it.
 #[derive(Clone, Debug)]
 pub struct ReconcileRequest {
@@ -33,7 +40,7 @@ pub struct ReconcileRequest {
     pub settings: Option<String>,
     /// The related objects, one group per selector the plugin's `related` returned, in its
     /// order: the selector's id and the objects it picked.
-    pub related: Vec<(String, Vec<Value>)>,
+    pub related: RelatedObjects,
 }
 
 impl From<wit_types::Condition> for Condition {

@@ -19,8 +19,8 @@ mod sandbox;
 
 pub use cache::{CacheOutcome, CacheStats, sha256_hex};
 pub use contract::{
-    ChildKind, Condition, ConditionStatus, CrdVersion, Desired, Gvk, OperatorMetadata, PolicyMetadata, ReadKind,
-    ReadScope, ReconcileRequest, Selector, Target, Verdict,
+    ChildKind, Condition, ConditionStatus, CrdVersion, Desired, Gvk, OperatorMetadata, Pick, PolicyMetadata, ReadKind,
+    ReadScope, ReconcileRequest, RelatedObjects, Selector, Target, Verdict,
 };
 pub use error::PluginError;
 pub use file::{PluginFile, World};

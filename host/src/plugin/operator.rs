@@ -8,7 +8,7 @@ use wasmtime::component::{Instance, InstancePre};
 
 use super::bindings::operator::OperatorPre;
 use super::bindings::operator::exports::wasmop::plugin::reconciler as wit;
-use super::contract::{Desired, OperatorMetadata, ReconcileRequest, Selector, metadata_from_wit};
+use super::contract::{Desired, OperatorMetadata, Pick, ReconcileRequest, Selector, metadata_from_wit};
 use super::error::PluginError;
 use super::file::PluginFile;
 use super::legacy::{v0_1, v0_2};
@@ -55,6 +55,9 @@ instantiate_via_bindings!(
     v0_2::bindings::operator::OperatorPre<CallState> => v0_2::bindings::operator::Operator,
     v0_1::bindings::operator::OperatorPre<CallState> => v0_1::bindings::operator::Operator,
 );
+
+/// A plugin's answer to `reconcile`, as the bindings give it.
+type Answer = Result<wit::Response, wit::Error>;
 
 /// Loads the `reconciler` export of an instance.
 type LoadReconciler<G> = Box<dyn Fn(&mut wasmtime::Store<CallState>, &Instance) -> wasmtime::Result<G> + Send + Sync>;
@@ -144,27 +147,40 @@ impl Pre {
         }
     }
 
-    /// `None` for a plugin of an older contract, which selects nothing.
-    fn related(
+    /// Whether the plugin exports `related` (contract 0.3).
+    fn relates(&self) -> bool {
+        matches!(self, Pre::Current(_) | Pre::SingleVersion(_))
+    }
+
+    /// `related` on the parent, then `reconcile` with the objects `pick` resolves its selectors
+    /// to, in one instance and under one call's limits. Only for a plugin that [`Pre::relates`].
+    fn reconcile_related(
         &self,
         label: &Arc<str>,
         limits: &Limits,
-        parent: &String,
-    ) -> Option<Result<Result<Vec<wit::Selector>, String>, PluginError>> {
-        let call = |s: &mut wasmtime::Store<CallState>, g: &wit::Guest| g.call_related(s, parent);
+        mut req: wit::Request,
+        pick: &dyn Fn(Result<Vec<wit::Selector>, String>) -> Result<Vec<wit::RelatedObjects>, PluginError>,
+    ) -> Result<Result<Answer, PluginError>, PluginError> {
+        let mut both =
+            |s: &mut wasmtime::Store<CallState>, g: &wit::Guest| -> wasmtime::Result<Result<Answer, PluginError>> {
+                let selectors = g.call_related(&mut *s, &req.parent)?;
+                req.related = match pick(selectors) {
+                    Ok(related) => related,
+                    Err(e) => return Ok(Err(e)),
+                };
+                Ok(Ok(g.call_reconcile(s, &req)?))
+            };
         match self {
-            Pre::Current(pre) => Some(call_in(pre, label, limits, |s, i| call(s, i.wasmop_plugin_reconciler()))),
-            Pre::SingleVersion(pre) => Some(call_in(pre, label, limits, |s, i| call(s, i.wasmop_plugin_reconciler()))),
-            Pre::V02(_) | Pre::V02SingleVersion(_) | Pre::V01(_) => None,
+            Pre::Current(pre) => call_in(pre, label, limits, |s, i| both(s, i.wasmop_plugin_reconciler())),
+            Pre::SingleVersion(pre) => call_in(pre, label, limits, |s, i| both(s, i.wasmop_plugin_reconciler())),
+            Pre::V02(_) | Pre::V02SingleVersion(_) | Pre::V01(_) => {
+                let reason = "an older contract has no related objects".to_string();
+                Err(PluginError::Incompatible { plugin: label.to_string(), reason })
+            }
         }
     }
 
-    fn reconcile(
-        &self,
-        label: &Arc<str>,
-        limits: &Limits,
-        req: &wit::Request,
-    ) -> Result<Result<wit::Response, wit::Error>, PluginError> {
+    fn reconcile(&self, label: &Arc<str>, limits: &Limits, req: &wit::Request) -> Result<Answer, PluginError> {
         match self {
             Pre::Current(pre) => {
                 call_in(pre, label, limits, |s, i| i.wasmop_plugin_reconciler().call_reconcile(s, req))
@@ -266,27 +282,54 @@ impl OperatorPlugin {
     /// Computes the desired state of one parent, in a fresh sandbox, and checks the answer.
     pub fn reconcile(&self, req: &ReconcileRequest) -> Result<Desired, PluginError> {
         let inner = &*self.inner;
-        let wit_req = wit::Request {
-            parent: req.parent.to_string(),
-            children: req.children.iter().map(Value::to_string).collect(),
-            finalizing: req.finalizing,
-            settings: req.settings.clone(),
-            related: req
-                .related
-                .iter()
+        let ticks = inner.ticker.ticks();
+        let answer = inner.pre.reconcile(&inner.name, &inner.limits, &wit_request(req));
+        self.checked(req, ticks, answer)
+    }
+
+    /// Picks the parent's related objects and computes its desired state, in one fresh sandbox:
+    /// the plugin's `related`, the selectors resolved by `pick`, then `reconcile` with what they
+    /// picked. A plugin that declares no reads, or of an older contract, is only reconciled.
+    pub fn reconcile_related(&self, req: ReconcileRequest, pick: Pick<'_>) -> Result<Desired, PluginError> {
+        let inner = &*self.inner;
+        if inner.meta.reads.is_empty() || !inner.pre.relates() {
+            return self.reconcile(&req);
+        }
+        let pick_wit = |answer: Result<Vec<wit::Selector>, String>| {
+            let selectors = answer.map_err(|message| PluginError::InvalidSpec {
+                plugin: inner.meta.name.clone(),
+                message: escape_controls(&message),
+            })?;
+            let picked = pick(selectors.into_iter().map(Selector::from).collect())?;
+            Ok(picked
+                .into_iter()
                 .map(|(id, objects)| wit::RelatedObjects {
-                    id: id.clone(),
+                    id,
                     objects: objects.iter().map(Value::to_string).collect(),
                 })
-                .collect(),
+                .collect())
         };
         let ticks = inner.ticker.ticks();
-        let answer = inner.pre.reconcile(&inner.name, &inner.limits, &wit_req);
+        let answer = inner.pre.reconcile_related(&inner.name, &inner.limits, wit_request(&req), &pick_wit);
+        match answer {
+            Ok(Ok(answer)) => self.checked(&req, ticks, Ok(answer)),
+            Ok(Err(e)) | Err(e) => self.checked(&req, ticks, Err(e)),
+        }
+    }
+
+    /// The plugin's answer checked against its metadata and limits; the call's epoch ticks on
+    /// the caller's `plugin call` span.
+    fn checked(
+        &self,
+        req: &ReconcileRequest,
+        ticks_before: u64,
+        answer: Result<Answer, PluginError>,
+    ) -> Result<Desired, PluginError> {
+        let inner = &*self.inner;
         // Shown on the reconcile's `plugin call` span, when the caller opened one: the epoch
         // ticks the call took, what its wall-time limit counts.
-        tracing::Span::current().record("epoch_ticks", inner.ticker.ticks().saturating_sub(ticks));
-        let answer = answer?;
-        match answer {
+        tracing::Span::current().record("epoch_ticks", inner.ticker.ticks().saturating_sub(ticks_before));
+        match answer? {
             Ok(resp) => check_response(&inner.meta, &req.parent, resp, &inner.limits),
             // Control characters escaped: the text reaches the host's log lines.
             Err(wit::Error::Invalid(message)) => {
@@ -299,28 +342,25 @@ impl OperatorPlugin {
     }
 }
 
-impl OperatorPlugin {
-    /// The related objects the plugin picks for `parent` (its `related` export). Not called for
-    /// a plugin that declares no reads, or of an older contract: both pick none. The selectors
-    /// are checked against the declared reads where they are resolved
-    /// ([`crate::reconcile::related::Related::resolve`]). An error the plugin returns is an
-    /// invalid spec, like `reconcile`'s `invalid`.
-    pub fn related(&self, parent: &Value) -> Result<Vec<Selector>, PluginError> {
-        let inner = &*self.inner;
-        if inner.meta.reads.is_empty() {
-            return Ok(Vec::new());
-        }
-        let Some(answer) = inner.pre.related(&inner.name, &inner.limits, &parent.to_string()) else {
-            return Ok(Vec::new());
-        };
-        match answer? {
-            Ok(selectors) => Ok(selectors.into_iter().map(Selector::from).collect()),
-            Err(message) => {
-                Err(PluginError::InvalidSpec { plugin: inner.meta.name.clone(), message: escape_controls(&message) })
-            }
-        }
+/// A request in the bindings' terms.
+fn wit_request(req: &ReconcileRequest) -> wit::Request {
+    wit::Request {
+        parent: req.parent.to_string(),
+        children: req.children.iter().map(Value::to_string).collect(),
+        finalizing: req.finalizing,
+        settings: req.settings.clone(),
+        related: req
+            .related
+            .iter()
+            .map(|(id, objects)| wit::RelatedObjects {
+                id: id.clone(),
+                objects: objects.iter().map(Value::to_string).collect(),
+            })
+            .collect(),
     }
+}
 
+impl OperatorPlugin {
     /// Whether the plugin can convert between versions of its parent kind (contract 0.2 and a
     /// CRD with more than one version).
     pub fn converts(&self) -> bool {

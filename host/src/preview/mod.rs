@@ -332,7 +332,7 @@ impl Preview {
         let mut children: Vec<(&ChildKey, &DynamicObject)> = observed.iter().map(|(k, o)| (k, *o)).collect();
         children.sort_by(|a, b| a.0.cmp(b.0));
         let children = children.into_iter().map(|(_, o)| serde_json::to_value(o)).collect::<Result<Vec<_>, _>>()?;
-        let mut request = ReconcileRequest {
+        let request = ReconcileRequest {
             parent: parent_json.clone(),
             children,
             finalizing: false,
@@ -341,8 +341,7 @@ impl Preview {
         };
         let (plugin, policies) = (self.plugin.clone(), self.policies.clone());
         let answer = tokio::task::spawn_blocking(move || -> Result<(Desired, Vec<Finding>), ReconcileError> {
-            request.related = related.pick(&*plugin, &parent_json)?;
-            let mut desired = plugin.reconcile(&request)?;
+            let mut desired = related.reconcile(&*plugin, request)?;
             let reviewed = policies.review(&parent_json, std::mem::take(&mut desired.children))?;
             desired.children = reviewed.children;
             Ok((desired, reviewed.findings))

@@ -35,8 +35,7 @@ pub use trigger::{Start, Trigger, Triggers};
 
 use crate::apply::{self, ChildKey, Owner, Ownership};
 use crate::plugin::{
-    Condition, ConditionStatus, Desired, Limits, OperatorMetadata, OperatorPlugin, PluginError, ReconcileRequest,
-    Selector,
+    Condition, ConditionStatus, Desired, Limits, OperatorMetadata, OperatorPlugin, Pick, PluginError, ReconcileRequest,
 };
 use crate::policy::{Finding, PolicyChain, ReviewError, describe};
 use crate::shard::Shards;
@@ -60,11 +59,11 @@ pub trait Reconciler: Send + Sync + 'static {
     fn revision(&self) -> &str;
     /// Computes the checked desired state of one parent.
     fn reconcile(&self, req: &ReconcileRequest) -> Result<Desired, PluginError>;
-    /// Picks the related objects one parent reads (asked only when the metadata declares
-    /// reads). The default picks none.
-    fn related(&self, parent: &Value) -> Result<Vec<Selector>, PluginError> {
-        let _ = parent;
-        Ok(Vec::new())
+    /// Picks the related objects of one parent (`pick` resolves its selectors) and computes
+    /// its desired state with them. The default picks none.
+    fn reconcile_related(&self, req: ReconcileRequest, pick: Pick<'_>) -> Result<Desired, PluginError> {
+        let _ = pick;
+        self.reconcile(&req)
     }
     /// Most related objects one parent may read.
     fn max_related(&self) -> usize {
@@ -82,8 +81,8 @@ impl Reconciler for OperatorPlugin {
     fn reconcile(&self, req: &ReconcileRequest) -> Result<Desired, PluginError> {
         OperatorPlugin::reconcile(self, req)
     }
-    fn related(&self, parent: &Value) -> Result<Vec<Selector>, PluginError> {
-        OperatorPlugin::related(self, parent)
+    fn reconcile_related(&self, req: ReconcileRequest, pick: Pick<'_>) -> Result<Desired, PluginError> {
+        OperatorPlugin::reconcile_related(self, req, pick)
     }
     fn max_related(&self) -> usize {
         self.limits().max_related
@@ -455,7 +454,7 @@ async fn compute(
     observed: &Observed,
     finalizing: bool,
 ) -> Result<Desired, ReconcileError> {
-    let mut request = ReconcileRequest {
+    let request = ReconcileRequest {
         parent: parent_json(parent, ctx)?,
         children: observed.to_json(),
         finalizing,
@@ -479,14 +478,10 @@ async fn compute(
     });
     let answer = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
-        let picked = match &related {
-            Some(related) => related.pick(&*plugin, &request.parent),
-            None => Ok(Vec::new()),
+        let answer = match &related {
+            Some(related) => related.reconcile(&*plugin, request),
+            None => plugin.reconcile(&request),
         };
-        let answer = picked.and_then(|picked| {
-            request.related = picked;
-            plugin.reconcile(&request)
-        });
         if let Err(e) = &answer {
             span.record("failure", e.metric_reason());
         }

@@ -11,7 +11,9 @@ use kube::core::ApiResource;
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::{Value, json};
 
-use crate::plugin::{Gvk, PluginError, ReadKind, ReadScope, Selector, Target};
+use crate::plugin::{
+    Desired, Gvk, PluginError, ReadKind, ReadScope, ReconcileRequest, RelatedObjects, Selector, Target,
+};
 use crate::related::{Changed, KindRef, RelatedIndex, Selection, parse_labels};
 
 /// Most selectors one parent may return: each is an entry in the index.
@@ -93,7 +95,7 @@ pub struct Related {
 }
 
 /// The objects a parent's selectors picked: `(selector id, objects)` in the selectors' order.
-pub type Picked = Vec<(String, Vec<Value>)>;
+pub type Picked = RelatedObjects;
 
 impl Related {
     /// Related objects over these caches, with an empty index.
@@ -121,11 +123,13 @@ impl Related {
         Related::new(kinds)
     }
 
-    /// The related objects `plugin` picks for `parent` (JSON): its `related` call, resolved
-    /// here. What the reconcile pipeline and the offline tools both do.
-    pub fn pick(&self, plugin: &dyn super::Reconciler, parent: &Value) -> Result<Picked, PluginError> {
-        let selectors = plugin.related(parent)?;
-        self.resolve(&plugin.metadata().name, &ParentKey::of_json(parent), selectors, plugin.max_related())
+    /// Reconciles `req` with `plugin`, the related objects its selectors pick resolved here (in
+    /// one sandbox for a WebAssembly plugin): what the reconcile pipeline and the offline tools
+    /// all do.
+    pub fn reconcile(&self, plugin: &dyn super::Reconciler, req: ReconcileRequest) -> Result<Desired, PluginError> {
+        let key = ParentKey::of_json(&req.parent);
+        let (name, limit) = (plugin.metadata().name.clone(), plugin.max_related());
+        plugin.reconcile_related(req, &|selectors| self.resolve(&name, &key, selectors, limit))
     }
 
     /// The parents whose selections match `obj` (an object of `self.kinds[kind]`).
