@@ -181,7 +181,8 @@ impl Related {
             if count > limit {
                 return Err(PluginError::TooManyRelated { plugin: plugin.into(), selector: c.id, count, limit });
             }
-            picked.push((c.id, objects));
+            let cache = &self.kinds[c.cache];
+            picked.push((c.id, objects.iter().map(|o| to_json(cache, o)).collect()));
         }
         Ok(picked)
     }
@@ -199,11 +200,6 @@ impl Related {
         }
         let live = live();
         self.with_index(|index| index.retain(|p| live.contains(p)));
-    }
-
-    /// How many parents select anything.
-    pub fn parents_selecting(&self) -> usize {
-        self.with_index(|index| index.len())
     }
 
     fn with_index<R>(&self, f: impl FnOnce(&mut RelatedIndex<ParentKey>) -> R) -> R {
@@ -259,10 +255,10 @@ impl Related {
     }
 
     /// The objects one checked selector picks from its cache, ordered by namespace and name.
-    fn objects(&self, c: &Checked) -> Vec<Value> {
+    fn objects(&self, c: &Checked) -> Vec<Arc<DynamicObject>> {
         let cache = &self.kinds[c.cache];
         let ns = c.selection.namespace.as_deref();
-        let mut objects: Vec<std::sync::Arc<DynamicObject>> = match &c.selection.target {
+        let mut objects: Vec<Arc<DynamicObject>> = match &c.selection.target {
             crate::related::Target::Name(name) if ns.is_some() || !cache.namespaced => {
                 let oref = ObjectRef::new_with(name, cache.resource.clone());
                 let oref = match ns {
@@ -288,7 +284,7 @@ impl Related {
         };
         objects
             .sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
-        objects.iter().map(|o| to_json(cache, o)).collect()
+        objects
     }
 }
 
@@ -353,4 +349,124 @@ fn to_json(cache: &ReadKindCache, obj: &DynamicObject) -> Value {
 /// The index's name for a kind: group and kind (a kind is one set of objects in every version).
 pub fn kind_ref(gvk: &Gvk) -> KindRef {
     KindRef { group: gvk.group.clone(), kind: gvk.kind.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reads() -> Vec<ReadKind> {
+        vec![
+            ReadKind::same_namespace(Gvk::new("", "v1", "ConfigMap")),
+            ReadKind::same_namespace(Gvk::new("", "v1", "Secret")).metadata_only(),
+            ReadKind::cluster(Gvk::new("", "v1", "Namespace")),
+        ]
+    }
+
+    fn objects() -> Vec<Value> {
+        let mut objects: Vec<Value> = ["shop", "blog"]
+            .iter()
+            .flat_map(|ns| {
+                (0..3).map(move |i| {
+                    json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": format!("c{i}"), "namespace": ns, "labels": {"i": i.to_string()}},
+                        "data": {"k": "v"}})
+                })
+            })
+            .collect();
+        objects.push(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "shop"},
+            "data": {"password": "aHVudGVyMg=="}}));
+        objects.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}));
+        objects
+    }
+
+    fn shop(name: &str) -> ParentKey {
+        ParentKey { namespace: Some("shop".into()), name: name.into() }
+    }
+
+    fn resolve(selectors: Vec<Selector>, limit: usize) -> Result<Picked, PluginError> {
+        Related::offline(&reads(), &objects()).resolve("p", &shop("web"), selectors, limit)
+    }
+
+    fn names(picked: &Picked) -> Vec<Vec<String>> {
+        picked
+            .iter()
+            .map(|(_, objects)| {
+                objects.iter().map(|o| format!("{}/{}", o["metadata"]["namespace"], o["metadata"]["name"])).collect()
+            })
+            .collect()
+    }
+
+    fn refusal(selectors: Vec<Selector>) -> String {
+        match resolve(selectors, 100) {
+            Err(PluginError::InvalidSelector { reason, .. }) => reason,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn selectors_pick_from_the_parents_namespace_by_name_or_label_in_order() {
+        let cm = Gvk::new("", "v1", "ConfigMap");
+        let picked = resolve(
+            vec![Selector::by_name("one", cm.clone(), "c1"), Selector::by_labels("some", cm.clone(), "i in (0,2)")],
+            100,
+        )
+        .unwrap();
+        assert_eq!(picked[0].0, "one");
+        assert_eq!(names(&picked), [vec!["\"shop\"/\"c1\""], vec!["\"shop\"/\"c0\"", "\"shop\"/\"c2\""]]);
+        assert_eq!(picked[0].1[0]["data"]["k"], "v");
+        let missing = resolve(vec![Selector::by_name("gone", cm, "nope")], 100).unwrap();
+        assert!(missing[0].1.is_empty());
+    }
+
+    #[test]
+    fn metadata_only_kinds_carry_no_body() {
+        let picked = resolve(vec![Selector::by_name("s", Gvk::new("", "v1", "Secret"), "s")], 100).unwrap();
+        let secret = &picked[0].1[0];
+        assert_eq!(secret["metadata"]["name"], "s");
+        assert!(secret.get("data").is_none(), "{secret}");
+    }
+
+    #[test]
+    fn a_selector_outside_the_declaration_is_refused_saying_what_to_declare() {
+        let service = refusal(vec![Selector::by_name("x", Gvk::new("", "v1", "Service"), "web")]);
+        assert!(service.contains("kind v1 Service is not among") && service.contains("add it to `reads`"), "{service}");
+        let other_version = refusal(vec![Selector::by_name("x", Gvk::new("", "v2", "ConfigMap"), "c0")]);
+        assert!(other_version.contains("v2 ConfigMap"), "{other_version}");
+        let elsewhere =
+            refusal(vec![Selector::by_name("x", Gvk::new("", "v1", "ConfigMap"), "c0").in_namespace("blog")]);
+        assert!(elsewhere.contains("outside the declared scope") && elsewhere.contains("declare"), "{elsewhere}");
+        let twice = refusal(vec![
+            Selector::by_name("x", Gvk::new("", "v1", "ConfigMap"), "c0"),
+            Selector::by_name("x", Gvk::new("", "v1", "ConfigMap"), "c1"),
+        ]);
+        assert!(twice.contains("id of its own"), "{twice}");
+        let bad = refusal(vec![Selector::by_labels("x", Gvk::new("", "v1", "ConfigMap"), "i in 0")]);
+        assert!(bad.contains("parentheses"), "{bad}");
+    }
+
+    #[test]
+    fn a_cluster_scoped_kind_is_read_without_a_namespace() {
+        let ns = Gvk::new("", "v1", "Namespace");
+        let picked = resolve(vec![Selector::by_name("ns", ns.clone(), "shop")], 100).unwrap();
+        assert_eq!(picked[0].1[0]["metadata"]["name"], "shop");
+        let refused = refusal(vec![Selector::by_name("ns", ns, "shop").in_namespace("shop")]);
+        assert!(refused.contains("give no namespace"), "{refused}");
+    }
+
+    #[test]
+    fn more_than_the_limit_is_refused_and_the_selection_stays_filed() {
+        let related = Related::offline(&reads(), &objects());
+        let all = vec![Selector::by_labels("all", Gvk::new("", "v1", "ConfigMap"), "")];
+        match related.resolve("p", &shop("web"), all, 2) {
+            Err(PluginError::TooManyRelated { selector, count, limit, .. }) => {
+                assert_eq!((selector.as_str(), count, limit), ("all", 3, 2));
+            }
+            other => panic!("not capped: {other:?}"),
+        }
+        let cm: DynamicObject = serde_json::from_value(objects()[0].clone()).unwrap();
+        assert_eq!(related.parents_of(0, &cm), [shop("web")], "a change must still reach the capped parent");
+        related.forget(&shop("web"));
+        assert!(related.parents_of(0, &cm).is_empty());
+    }
 }
