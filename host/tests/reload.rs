@@ -7,8 +7,9 @@ use std::sync::atomic::Ordering;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::json;
 use wasmop::plugin::sha256_hex;
 
@@ -53,6 +54,31 @@ async fn a_reload_with_the_same_kinds_keeps_the_watches() {
     for resource in ["hostiles", "configmaps"] {
         assert_eq!(during.count("watch", resource), 0, "{resource} watched again: {during:?}");
     }
+    // The reload's restamping is not announced child by child: once a's next reconcile (a spec
+    // change that updates its ConfigMap) has finished — its status observes the new generation,
+    // written after its Event — its Updated Event is the first of its kind for a, not the
+    // second of a series.
+    let parents: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+    let child = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"edited": "yes"}});
+    let patch = json!({"spec": {"mode": "given", "children": [child]}});
+    parents.patch("a", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let updated_a = || async {
+        let list = events.list(&ListParams::default()).await.unwrap().items;
+        list.into_iter()
+            .filter(|e| e.reason.as_deref() == Some("Updated"))
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("a"))
+            .collect::<Vec<Event>>()
+    };
+    eventually("a's spec change is reconciled", || async {
+        get(&client, &ar, &ns, "a").await.is_some_and(|a| {
+            let generation = a.metadata.generation.unwrap_or_default();
+            generation >= 2 && a.data["status"]["observedGeneration"] == generation
+        })
+    })
+    .await;
+    let updated = updated_a().await;
+    assert!(updated.len() == 1 && updated[0].series.is_none(), "the reload announced updates: {updated:?}");
     running.stop().await;
     cluster.shutdown().await;
 }
