@@ -259,20 +259,15 @@ pub fn manifests(rules: &[Rule], identity: &Identity) -> Vec<Value> {
         // Kinds a plugin reads with scope cluster are read cluster-wide.
         let reads: Vec<Value> =
             rules.iter().zip(&rules_json).filter(|(r, _)| r.cluster_wide).map(|(_, j)| j.clone()).collect();
-        if !reads.is_empty() {
-            let mut cluster_role = role("ClusterRole", None, json!(reads));
-            cluster_role["metadata"]["name"] = json!("wasmop-cluster-reads");
-            let mut cluster_binding = binding("ClusterRoleBinding", "ClusterRole", "wasmop-cluster-reads", None);
-            cluster_binding["roleRef"]["name"] = json!("wasmop-cluster-reads");
-            out.push(cluster_role);
-            out.push(cluster_binding);
-        }
         // WasmPlugins are cluster-scoped: their rules stay cluster-wide.
-        if !cluster_json.is_empty() {
-            let mut cluster_role = role("ClusterRole", None, json!(cluster_json));
-            cluster_role["metadata"]["name"] = json!("wasmop-wasmplugins");
-            let mut cluster_binding = binding("ClusterRoleBinding", "ClusterRole", "wasmop-wasmplugins", None);
-            cluster_binding["roleRef"]["name"] = json!("wasmop-wasmplugins");
+        for (name, rules) in [("wasmop-cluster-reads", reads), ("wasmop-wasmplugins", cluster_json)] {
+            if rules.is_empty() {
+                continue;
+            }
+            let mut cluster_role = role("ClusterRole", None, json!(rules));
+            cluster_role["metadata"]["name"] = json!(name);
+            let mut cluster_binding = binding("ClusterRoleBinding", "ClusterRole", name, None);
+            cluster_binding["roleRef"]["name"] = json!(name);
             out.push(cluster_role);
             out.push(cluster_binding);
         }
