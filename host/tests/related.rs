@@ -161,7 +161,8 @@ async fn a_label_selected_secret_reconciles_exactly_the_selecting_parents(cluste
 }
 
 /// A selector of a kind the plugin does not declare, or outside the declared scope, is refused
-/// on its parent with an error naming it; the plugin's other parents are reconciled.
+/// on its parent with an error naming it; the plugin's other parents are reconciled. A spec
+/// called invalid is judged again when a related object changes.
 async fn a_selector_outside_the_declaration_is_refused_naming_it(cluster: Cluster) {
     let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
     install_hostile_crd(&client).await;
@@ -184,6 +185,14 @@ async fn a_selector_outside_the_declaration_is_refused_naming_it(cluster: Cluste
         assert!(message.contains(says), "{name}: {message}");
     }
     wait_ready(&client, &ar, ns, "fine", "True", "Reconciled").await;
+
+    // A spec the plugin calls invalid is judged again when what it reads changes, though the
+    // spec itself did not.
+    let waiting = json!([{"id": "config", "kind": "v1/ConfigMap", "name": "arrives-later"}]);
+    create(&client, &ar, ns, "waiting", json!({"mode": "related", "reads": waiting, "requireRelated": true})).await;
+    wait_ready(&client, &ar, ns, "waiting", "False", "InvalidSpec").await;
+    put_config_map(&client, ns, "arrives-later", json!({}), json!({"k": "v"})).await;
+    wait_ready(&client, &ar, ns, "waiting", "True", "Reconciled").await;
     running.stop().await;
     cluster.shutdown().await;
 }

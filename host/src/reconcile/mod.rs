@@ -254,10 +254,7 @@ pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     let writes = || Stats::get(&ctx.stats.applies) + Stats::get(&ctx.stats.status_writes);
     let writes_before = writes();
     ctx.progress.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // A reload restamps every child with the new revision: those updates are not announced one
-    // Event each (10,000 parents, 10,000 Events); the reload is logged and counted once.
-    let announce_updates = trigger != Trigger::Start(Start::Reload);
-    let result = pipeline(&parent, &ctx, &logic, announce_updates).instrument(span.clone()).await;
+    let result = pipeline(&parent, &ctx, &logic, &trigger).instrument(span.clone()).await;
     let failed = result.as_ref().is_err_and(ReconcileError::counts_against_revision);
     ctx.revisions.record(logic.plugin.revision(), failed);
     ctx.metrics.revision_reconciled(&controller, logic.plugin.revision(), failed);
@@ -361,12 +358,15 @@ pub fn error_policy(parent: Arc<DynamicObject>, err: &ReconcileError, ctx: Arc<C
     Action::requeue(backoff(ctx.state.record_failure(&uid(&parent))).max(limited))
 }
 
-/// The six steps, with the finalizer handling around them.
+/// The six steps, with the finalizer handling around them. The trigger matters twice: a spec
+/// called invalid is judged again when a related object changed (the plugin's input did), and a
+/// reload's restamping of every child is not announced one Event each (10,000 parents, 10,000
+/// Events; the reload is logged and counted once).
 async fn pipeline(
     parent: &DynamicObject,
     ctx: &Context,
     logic: &Logic,
-    announce_updates: bool,
+    trigger: &Trigger,
 ) -> Result<Action, ReconcileError> {
     let meta = ctx.plugin.metadata();
     let deleting = parent.meta().deletion_timestamp.is_some();
@@ -384,8 +384,9 @@ async fn pipeline(
         forget_related(parent, ctx);
         return Ok(Action::await_change());
     }
-    if ctx.state.is_reported_invalid(&uid(parent), parent.meta().generation.unwrap_or_default()) {
-        // The spec has not changed since the plugin called it invalid: nothing to retry.
+    let related_changed = matches!(trigger, Trigger::Related(_));
+    if !related_changed && ctx.state.is_reported_invalid(&uid(parent), parent.meta().generation.unwrap_or_default()) {
+        // Neither the spec nor what it reads changed since the plugin called it invalid.
         return Ok(Action::await_change());
     }
     if meta.finalizer {
@@ -400,6 +401,7 @@ async fn pipeline(
         Ok(d) => d,
         Err(e) => return report_failure(parent, ctx, e).await,
     };
+    let announce_updates = *trigger != Trigger::Start(Start::Reload);
     let applied = apply(parent, ctx, logic.plugin.revision(), &desired, &observed, announce_updates).await?;
     prune(parent, ctx, &desired, &observed).await?;
     let audit = audit_condition(&ctx.policies, &findings);

@@ -25,7 +25,7 @@
 //! - `huge-status`: a status of `spec.mebibytes` MiB
 //! - `related`: one ConfigMap named after the parent whose data maps each selector id to the
 //!   related objects received (`ns/name,ns/name`), and `<id>.bodies` to how many had a `data`
-//!   field
+//!   field; with `spec.requireRelated`, the spec is invalid while no related object exists
 //!
 //! Related objects: `related()` returns the parent's `spec.reads` as selectors, each
 //! `{id, kind: "v1/ConfigMap", name | labels, namespace?}` (any build, so a build that declares no
@@ -266,6 +266,12 @@ impl Guest for Hostile {
                     requeue_after_seconds: None,
                     finalized: false,
                 });
+            }
+            "related"
+                if spec["requireRelated"].as_bool() == Some(true)
+                    && req.related.iter().all(|group| group.objects.is_empty()) =>
+            {
+                return Err(Error::Invalid("nothing related exists yet".into()));
             }
             "related" => {
                 let mut data = serde_json::Map::new();
