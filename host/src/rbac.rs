@@ -408,16 +408,21 @@ mod tests {
         assert_eq!(crds.names, ["appoperators.tools.wasmop.dev"]);
     }
 
-    #[test]
-    fn crds_only_with_install_crds_and_namespaced_roles_with_namespaces() {
-        assert!(!host_rules(&[meta()], false, true).iter().any(|r| r.resource == "customresourcedefinitions"));
-        let identity = Identity {
+    /// An operator in namespace `ops` confined to namespace `a`, without webhook or WasmPlugins.
+    fn confined_to_a() -> Identity {
+        Identity {
             namespace: "ops".into(),
             service_account: "wasmop".into(),
             watched: vec!["a".into()],
             webhook_secret: false,
             wasmplugins: false,
-        };
+        }
+    }
+
+    #[test]
+    fn crds_only_with_install_crds_and_namespaced_roles_with_namespaces() {
+        assert!(!host_rules(&[meta()], false, true).iter().any(|r| r.resource == "customresourcedefinitions"));
+        let identity = confined_to_a();
         let docs = manifests(&merge(plugin_rules(&meta())), &identity);
         let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["Role", "RoleBinding", "Role", "RoleBinding"]);
@@ -440,13 +445,7 @@ mod tests {
             (vec!["get".into(), "list".into(), "watch".into()], false)
         );
         assert!(rules.iter().any(|r| r.resource == "namespaces" && r.cluster_wide));
-        let identity = Identity {
-            namespace: "ops".into(),
-            service_account: "wasmop".into(),
-            watched: vec!["a".into()],
-            webhook_secret: false,
-            wasmplugins: false,
-        };
+        let identity = confined_to_a();
         let docs = manifests(&rules, &identity);
         let role = docs.iter().find(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == "a").unwrap();
         assert!(role["rules"].as_array().unwrap().iter().all(|r| r["resources"][0] != "namespaces"), "{role}");

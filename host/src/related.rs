@@ -215,13 +215,8 @@ impl<P: Clone + Eq + Hash> RelatedIndex<P> {
         let kind = kind as Kind;
         // The object's own namespace, then (for a namespaced object) selections of every
         // namespace. A namespace no selection names is not interned: nothing to find there.
-        let own = changed.namespace.map(|ns| self.interned.get(ns).cloned());
-        let places: Vec<Option<Text>> = match own {
-            None => vec![None],
-            Some(None) => vec![None],
-            Some(Some(ns)) => vec![Some(ns), None],
-        };
-        for namespace in places {
+        let own = changed.namespace.and_then(|ns| self.interned.get(ns).cloned());
+        for namespace in own.map(Some).into_iter().chain(std::iter::once(None)) {
             if let Some(parents) = self.by_name.get(&(kind, named(namespace.as_deref(), changed.name))) {
                 examined += parents.len();
                 for parent in parents {

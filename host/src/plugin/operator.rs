@@ -147,20 +147,16 @@ impl Pre {
         }
     }
 
-    /// Whether the plugin exports `related` (contract 0.3).
-    fn relates(&self) -> bool {
-        matches!(self, Pre::Current(_) | Pre::SingleVersion(_))
-    }
-
     /// `related` on the parent, then `reconcile` with the objects `pick` resolves its selectors
-    /// to, in one instance and under one call's limits. Only for a plugin that [`Pre::relates`].
+    /// to, in one instance and under one call's limits; `None` for an older contract, which has
+    /// no `related`.
     fn reconcile_related(
         &self,
         label: &Arc<str>,
         limits: &Limits,
         mut req: wit::Request,
         pick: &dyn Fn(Result<Vec<wit::Selector>, String>) -> Result<Vec<wit::RelatedObjects>, PluginError>,
-    ) -> Result<Result<Answer, PluginError>, PluginError> {
+    ) -> Option<Result<Result<Answer, PluginError>, PluginError>> {
         let mut both =
             |s: &mut wasmtime::Store<CallState>, g: &wit::Guest| -> wasmtime::Result<Result<Answer, PluginError>> {
                 let selectors = g.call_related(&mut *s, &req.parent)?;
@@ -171,12 +167,9 @@ impl Pre {
                 Ok(Ok(g.call_reconcile(s, &req)?))
             };
         match self {
-            Pre::Current(pre) => call_in(pre, label, limits, |s, i| both(s, i.wasmop_plugin_reconciler())),
-            Pre::SingleVersion(pre) => call_in(pre, label, limits, |s, i| both(s, i.wasmop_plugin_reconciler())),
-            Pre::V02(_) | Pre::V02SingleVersion(_) | Pre::V01(_) => {
-                let reason = "an older contract has no related objects".to_string();
-                Err(PluginError::Incompatible { plugin: label.to_string(), reason })
-            }
+            Pre::Current(pre) => Some(call_in(pre, label, limits, |s, i| both(s, i.wasmop_plugin_reconciler()))),
+            Pre::SingleVersion(pre) => Some(call_in(pre, label, limits, |s, i| both(s, i.wasmop_plugin_reconciler()))),
+            Pre::V02(_) | Pre::V02SingleVersion(_) | Pre::V01(_) => None,
         }
     }
 
@@ -292,7 +285,7 @@ impl OperatorPlugin {
     /// picked. A plugin that declares no reads, or of an older contract, is only reconciled.
     pub fn reconcile_related(&self, req: ReconcileRequest, pick: Pick<'_>) -> Result<Desired, PluginError> {
         let inner = &*self.inner;
-        if inner.meta.reads.is_empty() || !inner.pre.relates() {
+        if inner.meta.reads.is_empty() {
             return self.reconcile(&req);
         }
         let pick_wit = |answer: Result<Vec<wit::Selector>, String>| {
@@ -310,11 +303,11 @@ impl OperatorPlugin {
                 .collect())
         };
         let ticks = inner.ticker.ticks();
-        let answer = inner.pre.reconcile_related(&inner.name, &inner.limits, wit_request(&req), &pick_wit);
-        match answer {
-            Ok(Ok(answer)) => self.checked(&req, ticks, Ok(answer)),
-            Ok(Err(e)) | Err(e) => self.checked(&req, ticks, Err(e)),
-        }
+        // An older contract declares no reads (its metadata is translated with none).
+        let Some(answer) = inner.pre.reconcile_related(&inner.name, &inner.limits, wit_request(&req), &pick_wit) else {
+            return self.reconcile(&req);
+        };
+        self.checked(&req, ticks, answer.and_then(std::convert::identity))
     }
 
     /// The plugin's answer checked against its metadata and limits; the call's epoch ticks on

@@ -347,7 +347,7 @@ fn to_json(cache: &ReadKindCache, obj: &DynamicObject) -> Value {
 }
 
 /// The index's name for a kind: group and kind (a kind is one set of objects in every version).
-pub fn kind_ref(gvk: &Gvk) -> KindRef {
+fn kind_ref(gvk: &Gvk) -> KindRef {
     KindRef { group: gvk.group.clone(), kind: gvk.kind.clone() }
 }
 
