@@ -19,7 +19,7 @@ use crate::discovery::{KindNotServed, resolve};
 use crate::plugin::{ReadKind, ReadScope};
 use crate::policy::PolicyChain;
 use crate::reconcile::related::{ParentKey, ReadKindCache, Related};
-use crate::reconcile::{self, ChildKindCache, Context, OwnerIndex, Reconciler, Start, Trigger, Triggers};
+use crate::reconcile::{self, ChildKindCache, Context, OwnerIndex, Reconciler, Start, Trigger, Triggers, cache_ready};
 use crate::shard::Shards;
 use crate::telemetry::{Health, Telemetry};
 
@@ -469,16 +469,16 @@ async fn watch_progress(ctx: Arc<Context>, health: Arc<Health>, name: String, af
 /// Marks the controller synced in `health` once the parent cache and every child cache have
 /// their first full list.
 async fn wait_for_caches(ctx: Arc<Context>, health: Arc<Health>, name: String) {
-    if !ready(&ctx.parents).await {
+    if !cache_ready(&ctx.parents).await {
         return;
     }
     for child in &ctx.children {
-        if !ready(&child.store).await {
+        if !cache_ready(&child.store).await {
             return;
         }
     }
     for read in ctx.related.iter().flat_map(|r| r.kinds.iter()) {
-        if !ready(&read.store).await {
+        if !cache_ready(&read.store).await {
             return;
         }
     }
@@ -490,18 +490,6 @@ async fn wait_for_caches(ctx: Arc<Context>, health: Arc<Health>, name: String) {
 /// by nothing here) — the memory lever controller-runtime users apply with a cache transform.
 fn trim(obj: &mut DynamicObject) {
     obj.metadata.managed_fields = None;
-}
-
-/// Whether `store` got its first full list (false if its writer is gone). kube-runtime's
-/// readiness signal wakes only its latest waiter, and the controller waits on the parent store
-/// too, so this asks again every 100 ms instead of waiting once.
-async fn ready(store: &kube::runtime::reflector::Store<DynamicObject>) -> bool {
-    loop {
-        match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
-            Ok(result) => return result.is_ok(),
-            Err(_) => continue,
-        }
-    }
 }
 
 /// A stream yielding `()` every `period`, starting one period from now.

@@ -50,6 +50,19 @@ const FINALIZE_RETRY: Duration = Duration::from_secs(5);
 /// is written at its end.
 const FIRST_STATUS_GRACE: Duration = Duration::from_secs(2);
 
+/// Whether `store` got its first full list (false if its writer is gone). kube-runtime's
+/// readiness signal wakes only its latest waiter, and several tasks wait on one store (the
+/// controller's sync report, reconciles waiting for related objects), so this asks again every
+/// 100 ms instead of waiting once.
+pub async fn cache_ready(store: &Store<DynamicObject>) -> bool {
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
+            Ok(result) => return result.is_ok(),
+            Err(_) => continue,
+        }
+    }
+}
+
 /// The logic that computes a parent's desired state: a WebAssembly plugin in production, the
 /// native build of the same logic in benchmarks.
 pub trait Reconciler: Send + Sync + 'static {
@@ -472,6 +485,11 @@ async fn compute(
         related: Vec::new(),
     };
     let related = ctx.related.clone();
+    // A plugin must not see a partial view of what it reads (a ConfigMap missing only because
+    // its watch has not listed yet): wait for the first list of every read kind.
+    for read in related.iter().flat_map(|r| r.kinds.iter()) {
+        cache_ready(&read.store).await;
+    }
     Stats::bump(&ctx.stats.plugin_calls);
     let plugin = logic.plugin.clone();
     let started = std::time::Instant::now();
