@@ -15,7 +15,7 @@ pub const PLUGIN_LABEL: &str = "wasmop.dev/plugin";
 /// Annotation on every child: the revision (content hash prefix) of the plugin that computed it.
 pub const REVISION_ANNOTATION: &str = "wasmop.dev/plugin-revision";
 
-/// The parent a child belongs to, as its ownerReference needs it.
+/// The parent a child belongs to, as its ownerReference and shard label need it.
 #[derive(Clone, Debug)]
 pub struct Owner {
     /// apiVersion of the parent.
@@ -26,6 +26,8 @@ pub struct Owner {
     pub name: String,
     /// UID of the parent.
     pub uid: String,
+    /// The parent's shard label value, which the child carries too, when sharded.
+    pub shard: Option<String>,
 }
 
 /// Annotation on every child: a hash of the configuration the host last applied, so an
@@ -37,7 +39,8 @@ pub const APPLIED_HASH_ANNOTATION: &str = "wasmop.dev/applied-hash";
 pub const ADOPT_ANNOTATION: &str = "wasmop.dev/adopt";
 
 /// Adds the host's marks to a desired child, after the plugin and every policy, so they always
-/// win: the managed-by and plugin labels, the revision annotation, a controller ownerReference
+/// win: the managed-by and plugin labels (and the parent's shard label when sharded), the
+/// revision annotation, a controller ownerReference
 /// to the parent (with blockOwnerDeletion, so foreground deletion of the parent waits for it),
 /// and last the applied-configuration hash. `labels` or `annotations` that are not objects
 /// (`null`, a string) are replaced.
@@ -48,6 +51,9 @@ pub fn mark_child(child: &mut Value, owner: &Owner, plugin: &str, revision: &str
     with_object(metadata, "labels", |labels| {
         labels.insert(MANAGED_BY_LABEL.into(), json!("wasmop"));
         labels.insert(PLUGIN_LABEL.into(), json!(plugin));
+        if let Some(shard) = &owner.shard {
+            labels.insert(crate::shard::scope::SHARD_LABEL.into(), json!(shard));
+        }
     });
     with_object(metadata, "annotations", |annotations| {
         annotations.insert(REVISION_ANNOTATION.into(), json!(revision));
@@ -227,6 +233,7 @@ mod tests {
             kind: "Appoperator".into(),
             name: "web".into(),
             uid: "u-1".into(),
+            shard: None,
         }
     }
 

@@ -11,7 +11,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::apply::{MANAGED_BY_LABEL, PLUGIN_LABEL};
@@ -20,7 +20,7 @@ use crate::plugin::{ReadKind, ReadScope};
 use crate::policy::PolicyChain;
 use crate::reconcile::related::{ParentKey, ReadKindCache, Related};
 use crate::reconcile::{self, ChildKindCache, Context, OwnerIndex, Reconciler, Start, Trigger, Triggers, cache_ready};
-use crate::shard::Shards;
+use crate::shard::{self, Shards};
 use crate::telemetry::{Health, Telemetry};
 
 /// How a plugin's controller runs.
@@ -83,13 +83,10 @@ pub async fn run_plugin(
         Some(ns) => Api::namespaced_with(client.clone(), ns, &parent_ar),
         None => Api::all_with(client.clone(), &parent_ar),
     };
-    // Resyncs and child events reconcile too (see `parent_events` for the parents' own).
-    let writer = Writer::new(parent_ar.clone());
-    let parents = writer.as_reader();
     let triggers = Arc::new(Triggers::default());
-    let trigger = parent_events(parent_api, writer, triggers.clone(), options.start);
-    let mut controller = Controller::for_stream_with(trigger, parents.clone(), parent_ar.clone());
-    let mut children = Vec::new();
+    let cached = |cache: &str| telemetry.metrics.cached_objects(&meta.name, cache);
+    // With shards, the child caches take a new scope first; the parents' follows (`scope`).
+    let (mut children, mut child_streams, mut listed) = (Vec::new(), Vec::new(), Vec::new());
     for child in &meta.children {
         let (ar, namespaced) = resolve(&client, &child.gvk).await?;
         let api: Api<DynamicObject> = match (&options.namespace, namespaced) {
@@ -100,15 +97,32 @@ pub async fn run_plugin(
         let store = writer.as_reader();
         let owners = OwnerIndex::new(ar.clone());
         let index = owners.clone();
-        let stream = watcher(api, watcher::Config::default().labels(&selector))
-            .default_backoff()
+        let config = watcher::Config::default().labels(&selector);
+        let (events, scope) = shard::scope::scoped(api, config, options.shards.clone(), Vec::new());
+        listed.push(scope.listed);
+        let (count, gauge) = (store.clone(), cached(&ar.kind));
+        let stream = events
             .modify(trim)
             .inspect_ok(move |event| index.observe(event))
             .reflect(writer)
+            .inspect(move |_| {
+                gauge.set(count.len() as i64);
+            })
             .touched_objects()
             .inspect_ok(note_child(triggers.clone(), parent_ar.clone(), ar.kind.clone()));
-        controller = controller.owns_stream_with(stream, ar.clone());
+        child_streams.push((stream, ar.clone()));
         children.push(ChildKindCache { resource: ar, store, owners });
+    }
+    // Resyncs and child events reconcile too (see `parent_events` for the parents' own).
+    let writer = Writer::new(parent_ar.clone());
+    let parents = writer.as_reader();
+    let (events, parent_scope) =
+        shard::scope::scoped(parent_api, watcher::Config::default(), options.shards.clone(), listed);
+    let watch = ParentWatch { writer, cached: cached("parents"), rescoping: parent_scope.rescoping.clone() };
+    let trigger = parent_events(events, watch, triggers.clone(), options.start);
+    let mut controller = Controller::for_stream_with(trigger, parents.clone(), parent_ar.clone());
+    for (stream, ar) in child_streams {
+        controller = controller.owns_stream_with(stream, ar);
     }
     let related = match watch_related(&client, &meta.reads, options.namespace.as_deref()).await? {
         Some((related, streams)) => {
@@ -122,6 +136,13 @@ pub async fn run_plugin(
         None => None,
     };
 
+    // With shards, the holder of an unlabelled parent's shard labels it (it then reaches the cache).
+    let assigner = tokio::spawn(shard::assign::run(
+        client.clone(),
+        parent_ar.clone(),
+        options.namespace.clone(),
+        options.shards.clone(),
+    ));
     let reporter = Reporter { controller: "wasmop".into(), instance: std::env::var("POD_NAME").ok() };
     // Findings of monitoring policies also go to a PolicyReport, if the cluster serves the kind
     // (looked up even when no policy monitors now: a parent that had findings loses its report).
@@ -150,11 +171,13 @@ pub async fn run_plugin(
     let health = telemetry.health.clone();
     let synced = wait_for_caches(ctx.clone(), health.clone(), meta.name.clone());
     let ctx_for_watchdog = ctx.clone();
-    // A resync, or a shard newly held, reconciles every parent (those of other shards are skipped).
+    // A resync, or a shard newly held (once its parents are cached), reconciles every parent
+    // (those of other shards are skipped).
     let resync = futures::stream::select(
         tokio_stream_interval(options.resync).map(|()| Trigger::Resync),
-        options.shards.gained().map(|_| Trigger::ShardGained),
+        changes(parent_scope.gained).map(|()| Trigger::ShardGained),
     );
+
     // New logic swapped in: every parent again, by it.
     let resync = futures::stream::select(resync, swapped(ctx.clone(), options.swaps.clone())).map({
         let (triggers, parents) = (triggers.clone(), ctx.parents.clone());
@@ -178,6 +201,7 @@ pub async fn run_plugin(
     let watchdog =
         tokio::spawn(watch_progress(ctx_for_watchdog, health.clone(), meta.name.clone(), options.stall_after));
     run.await;
+    assigner.abort();
     synced.abort();
     watchdog.abort();
     health.set_stalled(&meta.name, None);
@@ -186,37 +210,86 @@ pub async fn run_plugin(
     Ok(())
 }
 
+/// Where the parents' watch events go: their cache, its size gauge, and the flag a sharded
+/// watch raises while it delivers a re-scoped list.
+struct ParentWatch {
+    writer: Writer<DynamicObject>,
+    cached: prometheus_client::metrics::gauge::Gauge,
+    rescoping: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// The parents that need a reconcile, from their watch through `writer` (the cache): those
 /// whose generation changed (spec, deletion) — not status or metadata writes, or the host's own
 /// status write would trigger the next reconcile. Each is noted in `triggers`: `start` while
-/// the first list is delivered, `parent` after.
+/// the first list is delivered, `shard gained` while a re-scoped list is (`rescoping`),
+/// `parent` otherwise.
 fn parent_events(
-    api: Api<DynamicObject>,
-    writer: Writer<DynamicObject>,
+    events: impl futures::Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send + 'static,
+    watch: ParentWatch,
     triggers: Arc<Triggers>,
     start: Start,
 ) -> impl futures::Stream<Item = Result<DynamicObject, watcher::Error>> + Send + 'static {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let listed = Arc::new(AtomicBool::new(false));
-    let first_list_done = listed.clone();
-    watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(trim)
-        .reflect(writer)
-        .inspect_ok(move |event| {
-            if matches!(event, watcher::Event::InitDone) {
-                first_list_done.store(true, Ordering::Relaxed);
+    let ParentWatch { writer, cached, rescoping } = watch;
+    let store = writer.as_reader();
+    let mut generations = Generations::default();
+    events.modify(trim).reflect(writer).filter_map(move |event| {
+        cached.set(store.len() as i64);
+        let changed = match event {
+            Ok(watcher::Event::Apply(parent) | watcher::Event::InitApply(parent)) => {
+                generations.changed(&parent).then_some(Ok(parent))
             }
-        })
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default())
-        .inspect_ok(move |parent| {
-            let trigger = match listed.load(Ordering::Relaxed) {
-                true => Trigger::Parent,
-                false => Trigger::Start(start),
+            Ok(watcher::Event::Delete(parent)) => {
+                generations.forget(&parent);
+                None
+            }
+            Ok(watcher::Event::InitDone) => {
+                generations.keep_cached(&store);
+                None
+            }
+            Ok(watcher::Event::Init) => None,
+            Err(e) => Some(Err(e)),
+        };
+        if let Some(Ok(parent)) = &changed {
+            let trigger = match (generations.listed, rescoping.load(std::sync::atomic::Ordering::Relaxed)) {
+                (false, _) => Trigger::Start(start),
+                (true, true) => Trigger::ShardGained,
+                (true, false) => Trigger::Parent,
             };
             triggers.note(&parent.uid().unwrap_or_default(), trigger);
-        })
+        }
+        futures::future::ready(changed)
+    })
+}
+
+/// The generation each cached parent was last passed on at: only a parent new to the cache or
+/// with a new generation needs a reconcile. A parent that leaves the cache (deleted, or moved
+/// to another replica's shard) is forgotten, so it is reconciled again when it comes back.
+#[derive(Default)]
+struct Generations {
+    seen: std::collections::HashMap<String, Option<i64>>,
+    /// The first list was delivered.
+    listed: bool,
+}
+
+impl Generations {
+    /// Whether `parent` is new or changed its generation (always, for a kind without one).
+    fn changed(&mut self, parent: &DynamicObject) -> bool {
+        let generation = parent.metadata.generation;
+        let before = self.seen.insert(parent.uid().unwrap_or_default(), generation);
+        generation.is_none() || before != Some(generation)
+    }
+
+    fn forget(&mut self, parent: &DynamicObject) {
+        self.seen.remove(&parent.uid().unwrap_or_default());
+    }
+
+    /// After a list: forgets the parents the cache no longer holds (a relist or re-scope drops
+    /// them without a delete event).
+    fn keep_cached(&mut self, cache: &kube::runtime::reflector::Store<DynamicObject>) {
+        let cached: std::collections::HashSet<String> = cache.state().iter().filter_map(|p| p.uid()).collect();
+        self.seen.retain(|uid, _| cached.contains(uid));
+        self.listed = true;
+    }
 }
 
 /// A watch of one read kind, feeding its cache.
@@ -490,6 +563,15 @@ async fn wait_for_caches(ctx: Arc<Context>, health: Arc<Health>, name: String) {
 /// by nothing here) — the memory lever controller-runtime users apply with a cache transform.
 fn trim(obj: &mut DynamicObject) {
     obj.metadata.managed_fields = None;
+}
+
+/// A stream yielding `()` every time `counter` changes (not for its value now).
+fn changes(mut counter: tokio::sync::watch::Receiver<u64>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    counter.mark_unchanged();
+    futures::stream::unfold(counter, |mut counter| async move {
+        counter.changed().await.ok()?;
+        Some(((), counter))
+    })
 }
 
 /// A stream yielding `()` every `period`, starting one period from now.

@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn the_shard_hash_and_the_rollout_point_are_independent() {
         let on_canary_in_shard_0 = (0..4_000)
-            .map(|i| format!("uid-{i}"))
+            .map(crate::shard::test_uid)
             .filter(|u| serves_canary(u, u64::MAX / 2, false))
             .filter(|u| crate::shard::shard_of(u, 2) == 0)
             .count();

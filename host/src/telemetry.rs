@@ -109,6 +109,7 @@ pub struct Metrics {
     reconcile_time: Family<Labels, Histogram, fn() -> Histogram>,
     active_workers: Family<Labels, Gauge>,
     workqueue_depth: Family<Labels, Gauge>,
+    cached_objects: Family<Labels, Gauge>,
     leader: Family<Labels, Gauge>,
     plugin_call_duration: Family<Labels, Histogram, fn() -> Histogram>,
     plugin_failures: Family<Labels, Counter>,
@@ -158,6 +159,7 @@ impl Metrics {
             reconcile_time: histogram(),
             active_workers: Family::default(),
             workqueue_depth: Family::default(),
+            cached_objects: Family::default(),
             leader: Family::default(),
             plugin_call_duration: histogram(),
             plugin_failures: Family::default(),
@@ -210,6 +212,13 @@ impl Metrics {
             "workqueue_depth",
             "Parents with a retry or requeue scheduled, not yet started",
             m.workqueue_depth.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
+            "wasmop_cached_objects",
+            "Objects in a controller's cache: its parents, or one child kind (a sharded replica caches its shards')",
+            m.cached_objects.clone(),
         );
         register(
             &mut registry,
@@ -354,6 +363,11 @@ impl Metrics {
     /// Parents of `controller` waiting for a scheduled retry or requeue.
     pub fn set_workqueue_depth(&self, controller: &str, depth: usize) {
         self.workqueue_depth.get_or_create(&labels(&[("name", controller)])).set(depth as i64);
+    }
+
+    /// The gauge of the objects in `controller`'s cache `cache` (`parents` or a child kind).
+    pub fn cached_objects(&self, controller: &str, cache: &str) -> Gauge {
+        self.cached_objects.get_or_create(&labels(&[("controller", controller), ("cache", cache)])).clone()
     }
 
     /// Whether this replica leads (`lease` names the election).

@@ -21,11 +21,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wasmop::controller::ControllerOptions;
 use wasmop::leader::LeaderSettings;
+use wasmop::shard::scope::SHARD_LABEL;
 use wasmop::shard::{self, ShardSettings, Shards};
 use wasmop::telemetry::Metrics;
 use wasmop::telemetry::Stats;
 
-on_both_backends!(replicas_split_rebalance_and_take_over_shards);
+on_both_backends!(replicas_split_rebalance_and_take_over_shards, a_moving_shard_moves_its_cache_and_prunes_nothing);
 
 /// One replica: an operator reconciling only its shards, and the claimer of its shards.
 struct Replica {
@@ -56,6 +57,12 @@ impl Replica {
             async move { shard::run(client, settings, shards, Arc::new(Metrics::new()), rx).await.unwrap() }
         });
         Replica { operator, shards, stop, claimer }
+    }
+
+    /// The objects in this replica's cache `cache` (`parents`, or a child kind).
+    async fn cached(&self, cache: &str) -> usize {
+        let series = format!("wasmop_cached_objects{{controller=\"hostile\",cache=\"{cache}\"}}");
+        self.operator.sample(&series).await as usize
     }
 
     fn reconciles(&self) -> u64 {
@@ -167,5 +174,107 @@ async fn replicas_split_rebalance_and_take_over_shards(cluster: Cluster) {
     exclusive.abort();
     assert!(!violated.load(Ordering::SeqCst), "a shard was held by two replicas at once");
     a.stop().await;
+    cluster.shutdown().await;
+}
+
+/// The shard label of each of the parents `p0`… `p{n-1}` and of its ConfigMap, and the
+/// ConfigMap's UID.
+async fn labels_and_uids(cluster: &Cluster, n: usize) -> Vec<(Option<String>, Option<String>, String)> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &cluster.ns);
+    let mut seen = Vec::new();
+    for i in 0..n {
+        let parent = get(&cluster.client, &hostile_resource(), &cluster.ns, &format!("p{i}")).await.unwrap();
+        let child = config_maps.get(&format!("p{i}")).await.unwrap();
+        let label = |labels: Option<&std::collections::BTreeMap<String, String>>| labels?.get(SHARD_LABEL).cloned();
+        seen.push((
+            label(parent.metadata.labels.as_ref()),
+            label(child.metadata.labels.as_ref()),
+            child.metadata.uid.unwrap(),
+        ));
+    }
+    seen
+}
+
+async fn a_moving_shard_moves_its_cache_and_prunes_nothing(cluster: Cluster) {
+    install_hostile_crd(&cluster.client).await;
+    let dir = plugins_dir(&[("hostile", None)]);
+    let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
+    let a = Replica::start(&cluster, dir.path(), "a", 2);
+    eventually("a holds both shards", || async { a.shards.owned() == [0, 1] }).await;
+    // Created without a shard label: a labels each (its holder), and only then caches and
+    // reconciles it.
+    create_and_converge(&cluster, 0..12).await;
+    let before = labels_and_uids(&cluster, 12).await;
+    let shard_of = |i: usize| before[i].0.clone().unwrap_or_else(|| panic!("p{i} has no shard label"));
+    for (i, (parent, child, _)) in before.iter().enumerate() {
+        assert!(parent.as_deref().is_some_and(|l| l.ends_with("-of-2")), "p{i} labelled {parent:?}");
+        assert_eq!(child, parent, "p{i}'s ConfigMap does not carry its parent's shard");
+    }
+    eventually("a caches all 12 parents and ConfigMaps", || async {
+        a.cached("parents").await == 12 && a.cached("ConfigMap").await == 12
+    })
+    .await;
+
+    // b joins: one shard moves to it, and its parents and children with it.
+    let b = Replica::start(&cluster, dir.path(), "b", 2);
+    eventually("one shard each", || async { a.shards.owned().len() == 1 && b.shards.owned().len() == 1 }).await;
+    let of_b = format!("{}-of-2", b.shards.owned()[0]);
+    let moved: Vec<usize> = (0..12).filter(|&i| shard_of(i) == of_b).collect();
+    assert!(!moved.is_empty() && moved.len() < 12, "12 parents in one shard: {before:?}");
+    eventually("each replica caches its shard's parents and ConfigMaps only", || async {
+        let (stay, go) = (12 - moved.len(), moved.len());
+        (a.cached("parents").await, a.cached("ConfigMap").await) == (stay, stay)
+            && (b.cached("parents").await, b.cached("ConfigMap").await) == (go, go)
+    })
+    .await;
+    // Moving between caches is no deletion: every ConfigMap is the one that was there, and every
+    // parent still stands with its finalizer.
+    assert_eq!(labels_and_uids(&cluster, 12).await, before, "a ConfigMap was pruned or recreated in the move");
+    for i in 0..12 {
+        let parent = get(&client, &hostile_resource(), &ns, &format!("p{i}")).await.unwrap();
+        assert!(
+            parent.metadata.deletion_timestamp.is_none() && parent.metadata.finalizers.is_some(),
+            "p{i}: {parent:?}"
+        );
+    }
+
+    // b owns what moved: a moved parent that stops wanting its ConfigMap has it pruned (by b, the
+    // only replica caching it).
+    let reconciles = b.reconciles();
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &ns, &hostile_resource());
+    let patch = json!({"spec": {"mode": "empty"}});
+    let name = format!("p{}", moved[0]);
+    api.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    eventually("the moved parent's ConfigMap pruned", || async { config_maps.get_opt(&name).await.unwrap().is_none() })
+        .await;
+    assert!(b.reconciles() > reconciles, "b did not reconcile its parent");
+
+    // A parent labelled with no shard of this count is labelled right and reconciled by its
+    // shard's holder.
+    for (name, label) in [("wrong", "9-of-2"), ("other-count", "0-of-5")] {
+        let parent = json!({"apiVersion": "test.wasmop.dev/v1", "kind": "Hostile",
+            "metadata": {"name": name, "labels": {SHARD_LABEL: label}}, "spec": {"mode": "ok"}});
+        api.create(&Default::default(), &serde_json::from_value(parent).unwrap()).await.unwrap();
+        eventually(&format!("{name} relabelled and reconciled"), || async {
+            config_maps.get_opt(name).await.unwrap().is_some()
+        })
+        .await;
+        let parent = get(&client, &hostile_resource(), &ns, name).await.unwrap();
+        let uid = parent.metadata.uid.clone().unwrap();
+        assert_eq!(parent.metadata.labels.unwrap()[SHARD_LABEL], format!("{}-of-2", shard::shard_of(&uid, 2)));
+    }
+    // One filed under the other shard (by hand) reaches that shard's holder, which files it back.
+    let own = shard_of(1);
+    let other = if own == "0-of-2" { "1-of-2" } else { "0-of-2" };
+    let patch = json!({"metadata": {"labels": {SHARD_LABEL: other}}});
+    api.patch("p1", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    eventually("p1 filed back under its own shard", || async {
+        let parent = get(&client, &hostile_resource(), &ns, "p1").await.unwrap();
+        parent.metadata.labels.unwrap().get(SHARD_LABEL) == Some(&own)
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
     cluster.shutdown().await;
 }

@@ -285,6 +285,7 @@ impl Preview {
             kind: parent_ar.kind.clone(),
             name: parent.name_any(),
             uid: uid.clone(),
+            shard: None,
         };
         let (mut children, conflicts) = self.writes(kinds, &owner, &desired, &observed).await?;
         let wanted: HashSet<ChildKey> = desired.children.iter().map(ChildKey::of).collect();

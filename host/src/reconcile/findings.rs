@@ -140,7 +140,8 @@ mod tests {
 
     #[test]
     fn a_report_counts_and_names_each_finding() {
-        let owner = Owner { api_version: "x/v1".into(), kind: "App".into(), name: "web".into(), uid: "u1".into() };
+        let owner =
+            Owner { api_version: "x/v1".into(), kind: "App".into(), name: "web".into(), uid: "u1".into(), shard: None };
         let finding = |outcome| Finding {
             policy: "p".into(),
             object: "ConfigMap ns/c".into(),

@@ -253,8 +253,12 @@ fn uid(parent: &DynamicObject) -> String {
 pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let trigger = ctx.triggers.take(&uid(&parent));
     // Another replica's shard: nothing to do here (the shard's holder reconciles it; gaining
-    // the shard later reconciles every parent again).
-    let Some(_in_shard) = ctx.shards.enter(&uid(&parent)) else { return Ok(Action::await_change()) };
+    // the shard later reconciles every parent again). One cached under a wrong shard label is
+    // labelled right, so that it reaches its shard's cache.
+    let Some(_in_shard) = ctx.shards.enter(&uid(&parent)) else {
+        misfiled(&parent, &ctx).await;
+        return Ok(Action::await_change());
+    };
     let logic = ctx.logic_for(&parent).await;
     let span = reconcile_span(&parent, &ctx, &logic, &trigger);
     Stats::bump(&ctx.stats.reconciles);
@@ -760,12 +764,23 @@ fn child_kind<'a>(ctx: &'a Context, child: &Value) -> Option<&'a ChildKindCache>
     })
 }
 
+/// Labels a parent cached under another shard's label (set by hand, or before the hash
+/// changed) with its own shard.
+async fn misfiled(parent: &DynamicObject, ctx: &Context) {
+    let Some(own) = ctx.shards.label_of(&uid(parent)) else { return };
+    if parent.labels().get(crate::shard::scope::SHARD_LABEL) != Some(&own) {
+        let namespace = parent.namespace();
+        crate::shard::assign::label(&ctx.client, &ctx.parent, namespace.as_deref(), &parent.name_any(), &own).await;
+    }
+}
+
 fn owner_of(parent: &DynamicObject, ctx: &Context) -> Owner {
     Owner {
         api_version: ctx.parent.api_version.clone(),
         kind: ctx.parent.kind.clone(),
         name: parent.name_any(),
         uid: uid(parent),
+        shard: ctx.shards.label_of(&uid(parent)),
     }
 }
 

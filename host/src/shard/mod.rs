@@ -1,5 +1,5 @@
-//! Sharding: N replicas split the parents between them, each reconciling the parents whose UID
-//! hashes to a shard it holds.
+//! Sharding: N replicas split the parents between them, each reconciling — and caching — the
+//! parents whose UID hashes to a shard it holds.
 //!
 //! Every shard is a Lease (`PREFIX-0` … `PREFIX-(N-1)`), held through [`crate::leader`] (so
 //! kube-lease-manager, with the same durations and renew-deadline watchdog as leader election).
@@ -8,8 +8,16 @@
 //! replica claims its shards, gives back the others (after the reconciles it runs in them have
 //! finished, so no parent is ever reconciled by two replicas at once) and takes over the shard of
 //! a replica that died once that replica's Leases expire: within one lease duration plus one
-//! retry period. Every replica still watches every parent and child (the caches are not split);
-//! a parent outside its shards is skipped before any request is made.
+//! retry period.
+//!
+//! Each replica caches only its shards ([`scope`]): every parent carries the label
+//! `wasmop.dev/shard: I-of-N` (set once by the holder of its shard, [`assign`]), every child
+//! carries its parent's, and the parent and child watches select the held shards' values. A
+//! parent outside the held shards is also refused before any request is made, so no parent is
+//! reconciled by two replicas at once even while the caches are being re-scoped.
+
+pub mod assign;
+pub mod scope;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,21 +30,33 @@ use kube::Client;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::leader::{self, LeaderError, LeaderSettings};
 use crate::telemetry::Metrics;
 
-/// Which of `count` shards a parent with this UID belongs to: the first 8 bytes of its SHA-256,
-/// modulo `count`. Stable across processes, versions and platforms.
+/// Which of `count` shards a parent with this UID belongs to: the 64-bit FNV-1a hash of the UID
+/// falls in one of `count` equal ranges of the hash space, shard `i` covering
+/// [`shard_range`]`(i, count)`. These are the ranges of the API server's `shardSelector`
+/// (`shardRange(object.metadata.uid, …)`, KEP-5866), so a server-side sharded watch and this
+/// function agree. Stable across processes, versions and platforms.
 #[must_use]
 pub fn shard_of(uid: &str, count: u32) -> u32 {
-    let digest = Sha256::digest(uid.as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    (u64::from_be_bytes(first) % u64::from(count.max(1))) as u32
+    ((u128::from(fnv1a(uid.as_bytes())) * u128::from(count.max(1))) >> 64) as u32
+}
+
+/// The hashes of shard `shard` of `count`: from the first (inclusive) to the last (exclusive),
+/// over the hash space `[0, 2^64)`.
+#[must_use]
+pub fn shard_range(shard: u32, count: u32) -> (u128, u128) {
+    let bound = |i: u32| (u128::from(i) << 64).div_ceil(u128::from(count.max(1)));
+    (bound(shard), bound(shard + 1))
+}
+
+/// 64-bit FNV-1a, as Go's `hash/fnv` `New64a` (the API server's shard hash).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// The shards this replica holds now, shared by the claimer (which changes them) and the
@@ -44,11 +64,17 @@ pub fn shard_of(uid: &str, count: u32) -> u32 {
 #[derive(Clone)]
 pub struct Shards {
     count: u32,
+    /// Whether the parents are split at all (`--shards`): then the caches hold only the held
+    /// shards' objects, selected by their shard label.
+    split: bool,
     owned: Arc<RwLock<BTreeSet<u32>>>,
     in_flight: Arc<[AtomicUsize]>,
     /// Wakes `give_back` when work in a shard ends.
     idle: Arc<tokio::sync::Notify>,
     gained: watch::Sender<u64>,
+    /// Counts the changes of the held set once they may reach the caches: at once for a gained
+    /// shard, after its work drained for one given back.
+    scope: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Shards {
@@ -67,7 +93,8 @@ impl Shards {
     /// Unsharded: one shard, always held (every parent is this replica's).
     #[must_use]
     pub fn all() -> Shards {
-        let shards = Shards::none(1);
+        let mut shards = Shards::none(1);
+        shards.split = false;
         shards.hold(0);
         shards
     }
@@ -78,10 +105,12 @@ impl Shards {
         let count = count.max(1);
         Shards {
             count,
+            split: true,
             owned: Arc::default(),
             in_flight: (0..count).map(|_| AtomicUsize::new(0)).collect(),
             idle: Arc::default(),
             gained: watch::Sender::new(0),
+            scope: watch::Sender::new(0),
         }
     }
 
@@ -118,6 +147,7 @@ impl Shards {
             owned.insert(shard);
         }
         self.gained.send_modify(|n| *n += 1);
+        self.scope.send_modify(|n| *n += 1);
     }
 
     /// Marks `shard` no longer held; new work in it is refused at once. Waits (up to `drain`)
@@ -136,7 +166,9 @@ impl Shards {
                 ended.await;
             }
         };
-        tokio::time::timeout(drain, idle).await.is_ok()
+        let drained = tokio::time::timeout(drain, idle).await.is_ok();
+        self.scope.send_modify(|n| *n += 1);
+        drained
     }
 
     /// Yields every time a shard is gained (not for those held before the call): the
@@ -491,6 +523,15 @@ impl Claim {
     }
 }
 
+/// The `i`th of a series of random-looking UIDs, shaped as the API server's (a v4 UUID): the
+/// shard hash spreads those, not short sequential strings (FNV-1a mixes a string's last bytes
+/// into its high bits poorly).
+#[cfg(test)]
+pub(crate) fn test_uid(i: usize) -> String {
+    let hex = crate::plugin::sha256_hex(&i.to_le_bytes());
+    format!("{}-{}-4{}-a{}-{}", &hex[..8], &hex[8..12], &hex[13..16], &hex[17..20], &hex[20..32])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,14 +555,30 @@ mod tests {
     fn uids_spread_over_the_shards_and_stay_put() {
         let mut counts = [0u32; 3];
         for i in 0..3000 {
-            counts[shard_of(&format!("uid-{i}"), 3) as usize] += 1;
+            counts[shard_of(&test_uid(i), 3) as usize] += 1;
         }
         assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "uneven: {counts:?}");
-        // The published SHA-256 of "abc" starts ba7816bf8f01cfea: 13436270559063969770, which
-        // is 0 mod 3 and 2 mod 7. A change of hash, byte order or width moves every parent.
-        assert_eq!(shard_of("abc", 3), 0);
-        assert_eq!(shard_of("abc", 7), 2);
+        // The published FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c and of "foobar" 0x85944171f73967e8:
+        // both in the upper half, "a" in the third quarter and the last third. A change of hash,
+        // byte order or width moves every parent.
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!((shard_of("a", 2), shard_of("a", 4), shard_of("a", 3)), (1, 2, 2));
         assert_eq!(shard_of("anything", 1), 0);
+    }
+
+    #[test]
+    fn shards_are_the_api_servers_hash_ranges() {
+        // The API server's own 4-shard example: shard 1 is ['0x4000000000000000', '0x8000000000000000').
+        assert_eq!(shard_range(1, 4), (0x4000_0000_0000_0000, 0x8000_0000_0000_0000));
+        assert_eq!(shard_range(3, 4).1, 1 << 64);
+        for count in [1, 2, 3, 7, 1024] {
+            for uid in ["a", "foobar", "0b6c1c1e-4a7e-4f4e-9d3b-2f1c6a9e8d70"] {
+                let (start, end) = shard_range(shard_of(uid, count), count);
+                let hash = u128::from(fnv1a(uid.as_bytes()));
+                assert!(start <= hash && hash < end, "{uid} of {count}: {hash:#x} outside [{start:#x}, {end:#x})");
+            }
+        }
     }
 
     fn view(members: &[&str], holders: &[Option<&str>]) -> View {
