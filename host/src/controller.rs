@@ -20,6 +20,7 @@ use crate::plugin::{ReadKind, ReadScope};
 use crate::policy::PolicyChain;
 use crate::reconcile::related::{ParentKey, ReadKindCache, Related};
 use crate::reconcile::{self, ChildKindCache, Context, OwnerIndex, Reconciler, Start, Trigger, Triggers, cache_ready};
+use crate::shard::scope::Selection;
 use crate::shard::{self, Shards};
 use crate::telemetry::{Health, Telemetry};
 
@@ -79,10 +80,7 @@ pub async fn run_plugin(
     let (parent_ar, _) = resolve(&client, &meta.parent).await?;
     let selector = format!("{MANAGED_BY_LABEL}=wasmop,{PLUGIN_LABEL}={}", meta.name);
 
-    let parent_api: Api<DynamicObject> = match &options.namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &parent_ar),
-        None => Api::all_with(client.clone(), &parent_ar),
-    };
+    let (parent_api, selection) = parent_watch(&client, &parent_ar, &options, &meta.name).await;
     let triggers = Arc::new(Triggers::default());
     let cached = |cache: &str| telemetry.metrics.cached_objects(&meta.name, cache);
     // With shards, the child caches take a new scope first; the parents' follows (`scope`).
@@ -98,7 +96,7 @@ pub async fn run_plugin(
         let owners = OwnerIndex::new(ar.clone());
         let index = owners.clone();
         let config = watcher::Config::default().labels(&selector);
-        let (events, scope) = shard::scope::scoped(api, config, options.shards.clone(), Vec::new());
+        let (events, scope) = shard::scope::scoped(api, config, options.shards.clone(), Selection::Labels, Vec::new());
         listed.push(scope.listed);
         let (count, gauge) = (store.clone(), cached(&ar.kind));
         let stream = events
@@ -117,7 +115,7 @@ pub async fn run_plugin(
     let writer = Writer::new(parent_ar.clone());
     let parents = writer.as_reader();
     let (events, parent_scope) =
-        shard::scope::scoped(parent_api, watcher::Config::default(), options.shards.clone(), listed);
+        shard::scope::scoped(parent_api, watcher::Config::default(), options.shards.clone(), selection.clone(), listed);
     let watch = ParentWatch { writer, cached: cached("parents"), rescoping: parent_scope.rescoping.clone() };
     let trigger = parent_events(events, watch, triggers.clone(), options.start);
     let mut controller = Controller::for_stream_with(trigger, parents.clone(), parent_ar.clone());
@@ -136,13 +134,15 @@ pub async fn run_plugin(
         None => None,
     };
 
-    // With shards, the holder of an unlabelled parent's shard labels it (it then reaches the cache).
-    let assigner = tokio::spawn(shard::assign::run(
-        client.clone(),
-        parent_ar.clone(),
-        options.namespace.clone(),
-        options.shards.clone(),
-    ));
+    // Selected by label, the holder of an unlabelled parent's shard labels it (it then reaches
+    // the cache).
+    let assign =
+        shard::assign::run(client.clone(), parent_ar.clone(), options.namespace.clone(), options.shards.clone());
+    let assigner = tokio::spawn(async move {
+        if matches!(selection, Selection::Labels) {
+            assign.await;
+        }
+    });
     let reporter = Reporter { controller: "wasmop".into(), instance: std::env::var("POD_NAME").ok() };
     // Findings of monitoring policies also go to a PolicyReport, if the cluster serves the kind
     // (looked up even when no policy monitors now: a parent that had findings loses its report).
@@ -208,6 +208,34 @@ pub async fn run_plugin(
     health.set_synced(&meta.name, true);
     tracing::info!(plugin = %meta.name, "controller stopped");
     Ok(())
+}
+
+/// The API of the parents to watch, and how a sharded replica selects its shards' parents: by
+/// the server's `shardSelector` when the server honours it (through a client that adds it),
+/// else by their shard label.
+async fn parent_watch(
+    client: &Client,
+    parent: &kube::core::ApiResource,
+    options: &ControllerOptions,
+    plugin: &str,
+) -> (Api<DynamicObject>, Selection) {
+    let api = |client: Client| match &options.namespace {
+        Some(ns) => Api::namespaced_with(client, ns, parent),
+        None => Api::all_with(client, parent),
+    };
+    let plain = api(client.clone());
+    if !options.shards.is_split() {
+        return (plain, Selection::Labels);
+    }
+    if shard::scope::server_honours(client, plain.resource_url()).await {
+        tracing::info!(plugin, kind = %parent.kind, "the server honours shardSelector: this replica's parents are selected by it");
+        let slot = shard::scope::ServerSelector::default();
+        return (api(shard::scope::server_client(client, slot.clone())), Selection::Server(slot));
+    }
+    tracing::info!(plugin, kind = %parent.kind,
+        "the server ignores shardSelector (no shardInfo in its list): parents are selected by their {} label",
+        shard::scope::SHARD_LABEL);
+    (plain, Selection::Labels)
 }
 
 /// Where the parents' watch events go: their cache, its size gauge, and the flag a sharded

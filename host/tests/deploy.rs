@@ -414,8 +414,9 @@ async fn reporters(
     by_parent
 }
 
-/// Every parent in `names` is Ready and its Events come only from the replica holding its shard
-/// (`holders[shard]`).
+/// Every parent in `names` is Ready, labelled with its shard (this binary's control plane runs
+/// without the `ShardedListAndWatch` gate, so the replicas select their parents by label), and
+/// its Events come only from the replica holding its shard (`holders[shard]`).
 async fn reconciled_by_their_shard(client: &Client, ns: &str, names: &[String], holders: &[&str]) {
     let ar = app_resource();
     for name in names {
@@ -423,8 +424,12 @@ async fn reconciled_by_their_shard(client: &Client, ns: &str, names: &[String], 
     }
     let reporters = reporters(client, ns).await;
     for name in names {
-        let uid = get(client, &ar, ns, name).await.unwrap().metadata.uid.unwrap();
-        let holder = holders[wasmop::shard::shard_of(&uid, holders.len() as u32) as usize];
+        let parent = get(client, &ar, ns, name).await.unwrap();
+        let uid = parent.metadata.uid.unwrap();
+        let (shard, count) = (wasmop::shard::shard_of(&uid, holders.len() as u32), holders.len());
+        let label = parent.metadata.labels.unwrap_or_default().remove(wasmop::shard::scope::SHARD_LABEL);
+        assert_eq!(label, Some(format!("{shard}-of-{count}")), "{name}'s shard label");
+        let holder = holders[shard as usize];
         let seen = reporters.get(name).cloned().unwrap_or_default();
         assert_eq!(seen, [holder.to_string()].into(), "{name} (shard of {holder}) was reported by {seen:?}");
     }

@@ -26,7 +26,47 @@ use wasmop::shard::{self, ShardSettings, Shards};
 use wasmop::telemetry::Metrics;
 use wasmop::telemetry::Stats;
 
-on_both_backends!(replicas_split_rebalance_and_take_over_shards, a_moving_shard_moves_its_cache_and_prunes_nothing);
+/// Runs the async scenario `$name(cluster: Cluster)` on each way a replica can select its
+/// shards' parents: the in-memory server honouring `shardSelector` (`memory`) and ignoring it as a
+/// server without the feature does (`memory_by_label`, the label path), and the real control
+/// plane with the `ShardedListAndWatch` gate on (`real`; `tests/deploy.rs` runs replicas on one
+/// with the gate off).
+macro_rules! on_every_sharding_path {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            use super::common::cluster::Cluster;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$name(Cluster::memory().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory_by_label() {
+                super::$name(Cluster::memory_with(|c| wasmop_apiserver::Config { shard_selector: false, ..c }).await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn real() {
+                super::$name(Cluster::real_with(super::gated).await).await
+            }
+        }
+    )+};
+}
+
+on_every_sharding_path!(
+    replicas_split_rebalance_and_take_over_shards,
+    a_moving_shard_moves_its_cache_and_prunes_nothing
+);
+
+/// The control plane of this binary: with server-side sharded list and watch.
+fn gated() -> wasmop_controlplane::Builder {
+    wasmop_controlplane::ControlPlane::builder().feature_gates("ShardedListAndWatch=true")
+}
+
+/// Whether the cluster selects by `shardSelector` (else the replicas select by label).
+async fn server_side(cluster: &Cluster) -> bool {
+    let url =
+        Api::<kube::api::DynamicObject>::namespaced_with(cluster.client.clone(), &cluster.ns, &hostile_resource());
+    shard::scope::server_honours(&cluster.client, url.resource_url()).await
+}
 
 /// One replica: an operator reconciling only its shards, and the claimer of its shards.
 struct Replica {
@@ -177,20 +217,18 @@ async fn replicas_split_rebalance_and_take_over_shards(cluster: Cluster) {
     cluster.shutdown().await;
 }
 
-/// The shard label of each of the parents `p0`… `p{n-1}` and of its ConfigMap, and the
-/// ConfigMap's UID.
-async fn labels_and_uids(cluster: &Cluster, n: usize) -> Vec<(Option<String>, Option<String>, String)> {
+/// Per parent `p0`… `p{n-1}`: its shard label, its ConfigMap's, the ConfigMap's UID, and the
+/// parent's shard as a label value.
+async fn labels_and_uids(cluster: &Cluster, n: usize) -> Vec<(Option<String>, Option<String>, String, String)> {
     let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &cluster.ns);
     let mut seen = Vec::new();
     for i in 0..n {
         let parent = get(&cluster.client, &hostile_resource(), &cluster.ns, &format!("p{i}")).await.unwrap();
         let child = config_maps.get(&format!("p{i}")).await.unwrap();
         let label = |labels: Option<&std::collections::BTreeMap<String, String>>| labels?.get(SHARD_LABEL).cloned();
-        seen.push((
-            label(parent.metadata.labels.as_ref()),
-            label(child.metadata.labels.as_ref()),
-            child.metadata.uid.unwrap(),
-        ));
+        let shard = format!("{}-of-2", shard::shard_of(parent.metadata.uid.as_deref().unwrap(), 2));
+        let labels = (label(parent.metadata.labels.as_ref()), label(child.metadata.labels.as_ref()));
+        seen.push((labels.0, labels.1, child.metadata.uid.unwrap(), shard));
     }
     seen
 }
@@ -204,11 +242,14 @@ async fn a_moving_shard_moves_its_cache_and_prunes_nothing(cluster: Cluster) {
     // Created without a shard label: a labels each (its holder), and only then caches and
     // reconciles it.
     create_and_converge(&cluster, 0..12).await;
+    let by_server = server_side(&cluster).await;
     let before = labels_and_uids(&cluster, 12).await;
-    let shard_of = |i: usize| before[i].0.clone().unwrap_or_else(|| panic!("p{i} has no shard label"));
-    for (i, (parent, child, _)) in before.iter().enumerate() {
-        assert!(parent.as_deref().is_some_and(|l| l.ends_with("-of-2")), "p{i} labelled {parent:?}");
-        assert_eq!(child, parent, "p{i}'s ConfigMap does not carry its parent's shard");
+    let shard_of = |i: usize| before[i].3.clone();
+    for (i, (parent, child, _, shard)) in before.iter().enumerate() {
+        // Selected by the server, a parent needs no label; by label, it has its shard's.
+        let labelled = if by_server { None } else { Some(shard) };
+        assert_eq!(parent.as_ref(), labelled, "p{i}'s shard label");
+        assert_eq!(child.as_ref(), Some(shard), "p{i}'s ConfigMap does not carry its parent's shard");
     }
     eventually("a caches all 12 parents and ConfigMaps", || async {
         a.cached("parents").await == 12 && a.cached("ConfigMap").await == 12
@@ -250,8 +291,21 @@ async fn a_moving_shard_moves_its_cache_and_prunes_nothing(cluster: Cluster) {
         .await;
     assert!(b.reconciles() > reconciles, "b did not reconcile its parent");
 
-    // A parent labelled with no shard of this count is labelled right and reconciled by its
-    // shard's holder.
+    // Each replica's selector, as the server answers it, is what the replica caches.
+    if by_server {
+        for replica in [&a, &b] {
+            let selector = replica.shards.server_selector().unwrap();
+            let list = sharded_list(&cluster, &selector).await;
+            assert_eq!(list["metadata"]["shardInfo"]["selector"], selector.as_str(), "the selector is not echoed");
+            assert_eq!(list["items"].as_array().unwrap().len(), replica.cached("parents").await);
+        }
+        a.stop().await;
+        b.stop().await;
+        return cluster.shutdown().await;
+    }
+
+    // By label: a parent labelled with no shard of this count is labelled right and reconciled
+    // by its shard's holder.
     for (name, label) in [("wrong", "9-of-2"), ("other-count", "0-of-5")] {
         let parent = json!({"apiVersion": "test.wasmop.dev/v1", "kind": "Hostile",
             "metadata": {"name": name, "labels": {SHARD_LABEL: label}}, "spec": {"mode": "ok"}});
@@ -277,4 +331,16 @@ async fn a_moving_shard_moves_its_cache_and_prunes_nothing(cluster: Cluster) {
     a.stop().await;
     b.stop().await;
     cluster.shutdown().await;
+}
+
+/// The list of the test's parents with `shardSelector=selector`, as JSON.
+async fn sharded_list(cluster: &Cluster, selector: &str) -> serde_json::Value {
+    let api =
+        Api::<kube::api::DynamicObject>::namespaced_with(cluster.client.clone(), &cluster.ns, &hostile_resource());
+    let query: String = selector
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { char::from(b).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    let request = http::Request::get(format!("{}?shardSelector={query}", api.resource_url())).body(Vec::new()).unwrap();
+    cluster.client.request(request).await.unwrap()
 }

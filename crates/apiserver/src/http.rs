@@ -375,15 +375,17 @@ async fn do_get(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     Ok(json_response(200, &output::shape_object(&t.info, shape, &obj, true)))
 }
 
-fn selectors(t: &Target, ctx: &Ctx) -> Result<(LabelSelector, FieldSelector), StatusError> {
-    Ok((
-        LabelSelector::parse(ctx.q("labelSelector").unwrap_or(""))?,
-        FieldSelector::parse(ctx.q("fieldSelector").unwrap_or(""), &t.info.kind)?,
-    ))
+fn selectors(shared: &Shared, t: &Target, ctx: &Ctx) -> Result<(LabelSelector, FieldSelector), StatusError> {
+    let fields = FieldSelector::parse(ctx.q("fieldSelector").unwrap_or(""), &t.info.kind)?;
+    let fields = match ctx.q("shardSelector") {
+        Some(shards) if shared.config.shard_selector => fields.with_shards(shards)?,
+        _ => fields,
+    };
+    Ok((LabelSelector::parse(ctx.q("labelSelector").unwrap_or(""))?, fields))
 }
 
 async fn do_list(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
-    let (labels, fields) = selectors(t, ctx)?;
+    let (labels, fields) = selectors(shared, t, ctx)?;
     // resourceVersion=0 is served from the watch cache, which ignores limit.
     let limit = match ctx.q("limit").filter(|_| ctx.q("resourceVersion") != Some("0")) {
         Some(l) => Some(l.parse::<usize>().map_err(|_| StatusError::bad_request(format!("invalid limit {l:?}")))?),
@@ -403,6 +405,9 @@ async fn do_list(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
     }
     if let Some(r) = page.remaining {
         md["remainingItemCount"] = json!(r);
+    }
+    if fields.sharded() {
+        md["shardInfo"] = json!({"selector": ctx.q("shardSelector")});
     }
     let (api_version, kind) = match shape {
         Shape::Table => {
@@ -440,7 +445,7 @@ async fn do_list(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
 }
 
 fn do_watch(shared: &Arc<Shared>, t: Target, ctx: &Ctx) -> Response<Body> {
-    let (labels, fields) = match selectors(&t, ctx) {
+    let (labels, fields) = match selectors(shared, &t, ctx) {
         Ok(s) => s,
         Err(e) => return error_response(&e),
     };
@@ -678,7 +683,7 @@ async fn do_delete(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
 }
 
 async fn do_delete_collection(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
-    let (labels, fields) = selectors(t, ctx)?;
+    let (labels, fields) = selectors(shared, t, ctx)?;
     let opts = delete_opts(ctx)?;
     let (items, rv) = delete_all(&mut *lock(shared)?, t, &labels, &fields, &opts)?;
     let items = convert::finish(&t.info, items.into_iter().map(Arc::new).collect(), true).await?;

@@ -74,6 +74,10 @@ pub struct Config {
     pub bookmark_interval: Duration,
     /// Watch duration when the client gives no `timeoutSeconds`.
     pub default_watch_timeout: Duration,
+    /// Honour `shardSelector` on lists and watches and echo it in the list's
+    /// `metadata.shardInfo`, as kube-apiserver does with the `ShardedListAndWatch` feature
+    /// gate (default: on). Off, the parameter is ignored, as a server without the gate does.
+    pub shard_selector: bool,
 }
 
 impl Default for Config {
@@ -85,6 +89,7 @@ impl Default for Config {
             history_size: 10_000,
             bookmark_interval: Duration::from_secs(1),
             default_watch_timeout: Duration::from_secs(1800),
+            shard_selector: true,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Label selectors (equality, set-based, existence) and field selectors.
+//! Label selectors (equality, set-based, existence), field selectors and shard selectors
+//! (`shardSelector`, KEP-5866: hash ranges of an object's UID or namespace).
 
 use serde_json::Value;
 
@@ -111,9 +112,59 @@ impl LabelSelector {
     }
 }
 
-/// A parsed field selector.
+/// A parsed field selector, with the request's shard selector if the server honours it (both
+/// select on an object's own fields).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FieldSelector(Vec<(String, bool, String)>);
+pub struct FieldSelector {
+    reqs: Vec<(String, bool, String)>,
+    shards: Vec<ShardRange>,
+}
+
+/// One `shardRange(object.FIELD, 'START', 'END')`: the 64-bit FNV-1a hash of the field's
+/// value is in [START, END).
+#[derive(Debug, Clone, PartialEq)]
+struct ShardRange {
+    field: &'static str,
+    start: u128,
+    end: u128,
+}
+
+/// Parses a `shardSelector`: `shardRange(object.metadata.uid, '0x…', '0x…')`, or several joined
+/// by `||`, over `object.metadata.uid` or `object.metadata.namespace`, as the API server does.
+fn parse_shards(s: &str) -> ApiResult<Vec<ShardRange>> {
+    let bad = |why: &str| StatusError::bad_request(format!("invalid shardSelector {s:?}: {why}"));
+    let mut ranges = Vec::new();
+    for part in s.split("||").map(str::trim).filter(|p| !p.is_empty()) {
+        let args = part
+            .strip_prefix("shardRange(")
+            .and_then(|r| r.strip_suffix(')'))
+            .ok_or_else(|| bad("expected shardRange(object.FIELD, 'HEX', 'HEX')"))?;
+        let args: Vec<&str> = args.split(',').map(str::trim).collect();
+        let [field, start, end] = args[..] else { return Err(bad("shardRange takes three arguments")) };
+        let field = match field {
+            "object.metadata.uid" => "metadata.uid",
+            "object.metadata.namespace" => "metadata.namespace",
+            _ => return Err(bad("only object.metadata.uid and object.metadata.namespace are supported")),
+        };
+        let hex = |h: &str| {
+            let digits = h.strip_prefix('\'').and_then(|h| h.strip_suffix('\'')).and_then(|h| h.strip_prefix("0x"));
+            digits.and_then(|d| u128::from_str_radix(d, 16).ok()).filter(|v| *v <= 1 << 64)
+        };
+        let (Some(start), Some(end)) = (hex(start), hex(end)) else {
+            return Err(bad("bounds are quoted hex strings '0x…' within [0x0, 0x10000000000000000]"));
+        };
+        if start >= end {
+            return Err(bad("the start must be below the end"));
+        }
+        ranges.push(ShardRange { field, start, end });
+    }
+    Ok(ranges)
+}
+
+/// 64-bit FNV-1a (Go's `hash/fnv` `New64a`), the shard hash.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
 
 /// Fields every resource supports in field selectors.
 const COMMON_FIELDS: &[&str] = &["metadata.name", "metadata.namespace"];
@@ -165,24 +216,39 @@ impl FieldSelector {
             }
             out.push((k.to_string(), eq, v.trim().to_string()));
         }
-        Ok(FieldSelector(out))
+        Ok(FieldSelector { reqs: out, shards: Vec::new() })
+    }
+
+    /// Adds the shard selector `s` (`shardSelector`; empty selects every shard).
+    pub fn with_shards(mut self, s: &str) -> ApiResult<Self> {
+        self.shards = parse_shards(s)?;
+        Ok(self)
+    }
+
+    /// Whether a shard selector was given.
+    pub fn sharded(&self) -> bool {
+        !self.shards.is_empty()
     }
 
     /// Whether the selector is empty.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.reqs.is_empty() && self.shards.is_empty()
     }
 
-    /// Whether an object satisfies every requirement.
+    /// Whether an object satisfies every requirement, and one shard range if any is given.
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(k, eq, v)| {
-            let actual = match meta::lookup(obj, k) {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Null) | None => String::new(),
-                Some(other) => other.to_string(),
-            };
-            (actual == *v) == *eq
-        })
+        let value = |k: &str| match meta::lookup(obj, k) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => String::new(),
+            Some(other) => other.to_string(),
+        };
+        let in_shard = || {
+            self.shards.iter().any(|r| {
+                let hash = u128::from(fnv1a(value(r.field).as_bytes()));
+                r.start <= hash && hash < r.end
+            })
+        };
+        self.reqs.iter().all(|(k, eq, v)| (value(k) == *v) == *eq) && (self.shards.is_empty() || in_shard())
     }
 }
 
@@ -220,5 +286,25 @@ mod tests {
         assert!(FieldSelector::parse("metadata.name=a", "ConfigMap").unwrap().matches(&o));
         assert!(!FieldSelector::parse("metadata.namespace!=ns", "ConfigMap").unwrap().matches(&o));
         assert_eq!(FieldSelector::parse("spec.foo=x", "ConfigMap").unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn shard_selectors_pick_hash_ranges() {
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c: in the upper half, not the lower.
+        let obj = json!({"metadata": {"name": "x", "uid": "a", "namespace": "default"}});
+        let upper = "shardRange(object.metadata.uid, '0x8000000000000000', '0x10000000000000000')";
+        let lower = "shardRange(object.metadata.uid, '0x0000000000000000', '0x8000000000000000')";
+        let select = |s: &str| FieldSelector::parse("", "ConfigMap").unwrap().with_shards(s).unwrap();
+        assert!(select(upper).matches(&obj));
+        assert!(!select(lower).matches(&obj));
+        assert!(select(&format!("{lower} || {upper}")).matches(&obj));
+        assert!(select("").matches(&obj) && !select("").sharded());
+        for bad in [
+            "shardRange(object.metadata.name, '0x0', '0x1')",
+            "shardRange(object.metadata.uid, '0x2', '0x1')",
+            "range(x)",
+        ] {
+            assert!(FieldSelector::default().with_shards(bad).is_err(), "{bad} accepted");
+        }
     }
 }

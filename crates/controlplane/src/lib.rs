@@ -115,11 +115,12 @@ pub struct Builder {
     bin_dir: PathBuf,
     nodes: bool,
     timeout: Duration,
+    feature_gates: Option<String>,
 }
 
 impl Default for Builder {
     fn default() -> Self {
-        Builder { bin_dir: default_bin_dir(), nodes: true, timeout: Duration::from_secs(120) }
+        Builder { bin_dir: default_bin_dir(), nodes: true, timeout: Duration::from_secs(120), feature_gates: None }
     }
 }
 
@@ -143,6 +144,12 @@ impl Builder {
     /// become Ready (default: true).
     pub fn nodes(mut self, nodes: bool) -> Self {
         self.nodes = nodes;
+        self
+    }
+
+    /// kube-apiserver's `--feature-gates` (e.g. `ShardedListAndWatch=true`; default: none).
+    pub fn feature_gates(mut self, gates: impl Into<String>) -> Self {
+        self.feature_gates = Some(gates.into());
         self
     }
 
@@ -177,8 +184,14 @@ impl ControlPlane {
     /// One control plane per process, started on first use with the defaults and stopped when
     /// the process exits. Tests of one binary share it (each in its own namespace).
     pub async fn shared() -> Result<&'static ControlPlane, Error> {
+        ControlPlane::shared_with(Builder::default).await
+    }
+
+    /// [`ControlPlane::shared`], started with the builder `builder` makes when this is the first
+    /// use in the process (later calls get that plane, whatever their builder).
+    pub async fn shared_with(builder: impl FnOnce() -> Builder) -> Result<&'static ControlPlane, Error> {
         static SHARED: tokio::sync::OnceCell<ControlPlane> = tokio::sync::OnceCell::const_new();
-        SHARED.get_or_try_init(|| Builder::default().start()).await
+        SHARED.get_or_try_init(|| builder().start()).await
     }
 
     /// Starts, trying again with fresh ports (up to three times) when a port picked as free was
@@ -263,6 +276,8 @@ impl ControlPlane {
             ("allow-privileged", "true".into()),
             ("profiling", "false".into()),
         ]);
+        let gates = self.builder.feature_gates.iter().map(|g| format!("--feature-gates={g}"));
+        let api_args: Vec<String> = api_args.into_iter().chain(gates).collect();
         self.spawn("kube-apiserver", &api_args)?;
         self.url = format!("https://127.0.0.1:{api_port}");
         self.kubeconfig_yaml = kubeconfig(&self.url, &pki);

@@ -765,10 +765,12 @@ fn child_kind<'a>(ctx: &'a Context, child: &Value) -> Option<&'a ChildKindCache>
 }
 
 /// Labels a parent cached under another shard's label (set by hand, or before the hash
-/// changed) with its own shard.
+/// changed) with its own shard. (A parent selected by the server's `shardSelector` carries
+/// no label and is left alone.)
 async fn misfiled(parent: &DynamicObject, ctx: &Context) {
     let Some(own) = ctx.shards.label_of(&uid(parent)) else { return };
-    if parent.labels().get(crate::shard::scope::SHARD_LABEL) != Some(&own) {
+    let label = parent.labels().get(crate::shard::scope::SHARD_LABEL);
+    if label.is_some_and(|label| *label != own) {
         let namespace = parent.namespace();
         crate::shard::assign::label(&ctx.client, &ctx.parent, namespace.as_deref(), &parent.name_any(), &own).await;
     }

@@ -1,5 +1,10 @@
-//! What a sharded replica caches: its parent and child watches select the shard label values of
-//! the shards it holds, and follow the held set as shards are gained and given back.
+//! What a sharded replica caches: its parent and child watches select the shards it holds, and
+//! follow the held set as shards are gained and given back.
+//!
+//! Children are selected by their shard label. Parents are selected by the API server's
+//! `shardSelector` (hash ranges of the UID, KEP-5866) when the server honours it — it echoes the
+//! selector in a list's `metadata.shardInfo` ([`server_honours`]) — and by their shard label on
+//! any other server ([`Selection`]).
 //!
 //! A change of the held set re-scopes each watch by starting it again with the new selector.
 //! The new watch's list replaces the cache at once (kube-runtime's reflector swaps the whole
@@ -10,18 +15,18 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use kube::Resource;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use super::{Shards, shard_of};
+use super::{Shards, shard_of, shard_range};
 
 /// Label on every parent and child of a sharded operator: the parent's shard, as
 /// `I-of-N` (shard `I` of `N`). Set once per parent by the holder of its shard.
@@ -61,6 +66,19 @@ impl Shards {
         self.selector_of(&self.owned().into_iter().collect())
     }
 
+    /// The `shardSelector` of the shards held now (see [`Shards::server_selector_of`]).
+    #[must_use]
+    pub fn server_selector(&self) -> Option<String> {
+        self.server_selector_of(&self.owned().into_iter().collect())
+    }
+
+    /// The `shardSelector` of the held shards, one `shardRange` of the UID per shard joined by
+    /// `||` (none held: `None`, as when unsplit).
+    fn server_selector_of(&self, held: &BTreeSet<u32>) -> Option<String> {
+        let ranges: Vec<String> = held.iter().map(|&shard| shard_range_expression(shard, self.count)).collect();
+        (self.split && !ranges.is_empty()).then(|| ranges.join(" || "))
+    }
+
     fn selector_of(&self, held: &BTreeSet<u32>) -> Option<String> {
         if !self.split {
             return None;
@@ -79,6 +97,95 @@ impl Shards {
     }
 }
 
+/// `shardRange(object.metadata.uid, 'START', 'END')` of shard `shard` of `count`.
+fn shard_range_expression(shard: u32, count: u32) -> String {
+    let (start, end) = shard_range(shard, count);
+    format!("shardRange(object.metadata.uid, '0x{start:016x}', '0x{end:016x}')")
+}
+
+/// How a scoped watch selects the held shards' objects.
+#[derive(Clone, Debug, Default)]
+pub enum Selection {
+    /// By [`SHARD_LABEL`]: any server (parents are labelled by [`super::assign`]).
+    #[default]
+    Labels,
+    /// By the server's `shardSelector`, which the watch's client (made by [`server_client`]
+    /// with this slot) adds to its requests.
+    Server(ServerSelector),
+}
+
+/// The `shardSelector` a [`server_client`] adds to its GET requests (its lists and watches),
+/// set by the scoped watch before each start.
+#[derive(Clone, Debug, Default)]
+pub struct ServerSelector(Arc<RwLock<String>>);
+
+impl ServerSelector {
+    fn set(&self, selector: &str) {
+        if let Ok(mut slot) = self.0.write() {
+            *slot = selector.to_string();
+        }
+    }
+
+    fn current(&self) -> String {
+        self.0.read().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// A client like `client` whose GET requests carry `selector`'s current value as
+/// `shardSelector` (kube-runtime's watcher has no such parameter).
+#[must_use]
+pub fn server_client(client: &Client, selector: ServerSelector) -> Client {
+    let inner = client.clone();
+    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        let (inner, selector) = (inner.clone(), selector.current());
+        async move { inner.send(with_shard_selector(request, &selector)).await }
+    });
+    Client::new(service, client.default_namespace())
+}
+
+/// `request` with `&shardSelector=SELECTOR` added when it is a GET and `selector` is not empty.
+fn with_shard_selector(
+    mut request: http::Request<kube::client::Body>,
+    selector: &str,
+) -> http::Request<kube::client::Body> {
+    if request.method() != http::Method::GET || selector.is_empty() {
+        return request;
+    }
+    let uri = request.uri().to_string();
+    let joiner = if uri.contains('?') { '&' } else { '?' };
+    if let Ok(uri) = format!("{uri}{joiner}shardSelector={}", percent_encode(selector)).parse() {
+        *request.uri_mut() = uri;
+    }
+    request
+}
+
+/// `text` with every byte but the unreserved ones (RFC 3986) percent-encoded.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Whether the server behind `client` honours `shardSelector` on the collection at `url` (an
+/// [`Api::resource_url`]): a one-item list with a selector must echo it in
+/// `metadata.shardInfo.selector`. A server without the feature ignores the parameter and says
+/// nothing, so its full list is never taken for a shard.
+pub async fn server_honours(client: &Client, url: &str) -> bool {
+    let selector = shard_range_expression(0, 2);
+    let request = http::Request::get(format!("{url}?limit=1&shardSelector={}", percent_encode(&selector)));
+    let Ok(request) = request.body(Vec::new()) else { return false };
+    match client.request::<serde_json::Value>(request).await {
+        Ok(list) => list.pointer("/metadata/shardInfo/selector").and_then(|s| s.as_str()) == Some(selector.as_str()),
+        Err(e) => {
+            tracing::debug!(url, error = %e, "a list with shardSelector failed; taking it as not honoured");
+            false
+        }
+    }
+}
+
 /// How far a [`scoped`] watch has followed the held shards, for the watches that must follow
 /// it and for the controller.
 #[derive(Clone, Debug)]
@@ -92,13 +199,14 @@ pub struct Scope {
     pub rescoping: Arc<AtomicBool>,
 }
 
-/// A watch of `api` (with `config`, plus the held shards' selector when split) that follows the
-/// held set: on a change, once every watch of `after` has listed the new scope, it starts again
-/// with the new selector. With backoff. Unsplit, a plain watch.
+/// A watch of `api` (with `config`, plus the held shards' selector by `selection` when split)
+/// that follows the held set: on a change, once every watch of `after` has listed the new
+/// scope, it starts again with the new selector. With backoff. Unsplit, a plain watch.
 pub fn scoped<K>(
     api: Api<K>,
     config: watcher::Config,
     shards: Shards,
+    selection: Selection,
     after: Vec<watch::Receiver<u64>>,
 ) -> (BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>, Scope)
 where
@@ -114,11 +222,12 @@ where
     let mut changes = shards.scope.subscribe();
     let generation = *changes.borrow_and_update();
     let held: BTreeSet<u32> = shards.owned().into_iter().collect();
-    let events = start(&api, &config, &shards, &held);
+    let events = start(&api, &config, &shards, &selection, &held);
     let state = Scoped {
         api,
         config,
         shards,
+        selection,
         changes,
         closed: false,
         after,
@@ -138,17 +247,29 @@ where
     (stream.boxed(), scope)
 }
 
-/// A watch of the objects of `held`, with backoff.
+/// A watch of the objects of `held`, with backoff. Selected by the server, a watch of no shard
+/// selects by a label value no object has.
 fn start<K>(
     api: &Api<K>,
     config: &watcher::Config,
     shards: &Shards,
+    selection: &Selection,
     held: &BTreeSet<u32>,
 ) -> BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let selector = shards.selector_of(held).unwrap_or_default();
+    let selector = match (selection, shards.server_selector_of(held)) {
+        (Selection::Server(slot), Some(ranges)) => {
+            slot.set(&ranges);
+            return watcher(api.clone(), config.clone()).default_backoff().boxed();
+        }
+        (Selection::Server(slot), None) => {
+            slot.set("");
+            shards.selector_of(&BTreeSet::new()).unwrap_or_default()
+        }
+        (Selection::Labels, _) => shards.selector_of(held).unwrap_or_default(),
+    };
     let labels = match &config.label_selector {
         Some(own) if !own.is_empty() => format!("{own},{selector}"),
         _ => selector,
@@ -161,6 +282,7 @@ struct Scoped<K> {
     api: Api<K>,
     config: watcher::Config,
     shards: Shards,
+    selection: Selection,
     changes: watch::Receiver<u64>,
     /// The held set's sender is gone: no more changes.
     closed: bool,
@@ -236,7 +358,7 @@ where
         }
         self.gaining |= !held.is_subset(&self.held);
         tracing::debug!(url = self.api.resource_url(), ?held, "re-scoping a sharded watch");
-        self.events = start(&self.api, &self.config, &self.shards, &held);
+        self.events = start(&self.api, &self.config, &self.shards, &self.selection, &held);
         self.held = held;
         self.rescoping.store(true, Ordering::Relaxed);
     }
@@ -248,5 +370,45 @@ where
             self.gained.send_modify(|n| *n += 1);
         }
         self.rescoping.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_name_the_held_shards() {
+        let shards = Shards::none(4);
+        assert_eq!(shards.selector().as_deref(), Some("wasmop.dev/shard in (none)"));
+        assert_eq!(shards.server_selector(), None, "no range selects nothing");
+        shards.hold(1);
+        shards.hold(3);
+        assert_eq!(shards.selector().as_deref(), Some("wasmop.dev/shard in (1-of-4,3-of-4)"));
+        assert_eq!(
+            shards.server_selector().as_deref(),
+            Some(
+                "shardRange(object.metadata.uid, '0x4000000000000000', '0x8000000000000000') || \
+                 shardRange(object.metadata.uid, '0xc000000000000000', '0x10000000000000000')"
+            )
+        );
+        assert_eq!(
+            shards.unassigned_selector().as_deref(),
+            Some("wasmop.dev/shard notin (0-of-4,1-of-4,2-of-4,3-of-4)")
+        );
+        let all = Shards::all();
+        assert_eq!((all.selector(), all.server_selector(), all.label_of("a")), (None, None, None));
+    }
+
+    #[test]
+    fn only_gets_carry_the_shard_selector() {
+        let get = http::Request::get("/apis/g/v1/things?watch=true").body(kube::client::Body::empty()).unwrap();
+        let sent = with_shard_selector(get, "shardRange(object.metadata.uid, '0x0', '0x8')");
+        assert_eq!(
+            sent.uri().to_string(),
+            "/apis/g/v1/things?watch=true&shardSelector=shardRange%28object.metadata.uid%2C%20%270x0%27%2C%20%270x8%27%29"
+        );
+        let patch = http::Request::patch("/apis/g/v1/things/a").body(kube::client::Body::empty()).unwrap();
+        assert_eq!(with_shard_selector(patch, "x").uri().to_string(), "/apis/g/v1/things/a");
     }
 }

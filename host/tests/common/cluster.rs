@@ -44,9 +44,15 @@ fn logs() {
 impl Cluster {
     /// A fresh in-memory API server with the Deployment simulator.
     pub async fn memory() -> Cluster {
+        Cluster::memory_with(|config| config).await
+    }
+
+    /// [`Cluster::memory`] with its configuration edited by `edit`.
+    pub async fn memory_with(edit: impl FnOnce(Config) -> Config) -> Cluster {
         logs();
         let config =
             Config { simulate_deployments: true, simulate_delay: Duration::from_millis(200), ..Config::default() };
+        let config = edit(config);
         let server = ApiServer::start(config).await.expect("api server");
         let client = Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
         Cluster { client, ns: "default".into(), memory: Some(server) }
@@ -54,8 +60,14 @@ impl Cluster {
 
     /// A fresh namespace on the test binary's real control plane.
     pub async fn real() -> Cluster {
+        Cluster::real_with(ControlPlane::builder).await
+    }
+
+    /// [`Cluster::real`] on the binary's control plane started by `builder` (if this is the
+    /// binary's first use of it: every real test of a binary must ask for the same one).
+    pub async fn real_with(builder: impl FnOnce() -> wasmop_controlplane::Builder) -> Cluster {
         logs();
-        let plane = match ControlPlane::shared().await {
+        let plane = match ControlPlane::shared_with(builder).await {
             Ok(plane) => plane,
             Err(e) => panic!("the real control plane did not start: {e}"),
         };
