@@ -1,101 +1,191 @@
-//! Sharding: N Appoperators against the in-memory API server, reconciled by 1, 2 and 3 replicas
-//! in this process (`--shards` equal to the replica count), each with its own client, caches and
-//! shard claimer. Prints, per run, the time until every parent is Ready and how many reconciles
-//! each replica ran; then, with 2 and 3 replicas, a failover: one replica dies without releasing
-//! its Leases, and the bench prints how long until its shard is held again and until a further
-//! N/10 parents are all Ready.
+//! Sharding: N Appoperators against the in-memory API server, reconciled by 1, 2 and 4 replicas,
+//! each its own process (this bench re-executed, as `wasmop run --shards` runs one: a catalog,
+//! the supervisor, the shard claimer), with `--shards` equal to the replica count. Prints, per
+//! run, the time until every parent is Ready and per replica: its shards, its RSS, the objects in
+//! its caches, the bytes it received in answers to GETs (lists and watches: parents, children,
+//! Leases), and its reconciles. Then, with 2 and 4 replicas, a failover: one replica is killed (SIGKILL,
+//! nothing released), and the bench prints how long until its shard is held again and until a
+//! further N/10 parents are all Ready.
 //!
-//! The replicas share this machine's cores, so more replicas do not finish sooner here: what the
-//! figures show is the split of the work and the takeover. `make bench` runs it;
-//! `WASMOP_BENCH_PARENTS=10000` picks the size (default 1000).
+//! `WASMOP_BENCH_SHARD_SELECTOR=off` makes the server ignore `shardSelector` (the label path);
+//! by default it honours it. The replicas share this machine's cores, so more replicas do not
+//! finish sooner here: the figures show the split of the work and of the memory. `make bench`
+//! runs it; `WASMOP_BENCH_PARENTS=100000` picks the size (default 1000).
 
 #[path = "common/apps.rs"]
 mod apps;
+#[path = "common/server.rs"]
+mod server;
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use wasmop::catalog::Catalog;
 use wasmop::controller::ControllerOptions;
 use wasmop::crd;
 use wasmop::leader::LeaderSettings;
-use wasmop::plugin::{Limits, OperatorPlugin, Runtime, RuntimeConfig};
+use wasmop::plugin::{Limits, Runtime, RuntimeConfig};
 use wasmop::shard::{self, ShardSettings, Shards};
 use wasmop::supervisor::Supervisor;
-use wasmop::telemetry::Stats;
-use wasmop::telemetry::Telemetry;
+use wasmop::telemetry::{Stats, Telemetry};
 use wasmop_apiserver::{ApiServer, Config};
 
 /// Lease timing of the bench's replicas (shorter than the 15 s default, to keep the run short).
 const LEASE: (u64, u64, u64) = (6, 4, 1);
 
+/// Set in a replica child: `URL DIR IDENTITY COUNT`.
+const REPLICA_ENV: &str = "WASMOP_BENCH_REPLICA";
+
+/// What a replica reports.
+#[derive(Debug, Default)]
+struct Figures {
+    held: Vec<u32>,
+    rss_mib: u64,
+    parents: i64,
+    children: i64,
+    received: u64,
+    reconciles: u64,
+}
+
+/// When this process is a replica child: runs the replica, answering `figures` on stdin until
+/// stdin closes, then exits. Otherwise returns at once.
+fn replica_if_child() {
+    let Ok(spec) = std::env::var(REPLICA_ENV) else { return };
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let [url, dir, identity, count] = parts[..] else { panic!("{REPLICA_ENV}: {spec}") };
+    let count: u32 = count.parse().expect("count");
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    let _guard = rt.enter();
+    let received = Arc::new(AtomicU64::new(0));
+    let client = counting(Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("client"), &received);
+    let shards = Shards::none(count);
+    let telemetry = Telemetry::new();
+    let (stats, metrics) = (telemetry.stats.clone(), telemetry.metrics.clone());
+    let (stop, stopped) = watch::channel(false);
+    let options = ControllerOptions { concurrency: 16, shards: shards.clone(), ..ControllerOptions::default() };
+    let runtime = Arc::new(Runtime::new(RuntimeConfig::default()).expect("runtime"));
+    let catalog = rt.block_on(Catalog::builder(runtime).dir(PathBuf::from(dir)).start()).expect("catalog");
+    let supervisor = Supervisor::builder(client.clone(), &catalog).options(options).telemetry(telemetry).build();
+    let mut until = stopped.clone();
+    rt.spawn(async move {
+        supervisor.run(async move { let _ = until.wait_for(|s| *s).await; }).await;
+        drop(catalog);
+    });
+    let settings = ShardSettings { shards: count, lease: lease(identity) };
+    rt.spawn(shard::run(client, settings, shards.clone(), metrics.clone(), stopped));
+    println!("started");
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if line.trim() == "figures" {
+            let cached = |cache: &str| metrics.cached_objects("appoperator", cache).get();
+            println!(
+                "{} {} {} {} {} {}",
+                shards.owned().iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+                server::memory_kib(None, "VmRSS:") / 1024,
+                cached("parents"),
+                cached("Deployment") + cached("Service"),
+                received.load(Ordering::Relaxed),
+                Stats::get(&stats.reconciles)
+            );
+        }
+        println!("end");
+    }
+    let _ = stop.send(true);
+    std::process::exit(0);
+}
+
+/// The Lease settings of replica `identity`.
+fn lease(identity: &str) -> LeaderSettings {
+    LeaderSettings {
+        lease_name: "wasmop-shard".into(),
+        namespace: "default".into(),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(LEASE.0),
+        renew_deadline: Duration::from_secs(LEASE.1),
+        retry_period: Duration::from_secs(LEASE.2),
+    }
+}
+
+/// `client`, counting in `received` the body bytes of the answers to its GETs.
+fn counting(client: Client, received: &Arc<AtomicU64>) -> Client {
+    use http_body_util::BodyExt;
+    let (inner, received) = (client.clone(), received.clone());
+    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        let (inner, received) = (inner.clone(), received.clone());
+        let get = request.method() == http::Method::GET;
+        async move {
+            let response = inner.send(request).await?;
+            Ok::<_, kube::Error>(response.map(move |body| {
+                body.map_frame(move |frame| {
+                    if let Some(data) = frame.data_ref().filter(|_| get) {
+                        received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    frame
+                })
+            }))
+        }
+    });
+    Client::new(service, client.default_namespace())
+}
+
+/// A replica child.
 struct Replica {
-    shards: Shards,
-    stats: Arc<Stats>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
 }
 
 impl Replica {
-    /// A replica as `wasmop run --shards` runs one: a catalog of `dir`, the supervisor and the
-    /// shard claimer.
-    async fn start(url: &str, dir: &std::path::Path, identity: String, count: u32) -> Replica {
-        let client = Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("client");
-        let shards = Shards::none(count);
-        let telemetry = Telemetry::new();
-        let stats = telemetry.stats.clone();
-        let (stop, rx) = watch::channel(false);
-        let options = ControllerOptions { concurrency: 16, shards: shards.clone(), ..ControllerOptions::default() };
-        let metrics = telemetry.metrics.clone();
-        let mut stopped = rx.clone();
-        let runtime = Arc::new(Runtime::new(RuntimeConfig::default()).expect("runtime"));
-        let catalog = Catalog::builder(runtime).dir(dir.to_path_buf()).start().await.expect("catalog");
-        let supervisor = Supervisor::builder(client.clone(), &catalog).options(options).telemetry(telemetry).build();
-        let controller = tokio::spawn(async move {
-            supervisor
-                .run(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await;
-            drop(catalog);
-        });
-        let settings = ShardSettings {
-            shards: count,
-            lease: LeaderSettings {
-                lease_name: "wasmop-shard".into(),
-                namespace: "default".into(),
-                identity,
-                lease_duration: Duration::from_secs(LEASE.0),
-                renew_deadline: Duration::from_secs(LEASE.1),
-                retry_period: Duration::from_secs(LEASE.2),
-            },
-        };
-        let claimer = tokio::spawn({
-            let shards = shards.clone();
-            async move {
-                if let Err(e) = shard::run(client, settings, shards, metrics, rx).await {
-                    eprintln!("claimer: {e}");
-                }
-            }
-        });
-        Replica { shards, stats, stop, tasks: vec![controller, claimer] }
+    fn start(url: &str, dir: &Path, identity: &str, count: u32) -> Replica {
+        let mut child = Command::new(std::env::current_exe().expect("exe"))
+            .env(REPLICA_ENV, format!("{url} {} {identity} {count}", dir.display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn a replica");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut started = String::new();
+        stdout.read_line(&mut started).expect("replica started");
+        Replica { child, stdin, stdout }
     }
 
-    fn reconciles(&self) -> u64 {
-        Stats::get(&self.stats.reconciles)
-    }
-
-    /// A crash: nothing is released.
-    fn kill(&self) {
-        for task in &self.tasks {
-            task.abort();
+    fn figures(&mut self) -> Figures {
+        writeln!(self.stdin, "figures").expect("replica stdin");
+        self.stdin.flush().expect("replica stdin");
+        let (mut line, mut end) = (String::new(), String::new());
+        self.stdout.read_line(&mut line).expect("figures");
+        self.stdout.read_line(&mut end).expect("end");
+        let fields: Vec<&str> = line.trim_end_matches('\n').split(' ').collect();
+        let number = |i: usize| fields.get(i).and_then(|f| f.parse().ok()).unwrap_or_default();
+        Figures {
+            held: fields.first().map(|h| h.split(',').filter_map(|s| s.parse().ok()).collect()).unwrap_or_default(),
+            rss_mib: number(1),
+            parents: number(2) as i64,
+            children: number(3) as i64,
+            received: number(4),
+            reconciles: number(5),
         }
+    }
+
+    /// A crash: SIGKILL, nothing released.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -111,91 +201,96 @@ async fn create_until_ready(api: &Api<DynamicObject>, range: std::ops::Range<usi
     ready.await.expect("ready");
 }
 
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
+async fn until(what: &str, replicas: &mut [Replica], mut check: impl FnMut(&[Figures]) -> bool) {
     let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < Duration::from_secs(120), "{what}: not within 120 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    loop {
+        let figures: Vec<Figures> = replicas.iter_mut().map(Replica::figures).collect();
+        if check(&figures) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{what}: not within 120 s: {figures:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn run(plugin: &OperatorPlugin, replicas: u32, n: usize) {
-    let config = Config { simulate_deployments: true, simulate_delay: Duration::from_millis(100), ..Config::default() };
+async fn run(plugin: &Path, replicas: u32, n: usize, shard_selector: bool) {
+    let config = Config {
+        simulate_deployments: true,
+        simulate_delay: Duration::from_millis(100),
+        shard_selector,
+        ..Config::default()
+    };
     let server = ApiServer::start(config).await.expect("api server");
     let client = Client::try_from(kube::Config::new(server.url().parse().expect("url"))).expect("client");
-    crd::install(&client, plugin, None).await.expect("crd");
+    let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
+    let loaded = runtime.load_operator(plugin, Limits::default()).expect("load appoperator");
+    crd::install(&client, &loaded, None).await.expect("crd");
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("tools.wasmop.dev", "v1", "Appoperator"),
         "appoperators",
     );
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
     let dir = tempfile::tempdir().expect("plugins directory");
-    std::fs::copy(plugin.file().path.clone(), dir.path().join("appoperator.wasm")).expect("copy the plugin");
-    let mut started = Vec::new();
-    for i in 0..replicas {
-        started.push(Replica::start(&server.url(), dir.path(), format!("r{i}"), replicas).await);
-    }
+    std::fs::copy(plugin, dir.path().join("appoperator.wasm")).expect("copy the plugin");
+    let mut started: Vec<Replica> =
+        (0..replicas).map(|i| Replica::start(&server.url(), dir.path(), &format!("r{i}"), replicas)).collect();
     // Balanced before the clock starts: one shard each.
-    until("one shard each", || started.iter().all(|r| r.shards.owned().len() == 1)).await;
+    until("one shard each", &mut started, |f| f.iter().all(|f| f.held.len() == 1)).await;
 
     let clock = Instant::now();
     create_until_ready(&api, 0..n, n, "sharded run").await;
     let wall = clock.elapsed();
-    let counts: Vec<String> = started
-        .iter()
-        .enumerate()
-        .map(|(i, r)| format!("r{i} {:?} {} ({:.0}%)", r.shards.owned(), r.reconciles(), share(r, &started)))
-        .collect();
-    println!(
-        "{replicas} replica(s), {n:>6} parents: all Ready in {:>6.2}s; reconciles per replica: {}",
-        wall.as_secs_f64(),
-        counts.join(", ")
-    );
+    let path = if shard_selector { "shardSelector" } else { "labels" };
+    println!("{replicas} replica(s), {n:>6} parents ({path}): all Ready in {:>6.2}s", wall.as_secs_f64());
+    let figures: Vec<Figures> = started.iter_mut().map(Replica::figures).collect();
+    let total: u64 = figures.iter().map(|f| f.reconciles).sum();
+    for (i, f) in figures.iter().enumerate() {
+        println!(
+            "  r{i} shards {:?}: RSS {} MiB, cached {} parents + {} children, received {:.1} MiB, {} reconciles ({:.0}%)",
+            f.held,
+            f.rss_mib,
+            f.parents,
+            f.children,
+            f.received as f64 / f64::from(1 << 20),
+            f.reconciles,
+            100.0 * f.reconciles as f64 / total.max(1) as f64
+        );
+    }
 
     if replicas > 1 {
-        let dead = started.last().expect("a replica");
-        let orphaned = dead.shards.owned();
+        let mut dead = started.pop().expect("a replica");
+        let orphaned = dead.figures().held;
         dead.kill();
         let clock = Instant::now();
-        let survivors = &started[..started.len() - 1];
-        until("the dead replica's shard held again", || {
-            orphaned.iter().all(|s| survivors.iter().any(|r| r.shards.owned().contains(s)))
+        until("the dead replica's shard held again", &mut started, |f| {
+            orphaned.iter().all(|s| f.iter().any(|f| f.held.contains(s)))
         })
         .await;
         let taken = clock.elapsed();
         let more = n / 10;
         create_until_ready(&api, n..n + more, n + more, "after failover").await;
         println!(
-            "{replicas} replica(s), {n:>6} parents: failover: shard {orphaned:?} held again after {:.1}s (lease {}s, retry {}s); {more} new parents all Ready {:.1}s after the kill",
+            "  failover: shard {orphaned:?} held again after {:.1}s (lease {}s, retry {}s); {more} new parents all Ready {:.1}s after the kill",
             taken.as_secs_f64(),
             LEASE.0,
             LEASE.2,
             clock.elapsed().as_secs_f64()
         );
     }
-    for replica in &started {
-        let _ = replica.stop.send(true);
-        replica.kill();
-    }
+    drop(started);
     server.shutdown().await;
 }
 
-/// The replica's share of all reconciles, in percent.
-fn share(replica: &Replica, all: &[Replica]) -> f64 {
-    let total: u64 = all.iter().map(Replica::reconciles).sum();
-    100.0 * replica.reconciles() as f64 / total.max(1) as f64
-}
-
 fn main() {
+    replica_if_child();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin/appoperator.wasm");
     assert!(path.exists(), "{} is missing: run `make plugins` (make bench does)", path.display());
     let n: usize = std::env::var("WASMOP_BENCH_PARENTS").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1000);
-    let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
-    let plugin = rt.load_operator(&path, Limits::default()).expect("load appoperator");
+    let shard_selector = std::env::var("WASMOP_BENCH_SHARD_SELECTOR").map_or(true, |v| v != "off");
     let tokio = tokio::runtime::Runtime::new().expect("tokio");
     // Under `cargo test --benches` run a token size so the bench is exercised, not measured.
-    let (n, runs) = if std::env::args().any(|a| a == "--bench") { (n, vec![1, 2, 3]) } else { (20, vec![2]) };
+    let (n, runs) = if std::env::args().any(|a| a == "--bench") { (n, vec![1, 2, 4]) } else { (20, vec![2]) };
     for replicas in runs {
-        tokio.block_on(run(&plugin, replicas, n));
+        tokio.block_on(run(&path, replicas, n, shard_selector));
     }
 }
