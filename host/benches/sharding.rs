@@ -8,7 +8,10 @@
 //! further N/10 parents are all Ready.
 //!
 //! `WASMOP_BENCH_SHARD_SELECTOR=off` makes the server ignore `shardSelector` (the label path);
-//! by default it honours it. The replicas share this machine's cores, so more replicas do not
+//! by default it honours it. `WASMOP_BENCH_PLANE=real` runs on a real control plane of its own
+//! (`make controlplane`; kube-apiserver with the `ShardedListAndWatch` gate unless
+//! `WASMOP_BENCH_SHARD_SELECTOR=off`), with `WASMOP_BENCH_REPLICAS` (default `1,3`) replicas and
+//! Appoperators of 0 pods, so that kube-controller-manager's pod work does not bound the run. The replicas share this machine's cores, so more replicas do not
 //! finish sooner here: the figures show the split of the work and of the memory. `make bench`
 //! runs it; `WASMOP_BENCH_PARENTS=100000` picks the size (default 1000).
 
@@ -41,7 +44,8 @@ use wasmop_apiserver::{ApiServer, Config};
 /// Lease timing of the bench's replicas (shorter than the 15 s default, to keep the run short).
 const LEASE: (u64, u64, u64) = (6, 4, 1);
 
-/// Set in a replica child: `URL DIR IDENTITY COUNT`.
+/// Set in a replica child: `SERVER DIR IDENTITY COUNT`, where `SERVER` is a URL or
+/// `kubeconfig:PATH`.
 const REPLICA_ENV: &str = "WASMOP_BENCH_REPLICA";
 
 /// What a replica reports.
@@ -53,6 +57,7 @@ struct Figures {
     children: i64,
     received: u64,
     reconciles: u64,
+    requests: u64,
 }
 
 /// When this process is a replica child: runs the replica, answering `figures` on stdin until
@@ -64,8 +69,8 @@ fn replica_if_child() {
     let count: u32 = count.parse().expect("count");
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     let _guard = rt.enter();
-    let received = Arc::new(AtomicU64::new(0));
-    let client = counting(Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("client"), &received);
+    let traffic = Traffic::default();
+    let client = counting(rt.block_on(client_of(url)), &traffic);
     let shards = Shards::none(count);
     let telemetry = Telemetry::new();
     let (stats, metrics) = (telemetry.stats.clone(), telemetry.metrics.clone());
@@ -87,19 +92,71 @@ fn replica_if_child() {
         if line.trim() == "figures" {
             let cached = |cache: &str| metrics.cached_objects("appoperator", cache).get();
             println!(
-                "{} {} {} {} {} {}",
+                "{} {} {} {} {} {} {}",
                 shards.owned().iter().map(u32::to_string).collect::<Vec<_>>().join(","),
                 server::memory_kib(None, "VmRSS:") / 1024,
                 cached("parents"),
                 cached("Deployment") + cached("Service"),
-                received.load(Ordering::Relaxed),
-                Stats::get(&stats.reconciles)
+                traffic.received.load(Ordering::Relaxed),
+                Stats::get(&stats.reconciles),
+                traffic.requests.load(Ordering::Relaxed),
             );
         }
         println!("end");
     }
     let _ = stop.send(true);
     std::process::exit(0);
+}
+
+/// A client of `server`: a URL (the in-memory server) or `kubeconfig:PATH`.
+async fn client_of(server: &str) -> Client {
+    let Some(path) = server.strip_prefix("kubeconfig:") else {
+        return Client::try_from(kube::Config::new(server.parse().expect("url"))).expect("client");
+    };
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("config");
+    Client::try_from(config).expect("client")
+}
+
+/// Where the bench runs: the in-memory server, or a real control plane of its own.
+enum Plane {
+    Memory(ApiServer),
+    Real(wasmop_controlplane::ControlPlane),
+}
+
+impl Plane {
+    async fn start(real: bool, shard_selector: bool) -> Plane {
+        if real {
+            let gates = wasmop_controlplane::ControlPlane::builder().nodes(false);
+            let gates = if shard_selector { gates.feature_gates("ShardedListAndWatch=true") } else { gates };
+            return Plane::Real(gates.start().await.expect("the real control plane (make controlplane)"));
+        }
+        let config = Config {
+            simulate_deployments: true,
+            simulate_delay: Duration::from_millis(100),
+            shard_selector,
+            ..Config::default()
+        };
+        Plane::Memory(ApiServer::start(config).await.expect("api server"))
+    }
+
+    /// What a replica is given to reach the server (see [`REPLICA_ENV`]).
+    fn server(&self) -> String {
+        match self {
+            Plane::Memory(server) => server.url(),
+            Plane::Real(plane) => format!("kubeconfig:{}", plane.dir().join("admin.kubeconfig").display()),
+        }
+    }
+
+    async fn client(&self) -> Client {
+        client_of(&self.server()).await
+    }
+
+    async fn shutdown(self) {
+        if let Plane::Memory(server) = self {
+            server.shutdown().await;
+        }
+    }
 }
 
 /// The Lease settings of replica `identity`.
@@ -114,12 +171,22 @@ fn lease(identity: &str) -> LeaderSettings {
     }
 }
 
-/// `client`, counting in `received` the body bytes of the answers to its GETs.
-fn counting(client: Client, received: &Arc<AtomicU64>) -> Client {
+/// What a replica's client sent and received.
+#[derive(Clone, Default)]
+struct Traffic {
+    /// Requests sent (every verb; a watch counts once, however long it runs).
+    requests: Arc<AtomicU64>,
+    /// Body bytes of the answers to GETs (lists and watches).
+    received: Arc<AtomicU64>,
+}
+
+/// `client`, counting its requests and the body bytes of the answers to its GETs in `traffic`.
+fn counting(client: Client, traffic: &Traffic) -> Client {
     use http_body_util::BodyExt;
-    let (inner, received) = (client.clone(), received.clone());
+    let (inner, traffic) = (client.clone(), traffic.clone());
     let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
-        let (inner, received) = (inner.clone(), received.clone());
+        let (inner, received) = (inner.clone(), traffic.received.clone());
+        traffic.requests.fetch_add(1, Ordering::Relaxed);
         let get = request.method() == http::Method::GET;
         async move {
             let response = inner.send(request).await?;
@@ -173,6 +240,7 @@ impl Replica {
             children: number(3) as i64,
             received: number(4),
             reconciles: number(5),
+            requests: number(6),
         }
     }
 
@@ -189,14 +257,20 @@ impl Drop for Replica {
     }
 }
 
-/// Creates parents `range` and waits until `total` parents are Ready.
-async fn create_until_ready(api: &Api<DynamicObject>, range: std::ops::Range<usize>, total: usize, what: &str) {
+/// Creates parents `range` (with `pods` replicas each) and waits until `total` parents are Ready.
+async fn create_until_ready(
+    api: &Api<DynamicObject>,
+    range: std::ops::Range<usize>,
+    total: usize,
+    pods: u32,
+    what: &str,
+) {
     let (created, started) = tokio::sync::oneshot::channel();
     let ready = tokio::spawn({
         let (api, what) = (api.clone(), what.to_string());
         async move { apps::wait_ready(&what, api, total, started).await }
     });
-    apps::create(api, "default", range).await;
+    apps::create_with(api, "default", range, pods).await;
     let _ = created.send(());
     ready.await.expect("ready");
 }
@@ -213,18 +287,17 @@ async fn until(what: &str, replicas: &mut [Replica], mut check: impl FnMut(&[Fig
     }
 }
 
-async fn run(plugin: &Path, replicas: u32, n: usize, shard_selector: bool) {
-    let config = Config {
-        simulate_deployments: true,
-        simulate_delay: Duration::from_millis(100),
-        shard_selector,
-        ..Config::default()
-    };
-    let server = ApiServer::start(config).await.expect("api server");
-    let client = Client::try_from(kube::Config::new(server.url().parse().expect("url"))).expect("client");
+async fn run(plugin: &Path, replicas: u32, n: usize, real: bool, shard_selector: bool) {
+    let server = Plane::start(real, shard_selector).await;
+    let client = server.client().await;
+    let pods = if real { 0 } else { 2 };
     let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
     let loaded = runtime.load_operator(plugin, Limits::default()).expect("load appoperator");
     crd::install(&client, &loaded, None).await.expect("crd");
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    let established = kube::runtime::wait::conditions::is_crd_established();
+    kube::runtime::wait::await_condition(crds, "appoperators.tools.wasmop.dev", established).await.expect("crd");
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("tools.wasmop.dev", "v1", "Appoperator"),
         "appoperators",
@@ -233,17 +306,20 @@ async fn run(plugin: &Path, replicas: u32, n: usize, shard_selector: bool) {
     let dir = tempfile::tempdir().expect("plugins directory");
     std::fs::copy(plugin, dir.path().join("appoperator.wasm")).expect("copy the plugin");
     let mut started: Vec<Replica> =
-        (0..replicas).map(|i| Replica::start(&server.url(), dir.path(), &format!("r{i}"), replicas)).collect();
+        (0..replicas).map(|i| Replica::start(&server.server(), dir.path(), &format!("r{i}"), replicas)).collect();
     // Balanced before the clock starts: one shard each.
     until("one shard each", &mut started, |f| f.iter().all(|f| f.held.len() == 1)).await;
 
     let clock = Instant::now();
-    create_until_ready(&api, 0..n, n, "sharded run").await;
+    create_until_ready(&api, 0..n, n, pods, "sharded run").await;
     let wall = clock.elapsed();
     let path = if shard_selector { "shardSelector" } else { "labels" };
-    println!("{replicas} replica(s), {n:>6} parents ({path}): all Ready in {:>6.2}s", wall.as_secs_f64());
+    let plane = if real { "real control plane" } else { "in-memory server" };
+    println!("{replicas} replica(s), {n:>6} parents, {plane} ({path}): all Ready in {:>6.2}s", wall.as_secs_f64());
     let figures: Vec<Figures> = started.iter_mut().map(Replica::figures).collect();
     let total: u64 = figures.iter().map(|f| f.reconciles).sum();
+    let requests: u64 = figures.iter().map(|f| f.requests).sum();
+    println!("  {:.2} requests per parent, all replicas together", requests as f64 / n as f64);
     for (i, f) in figures.iter().enumerate() {
         println!(
             "  r{i} shards {:?}: RSS {} MiB, cached {} parents + {} children, received {:.1} MiB, {} reconciles ({:.0}%)",
@@ -268,7 +344,7 @@ async fn run(plugin: &Path, replicas: u32, n: usize, shard_selector: bool) {
         .await;
         let taken = clock.elapsed();
         let more = n / 10;
-        create_until_ready(&api, n..n + more, n + more, "after failover").await;
+        create_until_ready(&api, n..n + more, n + more, pods, "after failover").await;
         println!(
             "  failover: shard {orphaned:?} held again after {:.1}s (lease {}s, retry {}s); {more} new parents all Ready {:.1}s after the kill",
             taken.as_secs_f64(),
@@ -287,10 +363,14 @@ fn main() {
     assert!(path.exists(), "{} is missing: run `make plugins` (make bench does)", path.display());
     let n: usize = std::env::var("WASMOP_BENCH_PARENTS").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1000);
     let shard_selector = std::env::var("WASMOP_BENCH_SHARD_SELECTOR").map_or(true, |v| v != "off");
+    let real = std::env::var("WASMOP_BENCH_PLANE").is_ok_and(|v| v == "real");
+    let default = if real { "1,3" } else { "1,2,4" };
+    let counts = std::env::var("WASMOP_BENCH_REPLICAS").unwrap_or_else(|_| default.into());
+    let counts: Vec<u32> = counts.split(',').filter_map(|c| c.trim().parse().ok()).collect();
     let tokio = tokio::runtime::Runtime::new().expect("tokio");
     // Under `cargo test --benches` run a token size so the bench is exercised, not measured.
-    let (n, runs) = if std::env::args().any(|a| a == "--bench") { (n, vec![1, 2, 4]) } else { (20, vec![2]) };
+    let (n, runs) = if std::env::args().any(|a| a == "--bench") { (n, counts) } else { (20, vec![2]) };
     for replicas in runs {
-        tokio.block_on(run(&path, replicas, n, shard_selector));
+        tokio.block_on(run(&path, replicas, n, real, shard_selector));
     }
 }

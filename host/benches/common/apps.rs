@@ -11,8 +11,14 @@ use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 
-/// Creates Appoperators `app-{i}` for `i` in `range` in namespace `ns`, 32 at a time.
+/// Creates Appoperators `app-{i}` for `i` in `range` in namespace `ns`, 32 at a time, each
+/// asking for 2 replicas.
 pub async fn create(api: &Api<DynamicObject>, ns: &str, range: std::ops::Range<usize>) {
+    create_with(api, ns, range, 2).await;
+}
+
+/// [`create`] with `replicas` replicas each (0: Ready at once, without a pod).
+pub async fn create_with(api: &Api<DynamicObject>, ns: &str, range: std::ops::Range<usize>, replicas: u32) {
     futures::stream::iter(range)
         .for_each_concurrent(32, |i| {
             let api = api.clone();
@@ -20,7 +26,7 @@ pub async fn create(api: &Api<DynamicObject>, ns: &str, range: std::ops::Range<u
                 let obj: DynamicObject = serde_json::from_value(json!({
                     "apiVersion": "tools.wasmop.dev/v1", "kind": "Appoperator",
                     "metadata": {"name": format!("app-{i}"), "namespace": ns},
-                    "spec": {"workload": {"image": "nginx:1.27", "replicas": 2}},
+                    "spec": {"workload": {"image": "nginx:1.27", "replicas": replicas}},
                 }))
                 .expect("object");
                 api.create(&PostParams::default(), &obj).await.expect("create");
