@@ -81,7 +81,11 @@ fn replica_if_child() {
     let supervisor = Supervisor::builder(client.clone(), &catalog).options(options).telemetry(telemetry).build();
     let mut until = stopped.clone();
     rt.spawn(async move {
-        supervisor.run(async move { let _ = until.wait_for(|s| *s).await; }).await;
+        supervisor
+            .run(async move {
+                let _ = until.wait_for(|s| *s).await;
+            })
+            .await;
         drop(catalog);
     });
     let settings = ShardSettings { shards: count, lease: lease(identity) };
@@ -121,7 +125,7 @@ async fn client_of(server: &str) -> Client {
 /// Where the bench runs: the in-memory server, or a real control plane of its own.
 enum Plane {
     Memory(ApiServer),
-    Real(wasmop_controlplane::ControlPlane),
+    Real(Box<wasmop_controlplane::ControlPlane>),
 }
 
 impl Plane {
@@ -129,7 +133,7 @@ impl Plane {
         if real {
             let gates = wasmop_controlplane::ControlPlane::builder().nodes(false);
             let gates = if shard_selector { gates.feature_gates("ShardedListAndWatch=true") } else { gates };
-            return Plane::Real(gates.start().await.expect("the real control plane (make controlplane)"));
+            return Plane::Real(Box::new(gates.start().await.expect("the real control plane (make controlplane)")));
         }
         let config = Config {
             simulate_deployments: true,

@@ -10,6 +10,7 @@ use kube::api::{Api, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -116,7 +117,12 @@ pub async fn run_plugin(
     let parents = writer.as_reader();
     let (events, parent_scope) =
         shard::scope::scoped(parent_api, watcher::Config::default(), options.shards.clone(), selection.clone(), listed);
-    let watch = ParentWatch { writer, cached: cached("parents"), rescoping: parent_scope.rescoping.clone() };
+    let watch = ParentWatch {
+        writer,
+        resource: parent_ar.clone(),
+        cached: cached("parents"),
+        rescoping: parent_scope.rescoping.clone(),
+    };
     let trigger = parent_events(events, watch, triggers.clone(), options.start);
     let mut controller = Controller::for_stream_with(trigger, parents.clone(), parent_ar.clone());
     for (stream, ar) in child_streams {
@@ -171,13 +177,9 @@ pub async fn run_plugin(
     let health = telemetry.health.clone();
     let synced = wait_for_caches(ctx.clone(), health.clone(), meta.name.clone());
     let ctx_for_watchdog = ctx.clone();
-    // A resync, or a shard newly held (once its parents are cached), reconciles every parent
-    // (those of other shards are skipped).
-    let resync = futures::stream::select(
-        tokio_stream_interval(options.resync).map(|()| Trigger::Resync),
-        changes(parent_scope.gained).map(|()| Trigger::ShardGained),
-    );
-
+    // A resync reconciles every parent (those of other shards are skipped). A shard newly held
+    // brings its parents in the re-scoped list (`parent_events`).
+    let resync = tokio_stream_interval(options.resync).map(|()| Trigger::Resync);
     // New logic swapped in: every parent again, by it.
     let resync = futures::stream::select(resync, swapped(ctx.clone(), options.swaps.clone())).map({
         let (triggers, parents) = (triggers.clone(), ctx.parents.clone());
@@ -242,6 +244,7 @@ async fn parent_watch(
 /// watch raises while it delivers a re-scoped list.
 struct ParentWatch {
     writer: Writer<DynamicObject>,
+    resource: kube::core::ApiResource,
     cached: prometheus_client::metrics::gauge::Gauge,
     rescoping: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -249,44 +252,93 @@ struct ParentWatch {
 /// The parents that need a reconcile, from their watch through `writer` (the cache): those
 /// whose generation changed (spec, deletion) — not status or metadata writes, or the host's own
 /// status write would trigger the next reconcile. Each is noted in `triggers`: `start` while
-/// the first list is delivered, `shard gained` while a re-scoped list is (`rescoping`),
-/// `parent` otherwise.
+/// the first list is delivered, `shard gained` for a re-scoped list's (`rescoping`), `parent`
+/// otherwise.
 fn parent_events(
     events: impl futures::Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send + 'static,
     watch: ParentWatch,
     triggers: Arc<Triggers>,
     start: Start,
 ) -> impl futures::Stream<Item = Result<DynamicObject, watcher::Error>> + Send + 'static {
-    let ParentWatch { writer, cached, rescoping } = watch;
-    let store = writer.as_reader();
-    let mut generations = Generations::default();
-    events.modify(trim).reflect(writer).filter_map(move |event| {
-        cached.set(store.len() as i64);
-        let changed = match event {
+    let ParentWatch { writer, resource, cached, rescoping } = watch;
+    let mut passing = Passing {
+        store: writer.as_reader(),
+        resource,
+        rescoping,
+        triggers,
+        start,
+        generations: Generations::default(),
+        deferred: Vec::new(),
+    };
+    events.modify(trim).reflect(writer).flat_map(move |event| {
+        cached.set(passing.store.len() as i64);
+        futures::stream::iter(passing.on(event))
+    })
+}
+
+/// What [`parent_events`] passes on to the controller, event by event.
+struct Passing {
+    store: kube::runtime::reflector::Store<DynamicObject>,
+    resource: kube::core::ApiResource,
+    rescoping: Arc<std::sync::atomic::AtomicBool>,
+    triggers: Arc<Triggers>,
+    start: Start,
+    generations: Generations,
+    /// Parents new to the cache in a re-scope's list: the cache shows them only at the list's
+    /// end (before it, the controller would not find them), so they are passed on then.
+    deferred: Vec<DynamicObject>,
+}
+
+impl Passing {
+    fn on(
+        &mut self,
+        event: Result<watcher::Event<DynamicObject>, watcher::Error>,
+    ) -> Vec<Result<DynamicObject, watcher::Error>> {
+        let rescoping = self.rescoping.load(std::sync::atomic::Ordering::Relaxed);
+        match event {
+            Ok(watcher::Event::InitApply(parent))
+                if rescoping && self.store.get(&ObjectRef::from_obj_with(&parent, self.resource.clone())).is_none() =>
+            {
+                if self.generations.changed(&parent) {
+                    self.deferred.push(parent);
+                }
+                Vec::new()
+            }
             Ok(watcher::Event::Apply(parent) | watcher::Event::InitApply(parent)) => {
-                generations.changed(&parent).then_some(Ok(parent))
+                if !self.generations.changed(&parent) {
+                    return Vec::new();
+                }
+                let trigger = match (self.generations.listed, rescoping) {
+                    (false, _) => Trigger::Start(self.start),
+                    (true, true) => Trigger::ShardGained,
+                    (true, false) => Trigger::Parent,
+                };
+                self.triggers.note(&parent.uid().unwrap_or_default(), trigger);
+                vec![Ok(parent)]
             }
             Ok(watcher::Event::Delete(parent)) => {
-                generations.forget(&parent);
-                None
+                self.generations.forget(&parent);
+                Vec::new()
+            }
+            // A list starting again (a newer scope, or a relist) delivers its parents again:
+            // those deferred from the one it replaces count as unseen.
+            Ok(watcher::Event::Init) => {
+                for parent in std::mem::take(&mut self.deferred) {
+                    self.generations.forget(&parent);
+                }
+                Vec::new()
             }
             Ok(watcher::Event::InitDone) => {
-                generations.keep_cached(&store);
-                None
+                self.generations.keep_cached(&self.store);
+                let deferred = std::mem::take(&mut self.deferred);
+                for parent in &deferred {
+                    self.triggers.note(&parent.uid().unwrap_or_default(), Trigger::ShardGained);
+                }
+                deferred.into_iter().map(Ok).collect()
             }
-            Ok(watcher::Event::Init) => None,
-            Err(e) => Some(Err(e)),
-        };
-        if let Some(Ok(parent)) = &changed {
-            let trigger = match (generations.listed, rescoping.load(std::sync::atomic::Ordering::Relaxed)) {
-                (false, _) => Trigger::Start(start),
-                (true, true) => Trigger::ShardGained,
-                (true, false) => Trigger::Parent,
-            };
-            triggers.note(&parent.uid().unwrap_or_default(), trigger);
+            Err(e) => vec![Err(e)],
         }
-        futures::future::ready(changed)
-    })
+    }
 }
 
 /// The generation each cached parent was last passed on at: only a parent new to the cache or
@@ -593,19 +645,44 @@ fn trim(obj: &mut DynamicObject) {
     obj.metadata.managed_fields = None;
 }
 
-/// A stream yielding `()` every time `counter` changes (not for its value now).
-fn changes(mut counter: tokio::sync::watch::Receiver<u64>) -> impl futures::Stream<Item = ()> + Send + 'static {
-    counter.mark_unchanged();
-    futures::stream::unfold(counter, |mut counter| async move {
-        counter.changed().await.ok()?;
-        Some(((), counter))
-    })
-}
-
 /// A stream yielding `()` every `period`, starting one period from now.
 fn tokio_stream_interval(period: Duration) -> impl futures::Stream<Item = ()> + Send + 'static {
     futures::stream::unfold((), move |()| async move {
         tokio::time::sleep(period).await;
         Some(((), ()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parent(uid: &str, generation: Option<i64>) -> DynamicObject {
+        let ar = kube::core::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&());
+        let mut parent = DynamicObject::new(uid, &ar);
+        parent.metadata.uid = Some(uid.into());
+        parent.metadata.generation = generation;
+        parent
+    }
+
+    #[test]
+    fn a_parent_is_passed_on_when_new_changed_or_back_in_the_cache() {
+        let mut generations = Generations::default();
+        assert!(generations.changed(&parent("a", Some(1))), "new");
+        assert!(!generations.changed(&parent("a", Some(1))), "a status write: same generation");
+        assert!(generations.changed(&parent("a", Some(2))), "a spec change");
+        assert!(generations.changed(&parent("n", None)) && generations.changed(&parent("n", None)), "no generation");
+        // Moved out of the cache by a re-scope (no delete event): forgotten at the list's end,
+        // so its return is a reconcile although its generation did not change.
+        let ar = kube::core::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&());
+        let mut writer = Writer::new(ar);
+        let store = writer.as_reader();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        generations.keep_cached(&store);
+        assert!(generations.listed);
+        assert!(generations.changed(&parent("a", Some(2))), "back in the cache");
+        generations.forget(&parent("a", Some(2)));
+        assert!(generations.changed(&parent("a", Some(2))), "after a delete event");
+    }
 }

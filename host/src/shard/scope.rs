@@ -192,9 +192,6 @@ pub async fn server_honours(client: &Client, url: &str) -> bool {
 pub struct Scope {
     /// The latest scope (a count of held-set changes) whose list this watch has delivered.
     pub listed: watch::Receiver<u64>,
-    /// Counts the re-scopes that gained shards, once their list is delivered: every parent is
-    /// then reconciled again (one that returns with an unchanged generation has no event).
-    pub gained: watch::Receiver<u64>,
     /// True while a re-scope's list is being delivered.
     pub rescoping: Arc<AtomicBool>,
 }
@@ -213,9 +210,8 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     let (listed, listed_rx) = watch::channel(0);
-    let (gained, gained_rx) = watch::channel(0);
     let rescoping = Arc::new(AtomicBool::new(false));
-    let scope = Scope { listed: listed_rx, gained: gained_rx, rescoping: rescoping.clone() };
+    let scope = Scope { listed: listed_rx, rescoping: rescoping.clone() };
     if !shards.is_split() {
         return (watcher(api, config).default_backoff().boxed(), scope);
     }
@@ -234,10 +230,8 @@ where
         pending: None,
         generation,
         held,
-        gaining: false,
         events,
         listed,
-        gained,
         rescoping,
     };
     let stream = futures::stream::unfold(state, |mut state| async move {
@@ -292,11 +286,8 @@ struct Scoped<K> {
     /// The scope of the current watch.
     generation: u64,
     held: BTreeSet<u32>,
-    /// The current watch gained shards and has not listed yet.
-    gaining: bool,
     events: BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>,
     listed: watch::Sender<u64>,
-    gained: watch::Sender<u64>,
     rescoping: Arc<AtomicBool>,
 }
 
@@ -356,7 +347,6 @@ where
             self.listed.send_replace(scope);
             return;
         }
-        self.gaining |= !held.is_subset(&self.held);
         tracing::debug!(url = self.api.resource_url(), ?held, "re-scoping a sharded watch");
         self.events = start(&self.api, &self.config, &self.shards, &self.selection, &held);
         self.held = held;
@@ -366,9 +356,6 @@ where
     /// The current watch delivered its list.
     fn delivered(&mut self) {
         self.listed.send_replace(self.generation);
-        if std::mem::take(&mut self.gaining) {
-            self.gained.send_modify(|n| *n += 1);
-        }
         self.rescoping.store(false, Ordering::Relaxed);
     }
 }
