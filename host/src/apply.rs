@@ -40,9 +40,8 @@ pub const ADOPT_ANNOTATION: &str = "wasmop.dev/adopt";
 
 /// Adds the host's marks to a desired child, after the plugin and every policy, so they always
 /// win: the managed-by and plugin labels (and the parent's shard label when sharded), the
-/// revision annotation, a controller ownerReference
-/// to the parent (with blockOwnerDeletion, so foreground deletion of the parent waits for it),
-/// and last the applied-configuration hash. `labels` or `annotations` that are not objects
+/// revision annotation, a controller ownerReference to the parent (with blockOwnerDeletion, so
+/// foreground deletion of the parent waits for it), and last the applied-configuration hash. `labels` or `annotations` that are not objects
 /// (`null`, a string) are replaced.
 pub fn mark_child(child: &mut Value, owner: &Owner, plugin: &str, revision: &str) {
     let Some(metadata) = child.get_mut("metadata").and_then(Value::as_object_mut) else {

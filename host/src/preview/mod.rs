@@ -285,7 +285,8 @@ impl Preview {
             kind: parent_ar.kind.clone(),
             name: parent.name_any(),
             uid: uid.clone(),
-            shard: None,
+            // A sharded operator marks its children with their parent's shard: keep the mark.
+            shard: observed.values().find_map(|child| child.labels().get(crate::shard::scope::SHARD_LABEL).cloned()),
         };
         let (mut children, conflicts) = self.writes(kinds, &owner, &desired, &observed).await?;
         let wanted: HashSet<ChildKey> = desired.children.iter().map(ChildKey::of).collect();

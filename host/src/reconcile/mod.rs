@@ -253,8 +253,8 @@ fn uid(parent: &DynamicObject) -> String {
 pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let trigger = ctx.triggers.take(&uid(&parent));
     // Another replica's shard: nothing to do here (the shard's holder reconciles it; gaining
-    // the shard later reconciles every parent again). One cached under a wrong shard label is
-    // labelled right, so that it reaches its shard's cache.
+    // the shard reconciles its parents). One cached under a wrong shard label is labelled
+    // right, so that it reaches its shard's cache.
     let Some(_in_shard) = ctx.shards.enter(&uid(&parent)) else {
         misfiled(&parent, &ctx).await;
         return Ok(Action::await_change());
