@@ -180,7 +180,7 @@ pub async fn server_honours(client: &Client, url: &str) -> bool {
     match client.request::<serde_json::Value>(request).await {
         Ok(list) => list.pointer("/metadata/shardInfo/selector").and_then(|s| s.as_str()) == Some(selector.as_str()),
         Err(e) => {
-            tracing::debug!(url, error = %e, "a list with shardSelector failed; taking it as not honoured");
+            tracing::warn!(url, error = %e, "a list with shardSelector failed; selecting the parents by label");
             false
         }
     }
