@@ -16,8 +16,8 @@ use super::scope::SHARD_LABEL;
 use crate::apply::{self, FIELD_MANAGER};
 
 /// Labels the unassigned parents of kind `parent` (in `namespace`, or all) whose shard this
-/// replica holds, as they appear and whenever a shard is gained. Runs until dropped; nothing
-/// when unsplit.
+/// replica holds, as they appear and whenever a shard is gained, up to [`AT_ONCE`] patches at a
+/// time. Runs until dropped; nothing when unsplit.
 pub async fn run(client: Client, parent: ApiResource, namespace: Option<String>, shards: Shards) {
     let Some(unassigned) = shards.unassigned_selector() else { return };
     let api: Api<PartialObjectMeta<DynamicObject>> = match &namespace {
@@ -32,15 +32,20 @@ pub async fn run(client: Client, parent: ApiResource, namespace: Option<String>,
         .applied_objects()
         .map(Some);
     let gained = shards.gained().map(|()| None);
-    let mut wakes = std::pin::pin!(futures::stream::select(events, gained));
-    while let Some(wake) = wakes.next().await {
-        match wake {
-            Some(Ok(object)) => label_if_held(&client, &parent, &shards, &object).await,
-            Some(Err(e)) => tracing::warn!(kind = %parent.kind, error = %e, "cannot watch the unassigned parents"),
-            None => label_held(&client, &parent, &shards, &store).await,
-        }
-    }
+    let (client, parent, shards, store) = (&client, &parent, &shards, &store);
+    futures::stream::select(events, gained)
+        .for_each_concurrent(AT_ONCE, |wake| async move {
+            match wake {
+                Some(Ok(object)) => label_if_held(client, parent, shards, &object).await,
+                Some(Err(e)) => tracing::warn!(kind = %parent.kind, error = %e, "cannot watch the unassigned parents"),
+                None => label_held(client, parent, shards, store).await,
+            }
+        })
+        .await;
 }
+
+/// The most label patches in flight at once (a burst of new parents is labelled in parallel).
+pub const AT_ONCE: usize = 16;
 
 /// Labels every cached unassigned parent whose shard is held (a shard was just gained).
 async fn label_held(
@@ -49,9 +54,9 @@ async fn label_held(
     shards: &Shards,
     store: &Store<PartialObjectMeta<DynamicObject>>,
 ) {
-    for object in store.state() {
-        label_if_held(client, parent, shards, &object).await;
-    }
+    futures::stream::iter(store.state())
+        .for_each_concurrent(AT_ONCE, |object| async move { label_if_held(client, parent, shards, &object).await })
+        .await;
 }
 
 /// Labels `object` with its shard if this replica holds that shard.
