@@ -253,7 +253,7 @@ struct ParentWatch {
 /// whose generation changed (spec, deletion) — not status or metadata writes, or the host's own
 /// status write would trigger the next reconcile. Each is noted in `triggers`: `start` while
 /// the first list is delivered, `shard gained` for a re-scoped list's (`rescoping`), `parent`
-/// otherwise. A parent new to the cache in a later list is passed on at the list's end.
+/// otherwise.
 fn parent_events(
     events: impl futures::Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send + 'static,
     watch: ParentWatch,
@@ -284,11 +284,9 @@ struct Passing {
     triggers: Arc<Triggers>,
     start: Start,
     generations: Generations,
-    /// Parents new to the cache in a list after the first (a re-scope, or a relist after the
-    /// watch fell behind): the cache shows them only at the list's end (before it, the
-    /// controller would drop a request for them), so they are passed on then, with the
-    /// trigger noted here.
-    deferred: Vec<(ObjectRef<DynamicObject>, String, Trigger)>,
+    /// Parents new to the cache in a re-scope's list: the cache shows them only at the list's
+    /// end (before it, the controller would not find them), so they are passed on then.
+    deferred: Vec<DynamicObject>,
 }
 
 impl Passing {
@@ -299,13 +297,10 @@ impl Passing {
         let rescoping = self.rescoping.load(std::sync::atomic::Ordering::Relaxed);
         match event {
             Ok(watcher::Event::InitApply(parent))
-                if self.generations.listed
-                    && self.store.get(&ObjectRef::from_obj_with(&parent, self.resource.clone())).is_none() =>
+                if rescoping && self.store.get(&ObjectRef::from_obj_with(&parent, self.resource.clone())).is_none() =>
             {
                 if self.generations.changed(&parent) {
-                    let trigger = if rescoping { Trigger::ShardGained } else { Trigger::Parent };
-                    let oref = ObjectRef::from_obj_with(&parent, self.resource.clone());
-                    self.deferred.push((oref, parent.uid().unwrap_or_default(), trigger));
+                    self.deferred.push(parent);
                 }
                 Vec::new()
             }
@@ -328,21 +323,18 @@ impl Passing {
             // A list starting again (a newer scope, or a relist) delivers its parents again:
             // those deferred from the one it replaces count as unseen.
             Ok(watcher::Event::Init) => {
-                for (_, uid, _) in std::mem::take(&mut self.deferred) {
-                    self.generations.seen.remove(&uid);
+                for parent in std::mem::take(&mut self.deferred) {
+                    self.generations.forget(&parent);
                 }
                 Vec::new()
             }
             Ok(watcher::Event::InitDone) => {
                 self.generations.keep_cached(&self.store);
-                let mut passed = Vec::new();
-                for (oref, uid, trigger) in std::mem::take(&mut self.deferred) {
-                    if let Some(parent) = self.store.get(&oref) {
-                        self.triggers.note(&uid, trigger);
-                        passed.push(Ok(DynamicObject::clone(&parent)));
-                    }
+                let deferred = std::mem::take(&mut self.deferred);
+                for parent in &deferred {
+                    self.triggers.note(&parent.uid().unwrap_or_default(), Trigger::ShardGained);
                 }
-                passed
+                deferred.into_iter().map(Ok).collect()
             }
             Err(e) => vec![Err(e)],
         }
