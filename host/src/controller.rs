@@ -10,7 +10,6 @@ use kube::api::{Api, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -100,15 +99,16 @@ pub async fn run_plugin(
         let (events, scope) = shard::scope::scoped(api, config, options.shards.clone(), Selection::Labels, Vec::new());
         listed.push(scope.listed);
         let (count, gauge) = (store.clone(), cached(&ar.kind));
-        let stream = events
-            .modify(trim)
-            .inspect_ok(move |event| index.observe(event))
-            .reflect(writer)
-            .inspect(move |_| {
+        let stream =
+            events.modify(trim).inspect_ok(move |event| index.observe(event)).reflect(writer).inspect(move |_| {
                 gauge.set(count.len() as i64);
-            })
-            .touched_objects()
-            .inspect_ok(note_child(triggers.clone(), parent_ar.clone(), ar.kind.clone()));
+            });
+        // A list's children trigger their parents once the cache holds them.
+        let stream = crate::relist::at_list_end(stream).touched_objects().inspect_ok(note_child(
+            triggers.clone(),
+            parent_ar.clone(),
+            ar.kind.clone(),
+        ));
         child_streams.push((stream, ar.clone()));
         children.push(ChildKindCache { resource: ar, store, owners });
     }
@@ -117,12 +117,7 @@ pub async fn run_plugin(
     let parents = writer.as_reader();
     let (events, parent_scope) =
         shard::scope::scoped(parent_api, watcher::Config::default(), options.shards.clone(), selection.clone(), listed);
-    let watch = ParentWatch {
-        writer,
-        resource: parent_ar.clone(),
-        cached: cached("parents"),
-        rescoping: parent_scope.rescoping.clone(),
-    };
+    let watch = ParentWatch { writer, cached: cached("parents"), rescoping: parent_scope.rescoping.clone() };
     let trigger = parent_events(events, watch, triggers.clone(), options.start);
     let mut controller = Controller::for_stream_with(trigger, parents.clone(), parent_ar.clone());
     for (stream, ar) in child_streams {
@@ -153,6 +148,12 @@ pub async fn run_plugin(
     // Findings of monitoring policies also go to a PolicyReport, if the cluster serves the kind
     // (looked up even when no policy monitors now: a parent that had findings loses its report).
     let reports = resolve(&client, &reconcile::findings::report_kind()).await.ok().map(|(ar, _)| ar);
+    // Split across replicas, the canary's share is counted over every parent, not this cache.
+    let every = crate::apply::api_for(&client, &parent_ar, options.namespace.as_deref());
+    let canary = options
+        .canary
+        .as_deref()
+        .map(|canary| reconcile::CanaryLogic::new(canary).across_shards(options.shards.is_split().then_some(every)));
     let ctx = Arc::new(Context {
         client: client.clone(),
         stable: std::sync::RwLock::new(reconcile::Logic { plugin: plugin.clone(), settings: options.settings.clone() }),
@@ -170,7 +171,7 @@ pub async fn run_plugin(
         shards: options.shards.clone(),
         progress: Default::default(),
         reports,
-        canary: options.canary.as_deref().map(reconcile::CanaryLogic::new),
+        canary,
         revisions: telemetry.revisions.clone(),
         triggers: triggers.clone(),
     });
@@ -244,75 +245,52 @@ async fn parent_watch(
 /// watch raises while it delivers a re-scoped list.
 struct ParentWatch {
     writer: Writer<DynamicObject>,
-    resource: kube::core::ApiResource,
     cached: prometheus_client::metrics::gauge::Gauge,
     rescoping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The parents that need a reconcile, from their watch through `writer` (the cache): those
 /// whose generation changed (spec, deletion) — not status or metadata writes, or the host's own
-/// status write would trigger the next reconcile. Each is noted in `triggers`: `start` while
-/// the first list is delivered, `shard gained` for a re-scoped list's (`rescoping`), `parent`
-/// otherwise.
+/// status write would trigger the next reconcile. A list's parents are passed on at its end
+/// ([`crate::relist`]). Each is noted in `triggers`: `start` for the first list's, `shard gained`
+/// for a re-scoped list's (`rescoping`), `relist` for a relist's, `parent` otherwise.
 fn parent_events(
     events: impl futures::Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send + 'static,
     watch: ParentWatch,
     triggers: Arc<Triggers>,
     start: Start,
 ) -> impl futures::Stream<Item = Result<DynamicObject, watcher::Error>> + Send + 'static {
-    let ParentWatch { writer, resource, cached, rescoping } = watch;
-    let mut passing = Passing {
-        store: writer.as_reader(),
-        resource,
-        rescoping,
-        triggers,
-        start,
-        generations: Generations::default(),
-        deferred: Vec::new(),
-    };
-    events.modify(trim).reflect(writer).flat_map(move |event| {
-        cached.set(passing.store.len() as i64);
-        futures::stream::iter(passing.on(event))
+    let ParentWatch { writer, cached, rescoping } = watch;
+    let store = writer.as_reader();
+    let mut passing = Passing { rescoping, triggers, start, generations: Generations::default(), listing: None };
+    crate::relist::at_list_end(events.modify(trim).reflect(writer)).flat_map(move |event| {
+        cached.set(store.len() as i64);
+        futures::stream::iter(passing.on(event, &store))
     })
 }
 
 /// What [`parent_events`] passes on to the controller, event by event.
 struct Passing {
-    store: kube::runtime::reflector::Store<DynamicObject>,
-    resource: kube::core::ApiResource,
     rescoping: Arc<std::sync::atomic::AtomicBool>,
     triggers: Arc<Triggers>,
     start: Start,
     generations: Generations,
-    /// Parents new to the cache in a re-scope's list: the cache shows them only at the list's
-    /// end (before it, the controller would not find them), so they are passed on then.
-    deferred: Vec<DynamicObject>,
+    /// Why the parents of the list being delivered are reconciled (set when it starts).
+    listing: Option<Trigger>,
 }
 
 impl Passing {
     fn on(
         &mut self,
         event: Result<watcher::Event<DynamicObject>, watcher::Error>,
+        store: &kube::runtime::reflector::Store<DynamicObject>,
     ) -> Vec<Result<DynamicObject, watcher::Error>> {
-        let rescoping = self.rescoping.load(std::sync::atomic::Ordering::Relaxed);
         match event {
-            Ok(watcher::Event::InitApply(parent))
-                if rescoping && self.store.get(&ObjectRef::from_obj_with(&parent, self.resource.clone())).is_none() =>
-            {
-                if self.generations.changed(&parent) {
-                    self.deferred.push(parent);
-                }
-                Vec::new()
-            }
             Ok(watcher::Event::Apply(parent) | watcher::Event::InitApply(parent)) => {
                 if !self.generations.changed(&parent) {
                     return Vec::new();
                 }
-                let trigger = match (self.generations.listed, rescoping) {
-                    (false, _) => Trigger::Start(self.start),
-                    (true, true) => Trigger::ShardGained,
-                    (true, false) => Trigger::Parent,
-                };
+                let trigger = self.listing.clone().unwrap_or(Trigger::Parent);
                 self.triggers.note(&parent.uid().unwrap_or_default(), trigger);
                 vec![Ok(parent)]
             }
@@ -320,21 +298,19 @@ impl Passing {
                 self.generations.forget(&parent);
                 Vec::new()
             }
-            // A list starting again (a newer scope, or a relist) delivers its parents again:
-            // those deferred from the one it replaces count as unseen.
             Ok(watcher::Event::Init) => {
-                for parent in std::mem::take(&mut self.deferred) {
-                    self.generations.forget(&parent);
-                }
+                let rescoping = self.rescoping.load(std::sync::atomic::Ordering::Relaxed);
+                self.listing = Some(match (self.generations.listed, rescoping) {
+                    (false, _) => Trigger::Start(self.start),
+                    (true, true) => Trigger::ShardGained,
+                    (true, false) => Trigger::Relist,
+                });
                 Vec::new()
             }
             Ok(watcher::Event::InitDone) => {
-                self.generations.keep_cached(&self.store);
-                let deferred = std::mem::take(&mut self.deferred);
-                for parent in &deferred {
-                    self.triggers.note(&parent.uid().unwrap_or_default(), Trigger::ShardGained);
-                }
-                deferred.into_iter().map(Ok).collect()
+                self.generations.keep_cached(store);
+                self.listing = None;
+                Vec::new()
             }
             Err(e) => vec![Err(e)],
         }

@@ -21,6 +21,7 @@ pub mod rbac;
 pub mod reconcile;
 pub mod registry;
 pub mod related;
+pub mod relist;
 pub mod rollout;
 pub mod roundtrip;
 pub mod shard;

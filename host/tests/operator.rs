@@ -381,6 +381,38 @@ async fn converges_through_faults_and_a_restart_without_duplicates_or_orphans() 
     cluster.shutdown().await;
 }
 
+/// Parents created while the watches are cut, past the server's history: the watches resume
+/// too late (410), list again, and the parents that list brings are reconciled — not dropped
+/// because the cache shows a list's objects only at its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parents_a_relist_after_an_expired_watch_brings_are_reconciled() {
+    let cluster = Cluster::memory().await;
+    let server = cluster.memory_server().unwrap();
+    let client = cluster.client.clone();
+    let dir = plugins_dir(&[("appoperator", None)]);
+    let ar = app_resource();
+    let running = Operator::start(&cluster, dir.path(), quiet());
+    wait_served(&client, &ar).await;
+    let spec = json!({"workload": {"image": "app:1", "replicas": 1}});
+    create(&client, &ar, "default", "before", spec.clone()).await;
+    wait_ready(&client, &ar, "default", "before", "True", "Available").await;
+
+    // The parents' watch cut, and refused once (the watcher backs off about a second); parents
+    // created meanwhile; the history it would resume from forgotten, as an etcd compaction
+    // does. When it resumes it gets a 410 and lists again.
+    server.faults().fail_next("watch", "appoperators", 1, 500);
+    server.faults().drop_watches();
+    for i in 0..5 {
+        create(&client, &ar, "default", &format!("during-{i}"), spec.clone()).await;
+    }
+    server.faults().expire_history();
+    for i in 0..5 {
+        wait_ready(&client, &ar, "default", &format!("during-{i}"), "True", "Available").await;
+    }
+    running.stop().await;
+    cluster.shutdown().await;
+}
+
 #[test]
 fn wasmop_dev_once_exits_zero_on_the_examples_in_memory() {
     dev_once("memory");

@@ -182,6 +182,9 @@ pub struct CanaryLogic {
     selector: Option<kube::core::Selector>,
     /// The point below which parents are on the canary, counted once the parent cache is full.
     threshold: tokio::sync::OnceCell<u64>,
+    /// Every parent the controller serves, when this replica caches only its shards': the share
+    /// is counted over all of them, so the replicas together serve it exactly.
+    across_shards: Option<kube::Api<DynamicObject>>,
 }
 
 impl CanaryLogic {
@@ -200,6 +203,43 @@ impl CanaryLogic {
             percent: canary.percent,
             selector,
             threshold: tokio::sync::OnceCell::new(),
+            across_shards: None,
+        }
+    }
+
+    /// Counts the share over every parent `api` lists rather than over this replica's cache
+    /// (set when the replica caches only its shards' parents).
+    #[must_use]
+    pub fn across_shards(mut self, api: Option<kube::Api<DynamicObject>>) -> CanaryLogic {
+        self.across_shards = api;
+        self
+    }
+
+    /// Where each parent falls ([`crate::rollout::point`]): every parent's, listed by metadata
+    /// when counting across shards (the cache's, if that list fails), else the cache's.
+    async fn points(&self, parents: &Store<DynamicObject>) -> Vec<u64> {
+        let _ = parents.wait_until_ready().await;
+        if let Some(api) = &self.across_shards {
+            match every_uid(api).await {
+                Ok(uids) => return uids.iter().map(|u| crate::rollout::point(u)).collect(),
+                Err(e) => tracing::warn!(error = %e,
+                    "listing every parent for the canary's share failed; counting this replica's shards only"),
+            }
+        }
+        parents.state().iter().map(|p| crate::rollout::point(&uid(p))).collect()
+    }
+}
+
+/// The UIDs of every parent `api` lists, a page of metadata at a time.
+async fn every_uid(api: &kube::Api<DynamicObject>) -> Result<Vec<String>, kube::Error> {
+    let mut params = kube::api::ListParams::default().limit(500);
+    let mut uids = Vec::new();
+    loop {
+        let page = api.list_metadata(&params).await?;
+        uids.extend(page.items.into_iter().filter_map(|p| p.metadata.uid));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(uids),
         }
     }
 }
@@ -216,12 +256,7 @@ impl Context {
         let selected = canary.selector.as_ref().is_some_and(|s| kube::core::SelectorExt::matches(s, parent.labels()));
         let threshold = canary
             .threshold
-            .get_or_init(|| async {
-                let _ = self.parents.wait_until_ready().await;
-                let points =
-                    self.parents.state().iter().map(|p| crate::rollout::point(&self::uid(p))).collect::<Vec<_>>();
-                crate::rollout::threshold(points, canary.percent)
-            })
+            .get_or_init(|| async { crate::rollout::threshold(canary.points(&self.parents).await, canary.percent) })
             .await;
         match crate::rollout::serves_canary(&uid(parent), *threshold, selected) {
             true => Logic { plugin: canary.plugin.clone(), settings: canary.settings.clone() },
