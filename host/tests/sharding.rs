@@ -56,6 +56,26 @@ on_every_sharding_path!(
     a_moving_shard_moves_its_cache_and_prunes_nothing
 );
 
+/// On the label path, a parent whose label patch failed (the API server refused it once) is
+/// labelled by the assigner's next sweep, and reconciled: not left waiting for an event it will
+/// never get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_whose_label_patch_failed_is_labelled_on_the_next_sweep() {
+    let cluster = Cluster::memory_with(|c| wasmop_apiserver::Config { shard_selector: false, ..c }).await;
+    let server = cluster.memory_server().unwrap();
+    install_hostile_crd(&cluster.client).await;
+    let dir = plugins_dir(&[("hostile", None)]);
+    let a = Replica::start(&cluster, dir.path(), "a", 1);
+    eventually("a holds the shard", || async { a.shards.owned() == [0] }).await;
+    server.faults().fail_next("patch", "hostiles", 1, 500);
+    create_and_converge(&cluster, 0..1).await;
+    let parent = get(&cluster.client, &hostile_resource(), &cluster.ns, "p0").await.unwrap();
+    let label = parent.metadata.labels.unwrap_or_default().remove(SHARD_LABEL);
+    assert_eq!(label.as_deref(), Some("0-of-1"));
+    a.stop().await;
+    cluster.shutdown().await;
+}
+
 /// The control plane of this binary: with server-side sharded list and watch.
 fn gated() -> wasmop_controlplane::Builder {
     wasmop_controlplane::ControlPlane::builder().feature_gates("ShardedListAndWatch=true")

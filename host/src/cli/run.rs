@@ -428,12 +428,13 @@ pub(crate) async fn run(rt: Runtime, args: Args, cache_dir: Option<PathBuf>) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// Makes this replica the WasmPlugin status writer while it holds shard 0.
+/// Makes this replica the WasmPlugin status writer while it holds shard 0 — and only then: a
+/// replica giving shard 0 back to a newcomer stops writing, so one replica decides at a time.
 async fn follow_shard_zero(shards: Shards, writer: watch::Sender<bool>) {
-    let mut gained = std::pin::pin!(shards.gained());
+    let mut changes = std::pin::pin!(shards.changes());
     loop {
         let _ = writer.send(shards.owned().contains(&0));
-        if gained.next().await.is_none() {
+        if changes.next().await.is_none() {
             return;
         }
     }

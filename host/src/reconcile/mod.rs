@@ -218,7 +218,6 @@ impl CanaryLogic {
     /// Where each parent falls ([`crate::rollout::point`]): every parent's, listed by metadata
     /// when counting across shards (the cache's, if that list fails), else the cache's.
     async fn points(&self, parents: &Store<DynamicObject>) -> Vec<u64> {
-        let _ = parents.wait_until_ready().await;
         if let Some(api) = &self.across_shards {
             match every_uid(api).await {
                 Ok(uids) => return uids.iter().map(|u| crate::rollout::point(u)).collect(),
@@ -226,6 +225,7 @@ impl CanaryLogic {
                     "listing every parent for the canary's share failed; counting this replica's shards only"),
             }
         }
+        cache_ready(parents).await;
         parents.state().iter().map(|p| crate::rollout::point(&uid(p))).collect()
     }
 }

@@ -16,8 +16,8 @@ use super::scope::SHARD_LABEL;
 use crate::apply::{self, FIELD_MANAGER};
 
 /// Labels the unassigned parents of kind `parent` (in `namespace`, or all) whose shard this
-/// replica holds, as they appear and whenever a shard is gained, up to [`AT_ONCE`] patches at a
-/// time. Runs until dropped; nothing when unsplit.
+/// replica holds, as they appear, whenever a shard is gained and every [`SWEEP`], up to
+/// [`AT_ONCE`] patches at a time. Runs until dropped; nothing when unsplit.
 pub async fn run(client: Client, parent: ApiResource, namespace: Option<String>, shards: Shards) {
     let Some(unassigned) = shards.unassigned_selector() else { return };
     let api: Api<PartialObjectMeta<DynamicObject>> = match &namespace {
@@ -31,7 +31,13 @@ pub async fn run(client: Client, parent: ApiResource, namespace: Option<String>,
         .reflect(writer)
         .applied_objects()
         .map(Some);
-    let gained = shards.gained().map(|()| None);
+    // A shard gained, and every so often (a label patch that failed is tried again): the
+    // cached unassigned parents of the held shards.
+    let sweep = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(SWEEP).await;
+        Some(((), ()))
+    });
+    let gained = futures::stream::select(shards.gained(), sweep).map(|()| None);
     let (client, parent, shards, store) = (&client, &parent, &shards, &store);
     futures::stream::select(events, gained)
         .for_each_concurrent(AT_ONCE, |wake| async move {
@@ -47,7 +53,12 @@ pub async fn run(client: Client, parent: ApiResource, namespace: Option<String>,
 /// The most label patches in flight at once (a burst of new parents is labelled in parallel).
 pub const AT_ONCE: usize = 16;
 
-/// Labels every cached unassigned parent whose shard is held (a shard was just gained).
+/// How often the unassigned parents of held shards are labelled again, for those whose patch
+/// failed (the watch holds only unassigned parents, so this costs nothing once all are labelled).
+pub const SWEEP: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Labels every cached unassigned parent whose shard is held (a shard was just gained, or the
+/// sweep came round).
 async fn label_held(
     client: &Client,
     parent: &ApiResource,
@@ -74,7 +85,7 @@ async fn label_if_held(
 }
 
 /// Sets the parent's [`SHARD_LABEL`] to `value` (a merge patch of that one label). A failure
-/// is logged, naming the parent; the parent is tried again on its next event or shard gain.
+/// is logged, naming the parent; the parent is tried again at the next [`SWEEP`].
 pub async fn label(client: &Client, parent: &ApiResource, namespace: Option<&str>, name: &str, value: &str) {
     let api: Api<DynamicObject> = apply::api_for(client, parent, namespace);
     let patch = json!({"metadata": {"labels": {SHARD_LABEL: value}}});

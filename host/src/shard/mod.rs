@@ -171,15 +171,25 @@ impl Shards {
         drained
     }
 
-    /// Yields every time a shard is gained (not for those held before the call): the
-    /// controller then reconciles all its parents, skipping those of other shards.
+    /// Yields every time a shard is gained (not for those held before the call): the assigner
+    /// then labels the unassigned parents of the gained shard.
     pub fn gained(&self) -> impl Stream<Item = ()> + Send + 'static {
-        let rx = self.gained.subscribe();
-        futures::stream::unfold(rx, |mut rx| async move {
-            rx.changed().await.ok()?;
-            Some(((), rx))
-        })
+        wakes(self.gained.subscribe())
     }
+
+    /// Yields every time the held set changes, gained or given back (not for changes before the
+    /// call; a shard given back counts once its work has drained).
+    pub fn changes(&self) -> impl Stream<Item = ()> + Send + 'static {
+        wakes(self.scope.subscribe())
+    }
+}
+
+/// A stream yielding once per change `rx` sees, ending when its sender is gone.
+fn wakes(rx: watch::Receiver<u64>) -> impl Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
 }
 
 /// Work in progress on one parent of a held shard (see [`Shards::enter`]).
@@ -579,6 +589,20 @@ mod tests {
                 assert!(start <= hash && hash < end, "{uid} of {count}: {hash:#x} outside [{start:#x}, {end:#x})");
             }
         }
+    }
+
+    /// The status writer follows `changes`: it must hear of shard 0 given back, not only of
+    /// shards gained.
+    #[tokio::test]
+    async fn changes_tell_of_shards_given_back_as_well_as_gained() {
+        let shards = Shards::none(2);
+        let mut changes = Box::pin(shards.changes());
+        shards.hold(0);
+        assert_eq!(changes.next().await, Some(()));
+        assert_eq!(shards.owned(), [0]);
+        assert!(shards.give_back(0, Duration::from_secs(1)).await);
+        assert_eq!(changes.next().await, Some(()));
+        assert!(shards.owned().is_empty());
     }
 
     fn view(members: &[&str], holders: &[Option<&str>]) -> View {
