@@ -351,9 +351,15 @@ impl Generations {
 /// A watch of one read kind, feeding its cache.
 type RelatedStream = futures::stream::BoxStream<'static, Result<DynamicObject, watcher::Error>>;
 
-/// What the cache held of an object before its latest event, noted before the event reaches the
-/// cache (after it, the old labels are gone) and taken when the event is mapped to parents.
-type Before = Arc<std::sync::Mutex<Noted>>;
+/// What the cache held of each object before its latest event, by `namespace/name`: noted before
+/// the event reaches the cache (after it, the old labels are gone) and taken when the event is
+/// mapped to parents — at once for a watch event, at the list's end for a listed object.
+type Before = Arc<std::sync::Mutex<std::collections::HashMap<String, Noted>>>;
+
+/// The key of `obj` in [`Before`].
+fn noted_key(obj: &DynamicObject) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
 
 /// An object's cached copy, against the event that replaces it.
 #[derive(Default)]
@@ -399,9 +405,9 @@ async fn watch_related(
                 .default_backoff()
                 .modify(trim)
                 .inspect_ok(move |event| note_before(&related, kind, event, &noted))
-                .reflect(writer)
-                .touched_objects()
-                .boxed();
+                .reflect(writer);
+            // A list's objects wake their parents once the cache holds them.
+            let stream = crate::relist::at_list_end(stream).touched_objects().boxed();
             (kind, stream, before)
         })
         .collect();
@@ -434,7 +440,12 @@ fn related_events(
 /// relist re-delivers every object; none needs a reconcile), and when its labels changed, the
 /// parents the cached copy matched (it may leave their selections).
 fn note_before(related: &Related, kind: usize, event: &watcher::Event<DynamicObject>, before: &Before) {
-    let (watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) = event else { return };
+    let obj = match event {
+        watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => obj,
+        // A list starting again: what an interrupted one noted is never taken.
+        watcher::Event::Init => return noted(before).clear(),
+        _ => return,
+    };
     let cache = &related.kinds[kind];
     let Some(old) = cache.store.get(&kube::runtime::reflector::ObjectRef::from_obj_with(obj, cache.resource.clone()))
     else {
@@ -447,10 +458,14 @@ fn note_before(related: &Related, kind: usize, event: &watcher::Event<DynamicObj
     } else {
         Vec::new()
     };
-    let noted = Noted { unchanged, parents };
+    noted(before).insert(noted_key(obj), Noted { unchanged, parents });
+}
+
+/// The notes of [`Before`], even if a panic poisoned them.
+fn noted(before: &Before) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Noted>> {
     match before.lock() {
-        Ok(mut slot) => *slot = noted,
-        Err(poisoned) => *poisoned.into_inner() = noted,
+        Ok(notes) => notes,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 
@@ -489,10 +504,7 @@ fn related_parents(
     to: Selecting,
 ) -> impl Fn(DynamicObject) -> Vec<kube::runtime::reflector::ObjectRef<DynamicObject>> + Send + Sync + 'static {
     move |obj| {
-        let noted = match before.lock() {
-            Ok(mut noted) => std::mem::take(&mut *noted),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        };
+        let noted = noted(&before).remove(&noted_key(&obj)).unwrap_or_default();
         if noted.unchanged {
             return Vec::new();
         }
