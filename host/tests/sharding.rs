@@ -258,6 +258,9 @@ async fn a_moving_shard_moves_its_cache_and_prunes_nothing(cluster: Cluster) {
     let dir = plugins_dir(&[("hostile", None)]);
     let (client, ns) = (cluster.client.clone(), cluster.ns.clone());
     let a = Replica::start(&cluster, dir.path(), "a", 2);
+    let (violated, sets): (Arc<AtomicBool>, Watched) = Default::default();
+    let exclusive = watch_exclusive(sets.clone(), violated.clone());
+    sets.lock().unwrap().push(("a", a.shards.clone()));
     eventually("a holds both shards", || async { a.shards.owned() == [0, 1] }).await;
     // Created without a shard label: a labels each (its holder), and only then caches and
     // reconciles it.
@@ -278,6 +281,7 @@ async fn a_moving_shard_moves_its_cache_and_prunes_nothing(cluster: Cluster) {
 
     // b joins: one shard moves to it, and its parents and children with it.
     let b = Replica::start(&cluster, dir.path(), "b", 2);
+    sets.lock().unwrap().push(("b", b.shards.clone()));
     eventually("one shard each", || async { a.shards.owned().len() == 1 && b.shards.owned().len() == 1 }).await;
     let of_b = format!("{}-of-2", b.shards.owned()[0]);
     let moved: Vec<usize> = (0..12).filter(|&i| shard_of(i) == of_b).collect();
@@ -321,6 +325,8 @@ async fn a_moving_shard_moves_its_cache_and_prunes_nothing(cluster: Cluster) {
             assert_eq!(list["metadata"]["shardInfo"]["selector"], selector.as_str(), "the selector is not echoed");
             assert_eq!(list["items"].as_array().unwrap().len(), replica.cached("parents").await);
         }
+        exclusive.abort();
+        assert!(!violated.load(Ordering::SeqCst), "two replicas held one shard at once");
         a.stop().await;
         b.stop().await;
         return cluster.shutdown().await;
@@ -350,6 +356,8 @@ async fn a_moving_shard_moves_its_cache_and_prunes_nothing(cluster: Cluster) {
         parent.metadata.labels.unwrap().get(SHARD_LABEL) == Some(&own)
     })
     .await;
+    exclusive.abort();
+    assert!(!violated.load(Ordering::SeqCst), "two replicas held one shard at once");
     a.stop().await;
     b.stop().await;
     cluster.shutdown().await;
