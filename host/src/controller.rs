@@ -149,11 +149,9 @@ pub async fn run_plugin(
     // (looked up even when no policy monitors now: a parent that had findings loses its report).
     let reports = resolve(&client, &reconcile::findings::report_kind()).await.ok().map(|(ar, _)| ar);
     // Split across replicas, the canary's share is counted over every parent, not this cache.
-    let every = crate::apply::api_for(&client, &parent_ar, options.namespace.as_deref());
-    let canary = options
-        .canary
-        .as_deref()
-        .map(|canary| reconcile::CanaryLogic::new(canary).across_shards(options.shards.is_split().then_some(every)));
+    let every =
+        options.shards.is_split().then(|| crate::apply::api_for(&client, &parent_ar, options.namespace.as_deref()));
+    let canary = options.canary.as_deref().map(|canary| reconcile::CanaryLogic::new(canary).across_shards(every));
     let ctx = Arc::new(Context {
         client: client.clone(),
         stable: std::sync::RwLock::new(reconcile::Logic { plugin: plugin.clone(), settings: options.settings.clone() }),
@@ -263,9 +261,9 @@ fn parent_events(
     let ParentWatch { writer, cached, rescoping } = watch;
     let store = writer.as_reader();
     let mut passing = Passing { rescoping, triggers, start, generations: Generations::default(), listing: None };
-    crate::relist::at_list_end(events.modify(trim).reflect(writer)).flat_map(move |event| {
+    crate::relist::at_list_end(events.modify(trim).reflect(writer)).filter_map(move |event| {
         cached.set(store.len() as i64);
-        futures::stream::iter(passing.on(event, &store))
+        futures::future::ready(passing.on(event, &store))
     })
 }
 
@@ -284,19 +282,19 @@ impl Passing {
         &mut self,
         event: Result<watcher::Event<DynamicObject>, watcher::Error>,
         store: &kube::runtime::reflector::Store<DynamicObject>,
-    ) -> Vec<Result<DynamicObject, watcher::Error>> {
+    ) -> Option<Result<DynamicObject, watcher::Error>> {
         match event {
             Ok(watcher::Event::Apply(parent) | watcher::Event::InitApply(parent)) => {
                 if !self.generations.changed(&parent) {
-                    return Vec::new();
+                    return None;
                 }
                 let trigger = self.listing.clone().unwrap_or(Trigger::Parent);
                 self.triggers.note(&parent.uid().unwrap_or_default(), trigger);
-                vec![Ok(parent)]
+                Some(Ok(parent))
             }
             Ok(watcher::Event::Delete(parent)) => {
                 self.generations.forget(&parent);
-                Vec::new()
+                None
             }
             Ok(watcher::Event::Init) => {
                 let rescoping = self.rescoping.load(std::sync::atomic::Ordering::Relaxed);
@@ -305,14 +303,14 @@ impl Passing {
                     (true, true) => Trigger::ShardGained,
                     (true, false) => Trigger::Relist,
                 });
-                Vec::new()
+                None
             }
             Ok(watcher::Event::InitDone) => {
                 self.generations.keep_cached(store);
                 self.listing = None;
-                Vec::new()
+                None
             }
-            Err(e) => vec![Err(e)],
+            Err(e) => Some(Err(e)),
         }
     }
 }

@@ -382,8 +382,9 @@ async fn converges_through_faults_and_a_restart_without_duplicates_or_orphans() 
 }
 
 /// Parents created while the watches are cut, past the server's history: the watches resume
-/// too late (410), list again, and the parents that list brings are reconciled — not dropped
-/// because the cache shows a list's objects only at its end.
+/// too late (410), list again, and the parents that list brings are reconciled. (That they
+/// reach the controller only once the cache holds them is pinned by `relist`'s unit tests: a
+/// list of five ends too soon here for the order to show.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parents_a_relist_after_an_expired_watch_brings_are_reconciled() {
     let cluster = Cluster::memory().await;
