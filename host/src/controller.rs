@@ -178,7 +178,7 @@ pub async fn run_plugin(
     let ctx_for_watchdog = ctx.clone();
     // A resync reconciles every parent (those of other shards are skipped). A shard newly held
     // brings its parents in the re-scoped list (`parent_events`).
-    let resync = tokio_stream_interval(options.resync).map(|()| Trigger::Resync);
+    let resync = crate::ticks::every(options.resync).map(|()| Trigger::Resync);
     // New logic swapped in: every parent again, by it.
     let resync = futures::stream::select(resync, swapped(ctx.clone(), options.swaps.clone())).map({
         let (triggers, parents) = (triggers.clone(), ctx.parents.clone());
@@ -629,14 +629,6 @@ async fn wait_for_caches(ctx: Arc<Context>, health: Arc<Health>, name: String) {
 /// by nothing here) — the memory lever controller-runtime users apply with a cache transform.
 fn trim(obj: &mut DynamicObject) {
     obj.metadata.managed_fields = None;
-}
-
-/// A stream yielding `()` every `period`, starting one period from now.
-fn tokio_stream_interval(period: Duration) -> impl futures::Stream<Item = ()> + Send + 'static {
-    futures::stream::unfold((), move |()| async move {
-        tokio::time::sleep(period).await;
-        Some(((), ()))
-    })
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod status;
 pub mod supervisor;
 pub mod telemetry;
 mod text;
+pub mod ticks;
 pub mod traces;
 pub mod wasmplugin;
 pub mod webhook;

@@ -33,11 +33,7 @@ pub async fn run(client: Client, parent: ApiResource, namespace: Option<String>,
         .map(Some);
     // A shard gained, and every so often (a label patch that failed is tried again): the
     // cached unassigned parents of the held shards.
-    let sweep = futures::stream::unfold((), |()| async {
-        tokio::time::sleep(SWEEP).await;
-        Some(((), ()))
-    });
-    let gained = futures::stream::select(shards.gained(), sweep).map(|()| None);
+    let gained = futures::stream::select(shards.gained(), crate::ticks::every(SWEEP)).map(|()| None);
     let (client, parent, shards, store) = (&client, &parent, &shards, &store);
     futures::stream::select(events, gained)
         .for_each_concurrent(AT_ONCE, |wake| async move {
