@@ -190,10 +190,20 @@ async fn dropped_status_and_child_fields_are_removed(cluster: Cluster) {
     })
     .await;
 
-    set_spec(&client, ns, "p", given(json!([config_map("c", json!({"a": "1"}))]), json!({"a": 1}))).await;
+    // A change of a value only (the created shape): applied without handing the create's fields
+    // over; the drop after it must still remove what the create set.
+    let mut changed = config_map("c", json!({"a": "3", "b": "2"}));
+    changed["metadata"]["labels"] = json!({"extra": "yes"});
+    set_spec(&client, ns, "p", given(json!([changed]), json!({"a": 1, "b": 2}))).await;
+    eventually("child a changed", || async {
+        config_maps.get_opt("c").await.unwrap().is_some_and(|cm| cm.data.unwrap_or_default()["a"] == "3")
+    })
+    .await;
+
+    set_spec(&client, ns, "p", given(json!([config_map("c", json!({"a": "3"}))]), json!({"a": 1}))).await;
     eventually("status b gone", || async {
         get(&client, &ar, ns, "p").await.is_some_and(|p| {
-            p.data["status"]["observedGeneration"] == 2
+            p.data["status"]["observedGeneration"] == 3
                 && p.data["status"].get("b").is_none()
                 && p.data["status"]["a"] == 1
         })
@@ -202,6 +212,7 @@ async fn dropped_status_and_child_fields_are_removed(cluster: Cluster) {
     let cm = config_maps.get("c").await.unwrap();
     assert_eq!(cm.data.clone().unwrap_or_default().keys().collect::<Vec<_>>(), ["a"], "{cm:?}");
     assert!(!cm.labels().contains_key("extra"), "{cm:?}");
+    assert!(!cm.annotations().contains_key("wasmop.dev/created-shape"), "handed over: {cm:?}");
     running.stop().await;
     cluster.shutdown().await;
 }
