@@ -24,7 +24,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, field, info_span};
 
 pub use error::{BACKOFF_CAP, ReconcileError, backoff};
 pub use finalizer::FINALIZER;
@@ -645,9 +645,12 @@ async fn apply(
             Some((_, object, _)) => Some(object.as_ref()),
             None => None,
         };
-        let span = crate::traces::step_span(|| info_span!("apply", child = %describe(&child)));
-        let verb = match write_child(ctx, kind, &child, &owner.uid, current).instrument(span).await? {
-            Write::Done(verb) => verb,
+        let span = crate::traces::step_span(|| info_span!("apply", child = %describe(&child), verb = field::Empty));
+        let verb = match write_child(ctx, kind, &child, &owner.uid, current).instrument(span.clone()).await? {
+            Write::Done(verb) => {
+                span.record("verb", verb);
+                verb
+            }
             Write::Conflict(owner) => {
                 applied.conflicts.push(Conflict { object: describe(&child), owner });
                 continue;
