@@ -1,7 +1,7 @@
 //! Applying desired children: the host's ownership marks, server-side apply that skips writes
 //! when the cluster already matches, and pruning of children no longer desired.
 
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Map, Value, json};
@@ -210,128 +210,6 @@ pub async fn apply_child(client: &Client, ar: &ApiResource, child: &Value) -> Re
     api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(child)).await.map(drop)
 }
 
-/// Annotation the host sets only on a child it creates with a plain create ([`create_child`]):
-/// a hash of the created fields' shape ([`shape_hash`]). While the create's field ownership is
-/// not yet handed over to server-side apply, a desired child of the same shape drops no field,
-/// so an apply alone removes what it should ([`hand_over`]).
-pub const CREATED_SHAPE_ANNOTATION: &str = "wasmop.dev/created-shape";
-
-/// A hash of `child`'s shape: its object keys at every depth and its lists whole (scalars in
-/// maps are left out). Two children of equal shape differ only in map values, so neither sets a
-/// field or a list item the other does not.
-pub fn shape_hash(child: &Value) -> String {
-    fn shape(v: &Value) -> Value {
-        match v {
-            Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
-            Value::Array(_) => v.clone(),
-            _ => Value::Null,
-        }
-    }
-    crate::plugin::sha256_hex(shape(child).to_string().as_bytes())[..16].to_string()
-}
-
-/// Creates `child` with a plain create (`POST`, field manager `wasmop`), marked with its shape
-/// ([`CREATED_SHAPE_ANNOTATION`]). Returns `false`, writing nothing, if an object of that name
-/// exists: a create never takes anything over, so the caller reads who owns it.
-///
-/// One request where a read then an apply took two. The API server records a create's fields
-/// under an `Update` entry of the field manager, which an apply does not remove fields of, so
-/// the first write that changes the child's shape hands them over first ([`hand_over`]).
-pub async fn create_child(client: &Client, ar: &ApiResource, child: &Value) -> Result<bool, kube::Error> {
-    let mut body = child.clone();
-    if let Some(metadata) = body.get_mut("metadata").and_then(Value::as_object_mut) {
-        with_object(metadata, "annotations", |annotations| {
-            annotations.insert(CREATED_SHAPE_ANNOTATION.into(), json!(shape_hash(child)));
-        });
-    }
-    let object: DynamicObject = serde_json::from_value(body).map_err(kube::Error::SerdeError)?;
-    let api = api_for(client, ar, child["metadata"]["namespace"].as_str());
-    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
-    match api.create(&params, &object).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.code == 409 && status.reason == "AlreadyExists" => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// What must happen to the field ownership of a child the host created with a plain create
-/// before it applies `desired` to it, so that fields `desired` drops are removed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandOver {
-    /// Nothing: no create entry of the host's, or `desired` has the created shape.
-    None,
-    /// The host's create entry (at this index of `managedFields`) becomes its apply entry.
-    Rename(usize),
-    /// The host's create entry (at this index) goes: its apply entry already owns every field
-    /// of it (an apply of the created shape ran).
-    Remove(usize),
-}
-
-/// The hand-over `current` (as cached: [`managed_entries_only`]) needs before `desired` is applied.
-pub fn hand_over(current: &DynamicObject, desired: &Value) -> HandOver {
-    let entries = current.metadata.managed_fields.as_deref().unwrap_or_default();
-    let ours = |operation: &str| {
-        entries.iter().position(|e| {
-            e.manager.as_deref() == Some(FIELD_MANAGER)
-                && e.operation.as_deref() == Some(operation)
-                && e.subresource.as_deref().unwrap_or_default().is_empty()
-        })
-    };
-    let Some(created) = ours("Update") else { return HandOver::None };
-    if current.annotations().get(CREATED_SHAPE_ANNOTATION) == Some(&shape_hash(desired)) {
-        return HandOver::None;
-    }
-    match ours("Apply") {
-        Some(_) => HandOver::Remove(created),
-        None => HandOver::Rename(created),
-    }
-}
-
-/// Performs `step` on `current` with one JSON patch, guarded by tests of the entry it edits
-/// (a stale cache fails the patch, and the reconcile is retried), and drops the shape
-/// annotation, which only the create entry owned.
-pub async fn hand_over_to_apply(
-    client: &Client,
-    ar: &ApiResource,
-    current: &DynamicObject,
-    step: HandOver,
-) -> Result<(), kube::Error> {
-    let (index, edit) = match step {
-        HandOver::None => return Ok(()),
-        HandOver::Rename(i) => {
-            (i, json!({"op": "replace", "path": format!("/metadata/managedFields/{i}/operation"), "value": "Apply"}))
-        }
-        HandOver::Remove(i) => (i, json!({"op": "remove", "path": format!("/metadata/managedFields/{i}")})),
-    };
-    let entry = format!("/metadata/managedFields/{index}");
-    let mut ops = vec![
-        json!({"op": "test", "path": format!("{entry}/manager"), "value": FIELD_MANAGER}),
-        json!({"op": "test", "path": format!("{entry}/operation"), "value": "Update"}),
-        edit,
-    ];
-    if current.annotations().contains_key(CREATED_SHAPE_ANNOTATION) {
-        let path = format!("/metadata/annotations/{}", CREATED_SHAPE_ANNOTATION.replace('/', "~1"));
-        ops.push(json!({"op": "remove", "path": path}));
-    }
-    let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).map_err(kube::Error::SerdeError)?;
-    let api = api_for(client, ar, current.meta().namespace.as_deref());
-    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
-    api.patch(&current.name_any(), &params, &Patch::<()>::Json(patch)).await.map(drop)
-}
-
-/// What a child cache keeps of `managedFields`: each entry's manager, operation and subresource
-/// in order (what [`hand_over`] reads), not the fields (often the largest part of an object).
-pub fn managed_entries_only(obj: &mut DynamicObject) {
-    if let Some(entries) = obj.metadata.managed_fields.as_mut() {
-        for entry in entries {
-            entry.api_version = None;
-            entry.fields_type = None;
-            entry.fields_v1 = None;
-            entry.time = None;
-        }
-    }
-}
-
 /// Deletes a child that is no longer desired (background propagation, so its own dependents are
 /// collected after it). A child already gone is not an error.
 pub async fn prune_child(client: &Client, ar: &ApiResource, child: &DynamicObject) -> Result<(), kube::Error> {
@@ -347,7 +225,6 @@ pub async fn prune_child(client: &Client, ar: &ApiResource, child: &DynamicObjec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 
     fn owner() -> Owner {
         Owner {
@@ -357,38 +234,6 @@ mod tests {
             uid: "u-1".into(),
             shard: None,
         }
-    }
-
-    #[test]
-    fn shape_ignores_map_values_but_not_keys_or_list_items() {
-        let base = json!({"data": {"a": "1", "b": "2"}, "spec": {"ports": [{"port": 80}]}});
-        let value_changed = json!({"data": {"a": "3", "b": "2"}, "spec": {"ports": [{"port": 80}]}});
-        let key_dropped = json!({"data": {"a": "1"}, "spec": {"ports": [{"port": 80}]}});
-        let item_changed = json!({"data": {"a": "1", "b": "2"}, "spec": {"ports": [{"port": 81}]}});
-        assert_eq!(shape_hash(&base), shape_hash(&value_changed));
-        assert_ne!(shape_hash(&base), shape_hash(&key_dropped));
-        assert_ne!(shape_hash(&base), shape_hash(&item_changed), "a list item keyed by a value may be another item");
-    }
-
-    #[test]
-    fn a_created_child_is_handed_over_only_when_its_shape_changes() {
-        let entry = |manager: &str, operation: &str| ManagedFieldsEntry {
-            manager: Some(manager.into()),
-            operation: Some(operation.into()),
-            ..ManagedFieldsEntry::default()
-        };
-        let created = json!({"data": {"a": "1", "b": "2"}});
-        let ar = ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&());
-        let mut current = DynamicObject::new("c", &ar);
-        current.metadata.annotations = Some([(CREATED_SHAPE_ANNOTATION.to_string(), shape_hash(&created))].into());
-        current.metadata.managed_fields = Some(vec![entry("kubectl", "Update"), entry(FIELD_MANAGER, "Update")]);
-        assert_eq!(hand_over(&current, &json!({"data": {"a": "3", "b": "2"}})), HandOver::None, "same shape");
-        let dropped = json!({"data": {"a": "1"}});
-        assert_eq!(hand_over(&current, &dropped), HandOver::Rename(1));
-        current.metadata.managed_fields.as_mut().unwrap().insert(0, entry(FIELD_MANAGER, "Apply"));
-        assert_eq!(hand_over(&current, &dropped), HandOver::Remove(2), "an apply of the created shape ran");
-        current.metadata.managed_fields = Some(vec![entry(FIELD_MANAGER, "Apply")]);
-        assert_eq!(hand_over(&current, &dropped), HandOver::None, "created by an apply");
     }
 
     #[test]

@@ -99,11 +99,8 @@ pub async fn run_plugin(
         let (events, scope) = shard::scope::scoped(api, config, options.shards.clone(), Selection::Labels, Vec::new());
         listed.push(scope.listed);
         let (count, gauge) = (store.clone(), cached(&ar.kind));
-        let stream = events
-            .modify(crate::apply::managed_entries_only)
-            .inspect_ok(move |event| index.observe(event))
-            .reflect(writer)
-            .inspect(move |_| {
+        let stream =
+            events.modify(trim).inspect_ok(move |event| index.observe(event)).reflect(writer).inspect(move |_| {
                 gauge.set(count.len() as i64);
             });
         // A list's children trigger their parents once the cache holds them.
@@ -628,10 +625,8 @@ async fn wait_for_caches(ctx: Arc<Context>, health: Arc<Health>, name: String) {
     health.set_synced(&name, true);
 }
 
-/// What the parent and read-kind caches do not keep: `managedFields` (often the largest part of
-/// an object, and read by nothing here) — the memory lever controller-runtime users apply with
-/// a cache transform. Child caches keep the entries without their fields
-/// ([`crate::apply::managed_entries_only`]).
+/// What the caches do not keep: `managedFields` (often the largest part of an object, and read
+/// by nothing here) — the memory lever controller-runtime users apply with a cache transform.
 fn trim(obj: &mut DynamicObject) {
     obj.metadata.managed_fields = None;
 }

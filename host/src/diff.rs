@@ -72,26 +72,18 @@ fn walk_dropped(path: &str, new: &Value, old: &Value, out: &mut Vec<FieldChange>
     }
 }
 
-/// Fields the field manager `manager` set on `observed` (its `managedFields` entries of
-/// operation `Apply`, and of `Update` outside subresources: a create the host handed over to
-/// apply before such a write, see `apply::hand_over`) that `desired` no longer sets: the write
-/// removes them. Map fields (`f:`) and list items by key (`k:`) are followed; sets of values
-/// (`v:`) and list items by index are left to [`changed`].
+/// Fields the field manager `manager` applied to `observed` (its `managedFields` entry of
+/// operation `Apply`) that `desired` no longer sets: server-side apply removes them. Map fields
+/// (`f:`) and list items by key (`k:`) are followed; sets of values (`v:`) and list items by
+/// index are left to [`changed`].
 pub fn removed(desired: &Value, observed: &Value, manager: &str) -> Vec<FieldChange> {
-    let entries = observed["metadata"]["managedFields"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let ours = entries.iter().filter(|e| {
-        e["manager"] == manager
-            && (e["operation"] == "Apply"
-                || (e["operation"] == "Update" && e["subresource"].as_str().unwrap_or_default().is_empty()))
-    });
-    let mut out: Vec<FieldChange> = Vec::new();
-    for entry in ours {
-        let mut found = Vec::new();
-        walk_removed("", &entry["fieldsV1"], desired, observed, &mut found);
-        out.extend(
-            found.into_iter().filter(|change| out.iter().all(|seen| seen.path != change.path)).collect::<Vec<_>>(),
-        );
-    }
+    let Some(fields) = observed["metadata"]["managedFields"].as_array().and_then(|entries| {
+        entries.iter().find(|e| e["manager"] == manager && e["operation"] == "Apply").map(|e| &e["fieldsV1"])
+    }) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    walk_removed("", fields, desired, observed, &mut out);
     out
 }
 
@@ -185,21 +177,5 @@ mod tests {
         assert_eq!(paths, vec!["metadata.labels.b", "spec.containers[name=app].args"]);
         assert_eq!(removed[0].from, Some(json!("2")));
         assert!(super::removed(&desired, &observed, "someone-else").is_empty());
-    }
-
-    #[test]
-    fn a_field_the_host_created_and_no_longer_sets_is_removed_once() {
-        let observed = json!({
-            "metadata": {"labels": {"a": "1", "b": "2"}, "managedFields": [
-                {"manager": "wasmop", "operation": "Apply", "fieldsV1": {"f:metadata": {"f:labels": {"f:a": {}, "f:b": {}}}}},
-                {"manager": "wasmop", "operation": "Update", "fieldsV1": {"f:metadata": {"f:labels": {"f:b": {}, "f:c": {}}}}},
-                {"manager": "wasmop", "operation": "Update", "subresource": "status", "fieldsV1": {"f:metadata": {"f:labels": {"f:a": {}}}}}]},
-        });
-        let desired = json!({"metadata": {"labels": {"a": "1"}}});
-        let paths: Vec<String> = removed(&desired, &observed, "wasmop").into_iter().map(|c| c.path).collect();
-        assert_eq!(paths, vec!["metadata.labels.b"], "b once, though both entries own it");
-        let desired = json!({"metadata": {"labels": {}}});
-        let paths: Vec<String> = removed(&desired, &observed, "wasmop").into_iter().map(|c| c.path).collect();
-        assert_eq!(paths, vec!["metadata.labels.a", "metadata.labels.b"]);
     }
 }

@@ -190,8 +190,8 @@ async fn dropped_status_and_child_fields_are_removed(cluster: Cluster) {
     })
     .await;
 
-    // A change of a value only (the created shape): applied without handing the create's fields
-    // over; the drop after it must still remove what the create set.
+    // A change of a value only, then a drop: the drop must still remove what the first write
+    // set (a create recorded as an `Update` would keep it: see BENCHMARKS.md, issue 22).
     let mut changed = config_map("c", json!({"a": "3", "b": "2"}));
     changed["metadata"]["labels"] = json!({"extra": "yes"});
     set_spec(&client, ns, "p", given(json!([changed]), json!({"a": 1, "b": 2}))).await;
@@ -212,7 +212,6 @@ async fn dropped_status_and_child_fields_are_removed(cluster: Cluster) {
     let cm = config_maps.get("c").await.unwrap();
     assert_eq!(cm.data.clone().unwrap_or_default().keys().collect::<Vec<_>>(), ["a"], "{cm:?}");
     assert!(!cm.labels().contains_key("extra"), "{cm:?}");
-    assert!(!cm.annotations().contains_key("wasmop.dev/created-shape"), "handed over: {cm:?}");
     running.stop().await;
     cluster.shutdown().await;
 }

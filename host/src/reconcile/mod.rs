@@ -24,7 +24,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
-use tracing::{Instrument, field, info_span};
+use tracing::{Instrument, info_span};
 
 pub use error::{BACKOFF_CAP, ReconcileError, backoff};
 pub use finalizer::FINALIZER;
@@ -640,93 +640,32 @@ async fn apply(
         let Some(kind) = child_kind(ctx, &child) else {
             return Err(ReconcileError::UnknownChildKind { object: describe(&child) });
         };
-        let current = match observed.children.get(&ChildKey::of(&child)) {
-            Some((_, _, json)) if apply::already_applied(&child, json) => continue,
-            Some((_, object, _)) => Some(object.as_ref()),
-            None => None,
-        };
-        let span = crate::traces::step_span(|| info_span!("apply", child = %describe(&child), verb = field::Empty));
-        let verb = match write_child(ctx, kind, &child, &owner.uid, current).instrument(span.clone()).await? {
-            Write::Done(verb) => {
-                span.record("verb", verb);
-                verb
-            }
-            Write::Conflict(owner) => {
-                applied.conflicts.push(Conflict { object: describe(&child), owner });
-                continue;
-            }
-            Write::Failed(err) => {
-                if !err.is_conflict() {
-                    publish(ctx, parent, EventType::Warning, "ApplyFailed", "Apply", err.to_string()).await;
-                    write_status(parent, ctx, &Report::failure("ApplyFailed", err.to_string())).await?;
+        let verb = match observed.children.get(&ChildKey::of(&child)) {
+            Some((_, _, current)) if apply::already_applied(&child, current) => continue,
+            Some(_) => "Updated",
+            None => match existing_ownership(ctx, kind, &child, &owner.uid).await? {
+                None => "Created",
+                Some(Ownership::Ours) => "Updated",
+                Some(Ownership::Adoptable) => "Adopted",
+                Some(Ownership::Conflict(owner)) => {
+                    applied.conflicts.push(Conflict { object: describe(&child), owner });
+                    continue;
                 }
-                return Err(err);
-            }
+            },
         };
+        let span = crate::traces::step_span(|| info_span!("apply", child = %describe(&child), verb));
+        if let Err(source) = apply::apply_child(&ctx.client, &kind.resource, &child).instrument(span).await {
+            let err = ReconcileError::Api { action: format!("applying {}", describe(&child)), source };
+            if !err.is_conflict() {
+                publish(ctx, parent, EventType::Warning, "ApplyFailed", "Apply", err.to_string()).await;
+                write_status(parent, ctx, &Report::failure("ApplyFailed", err.to_string())).await?;
+            }
+            return Err(err);
+        }
         written(parent, ctx, kind, verb, &child, announce_updates || verb != "Updated").await;
         applied.written += 1;
     }
     Ok(applied)
-}
-
-/// What writing one desired child came to.
-enum Write {
-    /// Written: `Created`, `Updated` or `Adopted`.
-    Done(&'static str),
-    /// Not written: someone else owns the object (who, in words).
-    Conflict(String),
-    /// The write failed.
-    Failed(ReconcileError),
-}
-
-/// Writes one marked desired child. One the caches show (`current`) is applied, after handing
-/// a plain create's field ownership over to the apply when its shape changed. One they do not
-/// show is created with a plain create once the kind's cache is synced (an existing object
-/// refuses it and is read for its owner), or read first while the cache is still listing.
-async fn write_child(
-    ctx: &Context,
-    kind: &ChildKindCache,
-    child: &Value,
-    parent_uid: &str,
-    current: Option<&DynamicObject>,
-) -> Result<Write, ReconcileError> {
-    let failed = |action: &str, source| {
-        Ok(Write::Failed(ReconcileError::Api { action: format!("{action} {}", describe(child)), source }))
-    };
-    if let Some(current) = current {
-        if let Err(source) =
-            apply::hand_over_to_apply(&ctx.client, &kind.resource, current, apply::hand_over(current, child)).await
-        {
-            return failed("handing to server-side apply the fields created in", source);
-        }
-        return apply_as(ctx, kind, child, "Updated").await;
-    }
-    if futures::FutureExt::now_or_never(kind.store.wait_until_ready()).is_some_and(|r| r.is_ok()) {
-        match apply::create_child(&ctx.client, &kind.resource, child).await {
-            Ok(true) => return Ok(Write::Done("Created")),
-            Ok(false) => {}
-            Err(source) => return failed("creating", source),
-        }
-    }
-    match existing_ownership(ctx, kind, child, parent_uid).await? {
-        None => apply_as(ctx, kind, child, "Created").await,
-        Some(Ownership::Ours) => apply_as(ctx, kind, child, "Updated").await,
-        Some(Ownership::Adoptable) => apply_as(ctx, kind, child, "Adopted").await,
-        Some(Ownership::Conflict(owner)) => Ok(Write::Conflict(owner)),
-    }
-}
-
-/// Server-side applies `child`, reported as `verb` when it succeeds.
-async fn apply_as(
-    ctx: &Context,
-    kind: &ChildKindCache,
-    child: &Value,
-    verb: &'static str,
-) -> Result<Write, ReconcileError> {
-    Ok(match apply::apply_child(&ctx.client, &kind.resource, child).await {
-        Ok(()) => Write::Done(verb),
-        Err(source) => Write::Failed(ReconcileError::Api { action: format!("applying {}", describe(child)), source }),
-    })
 }
 
 /// Counts a child write and, when `announce`, publishes its Event (`verb`: Created, Updated, Adopted).
