@@ -17,6 +17,8 @@
 //! the only difference is the trace layer.
 //!
 //! `make bench` runs it; `WASMOP_BENCH_PARENTS=1000,10000` picks the sizes (default 1000).
+//! `WASMOP_BENCH_ONCE=1` runs the plugin once per size and nothing else: what a heap profile
+//! of the operator at all Ready needs (`heaptrack`, see BENCHMARKS.md).
 
 #[path = "common/apps.rs"]
 mod apps;
@@ -331,6 +333,10 @@ fn main() {
     let endpoint = format!("http://{}", jaeger.otlp);
     let settings = TraceSettings::new(Some(&endpoint), 0.1, "wasmop").expect("trace settings");
     for n in sizes {
+        if std::env::var("WASMOP_BENCH_ONCE").is_ok_and(|v| v == "1") {
+            tokio.block_on(run("wasm", Logic::Wasm(dir.path().to_path_buf()), &plugin, n));
+            continue;
+        }
         // Two pairs, alternating, so a drift of the machine falls on both sides.
         let (mut untraced, mut traced) = (0.0, 0.0);
         for _ in 0..2 {

@@ -2,37 +2,41 @@
 //! fill a child kind's cache, so that observing one parent's children costs O(its children)
 //! instead of a scan of every cached child of the kind.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use kube::api::DynamicObject;
 use kube::core::ApiResource;
-use kube::runtime::reflector::{Lookup, ObjectRef};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
 
-/// Child references by controller-owner UID, plus each child's owner so a change of owner (or a
-/// deletion) finds the old entry.
+/// A child within its kind: namespace (`None` for cluster-scoped objects) and name. The index
+/// keeps these, not `ObjectRef`s, which each carry a copy of the kind's five names.
+type Name = (Option<String>, String);
+
+/// Child names by controller-owner UID, plus each child's owner so a change of owner (or a
+/// deletion) finds the old entry. A parent has a few children, so a `Vec` serves as its set.
 #[derive(Debug, Default)]
 struct Index {
-    by_owner: HashMap<String, HashSet<ObjectRef<DynamicObject>>>,
-    owner_of: HashMap<ObjectRef<DynamicObject>, String>,
+    by_owner: HashMap<String, Vec<Name>>,
+    owner_of: HashMap<Name, String>,
 }
 
 impl Index {
-    fn apply(&mut self, key: ObjectRef<DynamicObject>, obj: &DynamicObject) {
+    fn apply(&mut self, key: Name, obj: &DynamicObject) {
         self.delete(&key);
         let owner = obj.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
         if let Some(owner) = owner {
-            self.by_owner.entry(owner.uid.clone()).or_default().insert(key.clone());
+            self.by_owner.entry(owner.uid.clone()).or_default().push(key.clone());
             self.owner_of.insert(key, owner.uid.clone());
         }
     }
 
-    fn delete(&mut self, key: &ObjectRef<DynamicObject>) {
+    fn delete(&mut self, key: &Name) {
         if let Some(owner) = self.owner_of.remove(key)
             && let Some(children) = self.by_owner.get_mut(&owner)
         {
-            children.remove(key);
+            children.retain(|child| child != key);
             if children.is_empty() {
                 self.by_owner.remove(&owner);
             }
@@ -43,7 +47,8 @@ impl Index {
 /// The index of one child kind; cheap to clone (shared).
 #[derive(Clone, Debug)]
 pub struct OwnerIndex {
-    /// The kind, as the cache's keys carry it (part of their equality).
+    /// The kind, as the cache's keys carry it (part of their equality): added to each name
+    /// when the references are handed out.
     resource: ApiResource,
     current: Arc<RwLock<Index>>,
     /// Built during a relist (between `Init` and `InitDone`), then swapped in, as the reflector
@@ -57,15 +62,15 @@ impl OwnerIndex {
         OwnerIndex { resource, current: Arc::default(), relisting: Arc::default() }
     }
 
-    fn key(&self, obj: &DynamicObject) -> ObjectRef<DynamicObject> {
-        obj.to_object_ref(self.resource.clone())
+    fn key(obj: &DynamicObject) -> Name {
+        (obj.metadata.namespace.clone(), obj.metadata.name.clone().unwrap_or_default())
     }
 
     /// Follows one watch event (call it for every event the cache's writer sees).
     pub fn observe(&self, event: &Event<DynamicObject>) {
         match event {
-            Event::Apply(obj) => self.with_current(|i| i.apply(self.key(obj), obj)),
-            Event::Delete(obj) => self.with_current(|i| i.delete(&self.key(obj))),
+            Event::Apply(obj) => self.with_current(|i| i.apply(Self::key(obj), obj)),
+            Event::Delete(obj) => self.with_current(|i| i.delete(&Self::key(obj))),
             Event::Init => {
                 if let Ok(mut relist) = self.relisting.write() {
                     *relist = Some(Index::default());
@@ -75,7 +80,7 @@ impl OwnerIndex {
                 if let Ok(mut relist) = self.relisting.write()
                     && let Some(index) = relist.as_mut()
                 {
-                    index.apply(self.key(obj), obj);
+                    index.apply(Self::key(obj), obj);
                 }
             }
             Event::InitDone => {
@@ -90,7 +95,17 @@ impl OwnerIndex {
     /// References of the children whose controller owner has `uid`.
     pub fn children_of(&self, uid: &str) -> Vec<ObjectRef<DynamicObject>> {
         let Ok(index) = self.current.read() else { return Vec::new() };
-        index.by_owner.get(uid).map(|c| c.iter().cloned().collect()).unwrap_or_default()
+        let children = index.by_owner.get(uid).map(Vec::as_slice).unwrap_or_default();
+        children
+            .iter()
+            .map(|(namespace, name)| {
+                let child = ObjectRef::new_with(name, self.resource.clone());
+                match namespace {
+                    Some(namespace) => child.within(namespace),
+                    None => child,
+                }
+            })
+            .collect()
     }
 
     fn with_current(&self, f: impl FnOnce(&mut Index)) {
@@ -136,5 +151,11 @@ mod tests {
         assert_eq!(names(&index, "u2"), ["b"], "the old view serves until InitDone");
         index.observe(&Event::InitDone);
         assert_eq!((names(&index, "u1"), names(&index, "u2")), (vec!["c".to_string()], vec![]));
+        // The references handed out find the child in the kind's cache (same kind and namespace).
+        let ar = ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&());
+        assert_eq!(
+            index.children_of("u1"),
+            vec![kube::runtime::reflector::Lookup::to_object_ref(&child("c", "u1"), ar)]
+        );
     }
 }
