@@ -13,6 +13,7 @@ pub mod golden;
 pub mod leader;
 pub mod manifest;
 pub mod migrate;
+pub mod paging;
 pub use wasmop_contract::names;
 pub mod plugin;
 pub mod policy;

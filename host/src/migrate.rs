@@ -7,6 +7,7 @@
 //! is stored in another version. A conflict means someone else wrote the object meanwhile —
 //! in the storage version — so it counts as migrated.
 
+use futures::TryStreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -134,20 +135,20 @@ pub async fn migrate(client: &Client, crd: &CustomResourceDefinition) -> Result<
 /// Rewrites each object of `resource` (all namespaces), page by page; returns how many.
 async fn rewrite_all(client: &Client, resource: &ApiResource) -> Result<usize, kube::Error> {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), resource);
-    let mut params = ListParams::default().limit(500);
+    let pages = crate::paging::pages(ListParams::default(), |params| {
+        let api = &api;
+        async move { api.list(&params).await }
+    });
+    futures::pin_mut!(pages);
     let mut rewritten = 0;
-    loop {
-        let page = api.list(&params).await?;
-        for obj in &page.items {
+    while let Some(page) = pages.try_next().await? {
+        for obj in &page {
             if rewrite(client, resource, obj).await? {
                 rewritten += 1;
             }
         }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(rewritten),
-        }
     }
+    Ok(rewritten)
 }
 
 /// Writes `obj` back unchanged; false when it changed or went away meanwhile.

@@ -227,22 +227,19 @@ impl Preview {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, resource),
             None => Api::all_with(self.client.clone(), resource),
         };
-        let mut objects = Vec::new();
-        let mut params = params.limit(500);
-        loop {
-            let page = api.list(&params).await.map_err(|source| PreviewError::List {
-                what: format!("{} ({})", resource.plural, resource.api_version),
-                source,
-            })?;
-            // A real server's list items carry no apiVersion and kind; the live objects are
-            // compared with desired ones that do.
-            let types = TypeMeta { api_version: resource.api_version.clone(), kind: resource.kind.clone() };
-            objects.extend(page.items.into_iter().map(|o| DynamicObject { types: Some(types.clone()), ..o }));
-            match page.metadata.continue_ {
-                Some(token) if !token.is_empty() => params = params.continue_token(&token),
-                _ => return Ok(objects),
-            }
-        }
+        let objects = crate::paging::all(params, |params| {
+            let api = &api;
+            async move { api.list(&params).await }
+        })
+        .await
+        .map_err(|source| PreviewError::List {
+            what: format!("{} ({})", resource.plural, resource.api_version),
+            source,
+        })?;
+        // A real server's list items carry no apiVersion and kind; the live objects are
+        // compared with desired ones that do.
+        let types = TypeMeta { api_version: resource.api_version.clone(), kind: resource.kind.clone() };
+        Ok(objects.into_iter().map(|o| DynamicObject { types: Some(types.clone()), ..o }).collect())
     }
 
     /// Previews one parent.

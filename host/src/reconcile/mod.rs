@@ -232,16 +232,10 @@ impl CanaryLogic {
 
 /// The UIDs of every parent `api` lists, a page of metadata at a time.
 async fn every_uid(api: &kube::Api<DynamicObject>) -> Result<Vec<String>, kube::Error> {
-    let mut params = kube::api::ListParams::default().limit(500);
-    let mut uids = Vec::new();
-    loop {
-        let page = api.list_metadata(&params).await?;
-        uids.extend(page.items.into_iter().filter_map(|p| p.metadata.uid));
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => return Ok(uids),
-        }
-    }
+    let parents =
+        crate::paging::all(kube::api::ListParams::default(), |params| async move { api.list_metadata(&params).await })
+            .await?;
+    Ok(parents.into_iter().filter_map(|p| p.metadata.uid).collect())
 }
 
 impl Context {
