@@ -22,6 +22,8 @@ use kube::core::crd::merge_crds;
 use kube::{CustomResourceExt, Resource};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use wasmop_sdk::raw::RawRequest;
+use wasmop_sdk::wire::EncodedResponse;
 use wasmop_sdk::{
     ChildKind, ChildKindOf, Condition, Error, Gvk, GvkOf, Metadata, Operator, ReadKind, ReadKindOf, Request, Response,
     Selector, Value,
@@ -89,44 +91,81 @@ impl Operator for Plugin {
     fn reconcile(mut req: Request) -> Result<Response, Error> {
         req.parent = as_v1(req.parent)?;
         let app: Appoperator = req.parent_as()?;
+        let answer = Answer::of(&app, &req.parent_ref(), |name| req.child(name), || first(req.related_as(CONFIG)))?;
+        Response::new().child(&answer.deployment)?.status(&answer.status)?.condition(answer.ready)
+    }
+
+    /// The typed path: the same answer, decoded from and encoded to JSON text directly. A parent
+    /// of another version (offline evaluation) takes [`Operator::reconcile`]'s path, which
+    /// converts it.
+    fn reconcile_raw(req: RawRequest<'_>) -> Result<EncodedResponse, Error> {
+        if req.parent_api_version() != Appoperator::api_version(&()) {
+            return Self::reconcile(req.decode()?).map(wasmop_sdk::wire::encode_response);
+        }
+        let app: Appoperator = req.parent_as()?;
+        let answer = Answer::of(&app, &req.parent_ref(), |name| req.child(name), || first(req.related_as(CONFIG)))?;
+        EncodedResponse::new().child(&answer.deployment)?.status(&answer.status)?.condition(answer.ready)
+    }
+
+    fn convert(obj: Value, to_version: &str) -> Result<Value, String> {
+        convert::convert(obj, to_version)
+    }
+}
+
+/// What an Appoperator asks for: the decoded inputs of both reconcile paths, and their answer.
+struct Answer {
+    deployment: Deployment,
+    status: AppoperatorStatus,
+    ready: Condition,
+}
+
+impl Answer {
+    /// The answer for `app` (`parent_ref` names it in messages), given a lookup of its observed
+    /// Deployment by name and of the ConfigMap `configRef` names (called only when it names one).
+    fn of(
+        app: &Appoperator,
+        parent_ref: &str,
+        observed: impl FnOnce(&str) -> Option<Deployment>,
+        config_map: impl FnOnce() -> Result<Option<ConfigMap>, Error>,
+    ) -> Result<Answer, Error> {
         let name = app.metadata.name.clone().ok_or_else(|| Error::Invalid("parent has no metadata.name".into()))?;
         let workload = &app.spec.workload;
-        validate(workload).map_err(|m| Error::Invalid(format!("{}: {m}", req.parent_ref())))?;
+        validate(workload).map_err(|m| Error::Invalid(format!("{parent_ref}: {m}")))?;
 
-        let observed = req.child::<Deployment>(&name);
+        let observed = observed(&name);
         let config = match &workload.config_ref {
             None => Config::None,
-            Some(config_ref) => match req.related_as::<ConfigMap>(CONFIG)?.first() {
-                Some(cm) => Config::Found(config_hash(cm)),
+            Some(config_ref) => match config_map()? {
+                Some(cm) => Config::Found(config_hash(&cm)),
                 None => Config::Missing(config_ref.clone(), observed.as_ref().and_then(template_hash)),
             },
         };
         let desired = workload.replicas;
         let available = observed.and_then(|d| d.status).and_then(|s| s.available_replicas).unwrap_or(0);
-        let ready = available == desired;
         let (ready, reason, message) = match &config {
             Config::Missing(config_ref, _) => (
                 false,
                 "ConfigMissing",
                 format!("ConfigMap {config_ref} (spec.workload.configRef) does not exist in this namespace; create it"),
             ),
-            _ if ready => (true, "Available", format!("{available}/{desired} replicas available")),
+            _ if available == desired => (true, "Available", format!("{available}/{desired} replicas available")),
             _ => (false, "Progressing", format!("{available}/{desired} replicas available")),
         };
-
-        Response::new()
-            .child(&deployment(&name, workload, config.hash()))?
-            .status(&AppoperatorStatus {
+        Ok(Answer {
+            deployment: deployment(&name, workload, config.hash()),
+            status: AppoperatorStatus {
                 available_replicas: Some(available),
                 replicas: Some(desired),
                 ..AppoperatorStatus::default()
-            })?
-            .condition(Condition::ready(ready, reason, message))
+            },
+            ready: Condition::ready(ready, reason, message),
+        })
     }
+}
 
-    fn convert(obj: Value, to_version: &str) -> Result<Value, String> {
-        convert::convert(obj, to_version)
-    }
+/// The first of the objects a selector picked.
+fn first(picked: Result<Vec<ConfigMap>, Error>) -> Result<Option<ConfigMap>, Error> {
+    picked.map(|objects| objects.into_iter().next())
 }
 
 /// The parent at v1: an older version (offline evaluation) is converted as the API server
@@ -349,6 +388,53 @@ mod tests {
         let fresh = Plugin::reconcile(request(spec, vec![])).unwrap();
         assert_eq!(fresh.conditions[0].reason, "ConfigMissing");
         assert!(template(&fresh)["metadata"]["annotations"].is_null(), "no hash to keep");
+    }
+
+    /// The request as it crosses the boundary (every object JSON text).
+    fn encoded(req: &Request) -> wasmop_sdk::wire::EncodedRequest {
+        let mut out = wasmop_sdk::wire::EncodedRequest::new(req.parent.to_string())
+            .children(req.children.iter().map(|c| c.to_string()).collect());
+        for (id, objects) in &req.related {
+            out = out.related(id, objects.iter().map(|o| o.to_string()).collect());
+        }
+        out
+    }
+
+    #[test]
+    fn the_typed_path_answers_as_reconcile_does() {
+        let observed = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"template": {"metadata": {"annotations": {CONFIG_HASH: "0123456789abcdef"}}}},
+            "status": {"availableReplicas": 2},
+        });
+        let config = json!({"image": "a", "replicas": 2, "configRef": "web-config"});
+        let mut older = request(json!({"image": "a", "port": 80}), vec![]);
+        older.parent["apiVersion"] = json!("tools.wasmop.dev/v1beta1");
+        older.parent["spec"] = json!({"image": "a", "replicas": 3});
+        let cases = [
+            request(json!({"image": "a", "port": 8080}), vec![]),
+            request(json!({"image": "a", "replicas": 2}), vec![observed.clone()]),
+            request(config.clone(), vec![observed.clone()]).with_related("config", vec![config_map(json!({"k": "v"}))]),
+            request(config, vec![observed]),
+            request(json!({"image": " "}), vec![]),
+            older,
+        ];
+        let parse = |s: &String| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        for req in cases {
+            let raw = Plugin::reconcile_raw(RawRequest::new(&encoded(&req)));
+            let tree = Plugin::reconcile(req.clone()).map(wasmop_sdk::wire::encode_response);
+            match (raw, tree) {
+                (Ok(raw), Ok(tree)) => {
+                    assert_eq!(
+                        raw.children.iter().map(parse).collect::<Vec<_>>(),
+                        tree.children.iter().map(parse).collect::<Vec<_>>()
+                    );
+                    assert_eq!(raw.status.as_ref().map(parse), tree.status.as_ref().map(parse));
+                    assert_eq!(raw.conditions, tree.conditions);
+                }
+                (raw, tree) => assert_eq!(raw.err(), tree.err(), "{}", req.parent),
+            }
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! ```
 
 pub mod conversion;
+pub mod raw;
 pub mod schema;
 mod types;
 pub mod wire;
@@ -61,6 +62,14 @@ pub trait Operator {
     fn metadata() -> Metadata;
     /// Computes the desired state of one parent. Must be a pure function of the request.
     fn reconcile(req: Request) -> Result<Response, Error>;
+    /// The typed path of [`Operator::reconcile`]: the request's objects stay JSON text until
+    /// the plugin decodes them into its own types, and the answer is encoded straight to text
+    /// (see [`raw`]), which skips building `Value` trees. The host calls this; the default
+    /// decodes a [`Request`] and calls [`Operator::reconcile`]. Override it for speed, and
+    /// answer exactly as `reconcile` would.
+    fn reconcile_raw(req: raw::RawRequest<'_>) -> Result<wire::EncodedResponse, Error> {
+        Self::reconcile(req.decode()?).map(wire::encode_response)
+    }
     /// Picks the objects of declared [`Metadata::reads`] kinds this parent reads; they arrive in
     /// [`Request::related`] under each selector's id, and a change to one of them reconciles the
     /// parent again. Gets the parent only and must be pure and cheap: the host calls it before

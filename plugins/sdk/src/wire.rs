@@ -107,9 +107,10 @@ pub fn convert_json<O: Operator>(obj: &str, to_version: &str) -> Result<String, 
     O::convert(obj, to_version).map(|converted| converted.to_string())
 }
 
-/// Runs an operator on JSON strings: decode, reconcile, encode.
+/// Runs an operator on JSON strings, as the export macro does: its
+/// [`Operator::reconcile_raw`] (by default: decode, reconcile, encode).
 pub fn reconcile_json<O: Operator>(req: &EncodedRequest) -> Result<EncodedResponse, Error> {
-    O::reconcile(decode_request(req)?).map(encode_response)
+    O::reconcile_raw(crate::raw::RawRequest::new(req))
 }
 
 /// Runs an operator's `related` on the parent's JSON.
