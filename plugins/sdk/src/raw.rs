@@ -135,9 +135,7 @@ impl EncodedResponse {
 
     /// Adds a condition, checked as the host checks it (see [`crate::Response::condition`]).
     pub fn condition(mut self, condition: Condition) -> Result<Self, Error> {
-        self.conditions.push(condition);
-        wasmop_contract::check_conditions(&self.conditions)
-            .map_err(|(type_, reason)| Error::Retry(format!("condition {type_:?}: {reason}")))?;
+        crate::types::add_condition(&mut self.conditions, condition)?;
         Ok(self)
     }
 

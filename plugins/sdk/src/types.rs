@@ -190,9 +190,7 @@ impl Response {
     /// Adds a condition, checked as the host checks it (a CamelCase type and reason, a message
     /// within 32 KiB, no type twice), so a native test fails where the host would refuse it.
     pub fn condition(mut self, condition: Condition) -> Result<Self, Error> {
-        self.conditions.push(condition);
-        wasmop_contract::check_conditions(&self.conditions)
-            .map_err(|(type_, reason)| Error::Retry(format!("condition {type_:?}: {reason}")))?;
+        add_condition(&mut self.conditions, condition)?;
         Ok(self)
     }
 
@@ -207,6 +205,14 @@ impl Response {
         self.finalized = true;
         self
     }
+}
+
+/// Adds `condition` to `conditions` and checks them all as the host does: the one rule for
+/// [`Response::condition`] and the typed path's `EncodedResponse::condition`.
+pub(crate) fn add_condition(conditions: &mut Vec<Condition>, condition: Condition) -> Result<(), Error> {
+    conditions.push(condition);
+    wasmop_contract::check_conditions(conditions)
+        .map_err(|(type_, reason)| Error::Retry(format!("condition {type_:?}: {reason}")))
 }
 
 /// Why a reconcile produced no answer.
