@@ -20,6 +20,7 @@ use wasmop::telemetry::Stats;
 on_both_backends!(
     appoperator_lifecycle_create_ready_scale_heal_delete,
     idle_resync_makes_zero_writes,
+    a_restarted_operator_sees_the_children_it_made_and_writes_nothing,
     invalid_spec_is_reported_without_a_retry_storm,
     a_timing_out_object_does_not_stall_the_others_and_pruning_and_finalizers_work,
     a_plugin_without_a_converter_serves_its_single_version_kind,
@@ -244,6 +245,40 @@ async fn idle_resync_makes_zero_writes(cluster: Cluster) {
         assert_eq!(only(&after), only(&before), "a parent changed during idle resyncs");
     }
     running.stop().await;
+    cluster.shutdown().await;
+}
+
+/// At a start the caches are filled by lists, whose items a real API server sends without
+/// apiVersion and kind: the plugin must still recognise each child, so a parent that was Ready
+/// stays Ready and an unchanged child is not written again.
+async fn a_restarted_operator_sees_the_children_it_made_and_writes_nothing(cluster: Cluster) {
+    let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
+    let dir = plugins_dir(&[("appoperator", None)]);
+    let first = Operator::start(&cluster, dir.path(), quiet());
+    let ar = app_resource();
+    wait_served(&client, &ar).await;
+    for i in 0..2 {
+        create(&client, &ar, ns, &format!("app-{i}"), json!({"workload": {"image": "nginx:1.27", "replicas": 1}}))
+            .await;
+    }
+    for i in 0..2 {
+        let name = format!("app-{i}");
+        eventually("all Ready", || ready_is(&client, &ar, ns, &name, "True", "Available")).await;
+    }
+    first.stop().await;
+
+    let second = Operator::start(&cluster, dir.path(), quiet());
+    eventually("each parent's reconcile finished after the restart", || async {
+        second.sample("controller_runtime_reconcile_time_seconds_count").await >= 2.0
+    })
+    .await;
+    let writes = Stats::get(&second.stats.applies) + Stats::get(&second.stats.status_writes);
+    assert_eq!(writes, 0, "the restarted operator wrote a child or a status");
+    for i in 0..2 {
+        let name = format!("app-{i}");
+        assert!(ready_is(&client, &ar, ns, &name, "True", "Available").await, "{name} is no longer Ready");
+    }
+    second.stop().await;
     cluster.shutdown().await;
 }
 

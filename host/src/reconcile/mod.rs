@@ -479,7 +479,7 @@ fn observe(parent: &DynamicObject, ctx: &Context) -> Result<Observed, ReconcileE
         for child in kind.owners.children_of(&uid).iter().filter_map(|key| kind.store.get(key)) {
             if child.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == uid) {
                 let key = ChildKey::of_object(&kind.resource, &child);
-                let json = serde_json::to_value(&*child)?;
+                let json = typed_json(&child, &kind.resource)?;
                 children.insert(key, (index, child, json));
             }
         }
@@ -489,9 +489,16 @@ fn observe(parent: &DynamicObject, ctx: &Context) -> Result<Observed, ReconcileE
 
 /// The parent as the plugin sees it (apiVersion and kind always set).
 fn parent_json(parent: &DynamicObject, ctx: &Context) -> Result<Value, ReconcileError> {
-    let mut json = serde_json::to_value(parent)?;
-    json["apiVersion"] = json!(ctx.parent.api_version);
-    json["kind"] = json!(ctx.parent.kind);
+    typed_json(parent, &ctx.parent)
+}
+
+/// A cached object of `resource` as JSON with its apiVersion and kind set: a real API server's
+/// list items carry neither, so an object the cache got from a list (at every start) would
+/// otherwise reach the plugin unrecognisable, and fail the skip-if-applied comparison.
+fn typed_json(object: &DynamicObject, resource: &ApiResource) -> Result<Value, ReconcileError> {
+    let mut json = serde_json::to_value(object)?;
+    json["apiVersion"] = json!(resource.api_version);
+    json["kind"] = json!(resource.kind);
     Ok(json)
 }
 
