@@ -495,7 +495,7 @@ fn parent_json(parent: &DynamicObject, ctx: &Context) -> Result<Value, Reconcile
 /// A cached object of `resource` as JSON with its apiVersion and kind set: a real API server's
 /// list items carry neither, so an object the cache got from a list (at every start) would
 /// otherwise reach the plugin unrecognisable, and fail the skip-if-applied comparison.
-fn typed_json(object: &DynamicObject, resource: &ApiResource) -> Result<Value, ReconcileError> {
+pub(super) fn typed_json(object: &DynamicObject, resource: &ApiResource) -> Result<Value, ReconcileError> {
     let mut json = serde_json::to_value(object)?;
     json["apiVersion"] = json!(resource.api_version);
     json["kind"] = json!(resource.kind);

@@ -340,10 +340,7 @@ fn to_json(cache: &ReadKindCache, obj: &DynamicObject) -> Value {
     if cache.read.metadata_only {
         return json!({"apiVersion": api_version, "kind": kind, "metadata": obj.metadata});
     }
-    let mut value = serde_json::to_value(obj).unwrap_or(Value::Null);
-    value["apiVersion"] = json!(api_version);
-    value["kind"] = json!(kind);
-    value
+    super::typed_json(obj, &cache.resource).unwrap_or(Value::Null)
 }
 
 /// The index's name for a kind: group and kind (a kind is one set of objects in every version).
