@@ -136,7 +136,7 @@ impl ChildKey {
     }
 
     /// The key of a cached or listed object of the kind `resource`.
-    pub fn of_object(resource: &ApiResource, object: &DynamicObject) -> ChildKey {
+    pub fn of_object(resource: &ApiResource, object: &impl Resource) -> ChildKey {
         ChildKey {
             api_version: resource.api_version.clone(),
             kind: resource.kind.clone(),
@@ -158,7 +158,7 @@ pub enum Ownership {
 }
 
 /// Whether the existing object `existing` may be written for the parent with `parent_uid`.
-pub fn ownership(existing: &DynamicObject, parent_uid: &str) -> Ownership {
+pub fn ownership(existing: &impl Resource, parent_uid: &str) -> Ownership {
     let controller = existing.owner_references().iter().find(|o| o.controller == Some(true));
     match controller {
         Some(o) if o.uid == parent_uid => Ownership::Ours,
@@ -174,7 +174,7 @@ pub fn ownership(existing: &DynamicObject, parent_uid: &str) -> Ownership {
 
 /// Whether the host may prune `child` for the parent with `parent_uid`: only an object it
 /// created for that parent (controller ownerReference to it, and the host's managed-by label).
-pub fn prunable(child: &DynamicObject, parent_uid: &str) -> bool {
+pub fn prunable(child: &impl Resource, parent_uid: &str) -> bool {
     ownership(child, parent_uid) == Ownership::Ours
         && child.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some("wasmop")
 }
@@ -212,7 +212,7 @@ pub async fn apply_child(client: &Client, ar: &ApiResource, child: &Value) -> Re
 
 /// Deletes a child that is no longer desired (background propagation, so its own dependents are
 /// collected after it). A child already gone is not an error.
-pub async fn prune_child(client: &Client, ar: &ApiResource, child: &DynamicObject) -> Result<(), kube::Error> {
+pub async fn prune_child(client: &Client, ar: &ApiResource, child: &impl Resource) -> Result<(), kube::Error> {
     let name = child.meta().name.clone().unwrap_or_default();
     let api = api_for(client, ar, child.meta().namespace.as_deref());
     match api.delete(&name, &DeleteParams::background()).await {

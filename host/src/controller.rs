@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DynamicObject};
+
+use crate::cached::CachedObject;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
@@ -87,7 +89,7 @@ pub async fn run_plugin(
     let (mut children, mut child_streams, mut listed) = (Vec::new(), Vec::new(), Vec::new());
     for child in &meta.children {
         let (ar, namespaced) = resolve(&client, &child.gvk).await?;
-        let api: Api<DynamicObject> = match (&options.namespace, namespaced) {
+        let api: Api<CachedObject> = match (&options.namespace, namespaced) {
             (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &ar),
             _ => Api::all_with(client.clone(), &ar),
         };
@@ -99,10 +101,9 @@ pub async fn run_plugin(
         let (events, scope) = shard::scope::scoped(api, config, options.shards.clone(), Selection::Labels, Vec::new());
         listed.push(scope.listed);
         let (count, gauge) = (store.clone(), cached(&ar.kind));
-        let stream =
-            events.modify(trim).inspect_ok(move |event| index.observe(event)).reflect(writer).inspect(move |_| {
-                gauge.set(count.len() as i64);
-            });
+        let stream = events.inspect_ok(move |event| index.observe(event)).reflect(writer).inspect(move |_| {
+            gauge.set(count.len() as i64);
+        });
         // A list's children trigger their parents once the cache holds them.
         let stream = crate::relist::at_list_end(stream).touched_objects().inspect_ok(note_child(
             triggers.clone(),
@@ -219,7 +220,7 @@ async fn parent_watch(
     parent: &kube::core::ApiResource,
     options: &ControllerOptions,
     plugin: &str,
-) -> (Api<DynamicObject>, Selection) {
+) -> (Api<CachedObject>, Selection) {
     let api = |client: Client| match &options.namespace {
         Some(ns) => Api::namespaced_with(client, ns, parent),
         None => Api::all_with(client, parent),
@@ -242,7 +243,7 @@ async fn parent_watch(
 /// Where the parents' watch events go: their cache, its size gauge, and the flag a sharded
 /// watch raises while it delivers a re-scoped list.
 struct ParentWatch {
-    writer: Writer<DynamicObject>,
+    writer: Writer<CachedObject>,
     cached: prometheus_client::metrics::gauge::Gauge,
     rescoping: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -253,15 +254,15 @@ struct ParentWatch {
 /// ([`crate::relist`]). Each is noted in `triggers`: `start` for the first list's, `shard gained`
 /// for a re-scoped list's (`rescoping`), `relist` for a relist's, `parent` otherwise.
 fn parent_events(
-    events: impl futures::Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send + 'static,
+    events: impl futures::Stream<Item = Result<watcher::Event<CachedObject>, watcher::Error>> + Send + 'static,
     watch: ParentWatch,
     triggers: Arc<Triggers>,
     start: Start,
-) -> impl futures::Stream<Item = Result<DynamicObject, watcher::Error>> + Send + 'static {
+) -> impl futures::Stream<Item = Result<CachedObject, watcher::Error>> + Send + 'static {
     let ParentWatch { writer, cached, rescoping } = watch;
     let store = writer.as_reader();
     let mut passing = Passing { rescoping, triggers, start, generations: Generations::default(), listing: None };
-    crate::relist::at_list_end(events.modify(trim).reflect(writer)).filter_map(move |event| {
+    crate::relist::at_list_end(events.reflect(writer)).filter_map(move |event| {
         cached.set(store.len() as i64);
         futures::future::ready(passing.on(event, &store))
     })
@@ -280,9 +281,9 @@ struct Passing {
 impl Passing {
     fn on(
         &mut self,
-        event: Result<watcher::Event<DynamicObject>, watcher::Error>,
-        store: &kube::runtime::reflector::Store<DynamicObject>,
-    ) -> Option<Result<DynamicObject, watcher::Error>> {
+        event: Result<watcher::Event<CachedObject>, watcher::Error>,
+        store: &kube::runtime::reflector::Store<CachedObject>,
+    ) -> Option<Result<CachedObject, watcher::Error>> {
         match event {
             Ok(watcher::Event::Apply(parent) | watcher::Event::InitApply(parent)) => {
                 if !self.generations.changed(&parent) {
@@ -327,19 +328,19 @@ struct Generations {
 
 impl Generations {
     /// Whether `parent` is new or changed its generation (always, for a kind without one).
-    fn changed(&mut self, parent: &DynamicObject) -> bool {
+    fn changed(&mut self, parent: &CachedObject) -> bool {
         let generation = parent.metadata.generation;
         let before = self.seen.insert(parent.uid().unwrap_or_default(), generation);
         generation.is_none() || before != Some(generation)
     }
 
-    fn forget(&mut self, parent: &DynamicObject) {
+    fn forget(&mut self, parent: &CachedObject) {
         self.seen.remove(&parent.uid().unwrap_or_default());
     }
 
     /// After a list: forgets the parents the cache no longer holds (a relist or re-scope drops
     /// them without a delete event).
-    fn keep_cached(&mut self, cache: &kube::runtime::reflector::Store<DynamicObject>) {
+    fn keep_cached(&mut self, cache: &kube::runtime::reflector::Store<CachedObject>) {
         let cached: std::collections::HashSet<String> = cache.state().iter().filter_map(|p| p.uid()).collect();
         self.seen.retain(|uid, _| cached.contains(uid));
         self.listed = true;
@@ -347,7 +348,7 @@ impl Generations {
 }
 
 /// A watch of one read kind, feeding its cache.
-type RelatedStream = futures::stream::BoxStream<'static, Result<DynamicObject, watcher::Error>>;
+type RelatedStream = futures::stream::BoxStream<'static, Result<CachedObject, watcher::Error>>;
 
 /// What the cache held of each object before its latest event, by `namespace/name`: noted before
 /// the event reaches the cache (after it, the old labels are gone) and taken when the event is
@@ -355,7 +356,7 @@ type RelatedStream = futures::stream::BoxStream<'static, Result<DynamicObject, w
 type Before = Arc<std::sync::Mutex<std::collections::HashMap<String, Noted>>>;
 
 /// The key of `obj` in [`Before`].
-fn noted_key(obj: &DynamicObject) -> String {
+fn noted_key(obj: &CachedObject) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
@@ -401,7 +402,6 @@ async fn watch_related(
             let (related, noted) = (related.clone(), before.clone());
             let stream = events
                 .default_backoff()
-                .modify(trim)
                 .inspect_ok(move |event| note_before(&related, kind, event, &noted))
                 .reflect(writer);
             // A list's objects wake their parents once the cache holds them.
@@ -418,7 +418,7 @@ fn related_events(
     ar: &kube::core::ApiResource,
     within: Option<&str>,
     metadata_only: bool,
-) -> futures::stream::BoxStream<'static, Result<watcher::Event<DynamicObject>, watcher::Error>> {
+) -> futures::stream::BoxStream<'static, Result<watcher::Event<CachedObject>, watcher::Error>> {
     if metadata_only {
         let api: Api<PartialObjectMeta<DynamicObject>> = match within {
             Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
@@ -427,7 +427,7 @@ fn related_events(
         let types = kube::core::TypeMeta { api_version: ar.api_version.clone(), kind: ar.kind.clone() };
         return watcher(api, watcher::Config::default()).map_ok(move |event| metadata_event(event, &types)).boxed();
     }
-    let api: Api<DynamicObject> = match within {
+    let api: Api<CachedObject> = match within {
         Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
         None => Api::all_with(client.clone(), ar),
     };
@@ -437,7 +437,7 @@ fn related_events(
 /// Before an object of read kind `kind` replaces its cached copy: whether it is unchanged (a
 /// relist re-delivers every object; none needs a reconcile), and when its labels changed, the
 /// parents the cached copy matched (it may leave their selections).
-fn note_before(related: &Related, kind: usize, event: &watcher::Event<DynamicObject>, before: &Before) {
+fn note_before(related: &Related, kind: usize, event: &watcher::Event<CachedObject>, before: &Before) {
     let obj = match event {
         watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => obj,
         // A list starting again: what an interrupted one noted is never taken.
@@ -471,11 +471,9 @@ fn noted(before: &Before) -> std::sync::MutexGuard<'_, std::collections::HashMap
 fn metadata_event(
     event: watcher::Event<PartialObjectMeta<DynamicObject>>,
     types: &kube::core::TypeMeta,
-) -> watcher::Event<DynamicObject> {
-    let object = |o: PartialObjectMeta<DynamicObject>| DynamicObject {
-        types: Some(types.clone()),
-        metadata: o.metadata,
-        data: serde_json::Value::Null,
+) -> watcher::Event<CachedObject> {
+    let object = |o: PartialObjectMeta<DynamicObject>| {
+        CachedObject::from(PartialObjectMeta::<DynamicObject> { types: Some(types.clone()), ..o })
     };
     match event {
         watcher::Event::Apply(o) => watcher::Event::Apply(object(o)),
@@ -488,7 +486,7 @@ fn metadata_event(
 
 /// Where the parents a related object's change reaches are: their cache, kind and triggers.
 struct Selecting {
-    parents: kube::runtime::reflector::Store<DynamicObject>,
+    parents: kube::runtime::reflector::Store<CachedObject>,
     parent: kube::core::ApiResource,
     triggers: Arc<Triggers>,
 }
@@ -500,7 +498,7 @@ fn related_parents(
     kind: usize,
     before: Before,
     to: Selecting,
-) -> impl Fn(DynamicObject) -> Vec<kube::runtime::reflector::ObjectRef<DynamicObject>> + Send + Sync + 'static {
+) -> impl Fn(CachedObject) -> Vec<kube::runtime::reflector::ObjectRef<CachedObject>> + Send + Sync + 'static {
     move |obj| {
         let noted = noted(&before).remove(&noted_key(&obj)).unwrap_or_default();
         if noted.unchanged {
@@ -558,7 +556,7 @@ fn note_child(
     triggers: Arc<Triggers>,
     parent: kube::core::ApiResource,
     kind: String,
-) -> impl Fn(&DynamicObject) + Send + 'static {
+) -> impl Fn(&CachedObject) + Send + 'static {
     move |child| {
         let owner = child
             .owner_references()
@@ -625,22 +623,16 @@ async fn wait_for_caches(ctx: Arc<Context>, health: Arc<Health>, name: String) {
     health.set_synced(&name, true);
 }
 
-/// What the caches do not keep: `managedFields` (often the largest part of an object, and read
-/// by nothing here) — the memory lever controller-runtime users apply with a cache transform.
-fn trim(obj: &mut DynamicObject) {
-    obj.metadata.managed_fields = None;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parent(uid: &str, generation: Option<i64>) -> DynamicObject {
+    fn parent(uid: &str, generation: Option<i64>) -> CachedObject {
         let ar = kube::core::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&());
         let mut parent = DynamicObject::new(uid, &ar);
         parent.metadata.uid = Some(uid.into());
         parent.metadata.generation = generation;
-        parent
+        CachedObject::from(parent)
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 mod apply;
+pub mod cached;
 pub mod catalog;
 pub mod controller;
 pub mod crd;

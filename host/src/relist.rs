@@ -9,25 +9,25 @@
 //! passed on right after its end, when the cache holds them. Only their type and metadata are
 //! held (what the controller maps to a parent), not the whole object twice.
 
+use crate::cached::CachedObject;
 use futures::{Stream, StreamExt};
-use kube::api::DynamicObject;
 use kube::runtime::watcher::{Error, Event};
 
 /// `events` (after the reflector), with each list's objects passed on, as metadata, right after
 /// the list's end; other events as they come.
-pub fn at_list_end<S>(events: S) -> impl Stream<Item = Result<Event<DynamicObject>, Error>> + Send + 'static
+pub fn at_list_end<S>(events: S) -> impl Stream<Item = Result<Event<CachedObject>, Error>> + Send + 'static
 where
-    S: Stream<Item = Result<Event<DynamicObject>, Error>> + Send + 'static,
+    S: Stream<Item = Result<Event<CachedObject>, Error>> + Send + 'static,
 {
-    let mut held: Vec<DynamicObject> = Vec::new();
+    let mut held: Vec<CachedObject> = Vec::new();
     events.flat_map(move |event| futures::stream::iter(hold(&mut held, event)))
 }
 
 /// What one event lets through, holding a list's objects in `held` until it ends.
 fn hold(
-    held: &mut Vec<DynamicObject>,
-    event: Result<Event<DynamicObject>, Error>,
-) -> Vec<Result<Event<DynamicObject>, Error>> {
+    held: &mut Vec<CachedObject>,
+    event: Result<Event<CachedObject>, Error>,
+) -> Vec<Result<Event<CachedObject>, Error>> {
     match event {
         // A list starting again replaces the one it interrupted.
         Ok(Event::Init) => {
@@ -35,7 +35,7 @@ fn hold(
             vec![Ok(Event::Init)]
         }
         Ok(Event::InitApply(object)) => {
-            held.push(DynamicObject { types: object.types, metadata: object.metadata, data: serde_json::Value::Null });
+            held.push(object.header());
             Vec::new()
         }
         Ok(Event::InitDone) => {
@@ -50,8 +50,8 @@ fn hold(
 mod tests {
     use super::*;
 
-    fn object(name: &str) -> DynamicObject {
-        let mut o: DynamicObject = serde_json::from_value(serde_json::json!({
+    fn object(name: &str) -> CachedObject {
+        let mut o: CachedObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"big": "x"}
         }))
         .unwrap();
@@ -59,7 +59,7 @@ mod tests {
         o
     }
 
-    fn names(events: &[Result<Event<DynamicObject>, Error>]) -> Vec<String> {
+    fn names(events: &[Result<Event<CachedObject>, Error>]) -> Vec<String> {
         events
             .iter()
             .map(|e| match e {
@@ -97,7 +97,7 @@ mod tests {
             ["init", "listed a", "done", "apply b", "init", "init", "delete c", "listed a", "listed b", "done"]
                 .map(String::from)
         );
-        assert!(out.iter().all(|e| !matches!(e, Ok(Event::InitApply(o)) if !o.data.is_null())), "held whole objects");
+        assert!(out.iter().all(|e| !matches!(e, Ok(Event::InitApply(o)) if !o.is_header())), "held whole objects");
     }
 
     /// Behind kube-runtime's reflector: each listed object passed on is in the cache by then.

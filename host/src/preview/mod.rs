@@ -289,7 +289,7 @@ impl Preview {
         let wanted: HashSet<ChildKey> = desired.children.iter().map(ChildKey::of).collect();
         let mut gone: Vec<(&ChildKey, &DynamicObject)> = observed
             .iter()
-            .filter(|(key, child)| !wanted.contains(key) && apply::prunable(child, &uid))
+            .filter(|(key, child)| !wanted.contains(key) && apply::prunable(**child, &uid))
             .map(|(key, child)| (key, *child))
             .collect();
         gone.sort_by(|a, b| a.0.cmp(b.0));

@@ -112,7 +112,7 @@ pub fn has_finalizer(parent: &DynamicObject) -> bool {
 }
 
 /// `namespace/name` of a parent, for messages.
-pub fn describe(parent: &DynamicObject) -> String {
+pub fn describe(parent: &impl kube::Resource) -> String {
     format!("{}/{}", parent.meta().namespace.as_deref().unwrap_or_default(), parent.name_any())
 }
 

@@ -34,6 +34,7 @@ pub use state::ParentState;
 pub use trigger::{Start, Trigger, Triggers};
 
 use crate::apply::{self, ChildKey, Owner, Ownership};
+use crate::cached::CachedObject;
 use crate::plugin::{
     Condition, ConditionStatus, Desired, Limits, OperatorMetadata, OperatorPlugin, Pick, PluginError, ReconcileRequest,
 };
@@ -54,7 +55,10 @@ const FIRST_STATUS_GRACE: Duration = Duration::from_secs(2);
 /// readiness signal wakes only its latest waiter, and several tasks wait on one store (the
 /// controller's sync report, reconciles waiting for related objects), so this asks again every
 /// 100 ms instead of waiting once.
-pub async fn cache_ready(store: &Store<DynamicObject>) -> bool {
+pub async fn cache_ready<K: kube::runtime::reflector::Lookup + Clone + 'static>(store: &Store<K>) -> bool
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
     loop {
         match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
             Ok(result) => return result.is_ok(),
@@ -107,7 +111,7 @@ pub struct ChildKindCache {
     /// How to reach objects of the kind.
     pub resource: ApiResource,
     /// Children of this kind carrying the plugin's labels, kept current by a watch.
-    pub store: Store<DynamicObject>,
+    pub store: Store<CachedObject>,
     /// The same children by controller-owner UID, from the same watch.
     pub owners: OwnerIndex,
 }
@@ -127,7 +131,7 @@ pub struct Context {
     /// The parent kind.
     pub parent: ApiResource,
     /// The parents the controller watches (to forget the state of deleted ones).
-    pub parents: Store<DynamicObject>,
+    pub parents: Store<CachedObject>,
     /// The declared child kinds with their caches.
     pub children: Vec<ChildKindCache>,
     /// The kinds the plugin reads, with their caches and the index of what each parent
@@ -217,7 +221,7 @@ impl CanaryLogic {
 
     /// Where each parent falls ([`crate::rollout::point`]): every parent's, listed by metadata
     /// when counting across shards (the cache's, if that list fails), else the cache's.
-    async fn points(&self, parents: &Store<DynamicObject>) -> Vec<u64> {
+    async fn points(&self, parents: &Store<CachedObject>) -> Vec<u64> {
         if let Some(api) = &self.across_shards {
             match every_uid(api).await {
                 Ok(uids) => return uids.iter().map(|u| crate::rollout::point(u)).collect(),
@@ -226,7 +230,7 @@ impl CanaryLogic {
             }
         }
         cache_ready(parents).await;
-        parents.state().iter().map(|p| crate::rollout::point(&uid(p))).collect()
+        parents.state().iter().map(|p| crate::rollout::point(&uid(p.as_ref()))).collect()
     }
 }
 
@@ -273,14 +277,15 @@ fn key(parent: &DynamicObject) -> String {
     finalizer::describe(parent)
 }
 
-fn uid(parent: &DynamicObject) -> String {
+fn uid(parent: &impl Resource) -> String {
     parent.uid().unwrap_or_default()
 }
 
 /// Reconciles one parent. Errors are reported on the parent's status before they are returned,
 /// so `kubectl get` shows them; the error policy then decides when to retry.
-pub async fn reconcile(parent: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let trigger = ctx.triggers.take(&uid(&parent));
+pub async fn reconcile(cached: Arc<CachedObject>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let trigger = ctx.triggers.take(&uid(&*cached));
+    let parent = cached.to_object()?;
     // Another replica's shard: nothing to do here (the shard's holder reconciles it; gaining
     // the shard reconciles its parents). One cached under a wrong shard label is labelled
     // right, so that it reaches its shard's cache.
@@ -382,26 +387,26 @@ fn remember(parent: &DynamicObject, ctx: &Context, result: &Result<Action, Recon
     if result.is_ok() && !ctx.state.is_reported_invalid(&uid, parent.meta().generation.unwrap_or_default()) {
         ctx.state.forget(&uid);
     }
-    let live = || ctx.parents.state().iter().map(|p| self::uid(p)).collect::<HashSet<String>>();
+    let live = || ctx.parents.state().iter().map(|p| self::uid(p.as_ref())).collect::<HashSet<String>>();
     ctx.state.sweep(ctx.parents.len(), live);
     ctx.triggers.sweep(ctx.parents.len(), live);
     if let Some(related) = &ctx.related {
-        let live = || ctx.parents.state().iter().map(|p| related::ParentKey::of(p)).collect();
+        let live = || ctx.parents.state().iter().map(|p| related::ParentKey::of(p.as_ref())).collect();
         related.sweep(ctx.parents.len(), live);
     }
 }
 
 /// Decides when to retry a failed reconcile: conflicts at once, everything else with
 /// exponential backoff per parent, capped at five minutes.
-pub fn error_policy(parent: Arc<DynamicObject>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
-    ctx.state.schedule(&uid(&parent));
-    ctx.triggers.note(&uid(&parent), Trigger::Retry);
+pub fn error_policy(parent: Arc<CachedObject>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.state.schedule(&uid(&*parent));
+    ctx.triggers.note(&uid(&*parent), Trigger::Retry);
     ctx.metrics.set_workqueue_depth(&ctx.plugin.metadata().name, ctx.state.scheduled());
     let limited = ctx.bucket.reserve();
     if err.is_conflict() {
         return Action::requeue(error::CONFLICT_RETRY.max(limited));
     }
-    Action::requeue(backoff(ctx.state.record_failure(&uid(&parent))).max(limited))
+    Action::requeue(backoff(ctx.state.record_failure(&uid(&*parent))).max(limited))
 }
 
 /// The six steps, with the finalizer handling around them. The trigger matters twice: a spec
@@ -459,7 +464,7 @@ async fn pipeline(
 /// kind in [`Context::children`], the object, and its JSON (encoded once, for the plugin and
 /// for the skip-if-applied check).
 pub struct Observed {
-    children: HashMap<ChildKey, (usize, Arc<DynamicObject>, Value)>,
+    children: HashMap<ChildKey, (usize, Arc<CachedObject>, Value)>,
 }
 
 impl Observed {
@@ -478,8 +483,8 @@ fn observe(parent: &DynamicObject, ctx: &Context) -> Result<Observed, ReconcileE
     for (index, kind) in ctx.children.iter().enumerate() {
         for child in kind.owners.children_of(&uid).iter().filter_map(|key| kind.store.get(key)) {
             if child.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == uid) {
-                let key = ChildKey::of_object(&kind.resource, &child);
-                let json = typed_json(&child, &kind.resource)?;
+                let key = ChildKey::of_object(&kind.resource, child.as_ref());
+                let json = child.to_json(&kind.resource)?;
                 children.insert(key, (index, child, json));
             }
         }
@@ -487,18 +492,12 @@ fn observe(parent: &DynamicObject, ctx: &Context) -> Result<Observed, ReconcileE
     Ok(Observed { children })
 }
 
-/// The parent as the plugin sees it (apiVersion and kind always set).
+/// The parent as the plugin sees it: apiVersion and kind always set (a real API server's list
+/// items carry neither, as [`CachedObject::to_json`] says).
 fn parent_json(parent: &DynamicObject, ctx: &Context) -> Result<Value, ReconcileError> {
-    typed_json(parent, &ctx.parent)
-}
-
-/// A cached object of `resource` as JSON with its apiVersion and kind set: a real API server's
-/// list items carry neither, so an object the cache got from a list (at every start) would
-/// otherwise reach the plugin unrecognisable, and fail the skip-if-applied comparison.
-pub(super) fn typed_json(object: &DynamicObject, resource: &ApiResource) -> Result<Value, ReconcileError> {
-    let mut json = serde_json::to_value(object)?;
-    json["apiVersion"] = json!(resource.api_version);
-    json["kind"] = json!(resource.kind);
+    let mut json = serde_json::to_value(parent)?;
+    json["apiVersion"] = json!(ctx.parent.api_version);
+    json["kind"] = json!(ctx.parent.kind);
     Ok(json)
 }
 
@@ -709,13 +708,13 @@ async fn prune(
     let wanted: HashSet<ChildKey> = desired.children.iter().map(ChildKey::of).collect();
     let uid = uid(parent);
     for (key, (index, child, _)) in &observed.children {
-        if wanted.contains(key) || !apply::prunable(child, &uid) {
+        if wanted.contains(key) || !apply::prunable(child.as_ref(), &uid) {
             continue;
         }
         let kind = &ctx.children[*index];
-        let what = format!("{} {}", kind.resource.kind, finalizer::describe(child));
+        let what = format!("{} {}", kind.resource.kind, finalizer::describe(child.as_ref()));
         let span = crate::traces::step_span(|| info_span!("prune", child = %what));
-        if let Err(source) = apply::prune_child(&ctx.client, &kind.resource, child).instrument(span).await {
+        if let Err(source) = apply::prune_child(&ctx.client, &kind.resource, child.as_ref()).instrument(span).await {
             return Err(ReconcileError::Api { action: format!("pruning {what}"), source });
         }
         Stats::bump(&ctx.stats.prunes);

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use kube::api::DynamicObject;
+use crate::cached::CachedObject;
 use kube::core::ApiResource;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
@@ -23,7 +23,7 @@ struct Index {
 }
 
 impl Index {
-    fn apply(&mut self, key: Name, obj: &DynamicObject) {
+    fn apply(&mut self, key: Name, obj: &CachedObject) {
         self.delete(&key);
         let owner = obj.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
         if let Some(owner) = owner {
@@ -62,12 +62,12 @@ impl OwnerIndex {
         OwnerIndex { resource, current: Arc::default(), relisting: Arc::default() }
     }
 
-    fn key(obj: &DynamicObject) -> Name {
+    fn key(obj: &CachedObject) -> Name {
         (obj.metadata.namespace.clone(), obj.metadata.name.clone().unwrap_or_default())
     }
 
     /// Follows one watch event (call it for every event the cache's writer sees).
-    pub fn observe(&self, event: &Event<DynamicObject>) {
+    pub fn observe(&self, event: &Event<CachedObject>) {
         match event {
             Event::Apply(obj) => self.with_current(|i| i.apply(Self::key(obj), obj)),
             Event::Delete(obj) => self.with_current(|i| i.delete(&Self::key(obj))),
@@ -93,7 +93,7 @@ impl OwnerIndex {
     }
 
     /// References of the children whose controller owner has `uid`.
-    pub fn children_of(&self, uid: &str) -> Vec<ObjectRef<DynamicObject>> {
+    pub fn children_of(&self, uid: &str) -> Vec<ObjectRef<CachedObject>> {
         let Ok(index) = self.current.read() else { return Vec::new() };
         let children = index.by_owner.get(uid).map(Vec::as_slice).unwrap_or_default();
         children
@@ -120,7 +120,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn child(name: &str, owner: &str) -> DynamicObject {
+    fn child(name: &str, owner: &str) -> CachedObject {
         serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": "ns", "ownerReferences": [

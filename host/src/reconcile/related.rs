@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use kube::api::DynamicObject;
+
+use crate::cached::CachedObject;
 use kube::core::ApiResource;
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::{Value, json};
@@ -30,18 +32,23 @@ pub struct ReadKindCache {
     /// Whether the kind is namespaced.
     pub namespaced: bool,
     /// Its objects (metadata only when the plugin declared so), kept current by a watch.
-    pub store: Store<DynamicObject>,
+    pub store: Store<CachedObject>,
 }
 
 impl ReadKindCache {
     /// A cache of `read` holding `objects` (listed once, as `wasmop preview` and the offline
     /// tools do), not kept current by a watch.
-    pub fn filled(read: ReadKind, resource: ApiResource, namespaced: bool, objects: Vec<DynamicObject>) -> Self {
+    pub fn filled(
+        read: ReadKind,
+        resource: ApiResource,
+        namespaced: bool,
+        objects: impl IntoIterator<Item = DynamicObject>,
+    ) -> Self {
         use kube::runtime::watcher::Event;
         let mut writer = kube::runtime::reflector::store::Writer::new(resource.clone());
         writer.apply_watcher_event(&Event::Init);
         for object in objects {
-            writer.apply_watcher_event(&Event::InitApply(object));
+            writer.apply_watcher_event(&Event::InitApply(CachedObject::from(object)));
         }
         writer.apply_watcher_event(&Event::InitDone);
         ReadKindCache { read, resource, namespaced, store: writer.as_reader() }
@@ -60,8 +67,8 @@ pub struct ParentKey {
 
 impl ParentKey {
     /// The key of `parent`.
-    pub fn of(parent: &DynamicObject) -> ParentKey {
-        let meta = &parent.metadata;
+    pub fn of(parent: &impl kube::Resource) -> ParentKey {
+        let meta = parent.meta();
         ParentKey {
             namespace: meta.namespace.as_deref().map(Arc::from),
             name: meta.name.as_deref().unwrap_or_default().into(),
@@ -78,7 +85,7 @@ impl ParentKey {
     }
 
     /// The controller's reference to the parent of kind `resource`.
-    pub fn object_ref(&self, resource: &ApiResource) -> ObjectRef<DynamicObject> {
+    pub fn object_ref(&self, resource: &ApiResource) -> ObjectRef<CachedObject> {
         let oref = ObjectRef::new_with(&self.name, resource.clone());
         match &self.namespace {
             Some(ns) => oref.within(ns),
@@ -133,7 +140,7 @@ impl Related {
     }
 
     /// The parents whose selections match `obj` (an object of `self.kinds[kind]`).
-    pub fn parents_of(&self, kind: usize, obj: &DynamicObject) -> Vec<ParentKey> {
+    pub fn parents_of(&self, kind: usize, obj: &CachedObject) -> Vec<ParentKey> {
         let Some(cache) = self.kinds.get(kind) else { return Vec::new() };
         let kind = kind_ref(&cache.read.gvk);
         let empty = BTreeMap::new();
@@ -255,10 +262,10 @@ impl Related {
     }
 
     /// The objects one checked selector picks from its cache, ordered by namespace and name.
-    fn objects(&self, c: &Checked) -> Vec<Arc<DynamicObject>> {
+    fn objects(&self, c: &Checked) -> Vec<Arc<CachedObject>> {
         let cache = &self.kinds[c.cache];
         let ns = c.selection.namespace.as_deref();
-        let mut objects: Vec<Arc<DynamicObject>> = match &c.selection.target {
+        let mut objects: Vec<Arc<CachedObject>> = match &c.selection.target {
             crate::related::Target::Name(name) if ns.is_some() || !cache.namespaced => {
                 let oref = ObjectRef::new_with(name, cache.resource.clone());
                 let oref = match ns {
@@ -335,12 +342,12 @@ fn scoped_namespace(
 
 /// The object as the plugin gets it: `apiVersion` and `kind` set; only them and `metadata`
 /// when the kind is read as metadata only.
-fn to_json(cache: &ReadKindCache, obj: &DynamicObject) -> Value {
+fn to_json(cache: &ReadKindCache, obj: &CachedObject) -> Value {
     let (api_version, kind) = (&cache.resource.api_version, &cache.resource.kind);
     if cache.read.metadata_only {
         return json!({"apiVersion": api_version, "kind": kind, "metadata": obj.metadata});
     }
-    super::typed_json(obj, &cache.resource).unwrap_or(Value::Null)
+    obj.to_json(&cache.resource).unwrap_or(Value::Null)
 }
 
 /// The index's name for a kind: group and kind (a kind is one set of objects in every version).
@@ -461,7 +468,7 @@ mod tests {
             }
             other => panic!("not capped: {other:?}"),
         }
-        let cm: DynamicObject = serde_json::from_value(objects()[0].clone()).unwrap();
+        let cm: CachedObject = serde_json::from_value(objects()[0].clone()).unwrap();
         assert_eq!(related.parents_of(0, &cm), [shop("web")], "a change must still reach the capped parent");
         related.forget(&shop("web"));
         assert!(related.parents_of(0, &cm).is_empty());
