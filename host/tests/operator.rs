@@ -248,9 +248,9 @@ async fn idle_resync_makes_zero_writes(cluster: Cluster) {
     cluster.shutdown().await;
 }
 
-/// At a start the caches are filled by lists, whose items a real API server sends without
-/// apiVersion and kind: the plugin must still recognise each child, so a parent that was Ready
-/// stays Ready and an unchanged child is not written again.
+/// At a start the caches are filled by lists, whose items of a built-in kind an API server
+/// sends without apiVersion and kind (both backends do): the plugin must still recognise each
+/// child, so a parent that was Ready stays Ready and an unchanged child is not written again.
 async fn a_restarted_operator_sees_the_children_it_made_and_writes_nothing(cluster: Cluster) {
     let (client, ns) = (cluster.client.clone(), cluster.ns.as_str());
     let dir = plugins_dir(&[("appoperator", None)]);

@@ -431,12 +431,18 @@ async fn do_list(shared: &Shared, t: &Target, ctx: &Ctx) -> HResult {
         if i > 0 {
             out.push(',');
         }
+        let presented;
+        let o = match shape {
+            Shape::Full if o.get("apiVersion").and_then(Value::as_str) != Some(served.as_str()) => {
+                presented = State::present(&t.info, o);
+                &presented
+            }
+            _ => &**o,
+        };
         let item = match shape {
             Shape::Metadata => output::partial(o).to_string(),
-            _ if o.get("apiVersion").and_then(Value::as_str) != Some(served.as_str()) => {
-                State::present(&t.info, o).to_string()
-            }
-            _ => o.to_string(),
+            _ if t.info.custom => o.to_string(),
+            _ => output::list_item(o),
         };
         out.push_str(&item);
     }

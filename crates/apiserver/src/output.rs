@@ -45,6 +45,25 @@ pub fn partial(obj: &Value) -> Value {
     })
 }
 
+/// A built-in kind's object as a list item, in JSON: without `apiVersion` and `kind`, as
+/// kube-apiserver lists them (only the list names its kind; custom resources' items keep theirs).
+/// A client that takes a cached object's kind from the object itself breaks on a real server.
+pub fn list_item(obj: &Value) -> String {
+    let Value::Object(fields) = obj else { return obj.to_string() };
+    let mut out = String::with_capacity(512);
+    out.push('{');
+    for (key, value) in fields.iter().filter(|(key, _)| *key != "apiVersion" && *key != "kind") {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(&Value::String(key.clone()).to_string());
+        out.push(':');
+        out.push_str(&value.to_string());
+    }
+    out.push('}');
+    out
+}
+
 fn age(ts: Option<&str>) -> String {
     let Some(ts) = ts else {
         return "<unknown>".into();
@@ -272,6 +291,13 @@ pub fn shape_object(info: &ResourceInfo, shape: Shape, obj: &Value, headers: boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_item_of_a_built_in_kind_has_no_types() {
+        let obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "a\"b"}, "spec": {}});
+        let item: Value = serde_json::from_str(&list_item(&obj)).unwrap();
+        assert_eq!(item, json!({"metadata": {"name": "a\"b"}, "spec": {}}));
+    }
 
     #[test]
     fn accept_negotiation() {
