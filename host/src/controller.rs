@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DynamicObject};
-
-use crate::cached::CachedObject;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
@@ -17,6 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::apply::{MANAGED_BY_LABEL, PLUGIN_LABEL};
+use crate::cached::CachedObject;
 use crate::discovery::{KindNotServed, resolve};
 use crate::plugin::{ReadKind, ReadScope};
 use crate::policy::PolicyChain;

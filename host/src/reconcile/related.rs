@@ -7,12 +7,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use kube::api::DynamicObject;
-
-use crate::cached::CachedObject;
 use kube::core::ApiResource;
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::{Value, json};
 
+use crate::cached::CachedObject;
 use crate::plugin::{
     Desired, Gvk, PluginError, ReadKind, ReadScope, ReconcileRequest, RelatedObjects, Selector, Target,
 };
