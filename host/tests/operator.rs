@@ -202,15 +202,7 @@ async fn idle_resync_makes_zero_writes(cluster: Cluster) {
     let options = ControllerOptions { resync: Duration::from_millis(500), ..ControllerOptions::default() };
     let running = Operator::start(&cluster, dir.path(), options);
     let ar = app_resource();
-    wait_served(&client, &ar).await;
-    for i in 0..3 {
-        create(&client, &ar, ns, &format!("app-{i}"), json!({"workload": {"image": "nginx:1.27", "replicas": 2}}))
-            .await;
-    }
-    for i in 0..3 {
-        let name = format!("app-{i}");
-        eventually("all Ready", || ready_is(&client, &ar, ns, &name, "True", "Available")).await;
-    }
+    ready_appoperators(&client, ns, 3, 2).await;
     // Settled once a resync of every parent makes no write; then watch two more go by.
     let writes = || Stats::get(&running.stats.applies) + Stats::get(&running.stats.status_writes);
     loop {
@@ -256,15 +248,7 @@ async fn a_restarted_operator_sees_the_children_it_made_and_writes_nothing(clust
     let dir = plugins_dir(&[("appoperator", None)]);
     let first = Operator::start(&cluster, dir.path(), quiet());
     let ar = app_resource();
-    wait_served(&client, &ar).await;
-    for i in 0..2 {
-        create(&client, &ar, ns, &format!("app-{i}"), json!({"workload": {"image": "nginx:1.27", "replicas": 1}}))
-            .await;
-    }
-    for i in 0..2 {
-        let name = format!("app-{i}");
-        eventually("all Ready", || ready_is(&client, &ar, ns, &name, "True", "Available")).await;
-    }
+    ready_appoperators(&client, ns, 2, 1).await;
     first.stop().await;
 
     let second = Operator::start(&cluster, dir.path(), quiet());

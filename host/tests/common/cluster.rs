@@ -245,6 +245,21 @@ pub async fn wait_ready(client: &Client, ar: &ApiResource, ns: &str, name: &str,
     panic!("timed out waiting for {ns}/{name} Ready={status} ({reason}); last Ready condition: {last:?}");
 }
 
+/// Once the Appoperator kind is served, creates `count` Appoperators `app-0`… of `replicas` pods
+/// each and waits until every one is Ready (`Available`): the opening of the tests that then
+/// watch a settled operator.
+pub async fn ready_appoperators(client: &Client, ns: &str, count: usize, replicas: u32) {
+    let ar = app_resource();
+    wait_served(client, &ar).await;
+    let names: Vec<String> = (0..count).map(|i| format!("app-{i}")).collect();
+    for name in &names {
+        create(client, &ar, ns, name, json!({"workload": {"image": "nginx:1.27", "replicas": replicas}})).await;
+    }
+    for name in &names {
+        wait_ready(client, &ar, ns, name, "True", "Available").await;
+    }
+}
+
 /// Waits until the API server serves `ar`'s kind (its CRD installed by the operator).
 pub async fn wait_served(client: &Client, ar: &ApiResource) {
     let gvk = wasmop::plugin::Gvk::new(&ar.group, &ar.version, &ar.kind);
