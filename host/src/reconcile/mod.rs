@@ -461,8 +461,8 @@ async fn pipeline(
 }
 
 /// A parent's children as the caches hold them, keyed by full identity: the index of their
-/// kind in [`Context::children`], the object, and its JSON (encoded once, for the plugin and
-/// for the skip-if-applied check).
+/// kind in [`Context::children`], the cached object, and its JSON (decoded once, for the plugin
+/// and for the skip-if-applied check).
 pub struct Observed {
     children: HashMap<ChildKey, (usize, Arc<CachedObject>, Value)>,
 }
