@@ -1,11 +1,12 @@
 //! Sharding: N Appoperators against the in-memory API server, reconciled by 1, 2 and 4 replicas,
 //! each its own process (this bench re-executed, as `wasmop run --shards` runs one: a catalog,
 //! the supervisor, the shard claimer), with `--shards` equal to the replica count. Prints, per
-//! run, the time until every parent is Ready and per replica: its shards, its RSS, the objects in
-//! its caches, the bytes it received in answers to GETs (lists and watches: parents, children,
-//! Leases), and its reconciles. Then, with 2 and 4 replicas, a failover: one replica is killed (SIGKILL,
-//! nothing released), and the bench prints how long until its shard is held again and until a
-//! further N/10 parents are all Ready.
+//! run, the time until every parent is Ready, the CPU seconds of the replicas and of this process
+//! (which runs the in-memory server), and per replica: its shards, its RSS, its CPU seconds, the
+//! objects in its caches, the bytes it received in answers to GETs (lists and watches: parents,
+//! children, Leases), and its reconciles. Then, with 2 and 4 replicas, a failover: one replica is
+//! killed (SIGKILL, nothing released), and the bench prints how long until its shard is held
+//! again and until a further N/10 parents are all Ready.
 //!
 //! `WASMOP_BENCH_SHARD_SELECTOR=off` makes the server ignore `shardSelector` (the label path);
 //! by default it honours it. `WASMOP_BENCH_PLANE=real` runs on a real control plane of its own
@@ -58,6 +59,8 @@ struct Figures {
     received: u64,
     reconciles: u64,
     requests: u64,
+    /// CPU seconds (user + system) the replica process used since it started.
+    cpu: f64,
 }
 
 /// When this process is a replica child: runs the replica, answering `figures` on stdin until
@@ -96,7 +99,7 @@ fn replica_if_child() {
         if line.trim() == "figures" {
             let cached = |cache: &str| metrics.cached_objects("appoperator", cache).get();
             println!(
-                "{} {} {} {} {} {} {}",
+                "{} {} {} {} {} {} {} {}",
                 shards.owned().iter().map(u32::to_string).collect::<Vec<_>>().join(","),
                 server::memory_kib(None, "VmRSS:") / 1024,
                 cached("parents"),
@@ -104,6 +107,7 @@ fn replica_if_child() {
                 traffic.received.load(Ordering::Relaxed),
                 Stats::get(&stats.reconciles),
                 traffic.requests.load(Ordering::Relaxed),
+                server::cpu_seconds(None),
             );
         }
         println!("end");
@@ -245,6 +249,7 @@ impl Replica {
             received: number(4),
             reconciles: number(5),
             requests: number(6),
+            cpu: fields.get(7).and_then(|f| f.parse().ok()).unwrap_or_default(),
         }
     }
 
@@ -314,9 +319,9 @@ async fn run(plugin: &Path, replicas: u32, n: usize, real: bool, shard_selector:
     // Balanced before the clock starts: one shard each.
     until("one shard each", &mut started, |f| f.iter().all(|f| f.held.len() == 1)).await;
 
-    let clock = Instant::now();
+    let (clock, bench_cpu) = (Instant::now(), server::cpu_seconds(None));
     create_until_ready(&api, 0..n, n, pods, "sharded run").await;
-    let wall = clock.elapsed();
+    let (wall, bench_cpu) = (clock.elapsed(), server::cpu_seconds(None) - bench_cpu);
     let path = if shard_selector { "shardSelector" } else { "labels" };
     let plane = if real { "real control plane" } else { "in-memory server" };
     println!("{replicas} replica(s), {n:>6} parents, {plane} ({path}): all Ready in {:>6.2}s", wall.as_secs_f64());
@@ -324,11 +329,19 @@ async fn run(plugin: &Path, replicas: u32, n: usize, real: bool, shard_selector:
     let total: u64 = figures.iter().map(|f| f.reconciles).sum();
     let requests: u64 = figures.iter().map(|f| f.requests).sum();
     println!("  {:.2} requests per parent, all replicas together", requests as f64 / n as f64);
+    // On a machine of fewer cores than processes, the wall time is bound by the CPU they share.
+    let cpu: f64 = figures.iter().map(|f| f.cpu).sum();
+    let server_cpu = if real { String::new() } else { " (the in-memory server and the creates)".into() };
+    println!(
+        "  CPU seconds: the replicas together {cpu:.1} (since they started), this process {bench_cpu:.1}{server_cpu} during the run, on {} cores",
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
     for (i, f) in figures.iter().enumerate() {
         println!(
-            "  r{i} shards {:?}: RSS {} MiB, cached {} parents + {} children, received {:.1} MiB, {} reconciles ({:.0}%)",
+            "  r{i} shards {:?}: RSS {} MiB, CPU {:.1} s, cached {} parents + {} children, received {:.1} MiB, {} reconciles ({:.0}%)",
             f.held,
             f.rss_mib,
+            f.cpu,
             f.parents,
             f.children,
             f.received as f64 / f64::from(1 << 20),
