@@ -5,8 +5,8 @@
 //! 10,000 parents the caches were 163 MB of the operator's 185 MB peak heap (BENCHMARKS.md,
 //! "Where the operator's memory goes"). A [`CachedObject`] keeps what the caches key, index and
 //! select on — the metadata, typed, without `managedFields` (read by nothing here) — and the
-//! rest of the object (spec, status, data…) as the compact JSON text the server sent, decoded
-//! only when a reconcile reads it: a Deployment of 1.8 KB of JSON takes 3.4 KB instead of 13 KB.
+//! rest of the object (spec, status, data…) as compact JSON text, decoded only when a reconcile
+//! reads it: a Deployment of 1.8 KB of JSON takes 3.4 KB instead of 13 KB.
 //!
 //! It is a [`kube::Resource`] of an [`ApiResource`] like [`DynamicObject`] (so kube-runtime's
 //! watcher, reflector store and controller take it), and it deserializes from what the API server
