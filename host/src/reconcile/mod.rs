@@ -285,14 +285,14 @@ fn uid(parent: &impl Resource) -> String {
 /// so `kubectl get` shows them; the error policy then decides when to retry.
 pub async fn reconcile(cached: Arc<CachedObject>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let trigger = ctx.triggers.take(&uid(&*cached));
-    let parent = cached.to_object()?;
     // Another replica's shard: nothing to do here (the shard's holder reconciles it; gaining
     // the shard reconciles its parents). One cached under a wrong shard label is labelled
-    // right, so that it reaches its shard's cache.
-    let Some(_in_shard) = ctx.shards.enter(&uid(&parent)) else {
-        misfiled(&parent, &ctx).await;
+    // right, so that it reaches its shard's cache. Only a parent of this shard is decoded.
+    let Some(_in_shard) = ctx.shards.enter(&uid(&*cached)) else {
+        misfiled(&*cached, &ctx).await;
         return Ok(Action::await_change());
     };
+    let parent = cached.to_object()?;
     let logic = ctx.logic_for(&parent).await;
     let span = reconcile_span(&parent, &ctx, &logic, &trigger);
     Stats::bump(&ctx.stats.reconciles);
@@ -802,7 +802,7 @@ fn child_kind<'a>(ctx: &'a Context, child: &Value) -> Option<&'a ChildKindCache>
 /// Labels a parent cached under another shard's label (set by hand, or before the hash
 /// changed) with its own shard. (A parent selected by the server's `shardSelector` carries
 /// no label and is left alone.)
-async fn misfiled(parent: &DynamicObject, ctx: &Context) {
+async fn misfiled(parent: &impl Resource, ctx: &Context) {
     let Some(own) = ctx.shards.label_of(&uid(parent)) else { return };
     let label = parent.labels().get(crate::shard::scope::SHARD_LABEL);
     if label.is_some_and(|label| *label != own) {
